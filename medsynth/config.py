@@ -1,0 +1,206 @@
+"""Typed, validated configuration.
+
+Every section of ``params.yaml`` maps to one model below. A wrong value fails at once with the
+key path (``train.cgan.loss``), the value that was given and what is allowed, so a typo in
+params.yaml never reaches a half-finished training run.
+
+The library takes these objects; only ``pipelines/`` reads params.yaml (through
+:func:`load_params`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A params value is missing or not allowed. The message names key, value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DemoConfig(_Section):
+    patients: int = Field(40, ge=8, le=2000, description="number of phantom patients")
+    rare_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of patients with a lesion")
+    nifti_cases: int = Field(3, ge=0, description="cases written as NIfTI instead of DICOM")
+    compressed_cases: int = Field(4, ge=0, description="DICOM series written RLE-compressed")
+    bad_files: bool = Field(True, description="add a few broken inputs that must be quarantined")
+
+
+class DataConfig(_Section):
+    input: str = Field("demo", description="'demo', a folder of DICOM/NIfTI files, or a MedMNIST .npz")
+    labels: str | None = Field(None, description="CSV with columns case,condition[,mask]")
+    rare_condition: str = Field("lesion", description="the condition to augment")
+    default_condition: str = Field("normal", description="condition of cases the labels CSV omits")
+    npz_max_cases: int | None = Field(None, ge=8, description="use at most this many cases of an .npz")
+    demo: DemoConfig = DemoConfig()
+
+    @property
+    def is_demo(self) -> bool:
+        return self.input == "demo"
+
+    @property
+    def is_npz(self) -> bool:
+        return self.input.endswith(".npz")
+
+
+class DeidConfig(_Section):
+    key_file: str | None = Field(None, description="path of the site key file, outside the repo")
+    key_env: str = "MEDSYNTH_DEID_KEY"
+    ephemeral_key: bool = Field(False, description="throw-away key: pseudonyms NOT stable across runs")
+    retain_longitudinal_modified_dates: bool = True
+    retain_patient_characteristics: bool = True
+    clean_descriptors: bool = True
+    retain_safe_private: bool = False
+    quarantine_burned_in: bool = True
+    max_date_shift_days: int = Field(365, ge=1, le=3650)
+
+
+class PreprocessConfig(_Section):
+    roi_size: tuple[int, int, int] = (32, 32, 32)
+    spacing: tuple[float, float, float] = (4.0, 4.0, 4.0)
+    ct_window: tuple[float, float] = (-200.0, 300.0)
+    mr_normalisation: Literal["percentile", "zscore"] = "percentile"
+    mr_percentiles: tuple[float, float] = (1.0, 99.0)
+    crop_foreground: bool = True
+    splits: dict[str, float] = {"train": 0.55, "val": 0.1, "test": 0.15, "holdout": 0.2}
+    min_cases_per_split: int = Field(1, ge=1)
+
+    @field_validator("roi_size")
+    @classmethod
+    def _roi_multiple_of_8(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        for n in v:
+            if n % 8 or n < 16:
+                raise ValueError(f"each ROI side must be a multiple of 8 and >= 16, got {list(v)}")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_sum(cls, v: dict[str, float]) -> dict[str, float]:
+        required = {"train", "val", "test", "holdout"}
+        if set(v) != required:
+            raise ValueError(f"splits must have exactly the keys {sorted(required)}, got {sorted(v)}")
+        if abs(sum(v.values()) - 1.0) > 1e-6 or min(v.values()) <= 0:
+            raise ValueError(f"split fractions must be > 0 and sum to 1, got {v}")
+        return v
+
+
+class CGANConfig(_Section):
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(8, ge=1)
+    z_dim: int = Field(64, ge=4)
+    base_channels: int = Field(16, ge=4)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    loss: Literal["hinge", "nonsaturating", "wgan-gp"] = "hinge"
+    r1_gamma: float = Field(1.0, ge=0)
+    r1_every: int = Field(4, ge=1)
+    gp_weight: float = Field(10.0, ge=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    diffaugment: bool = True
+
+
+class CVAEConfig(_Section):
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(8, ge=1)
+    latent_dim: int = Field(64, ge=2)
+    base_channels: int = Field(16, ge=4)
+    lr: float = Field(1e-3, gt=0)
+    kl_weight: float = Field(1e-3, ge=0)
+    kl_anneal_steps: int = Field(100, ge=0)
+    mask_weight: float = Field(1.0, ge=0)
+
+
+class TrainConfig(_Section):
+    models: list[str] = ["cgan", "cvae"]
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(0, ge=0)
+    cgan: CGANConfig = CGANConfig()
+    cvae: CVAEConfig = CVAEConfig()
+
+
+class SynthConfig(_Section):
+    per_condition: dict[str, int] = {"normal": 8, "lesion": 8}
+    temperature: float = Field(1.0, gt=0, le=2.0)
+    batch_size: int = Field(8, ge=1)
+    min_island_voxels: int = Field(4, ge=0)
+
+
+class GatesConfig(_Section):
+    dcr_share_max: float = Field(0.55, ge=0, le=1)
+    copies_max: int = Field(0, ge=0)
+    mmd_ratio_max: float = Field(5.0, gt=0, description="synthetic MMD / real-vs-real MMD")
+    warn_margin: float = Field(0.05, ge=0, le=1)
+
+
+class EvalConfig(_Section):
+    bootstrap: int = Field(200, ge=10)
+    copy_percentile: float = Field(1.0, gt=0, lt=50)
+    strict: bool = False
+    gates: GatesConfig = GatesConfig()
+
+
+class ReportConfig(_Section):
+    title: str = "medsynth synthesis report"
+    slices_per_condition: int = Field(3, ge=1, le=12)
+
+
+class Params(_Section):
+    seed: int = 1234
+    data: DataConfig = DataConfig()
+    deid: DeidConfig = DeidConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = TrainConfig()
+    synthesize: SynthConfig = SynthConfig()
+    evaluate: EvalConfig = EvalConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        if self.data.rare_condition == self.data.default_condition:
+            raise ValueError("data.rare_condition and data.default_condition must differ")
+        return self
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    value = err.get("input")
+    msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (value {value!r}); check the spelling against params.yaml docs"
+    if err["type"] == "literal_error" and "expected" in ctx:
+        return f"{key}: {value!r} is not allowed; allowed: {ctx['expected']}"
+    return f"{key}: {value!r} is not allowed: {msg}"
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping. Raises :class:`ConfigError` listing every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [_describe_error(e) for e in exc.errors()]
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

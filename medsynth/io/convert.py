@@ -1,0 +1,211 @@
+"""Convert every series under a folder (DICOM and NIfTI) to RAS NIfTI volumes.
+
+``convert_folder`` is what ``medsynth convert`` runs; the ingest stage uses ``iter_volumes`` with
+de-identified input. Work runs one process per series; results come back in a stable order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medsynth.io.dicom import (
+    DicomVolume,
+    QuarantineEntry,
+    SeriesError,
+    load_series,
+    read_header,
+    scan_folder,
+)
+from medsynth.io.nifti import load_nifti_checked, make_ras_image, split_4d
+from medsynth.io.writers import write_csv_atomic, write_nifti_atomic
+
+SERIES_FIELDS = ["file", "modality", "series_number", "series_description", "shape", "spacing", "n_source_files", "notes"]
+QUARANTINE_FIELDS = ["path", "reason"]
+
+
+@dataclass
+class ConvertedVolume:
+    """One output volume (RAS), with where it came from."""
+
+    image: nib.Nifti1Image
+    source: str  # path relative to the input root (folder of the series or the NIfTI file)
+    modality: str
+    series_number: str = ""
+    series_description: str = ""
+    series_uid: str = ""
+    patient_id: str = ""
+    n_source_files: int = 1
+    kind: str = "dicom"  # or "nifti"
+    notes: list[str] = field(default_factory=list)
+    source_files: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.image.shape)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(round(float(x), 4) for x in self.image.header.get_zooms()[:3])
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _series_source(paths: list[Path], root: Path) -> str:
+    parents = {p.parent for p in paths}
+    if len(paths) == 1:
+        return _rel(paths[0], root)
+    if len(parents) == 1:
+        return _rel(parents.pop(), root)
+    return _rel(Path(os.path.commonpath([str(p) for p in paths])), root)
+
+
+def _convert_series_worker(args: tuple[str, list[str]]) -> tuple[list[dict], list[QuarantineEntry]]:
+    """Process-pool worker: paths of one series -> serialisable volumes + quarantine entries."""
+    root, paths = Path(args[0]), [Path(p) for p in args[1]]
+    files = []
+    quarantine = []
+    for p in paths:
+        try:
+            files.append((p, read_header(p)))
+        except SeriesError as exc:
+            quarantine.append(QuarantineEntry(_rel(p, root), str(exc)))
+    if not files:
+        return [], quarantine
+    try:
+        volumes, q = load_series(files)
+    except SeriesError as exc:
+        return [], quarantine + [QuarantineEntry(_series_source(paths, root), str(exc))]
+    except Exception as exc:  # an unexpected failure in one series never stops the batch
+        return [], quarantine + [QuarantineEntry(_series_source(paths, root), f"unexpected error: {type(exc).__name__}: {str(exc)[:120]}")]
+    quarantine += [QuarantineEntry(_rel(Path(e.path), root) if os.path.isabs(e.path) else e.path, e.reason) for e in q]
+    out = []
+    for v in volumes:
+        out.append(_volume_payload(v, root))
+    return out, quarantine
+
+
+def _volume_payload(v: DicomVolume, root: Path) -> dict:
+    h = v.header
+    return {
+        "data": v.data,
+        "affine": v.affine,
+        "source": _series_source(v.files, root) + v.split_suffix,
+        "modality": v.modality,
+        "series_number": str(h.get("SeriesNumber", "") or ""),
+        "series_description": str(h.get("SeriesDescription", "") or ""),
+        "series_uid": v.series_uid,
+        "patient_id": str(h.get("PatientID", "") or ""),
+        "n_source_files": len(v.files),
+        "notes": v.notes,
+        "source_files": [_rel(p, root) for p in v.files],
+    }
+
+
+def iter_volumes(
+    root: Path,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[ConvertedVolume | QuarantineEntry]:
+    """Yield every volume under ``root`` and every quarantine entry, in a stable order."""
+    root = Path(root)
+    scan = scan_folder(root)
+    for q in scan.quarantine:
+        yield q
+    for seg_path, _ in scan.segs:
+        # SEG objects are masks, not images: the ingest stage matches them to their image.
+        yield QuarantineEntry(_rel(seg_path, root), "DICOM SEG (a mask): matched to its image series by ingest, not converted as an image")
+    jobs = [(str(root), [str(p) for p, _ in files]) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0][0]))]
+    workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_convert_series_worker, jobs, chunksize=1)
+            yield from _emit(results, jobs, progress)
+    else:
+        yield from _emit(map(_convert_series_worker, jobs), jobs, progress)
+    for path in scan.nifti:
+        rel = _rel(path, root)
+        if progress:
+            progress(rel)
+        try:
+            img = load_nifti_checked(path)
+        except SeriesError as exc:
+            yield QuarantineEntry(rel, str(exc))
+            continue
+        parts = split_4d(img)
+        for t, part in enumerate(parts):
+            ras = make_ras_image(np.asarray(part.dataobj), part.affine)
+            yield ConvertedVolume(
+                image=ras,
+                source=rel if len(parts) == 1 else f"{rel}#t{t:03d}",
+                modality="",
+                kind="nifti",
+                notes=[f"volume {t + 1} of a 4D NIfTI"] if len(parts) > 1 else [],
+                source_files=[rel],
+            )
+
+
+def _emit(results, jobs, progress) -> Iterator[ConvertedVolume | QuarantineEntry]:
+    for (root, paths), (payloads, quarantine) in zip(jobs, results):
+        if progress:
+            progress(paths[0])
+        yield from quarantine
+        for p in payloads:
+            img = make_ras_image(p.pop("data"), p.pop("affine"))
+            yield ConvertedVolume(image=img, kind="dicom", **p)
+
+
+@dataclass
+class ConvertResult:
+    series_rows: list[dict]
+    quarantine: list[QuarantineEntry]
+
+
+def convert_folder(
+    input_dir: Path,
+    output_dir: Path,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ConvertResult:
+    """``medsynth convert``: one RAS NIfTI per series + series.csv + quarantine.csv."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.exists():
+        raise FileNotFoundError(f"{input_dir}: input folder does not exist")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    quarantine: list[QuarantineEntry] = []
+    n = 0
+    for item in iter_volumes(input_dir, workers=workers, progress=progress):
+        if isinstance(item, QuarantineEntry):
+            quarantine.append(item)
+            continue
+        n += 1
+        name = f"series_{n:04d}.nii.gz"
+        write_nifti_atomic(output_dir / name, item.image)
+        rows.append(
+            {
+                "file": name,
+                "modality": item.modality,
+                "series_number": item.series_number,
+                "series_description": item.series_description,
+                "shape": "x".join(str(s) for s in item.shape),
+                "spacing": "x".join(f"{s:g}" for s in item.spacing),
+                "n_source_files": item.n_source_files,
+                "notes": "; ".join(item.notes),
+                "source": item.source,
+            }
+        )
+    write_csv_atomic(output_dir / "series.csv", rows, SERIES_FIELDS + ["source"])
+    write_csv_atomic(output_dir / "quarantine.csv", [q.__dict__ for q in quarantine], QUARANTINE_FIELDS)
+    return ConvertResult(rows, quarantine)

@@ -1,0 +1,598 @@
+"""DICOM series -> volume + RAS affine.
+
+Geometry rules (see docs/architecture.md, "DICOM geometry"):
+
+* slices are ordered by ImagePositionPatient projected on the slice normal
+  (``cross(row_cosines, column_cosines)``), never by InstanceNumber;
+* the affine comes from ImageOrientationPatient, ImagePositionPatient and PixelSpacing, converted
+  from DICOM's LPS patient space to RAS;
+* RescaleSlope / RescaleIntercept are applied per slice (per frame for enhanced objects);
+* enhanced multi-frame objects are read frame by frame from their functional groups;
+* Siemens mosaics are unpacked (nibabel's CSA-aware MosaicWrapper);
+* one SeriesInstanceUID is split when it holds several orientations, image sizes, echoes or
+  magnitude/phase images;
+* repeated positions with the same count per position make a 4D (time) series;
+* missing slices, uneven spacing, gantry tilt, single 2D images, objects without pixel data are
+  reported with a reason and never stop the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class SeriesError(Exception):
+    """A series (or file) that cannot be turned into a volume; the message is the reason."""
+
+
+@dataclass
+class QuarantineEntry:
+    path: str
+    reason: str
+
+
+@dataclass
+class Slice:
+    """One 2D image with its geometry: a classic single-frame file or one frame of a multi-frame file."""
+
+    path: Path
+    frame: int | None
+    iop: np.ndarray  # 6 direction cosines (row, column) in LPS
+    ipp: np.ndarray  # 3 position of the first voxel in LPS (mm)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns)
+    rows: int
+    cols: int
+    slope: float
+    intercept: float
+    split_key: tuple = ()
+    time_key: tuple = ()
+    loader: Callable[[], np.ndarray] | None = None
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.iop[:3], self.iop[3:])
+
+    def pixels(self) -> np.ndarray:
+        assert self.loader is not None
+        arr = self.loader()
+        if arr.shape != (self.rows, self.cols):
+            raise SeriesError(f"{self.path.name}: pixel array {arr.shape} != Rows x Columns {(self.rows, self.cols)}")
+        return arr.astype(np.float64) * self.slope + self.intercept
+
+
+@dataclass
+class DicomVolume:
+    """A converted series. ``data`` axes map to RAS mm through ``affine`` (3D or 4D)."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: Dataset  # header (no pixels) of a representative file
+    files: list[Path]
+    split_suffix: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def modality(self) -> str:
+        return str(self.header.get("Modality", "OT"))
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.header.get("SeriesInstanceUID", ""))
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+# --------------------------------------------------------------------------- file discovery
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def discover_files(root: Path) -> list[Path]:
+    """Every regular file under ``root`` (recursively), sorted, hidden files skipped."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def read_header(path: Path) -> Dataset:
+    """Read a DICOM header without pixels. Raises SeriesError with the reason if it is not usable."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SeriesError(f"cannot read file: {exc.strerror}") from None
+    if size == 0:
+        raise SeriesError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:
+            raise SeriesError("not a DICOM file") from None
+        if "SOPClassUID" not in ds or ("Rows" not in ds and "Modality" not in ds):
+            raise SeriesError("not a DICOM file (no DICM preamble and no DICOM image attributes)")
+    except Exception as exc:  # truncated header, bad VR...
+        raise SeriesError(f"unreadable DICOM header (truncated or corrupt): {type(exc).__name__}") from None
+    return ds
+
+
+def has_pixel_data(path: Path) -> bool:
+    """True when the file holds a pixel data element (cheap: parses up to it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData"], force=True)
+    return any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+# --------------------------------------------------------------------------- slices from files
+
+
+def _floats(value, n: int, what: str, path: Path) -> np.ndarray:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SeriesError(f"{what} is missing or not numeric") from None
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise SeriesError(f"{what} must have {n} finite values, got {value!r}")
+    return arr
+
+
+def _norm_iop(iop: np.ndarray) -> np.ndarray:
+    r, c = iop[:3], iop[3:]
+    if np.linalg.norm(r) < 1e-3 or np.linalg.norm(c) < 1e-3:
+        raise SeriesError("ImageOrientationPatient has a zero direction vector")
+    r = r / np.linalg.norm(r)
+    c = c / np.linalg.norm(c)
+    if abs(float(np.dot(r, c))) > 1e-2:
+        raise SeriesError("ImageOrientationPatient row and column directions are not orthogonal")
+    return np.concatenate([r, c])
+
+
+def _image_type(ds: Dataset) -> tuple[str, ...]:
+    it = ds.get("ImageType")
+    if it is None:
+        return ()
+    if isinstance(it, str):
+        return tuple(x.upper() for x in it.split("\\"))
+    return tuple(str(x).upper() for x in it)
+
+
+def philips_scale_slope(item: Dataset | None) -> float | None:
+    """Philips 'MR Scale Slope' (2005,xx0E in the 'Philips MR Imaging DD 001' block), or None."""
+    if item is None:
+        return None
+    for blk in (0x10, 0x11, 0x12, 0x13, 0x14, 0x15):
+        creator = item.get((0x2005, blk))
+        if creator is None or str(creator.value).strip() != "Philips MR Imaging DD 001":
+            continue
+        elem = item.get((0x2005, (blk << 8) | 0x0E))
+        if elem is None:
+            return None
+        value = elem.value
+        if isinstance(value, bytes):
+            if len(value) < 4:
+                return None
+            value = struct.unpack("<f", value[:4])[0]
+        try:
+            value = float(value[0] if isinstance(value, (list, tuple)) else value)
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) and value != 0 else None
+    return None
+
+
+def philips_float_scaling(slope: float, intercept: float, scale_slope: float | None) -> tuple[float, float]:
+    """Philips 'floating point' values: FP = (SV * RS + RI) / (RS * SS), as dcm2niix writes them."""
+    if scale_slope is None or slope == 0:
+        return slope, intercept
+    return 1.0 / scale_slope, intercept / (slope * scale_slope)
+
+
+def _is_phase(ds: Dataset) -> bool:
+    it = _image_type(ds)
+    return "P" in it or "PHASE" in it
+
+
+class _FrameCache:
+    """Decode a multi-frame object's pixel data once and hand out frames."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._arr: np.ndarray | None = None
+
+    def frame(self, i: int) -> np.ndarray:
+        if self._arr is None:
+            self._arr = decode_pixels(self.path)
+            if self._arr.ndim == 2:
+                self._arr = self._arr[None]
+        return self._arr[i]
+
+
+def decode_pixels(path: Path) -> np.ndarray:
+    """Decode a file's pixel data; any failure becomes a SeriesError with the reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            return ds.pixel_array
+    except Exception as exc:
+        msg = str(exc).split("\n")[0][:160]
+        if "truncat" in msg.lower() or "buffer" in msg.lower() or "length" in msg.lower() or "expected" in msg.lower():
+            raise SeriesError(f"truncated or corrupt pixel data: {msg}") from None
+        raise SeriesError(f"pixel data cannot be decoded: {msg}") from None
+
+
+def classic_slice(path: Path, ds: Dataset) -> Slice:
+    """One single-frame image file -> Slice (geometry from its top-level attributes)."""
+    iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
+    ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
+    ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    ps = _floats(ps, 2, "PixelSpacing", path)
+    if np.any(ps <= 0):
+        raise SeriesError(f"PixelSpacing must be positive, got {list(ps)}")
+    echo = ds.get("EchoNumbers", None)
+    time_key = (
+        int(ds.get("TemporalPositionIdentifier", 0) or 0),
+        int(ds.get("AcquisitionNumber", 0) or 0),
+        str(ds.get("AcquisitionTime", "")),
+        str(ds.get("TriggerTime", "")),
+        int(ds.get("InstanceNumber", 0) or 0),
+    )
+
+    def load() -> np.ndarray:
+        arr = decode_pixels(path)
+        if arr.ndim != 2:
+            raise SeriesError(f"expected a 2D image, pixel array has shape {arr.shape}")
+        return arr
+
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
+        slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
+    return Slice(
+        path=path,
+        frame=None,
+        iop=iop,
+        ipp=ipp,
+        pixel_spacing=(float(ps[0]), float(ps[1])),
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        slope=slope,
+        intercept=intercept,
+        split_key=(str(echo) if echo is not None else "", "ph" if _is_phase(ds) else ""),
+        time_key=time_key,
+        loader=load,
+    )
+
+
+def _fg_item(per_frame: Dataset, shared: Dataset | None, seq: str) -> Dataset | None:
+    for group in (per_frame, shared):
+        if group is not None and seq in group and len(group[seq].value):
+            return group[seq].value[0]
+    return None
+
+
+def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
+    """Enhanced (multi-frame) object -> one Slice per frame, geometry from the functional groups."""
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame_seq is None or len(per_frame_seq) != n:
+        raise SeriesError("multi-frame object without per-frame functional groups: geometry unknown")
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    cache = _FrameCache(path)
+    is_philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
+    slices = []
+    for i, pf in enumerate(per_frame_seq):
+        pos = _fg_item(pf, shared, "PlanePositionSequence")
+        ori = _fg_item(pf, shared, "PlaneOrientationSequence")
+        meas = _fg_item(pf, shared, "PixelMeasuresSequence")
+        if pos is None or ori is None or meas is None:
+            raise SeriesError(f"frame {i + 1}: plane position, orientation or pixel measures missing")
+        iop = _norm_iop(_floats(ori.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
+        ipp = _floats(pos.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
+        ps = _floats(meas.get("PixelSpacing"), 2, "PixelSpacing", path)
+        pvt = _fg_item(pf, shared, "PixelValueTransformationSequence")
+        slope = float(pvt.get("RescaleSlope", 1.0)) if pvt is not None else float(ds.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(pvt.get("RescaleIntercept", 0.0)) if pvt is not None else float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        if is_philips:
+            priv = pf.get((0x2005, 0x140F))
+            item = priv.value[0] if priv is not None and priv.VR == "SQ" and len(priv.value) else None
+            slope, inter = philips_float_scaling(slope, inter, philips_scale_slope(item))
+        content = _fg_item(pf, None, "FrameContentSequence")
+        echo_item = _fg_item(pf, shared, "MREchoSequence")
+        echo = f"{float(echo_item.get('EffectiveEchoTime', 0)):.3f}" if echo_item is not None else ""
+        ftype_item = _fg_item(pf, shared, "MRImageFrameTypeSequence") or _fg_item(pf, shared, "CTImageFrameTypeSequence")
+        ftype = ""
+        if ftype_item is not None:
+            ftype = "\\".join(str(x) for x in (ftype_item.get("FrameType") or []))
+            ftype += "|" + str(ftype_item.get("ComplexImageComponent", ""))
+        stack = str(content.get("StackID", "")) if content is not None else ""
+        temporal = int(content.get("TemporalPositionIndex", 0) or 0) if content is not None else 0
+        t_time = str(content.get("FrameAcquisitionDateTime", "")) if content is not None else ""
+        slices.append(
+            Slice(
+                path=path,
+                frame=i,
+                iop=iop,
+                ipp=ipp,
+                pixel_spacing=(float(ps[0]), float(ps[1])),
+                rows=int(ds.Rows),
+                cols=int(ds.Columns),
+                slope=slope,
+                intercept=inter,
+                split_key=(echo, ftype, stack),
+                time_key=(temporal, t_time, i),
+                loader=(lambda i=i: cache.frame(i)),
+            )
+        )
+    return slices
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def is_mosaic(ds: Dataset) -> bool:
+    return "MOSAIC" in _image_type(ds)
+
+
+# --------------------------------------------------------------------------- stacking
+
+
+def _orientation_key(iop: np.ndarray) -> tuple:
+    return tuple(np.round(iop, 3))
+
+
+def split_slices(slices: list[Slice]) -> dict[tuple, list[Slice]]:
+    """Split one series into groups that can form one volume each."""
+    groups: dict[tuple, list[Slice]] = defaultdict(list)
+    for s in slices:
+        groups[(_orientation_key(s.iop), s.rows, s.cols, s.split_key)].append(s)
+    return dict(groups)
+
+
+def _cluster_positions(d: np.ndarray, tol: float) -> list[np.ndarray]:
+    order = np.argsort(d, kind="stable")
+    clusters: list[list[int]] = []
+    last = None
+    for idx in order:
+        if last is None or d[idx] - last > tol:
+            clusters.append([idx])
+        else:
+            clusters[-1].append(idx)
+        last = d[idx]
+    return [np.array(c) for c in clusters]
+
+
+def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine."""
+    notes: list[str] = []
+    ref = slices[0]
+    normal = ref.normal
+    d = np.array([float(np.dot(s.ipp, normal)) for s in slices])
+    clusters = _cluster_positions(d, tol=1e-3 * max(1.0, min(ref.pixel_spacing)))
+    n_pos = len(clusters)
+    if n_pos < 2:
+        if len(slices) == 1:
+            raise SeriesError("single 2D image (one slice): not a volume")
+        raise SeriesError(f"{len(slices)} images all at the same position: not a volume")
+    counts = {len(c) for c in clusters}
+    if len(counts) != 1:
+        raise SeriesError(
+            f"positions hold different numbers of images ({sorted(counts)}): incomplete time series or mixed series"
+        )
+    n_t = counts.pop()
+    pos = np.array([d[c[0]] for c in clusters])
+    gaps = np.diff(pos)
+    med = float(np.median(gaps))
+    if np.any(gaps > 1.5 * med):
+        k = int(np.argmax(gaps))
+        missing = int(round(gaps[k] / med)) - 1
+        raise SeriesError(
+            f"missing slice(s): gap of {gaps[k]:.2f} mm after slice {k + 1} where {med:.2f} mm is expected "
+            f"(about {missing} slice(s) missing)"
+        )
+    if np.max(np.abs(gaps - med)) > max(spacing_rtol * med, 1e-3):
+        raise SeriesError(
+            f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (tolerance {spacing_rtol:.0%})"
+        )
+    first = [slices[i] for i in clusters[0]]
+    last = [slices[i] for i in clusters[-1]]
+    step = (last[0].ipp - first[0].ipp) / (n_pos - 1)
+    cosang = float(np.dot(step, normal) / (np.linalg.norm(step) + 1e-12))
+    if cosang < 0.9999:
+        angle = math.degrees(math.acos(min(1.0, cosang)))
+        raise SeriesError(
+            f"slices are sheared by {angle:.2f} degrees (gantry tilt or inconsistent positions): "
+            "tilt correction is not supported; reconstruct without tilt or resample with dcm2niix"
+        )
+    # order within each position by acquisition time keys (4D)
+    ordered: list[list[Slice]] = []
+    for c in clusters:
+        group = sorted((slices[i] for i in c), key=lambda s: s.time_key)
+        ordered.append(group)
+    rows, cols = ref.rows, ref.cols
+    data = np.empty((cols, rows, n_pos, n_t), dtype=np.float32)
+    for k, group in enumerate(ordered):
+        for t, s in enumerate(group):
+            data[:, :, k, t] = s.pixels().T
+    aff = np.eye(4)
+    aff[:3, 0] = ref.iop[:3] * ref.pixel_spacing[1]
+    aff[:3, 1] = ref.iop[3:] * ref.pixel_spacing[0]
+    aff[:3, 2] = step
+    aff[:3, 3] = first[0].ipp
+    if n_t == 1:
+        data = data[..., 0]
+    else:
+        notes.append(f"4D series: {n_t} volumes")
+    return data, LPS_TO_RAS @ aff, notes
+
+
+def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from nibabel.nicom import dicomwrappers
+
+    vols, affs, keys = [], [], []
+    for p in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                w = dicomwrappers.wrapper_from_data(pydicom.dcmread(p))
+                arr = np.asarray(w.get_data(), dtype=np.float32)
+                aff = np.asarray(w.affine, dtype=np.float64)
+            except SeriesError:
+                raise
+            except Exception as exc:
+                raise SeriesError(f"Siemens mosaic cannot be unpacked: {str(exc)[:120]}") from None
+        ds = w.dcm_data
+        vols.append(arr)
+        affs.append(aff)
+        keys.append((int(ds.get("AcquisitionNumber", 0) or 0), str(ds.get("AcquisitionTime", "")), int(ds.get("InstanceNumber", 0) or 0)))
+    for a in affs[1:]:
+        if not np.allclose(a, affs[0], atol=1e-3):
+            raise SeriesError("mosaic volumes in one series have different geometry")
+    order = sorted(range(len(vols)), key=lambda i: keys[i])
+    data = np.stack([vols[i] for i in order], axis=-1) if len(vols) > 1 else vols[0]
+    notes = [f"Siemens mosaic ({len(vols)} volume(s))"]
+    return data, LPS_TO_RAS @ affs[0], notes
+
+
+# --------------------------------------------------------------------------- series assembly
+
+
+@dataclass
+class DicomScan:
+    """Headers of every readable DICOM image file under a folder, grouped by series."""
+
+    series: dict[str, list[tuple[Path, Dataset]]]
+    segs: list[tuple[Path, Dataset]]
+    quarantine: list[QuarantineEntry]
+    nifti: list[Path]
+
+
+def scan_folder(root: Path, files: Iterable[Path] | None = None, progress: Callable[[Path], None] | None = None) -> DicomScan:
+    """Read headers of every file under ``root``; sort them into series, SEG masks, NIfTI and quarantine."""
+    root = Path(root)
+    series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    segs: list[tuple[Path, Dataset]] = []
+    quarantine: list[QuarantineEntry] = []
+    nifti: list[Path] = []
+    for path in files if files is not None else discover_files(root):
+        if progress:
+            progress(path)
+        rel = _rel(path, root)
+        if is_nifti(path):
+            nifti.append(path)
+            continue
+        try:
+            ds = read_header(path)
+        except SeriesError as exc:
+            quarantine.append(QuarantineEntry(rel, str(exc)))
+            continue
+        sop = str(ds.get("SOPClassUID", ""))
+        if sop == SEG_SOP_CLASS:
+            segs.append((path, ds))
+            continue
+        if "Rows" not in ds or not has_pixel_data(path):
+            kind = getattr(ds.get("SOPClassUID"), "name", sop) or "unknown SOP class"
+            quarantine.append(QuarantineEntry(rel, f"DICOM object without pixel data ({kind})"))
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{rel}"
+        uid = f"{uid}#{ds.get('SeriesNumber', '')}"  # PACS exports reuse one UID for several series numbers
+        series[uid].append((path, ds))
+    return DicomScan(dict(series), segs, quarantine, nifti)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_series(files: list[tuple[Path, Dataset]]) -> tuple[list[DicomVolume], list[QuarantineEntry]]:
+    """Convert one SeriesInstanceUID's files into volumes (split where needed).
+
+    Returns the volumes and the quarantine entries of sub-series or files that failed.
+    """
+    volumes: list[DicomVolume] = []
+    quarantine: list[QuarantineEntry] = []
+    header = files[0][1]
+    mosaics = [(p, ds) for p, ds in files if is_mosaic(ds)]
+    if mosaics:
+        by_echo: dict[str, list[Path]] = defaultdict(list)
+        for p, ds in mosaics:
+            by_echo[f"{ds.get('EchoNumbers', '')}|{'ph' if _is_phase(ds) else ''}"].append(p)
+        for i, (key, paths) in enumerate(sorted(by_echo.items())):
+            try:
+                data, aff, notes = _mosaic_volume(paths)
+                suffix = "" if len(by_echo) == 1 else f"_{i + 1}"
+                volumes.append(DicomVolume(data, aff, header, paths, suffix, notes))
+            except SeriesError as exc:
+                quarantine.append(QuarantineEntry(_common_parent(paths), str(exc)))
+        files = [(p, ds) for p, ds in files if not is_mosaic(ds)]
+        if not files:
+            return volumes, quarantine
+    slices: list[Slice] = []
+    for path, ds in files:
+        try:
+            if is_enhanced(ds):
+                slices.extend(enhanced_slices(path, ds))
+            else:
+                slices.append(classic_slice(path, ds))
+        except SeriesError as exc:
+            quarantine.append(QuarantineEntry(str(path), str(exc)))
+    groups = split_slices(slices)
+    ordered_keys = sorted(groups, key=lambda k: (str(k[3]), str(k[0]), k[1], k[2]))
+    for i, key in enumerate(ordered_keys):
+        group = groups[key]
+        paths = sorted({s.path for s in group})
+        try:
+            data, aff, notes = stack_slices(group)
+        except SeriesError as exc:
+            where = str(paths[0]) if len(paths) == 1 else _common_parent(paths)
+            reason = str(exc)
+            if len(groups) > 1:
+                reason += f" (sub-series {i + 1} of {len(groups)}: orientation/size/echo split)"
+            quarantine.append(QuarantineEntry(where, reason))
+            continue
+        suffix = "" if len(groups) == 1 else f"_{i + 1}"
+        hdr = next(ds for p, ds in files if p == paths[0])
+        if len(groups) > 1:
+            notes.append(f"split {i + 1}/{len(groups)} of the series by orientation/size/echo/image type")
+        volumes.append(DicomVolume(data, aff, hdr, paths, suffix, notes))
+    return volumes, quarantine
+
+
+def _common_parent(paths: list[Path]) -> str:
+    parts = [Path(p).parts for p in paths]
+    common = []
+    for items in zip(*parts):
+        if len(set(items)) == 1:
+            common.append(items[0])
+        else:
+            break
+    return str(Path(*common)) if common else str(paths[0])

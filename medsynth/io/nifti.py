@@ -1,0 +1,96 @@
+"""NIfTI reading with validation, RAS reorientation and header hygiene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medsynth.io.dicom import SeriesError
+
+
+def compact_dtype(data: np.ndarray) -> np.ndarray:
+    """Store integral data that fits int16 as int16 (like scanners do), everything else as float32."""
+    if data.dtype.kind in "iu" and data.size and data.min() >= -32768 and data.max() <= 32767:
+        return data.astype(np.int16)
+    if data.dtype.kind == "f" and data.size:
+        if np.all(np.isfinite(data)) and np.all(data == np.round(data)) and data.min() >= -32768 and data.max() <= 32767:
+            return data.astype(np.int16)
+    return data.astype(np.float32)
+
+
+def make_ras_image(data: np.ndarray, affine: np.ndarray, descrip: str = "") -> nib.Nifti1Image:
+    """A NIfTI image reoriented to the closest RAS+ axes, sform/qform set, header clean."""
+    img = nib.Nifti1Image(compact_dtype(np.asarray(data)), np.asarray(affine, dtype=np.float64))
+    img = nib.as_closest_canonical(img)
+    hdr = img.header
+    hdr.set_xyzt_units("mm", "sec")
+    img.set_sform(img.affine, code=1)
+    img.set_qform(img.affine, code=1)
+    clean_header(img, descrip=descrip)
+    return img
+
+
+def clean_header(img: nib.Nifti1Image, descrip: str = "") -> nib.Nifti1Image:
+    """Clear the free-text NIfTI fields that can carry identifiers and drop header extensions."""
+    hdr = img.header
+    hdr["descrip"] = descrip.encode("ascii", "replace")[:79]
+    hdr["aux_file"] = b""
+    hdr["db_name"] = b""
+    hdr["intent_name"] = b""
+    hdr.extensions.clear()
+    return img
+
+
+def load_nifti_checked(path: Path) -> nib.Nifti1Image:
+    """Load a NIfTI file and check it can be a volume. Raises SeriesError naming the reason."""
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise SeriesError(f"unreadable NIfTI: {str(exc)[:120]}") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise SeriesError(f"not a NIfTI-1/2 image ({type(img).__name__})")
+    aff = img.affine
+    if aff is None or not np.all(np.isfinite(aff)):
+        raise SeriesError("broken affine: non-finite values")
+    det = float(np.linalg.det(aff[:3, :3]))
+    if abs(det) < 1e-6:
+        raise SeriesError(f"broken affine: singular (determinant {det:.2e})")
+    if img.ndim not in (3, 4):
+        raise SeriesError(f"{img.ndim}D image: expected 3D (or 4D, split into 3D volumes)")
+    try:
+        data = np.asarray(img.dataobj)
+    except Exception as exc:
+        raise SeriesError(f"truncated or corrupt voxel data: {str(exc)[:120]}") from None
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise SeriesError(f"{bad} NaN/Inf voxel(s)")
+    return img
+
+
+def split_4d(img: nib.Nifti1Image) -> list[nib.Nifti1Image]:
+    """A 4D image -> its 3D volumes (a 3D image -> itself)."""
+    if img.ndim == 3:
+        return [img]
+    data = np.asarray(img.dataobj)
+    return [nib.Nifti1Image(data[..., t], img.affine) for t in range(data.shape[3])]
+
+
+def resample_mask_to(mask: nib.Nifti1Image, target: nib.Nifti1Image) -> np.ndarray:
+    """Nearest-neighbour resampling of a label map onto ``target``'s voxel grid (world coordinates)."""
+    from scipy.ndimage import map_coordinates
+
+    m = np.asarray(mask.dataobj)
+    if m.ndim == 4 and m.shape[3] == 1:
+        m = m[..., 0]
+    if m.ndim != 3:
+        raise SeriesError(f"mask must be 3D, got shape {m.shape}")
+    if m.shape == target.shape[:3] and np.allclose(mask.affine, target.affine, atol=1e-3):
+        return np.rint(m).astype(np.uint8)
+    vox2vox = np.linalg.inv(mask.affine) @ target.affine
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in target.shape[:3]], indexing="ij")
+    coords = np.stack([ii, jj, kk, np.ones_like(ii)], axis=0).reshape(4, -1)
+    src = (vox2vox @ coords)[:3]
+    out = map_coordinates(m.astype(np.float32), src, order=0, mode="constant", cval=0)
+    return np.rint(out.reshape(target.shape[:3])).astype(np.uint8)

@@ -1,0 +1,127 @@
+"""Atomic output writers: a crash never leaves a half-written file behind.
+
+Each writer writes to a temporary file in the destination folder, flushes it, then renames it
+into place (``os.replace`` is atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+
+@contextmanager
+def atomic_path(dest: str | Path, suffix: str = ""):
+    """Yield a temporary path next to ``dest``; on success it replaces ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or ".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(dest: str | Path, data: bytes) -> Path:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(dest)
+
+
+def write_text_atomic(dest: str | Path, text: str) -> Path:
+    return write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _check_finite(obj: Any, where: str = "") -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"non-finite number at {where or '<root>'}; metrics must be finite or null")
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def write_json_atomic(dest: str | Path, obj: Any, allow_nonfinite: bool = False) -> Path:
+    obj = json.loads(json.dumps(obj, default=_json_default))
+    if not allow_nonfinite:
+        _check_finite(obj)
+    return write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv_atomic(dest: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="raise", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in fieldnames})
+    return write_text_atomic(dest, buf.getvalue())
+
+
+def write_nifti_atomic(dest: str | Path, img: nib.Nifti1Image) -> Path:
+    suffix = ".nii.gz" if str(dest).endswith(".nii.gz") else ".nii"
+    with atomic_path(dest, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
+    return Path(dest)
+
+
+def replace_dir_atomic(tmp_dir: str | Path, dest: str | Path) -> Path:
+    """Move a fully written temporary folder into place, replacing ``dest``."""
+    tmp_dir, dest = Path(tmp_dir), Path(dest)
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dest, old)
+        os.replace(tmp_dir, dest)
+        shutil.rmtree(old)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_dir, dest)
+    return dest
+
+
+@contextmanager
+def staging_dir(dest: str | Path):
+    """Yield an empty folder beside ``dest``; on success it replaces ``dest`` as a whole."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging.", dir=dest.parent))
+    try:
+        yield tmp
+        replace_dir_atomic(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
