@@ -39,6 +39,8 @@ class DataConfig(_Section):
     rare_condition: str = Field("lesion", description="the condition to augment")
     default_condition: str = Field("normal", description="condition of cases the labels CSV omits")
     npz_max_cases: int | None = Field(None, ge=8, description="use at most this many cases of an .npz")
+    npz_class_names: list[str] = Field(["normal", "lesion"], min_length=2, description="condition name per npz label")
+    nifti_modality: Literal["CT", "MR"] = Field("CT", description="modality assumed for NIfTI inputs")
     demo: DemoConfig = DemoConfig()
 
     @property

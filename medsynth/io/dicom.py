@@ -140,12 +140,27 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
-def has_pixel_data(path: Path) -> bool:
-    """True when the file holds a pixel data element (cheap: parses up to it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path, specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData"], force=True)
-    return any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+def pixel_data_problem(path: Path, header: Dataset) -> str | None:
+    """None when the file holds complete pixel data, else the reason (no pixel data, truncated)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+            elem = next((ds[t] for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if t in ds), None)
+            value = elem.value if elem is not None else None
+    except Exception as exc:
+        return f"truncated or corrupt file: {type(exc).__name__}"
+    if elem is None:
+        kind = getattr(header.get("SOPClassUID"), "name", "") or "unknown SOP class"
+        return f"DICOM object without pixel data ({kind})"
+    if value is None or len(value) == 0:
+        return "pixel data element is empty (truncated file)"
+    if not ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian).is_compressed and elem.tag == 0x7FE00010:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        need = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("BitsAllocated", 16)) // 8
+        if len(value) < need:
+            return f"truncated pixel data: {len(value)} of {need} bytes"
+    return None
 
 
 # --------------------------------------------------------------------------- slices from files
@@ -516,9 +531,11 @@ def scan_folder(root: Path, files: Iterable[Path] | None = None, progress: Calla
         if sop == SEG_SOP_CLASS:
             segs.append((path, ds))
             continue
-        if "Rows" not in ds or not has_pixel_data(path):
-            kind = getattr(ds.get("SOPClassUID"), "name", sop) or "unknown SOP class"
-            quarantine.append(QuarantineEntry(rel, f"DICOM object without pixel data ({kind})"))
+        problem = pixel_data_problem(path, ds)
+        if problem is None and "Rows" not in ds:
+            problem = "image attributes (Rows/Columns) missing"
+        if problem:
+            quarantine.append(QuarantineEntry(rel, problem))
             continue
         uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{rel}"
         uid = f"{uid}#{ds.get('SeriesNumber', '')}"  # PACS exports reuse one UID for several series numbers

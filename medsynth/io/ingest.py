@@ -1,0 +1,418 @@
+"""Ingest: raw DICOM / NIfTI / MedMNIST npz -> de-identified RAS NIfTI cases + manifest + quarantine.
+
+Order of work, so that nothing downstream ever sees identifying data:
+
+1. every DICOM file is de-identified in memory and written to ``dicom/`` under pseudonymous folders;
+2. conversion reads only those de-identified copies;
+3. NIfTI inputs get their free-text header fields cleared;
+4. labels (condition, mask) are matched to cases by the original relative path, PatientID or
+   SeriesInstanceUID -- that look-up lives in memory only and is never written;
+5. outputs name cases by keyed pseudonyms; quarantine rows name files by keyed file ids
+   (``medsynth locate`` maps an id back to a path on the machine that holds the raw data).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+
+from medsynth import __version__
+from medsynth.config import DataConfig, DeidConfig
+from medsynth.io.convert import ConvertedVolume, iter_volumes
+from medsynth.io.deid import BurnedInTextError, DeidKey, Deidentifier, Pseudonymizer
+from medsynth.io.dicom import QuarantineEntry, SeriesError, discover_files, is_nifti, pixel_data_problem, read_header
+from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, resample_mask_to
+from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
+
+MANIFEST_FIELDS = ["case_id", "patient", "condition", "modality", "shape", "spacing", "source", "has_mask", "split"]
+QUARANTINE_FIELDS = ["file_id", "kind", "reason"]
+DEID_LOG_FIELDS = ["patient", "study", "series", "instance", "removed", "emptied", "dummied", "cleaned", "uids_replaced", "kept"]
+
+
+class IngestError(RuntimeError):
+    pass
+
+
+@dataclass
+class LabelRow:
+    condition: str
+    mask: str | None
+    patient: str | None = None
+
+
+@dataclass
+class IngestResult:
+    cases: list[dict]
+    quarantine: list[dict]
+    summary: dict = field(default_factory=dict)
+
+
+def read_labels(path: Path) -> dict[str, LabelRow]:
+    """labels CSV: ``case`` (relative path, PatientID or SeriesInstanceUID), ``condition``, optional ``mask``."""
+    path = Path(path)
+    if not path.is_file():
+        raise IngestError(f"{path}: labels CSV not found (data.labels)")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        if not {"case", "condition"} <= cols:
+            raise IngestError(f"{path}: labels CSV needs columns 'case' and 'condition' (optional 'mask', 'patient'); found {sorted(cols)}")
+        out: dict[str, LabelRow] = {}
+        for i, row in enumerate(reader, start=2):
+            key = (row.get("case") or "").strip().strip("/")
+            cond = (row.get("condition") or "").strip()
+            if not key or not cond:
+                raise IngestError(f"{path}:{i}: empty 'case' or 'condition'")
+            if key in out:
+                raise IngestError(f"{path}:{i}: case {key!r} listed twice")
+            out[key] = LabelRow(cond, (row.get("mask") or "").strip() or None, (row.get("patient") or "").strip() or None)
+    return out
+
+
+def _sanitize_reason(reason: str, roots: list[Path]) -> str:
+    for r in roots:
+        reason = reason.replace(str(r), "<input>")
+    return reason
+
+
+# --------------------------------------------------------------------------- DICOM de-identification
+
+
+@dataclass
+class _SeriesKeys:
+    """What identifies one (de-identified) series in the labels CSV. In memory only."""
+
+    rel_files: set[str] = field(default_factory=set)
+    patient_id: str = ""
+    series_uid: str = ""
+    patient: str = ""
+
+
+def deidentify_tree(
+    input_dir: Path,
+    out_dir: Path,
+    deid: Deidentifier,
+    progress: Callable[[str], None] | None = None,
+    skip: set[Path] | None = None,
+) -> tuple[dict[str, _SeriesKeys], list[dict], list[dict], list[Path]]:
+    """De-identify every DICOM file under ``input_dir`` into ``out_dir/<patient>/<study>/<series>/``.
+
+    Returns (series keys by de-identified SeriesInstanceUID, quarantine rows, deid log rows,
+    NIfTI files found).
+    """
+    keys: dict[str, _SeriesKeys] = defaultdict(_SeriesKeys)
+    quarantine: list[dict] = []
+    log: list[dict] = []
+    niftis: list[Path] = []
+    for path in discover_files(input_dir):
+        rel = str(path.relative_to(input_dir))
+        if progress:
+            progress(rel)
+        if skip and path in skip:
+            continue
+        if is_nifti(path):
+            niftis.append(path)
+            continue
+        if path.suffix.lower() in (".csv", ".txt", ".md", ".json", ".xml", ".html", ".pdf") and path.name.lower() != "dicomdir":
+            quarantine.append({"file_id": deid.pseudo.file_id(rel), "kind": "file", "reason": f"not an image file ({path.suffix.lower()})"})
+            continue
+        try:
+            header = read_header(path)
+            problem = pixel_data_problem(path, header)
+            if problem:
+                raise SeriesError(problem)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path)
+            orig_pid = str(ds.get("PatientID", "") or "")
+            orig_series = str(ds.get("SeriesInstanceUID", "") or "")
+            res = deid.deidentify(ds)
+        except (SeriesError, BurnedInTextError) as exc:
+            quarantine.append({"file_id": deid.pseudo.file_id(rel), "kind": "file", "reason": _sanitize_reason(str(exc), [input_dir])})
+            continue
+        except Exception as exc:
+            quarantine.append({"file_id": deid.pseudo.file_id(rel), "kind": "file", "reason": f"cannot de-identify: {type(exc).__name__}"})
+            continue
+        dest = out_dir / res.patient / res.study / res.series / f"{res.instance}.dcm"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res.dataset.save_as(dest, enforce_file_format=True)
+        k = keys[str(res.dataset.get("SeriesInstanceUID", ""))]
+        k.rel_files.add(rel)
+        k.patient_id, k.series_uid, k.patient = orig_pid, orig_series, res.patient
+        a = res.actions
+        log.append({
+            "patient": res.patient, "study": res.study, "series": res.series, "instance": res.instance,
+            "removed": a["X"], "emptied": a["Z"], "dummied": a["D"], "cleaned": a["C"], "uids_replaced": a["U"], "kept": a["K"],
+        })
+    return dict(keys), quarantine, log, niftis
+
+
+# --------------------------------------------------------------------------- label matching
+
+
+def _match_label(labels: dict[str, LabelRow], candidates: list[str]) -> tuple[str, LabelRow] | None:
+    for c in candidates:
+        c = c.strip("/")
+        if c in labels:
+            return c, labels[c]
+    return None
+
+
+def _dicom_candidates(k: _SeriesKeys) -> list[str]:
+    cands = []
+    parents: set[str] = set()
+    for rel in sorted(k.rel_files):
+        cands.append(rel)
+        p = Path(rel).parent
+        while str(p) not in ("", "."):
+            parents.add(str(p))
+            p = p.parent
+    # deepest folders first so a series folder wins over its patient folder
+    cands += sorted(parents, key=lambda s: (-s.count("/"), s))
+    cands += [k.series_uid, k.patient_id]
+    return [c for c in cands if c]
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def ingest(
+    input_dir: Path,
+    out_dir: Path,
+    data_cfg: DataConfig,
+    deid_cfg: DeidConfig,
+    key: DeidKey,
+    labels_path: Path | None = None,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> IngestResult:
+    """De-identify and convert a folder of DICOM/NIfTI into ``out_dir`` (images/, masks/, dicom/, CSVs)."""
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if not input_dir.is_dir():
+        raise IngestError(f"{input_dir}: data.input folder not found")
+    labels = read_labels(labels_path) if labels_path else {}
+    mask_paths = {(input_dir / r.mask).resolve() for r in labels.values() if r.mask}
+    for r in labels.values():
+        if r.mask and not (input_dir / r.mask).is_file():
+            raise IngestError(f"{labels_path}: mask file {r.mask!r} not found under data.input")
+    deid = Deidentifier(deid_cfg, key, version=__version__)
+    pseudo: Pseudonymizer = deid.pseudo
+    for sub in ("images", "masks", "dicom"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    series_keys, quarantine, deid_log, niftis = deidentify_tree(
+        input_dir, out_dir / "dicom", deid, progress=progress, skip={p for p in discover_files(input_dir) if p.resolve() in mask_paths or (labels_path and p.resolve() == Path(labels_path).resolve())}
+    )
+    cases: list[dict] = []
+    used_labels: set[str] = set()
+
+    def add_case(img: nib.Nifti1Image, patient: str, case_id: str, modality: str, label: tuple[str, LabelRow] | None, source: str) -> None:
+        if img.ndim != 3:
+            quarantine.append({"file_id": case_id, "kind": "series", "reason": f"{img.ndim}D volume {img.shape}: the cohort takes 3D volumes only"})
+            return
+        condition = data_cfg.default_condition
+        mask_arr = None
+        if label is not None:
+            used_labels.add(label[0])
+            condition = label[1].condition
+            if label[1].mask:
+                try:
+                    mask_img = load_nifti_checked(input_dir / label[1].mask)
+                    mask_arr = resample_mask_to(nib.as_closest_canonical(mask_img), img)
+                except SeriesError as exc:
+                    quarantine.append({"file_id": case_id, "kind": "mask", "reason": f"mask unusable: {exc}"})
+                    return
+        write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
+        if mask_arr is not None:
+            m = nib.Nifti1Image(mask_arr, img.affine)
+            m.set_sform(img.affine, code=1)
+            m.set_qform(img.affine, code=1)
+            write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", clean_header(m, descrip=f"medsynth {case_id} mask"))
+        cases.append({
+            "case_id": case_id, "patient": patient, "condition": condition, "modality": modality,
+            "shape": "x".join(str(s) for s in img.shape),
+            "spacing": "x".join(f"{float(z):.4g}" for z in img.header.get_zooms()[:3]),
+            "source": source, "has_mask": int(mask_arr is not None), "split": "",
+        })
+
+    # DICOM: converted from the de-identified copies only
+    for item in iter_volumes(out_dir / "dicom", workers=workers, progress=progress):
+        if isinstance(item, QuarantineEntry):
+            quarantine.append({"file_id": pseudo.file_id(item.path), "kind": "series", "reason": _sanitize_reason(item.reason, [out_dir])})
+            continue
+        assert isinstance(item, ConvertedVolume)
+        k = series_keys.get(item.series_uid, _SeriesKeys())
+        patient = item.patient_id or k.patient
+        case_id = f"{patient}-{pseudo.short_id('case', item.series_uid + item.source, 8)}"
+        add_case(item.image, patient, case_id, item.modality or "OT", _match_label(labels, _dicom_candidates(k)), "dicom")
+    # NIfTI
+    for path in niftis:
+        rel = str(path.relative_to(input_dir))
+        try:
+            img = load_nifti_checked(path)
+        except SeriesError as exc:
+            quarantine.append({"file_id": pseudo.file_id(rel), "kind": "file", "reason": str(exc)})
+            continue
+        label = _match_label(labels, [rel])
+        patient_key = (label[1].patient if label and label[1].patient else None) or f"nifti:{rel}"
+        patient = pseudo.patient("id:" + patient_key if label and label[1].patient else patient_key)
+        ras = make_ras_image(np.asarray(img.dataobj), img.affine)
+        add_case(ras, patient, f"{patient}-{pseudo.short_id('case', rel, 8)}", data_cfg.nifti_modality, label, "nifti")
+    for key_ in sorted(set(labels) - used_labels):
+        quarantine.append({"file_id": pseudo.file_id(key_), "kind": "label", "reason": "labels CSV row matched no converted case"})
+    cases.sort(key=lambda c: c["case_id"])
+    if not cases:
+        raise IngestError(f"{input_dir}: no usable volume found ({len(quarantine)} item(s) quarantined; see quarantine.csv)")
+    write_csv_atomic(out_dir / "manifest.csv", cases, MANIFEST_FIELDS)
+    write_csv_atomic(out_dir / "quarantine.csv", quarantine, QUARANTINE_FIELDS)
+    write_csv_atomic(out_dir / "deid_log.csv", deid_log, DEID_LOG_FIELDS)
+    totals = Counter()
+    for row in deid_log:
+        for f in DEID_LOG_FIELDS[4:]:
+            totals[f] += int(row[f])
+    summary = {
+        "cases": len(cases),
+        "patients": len({c["patient"] for c in cases}),
+        "by_condition": dict(sorted(Counter(c["condition"] for c in cases).items())),
+        "by_modality": dict(sorted(Counter(c["modality"] for c in cases).items())),
+        "with_mask": sum(c["has_mask"] for c in cases),
+        "quarantined": len(quarantine),
+        "quarantine_by_reason": dict(sorted(Counter(_reason_class(q["reason"]) for q in quarantine).items())),
+        "deid": {
+            "profile": "DICOM PS3.15 Table E.1-1 Basic Application Confidentiality Profile",
+            "options": sorted(deid.options),
+            "codes": [c for c in _codes(deid)],
+            "dicom_files_deidentified": len(deid_log),
+            "actions": dict(totals),
+            "key_source": key.source,
+            "pseudonyms_stable": key.stable,
+            "nifti_header_fields_cleared": ["descrip", "aux_file", "db_name", "intent_name", "extensions"],
+        },
+    }
+    write_json_atomic(out_dir / "ingest.json", summary)
+    return IngestResult(cases, quarantine, summary)
+
+
+def _codes(deid: Deidentifier) -> list[dict]:
+    from medsynth.io.deid import CID7050
+
+    return [{"code": CID7050[n][0], "meaning": CID7050[n][1], "scheme": "DCM"} for n in ["basic"] + sorted(deid.options)]
+
+
+def _reason_class(reason: str) -> str:
+    return reason.split(":")[0].split("(")[0].strip()[:60]
+
+
+# --------------------------------------------------------------------------- npz (MedMNIST) source
+
+
+def ingest_npz(npz_path: Path, out_dir: Path, data_cfg: DataConfig, seed: int) -> IngestResult:
+    """A MedMNIST-style ``.npz`` (``{split}_images``, ``{split}_labels``) -> cases with official splits.
+
+    The images are binary shape masks (AdrenalMNIST3D), so each case's mask is ``image > 0``. The
+    official test split is divided (stratified, seeded) into ``test`` and the privacy ``holdout``.
+    MedMNIST data hold no identifiers; case ids are still pseudonymous.
+    """
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise IngestError(f"{npz_path}: data.input .npz not found")
+    z = np.load(npz_path)
+    missing = [k for k in ("train_images", "train_labels", "test_images", "test_labels") if k not in z.files]
+    if missing:
+        raise IngestError(f"{npz_path}: not a MedMNIST-style npz: missing arrays {missing}")
+    names = list(data_cfg.npz_class_names)
+    for sub in ("images", "masks"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for split in ("train", "val", "test"):
+        if f"{split}_images" not in z.files:
+            continue
+        imgs, labs = z[f"{split}_images"], z[f"{split}_labels"].reshape(-1)
+        idx = np.arange(len(imgs))
+        if data_cfg.npz_max_cases:
+            share = {"train": 0.6, "val": 0.1, "test": 0.3}[split]
+            keep = max(4, int(round(share * data_cfg.npz_max_cases)))
+            idx = _stratified_take(labs, keep, rng)
+        holdout = set()
+        if split == "test":
+            for c in np.unique(labs[idx]):
+                members = idx[labs[idx] == c]
+                perm = rng.permutation(members)
+                holdout |= set(perm[: len(perm) // 2].tolist())
+        for i in idx:
+            lab = int(labs[i])
+            if lab >= len(names):
+                raise IngestError(f"{npz_path}: label {lab} has no name in data.npz_class_names {names}")
+            case_id = f"NPZ{split[:2].upper()}{i:05d}"
+            vol = imgs[i].astype(np.float32)
+            if vol.max() > 1:
+                vol = vol / 255.0
+            img = nib.Nifti1Image(vol.astype(np.float32), np.eye(4))
+            write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id}"))
+            m = nib.Nifti1Image((vol > 0.5).astype(np.uint8), np.eye(4))
+            write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", clean_header(m, descrip=f"medsynth {case_id} mask"))
+            cases.append({
+                "case_id": case_id, "patient": case_id, "condition": names[lab], "modality": "SEG",
+                "shape": "x".join(str(s) for s in vol.shape), "spacing": "1x1x1", "source": "npz", "has_mask": 1,
+                "split": ("holdout" if i in holdout else split),
+            })
+    write_csv_atomic(out_dir / "manifest.csv", cases, MANIFEST_FIELDS)
+    write_csv_atomic(out_dir / "quarantine.csv", [], QUARANTINE_FIELDS)
+    write_csv_atomic(out_dir / "deid_log.csv", [], DEID_LOG_FIELDS)
+    summary = {
+        "cases": len(cases), "patients": len(cases),
+        "by_condition": dict(sorted(Counter(c["condition"] for c in cases).items())),
+        "by_modality": {"SEG": len(cases)}, "with_mask": len(cases), "quarantined": 0, "quarantine_by_reason": {},
+        "deid": {"profile": "not applicable: MedMNIST npz holds no identifiers", "options": [], "codes": [],
+                 "dicom_files_deidentified": 0, "actions": {}, "key_source": "none", "pseudonyms_stable": True,
+                 "nifti_header_fields_cleared": []},
+        "official_splits": True,
+    }
+    write_json_atomic(out_dir / "ingest.json", summary)
+    return IngestResult(cases, [], summary)
+
+
+def _stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    out = []
+    classes, counts = np.unique(labels, return_counts=True)
+    for c, cnt in zip(classes, counts):
+        take = max(2, int(round(n * cnt / len(labels))))
+        members = np.flatnonzero(labels == c)
+        out.extend(rng.choice(members, size=min(take, len(members)), replace=False).tolist())
+    return np.array(sorted(out))
+
+
+def with_demo_input(data_cfg: DataConfig, seed: int, progress=None):
+    """Context manager: a temporary folder holding the demo cohort and its labels CSV."""
+    from contextlib import contextmanager
+
+    from medsynth.data.demo import generate_demo_cohort
+
+    @contextmanager
+    def _ctx():
+        tmp = Path(tempfile.mkdtemp(prefix="medsynth-demo-"))
+        try:
+            generate_demo_cohort(tmp / "raw", data_cfg.demo, seed=seed, progress=progress)
+            yield tmp / "raw", tmp / "raw" / "labels.csv"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return _ctx()
+
+
+__all__ = ["ingest", "ingest_npz", "read_labels", "with_demo_input", "IngestError", "MANIFEST_FIELDS", "os"]
