@@ -1,0 +1,207 @@
+"""The ``medsynth`` command: what users do outside the pipeline, on the same library functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from medsynth import __version__
+
+app = typer.Typer(help="medsynth: de-identify, convert, synthesize and report on 3D medical images.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the medsynth version."""
+    print(__version__)
+
+
+@app.command()
+def convert(
+    input: Path = typer.Argument(..., help="folder (searched recursively) or file of DICOM / NIfTI"),
+    output: Path = typer.Argument(..., help="output folder: one RAS NIfTI per series, series.csv, quarantine.csv"),
+    workers: Optional[int] = typer.Option(None, help="processes (default: all cores)"),
+) -> None:
+    """Convert every DICOM series (and NIfTI) under INPUT to RAS NIfTI in OUTPUT. Does not de-identify."""
+    from medsynth.io.convert import convert_folder
+
+    if not input.exists():
+        _fail(f"{input}: input does not exist", 2)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("converting", total=None)
+        res = convert_folder(input, output, workers=workers, progress=lambda _: progress.advance(task))
+    console.print(f"convert: wrote {len(res.series_rows)} volume(s) to {output}; {len(res.quarantine)} item(s) quarantined ({output / 'quarantine.csv'})")
+    if not res.series_rows:
+        _fail("nothing could be converted", 3)
+
+
+@app.command()
+def deid(
+    input: Path = typer.Argument(..., help="folder of DICOM files (read only)"),
+    output: Path = typer.Argument(..., help="output folder: de-identified copies under pseudonymous folders"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="site key file (else $MEDSYNTH_DEID_KEY)"),
+    ephemeral_key: bool = typer.Option(False, "--ephemeral-key", help="throw-away key for trials: pseudonyms NOT stable"),
+    no_dates: bool = typer.Option(False, "--no-dates", help="drop dates instead of shifting them"),
+    drop_patient_characteristics: bool = typer.Option(False, help="remove sex, age, size, weight"),
+    keep_descriptors: bool = typer.Option(False, help="remove descriptions instead of cleaning them"),
+    retain_safe_private: bool = typer.Option(False, help="keep the documented safe private tags"),
+) -> None:
+    """De-identify DICOM (PS3.15 Annex E Basic Profile + options) into OUTPUT with deid_log.csv and quarantine.csv."""
+    from medsynth.config import DeidConfig
+    from medsynth.io.deid import DeidKeyError, Deidentifier, load_key
+    from medsynth.io.ingest import DEID_LOG_FIELDS, QUARANTINE_FIELDS, deidentify_tree
+    from medsynth.io.writers import write_csv_atomic
+
+    cfg = DeidConfig(
+        retain_longitudinal_modified_dates=not no_dates, retain_patient_characteristics=not drop_patient_characteristics,
+        clean_descriptors=not keep_descriptors, retain_safe_private=retain_safe_private,
+    )
+    try:
+        key = load_key(cfg, key_file=str(key_file) if key_file else None, ephemeral=ephemeral_key)
+    except DeidKeyError as exc:
+        _fail(str(exc), 2)
+    if not input.is_dir():
+        _fail(f"{input}: not a folder", 2)
+    d = Deidentifier(cfg, key, version=__version__)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("de-identifying", total=None)
+        _, quarantine, log, niftis = deidentify_tree(input, output, d, progress=lambda _: progress.advance(task))
+    for p in niftis:
+        quarantine.append({"file_id": d.pseudo.file_id(str(p.relative_to(input))), "kind": "file", "reason": "NIfTI: not DICOM (use the pipeline's ingest to clean NIfTI headers)"})
+    write_csv_atomic(output / "deid_log.csv", log, DEID_LOG_FIELDS)
+    write_csv_atomic(output / "quarantine.csv", quarantine, QUARANTINE_FIELDS)
+    note = "" if key.stable else " [yellow](throw-away key: pseudonyms are NOT stable)[/yellow]"
+    console.print(f"deid: wrote {len(log)} de-identified file(s) to {output}; {len(quarantine)} quarantined{note}")
+
+
+@app.command()
+def locate(
+    input: Path = typer.Argument(..., help="the raw input folder"),
+    file_id: str = typer.Argument(..., help="a file_id from quarantine.csv"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file"),
+    demo: bool = typer.Option(False, help="the id came from the demo key"),
+) -> None:
+    """Map a quarantine file_id back to its path (runs only where the raw data and the key are)."""
+    from medsynth.config import DeidConfig
+    from medsynth.io.deid import DeidKeyError, Pseudonymizer, load_key
+    from medsynth.io.dicom import discover_files
+
+    try:
+        key = load_key(DeidConfig(), key_file=str(key_file) if key_file else None, demo=demo)
+    except DeidKeyError as exc:
+        _fail(str(exc), 2)
+    p = Pseudonymizer(key)
+    for path in discover_files(input):
+        rel = str(path.relative_to(input))
+        if p.file_id(rel) == file_id:
+            print(rel)
+            return
+    _fail(f"no file under {input} has id {file_id}", 3)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Argument(..., help="folder to write the demo cohort (fake patients) into"),
+    patients: int = typer.Option(40, help="number of phantom patients"),
+    seed: int = typer.Option(1234),
+) -> None:
+    """Write the embedded demo cohort: DICOM series with fake PHI, a few NIfTI, masks and labels.csv."""
+    from medsynth.config import DemoConfig
+    from medsynth.data.demo import generate_demo_cohort
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("writing phantoms", total=patients)
+        cases = generate_demo_cohort(output, DemoConfig(patients=patients), seed=seed, progress=lambda _: progress.advance(task))
+    console.print(f"demo: wrote {len(cases)} phantom patients ({sum(c.condition == 'lesion' for c in cases)} with a lesion) to {output}")
+
+
+@app.command()
+def synth(
+    model: Path = typer.Argument(..., help="a trained model: model.pt or its folder (models/cgan)"),
+    output: Path = typer.Argument(..., help="output folder"),
+    condition: str = typer.Option(..., "--condition", "-c", help="condition to sample"),
+    n: int = typer.Option(4, "-n", help="number of cases"),
+    seed: int = typer.Option(0, help="base seed (case i uses seed + i)"),
+    temperature: float = typer.Option(1.0, help="noise scale; < 1 trades diversity for typicality"),
+    min_island_voxels: int = typer.Option(4, help="remove mask components smaller than this"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+) -> None:
+    """Sample N synthetic image + mask pairs of one condition from a trained model, without the pipeline."""
+    from medsynth.config import PreprocessConfig
+    from medsynth.data.transforms import from_model_space
+    from medsynth.synth.sampler import load_sampler, synthesize
+
+    try:
+        s = load_sampler(model)
+    except FileNotFoundError as exc:
+        _fail(str(exc), 2)
+    pre = PreprocessConfig(**{k: v for k, v in _transform_settings(s.data_info).items() if k in PreprocessConfig.model_fields})
+    if condition not in s.conditions:
+        _fail(f"condition {condition!r} unknown to this model; it knows {s.conditions}", 2)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("sampling", total=n)
+        rows = synthesize(model, output, {condition: n}, seed, temperature, min_island_voxels,
+                          lambda a: from_model_space(a, pre, s.data_info["modality"]), device=device, progress=lambda k: progress.advance(task, k))
+    console.print(f"synth: wrote {len(rows)} synthetic {condition} case(s) to {output}")
+
+
+def _transform_settings(data_info: dict) -> dict:
+    info = Path("data/preprocess/preprocess.json")
+    if info.is_file():
+        return json.loads(info.read_text()).get("transform_settings", {})
+    return {}
+
+
+@app.command()
+def report(
+    root: Path = typer.Option(Path("."), help="the pipeline folder holding data/, models/, reports/"),
+    out: Path = typer.Option(Path("reports/report.html"), help="HTML file to write"),
+    pdf: bool = typer.Option(True, help="also print a PDF with local Chromium"),
+) -> None:
+    """Rebuild the synthesis report from existing outputs (no retraining)."""
+    from medsynth.config import load_params
+    from medsynth.report.build import build_report
+    from medsynth.report.pdf import html_to_pdf
+
+    params = load_params(root / "params.yaml")
+    html = build_report(root / "data/ingest", root / "data/preprocess", root / "models", root / "reports/eval", out,
+                        params.train.models, params.report.title, params.model_dump(mode="json"), repo_root=root)
+    made = html_to_pdf(html, out.with_suffix(".pdf")) if pdf else None
+    console.print(f"report: wrote {html}" + (f" and {made}" if made else ""))
+
+
+@app.command("models")
+def list_models() -> None:
+    """List registered generative models (built-in and plug-ins)."""
+    from medsynth.models import registry
+
+    for name, target in registry.available().items():
+        print(f"{name}\t{target}")
+
+
+@app.command("check-params")
+def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
+    """Validate a params.yaml and print what is wrong, key by key."""
+    from medsynth.config import ConfigError, load_params
+
+    try:
+        load_params(path)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    console.print(f"{path}: valid")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

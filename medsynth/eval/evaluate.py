@@ -1,0 +1,166 @@
+"""Evaluate stage: fidelity, privacy and gates for every trained model, plus the report's figures."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
+from medsynth.data.transforms import to_model_space  # noqa: E402
+from medsynth.eval.features import volume_features  # noqa: E402
+from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
+from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
+from medsynth.eval.privacy import privacy_metrics, whitebox_membership  # noqa: E402
+from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
+from medsynth.models import registry  # noqa: E402
+from medsynth.models.training import data_info_from, load_bank, read_preprocess_info  # noqa: E402
+from medsynth.synth.sampler import model_space_arrays  # noqa: E402
+
+
+class GateFailure(RuntimeError):
+    pass
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _savefig(fig, dest: Path) -> None:
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def _whitebox(model: str, ckpt: Path, info: dict, members: tuple, nonmembers: tuple, seed: int, n_boot: int) -> dict:
+    """Load the full checkpoint (weights only) and score real cases with D (GAN) or the ELBO (VAE)."""
+    if not ckpt.is_file():
+        return {}
+    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+    cls = registry.get(model)
+    module = cls(blob.get("medsynth_config") or {}, data_info_from(info)) if blob.get("medsynth_config") else None
+    if module is None:
+        return {}
+    module.load_state_dict(blob["state_dict"], strict=False)
+    module.eval()
+    score = getattr(module, "discriminator_score", None) or getattr(module, "elbo_score", None)
+    if score is None:
+        return {}
+    with torch.no_grad():
+        s_m = score(members[0].float(), members[1]).float().numpy()
+        s_n = score(nonmembers[0].float(), nonmembers[1]).float().numpy()
+    out = whitebox_membership(s_m, s_n, seed, n_boot)
+    out["whitebox_signal"] = "discriminator score" if hasattr(module, "discriminator_score") else "negative ELBO loss"
+    return out
+
+
+def evaluate_models(
+    preprocess_dir: Path,
+    synth_root: Path,
+    models_root: Path,
+    models: list[str],
+    pre_cfg: PreprocessConfig,
+    cfg: EvalConfig,
+    seed: int,
+    out_dir: Path,
+) -> dict:
+    info = read_preprocess_info(preprocess_dir)
+    modality = info["modality"]
+    n_labels = max(1, int(info["n_mask_labels"]))
+    banks = {s: load_bank(preprocess_dir, (s,), info) for s in ("train", "test", "holdout")}
+    feats = {s: volume_features(b[0][:, 0].float().numpy(), b[0][:, 1].float().numpy(), n_labels) for s, b in banks.items()}
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fidelity_all, privacy_all, gates = {}, {}, []
+    to_model = lambda a: to_model_space(a, pre_cfg, modality)  # noqa: E731
+    train_imgs = banks["train"][0][:, 0].float().numpy()
+    train_masks = banks["train"][0][:, 1].float().numpy()
+    for k, model in enumerate(models):
+        sdir = Path(synth_root) / model
+        rows = _read_rows(sdir / "synthetic_manifest.csv")
+        s_img, s_mask, s_cond = model_space_arrays(sdir, rows, to_model)
+        f_syn = volume_features(s_img, s_mask, n_labels)
+        fid = fidelity_metrics(f_syn, feats["train"], feats["test"], s_img, train_imgs, s_mask, train_masks, seed + k, cfg.bootstrap)
+        per_cond = {}
+        for ci, cond in enumerate(info["conditions"]):
+            sel_s = np.array([c == cond for c in s_cond])
+            sel_t = (banks["train"][1] == ci).numpy()
+            sel_te = (banks["test"][1] == ci).numpy()
+            if sel_s.sum() >= 2 and sel_t.sum() >= 2:
+                per_cond[cond] = fidelity_metrics(f_syn[sel_s], feats["train"][sel_t], feats["test"][sel_te] if sel_te.sum() >= 2 else feats["test"],
+                                                  s_img[sel_s], train_imgs[sel_t], s_mask[sel_s], train_masks[sel_t], seed + k, max(10, cfg.bootstrap // 4))
+        fid["per_condition"] = per_cond
+        priv = privacy_metrics(f_syn, feats["train"], feats["holdout"], seed + k, cfg.bootstrap, cfg.copy_percentile)
+        priv.update(_whitebox(model, Path(models_root) / model / "checkpoints" / "last.ckpt", info,
+                              (banks["train"][0], banks["train"][1]), (banks["holdout"][0], banks["holdout"][1]), seed + k, cfg.bootstrap))
+        fidelity_all[model] = fid
+        privacy_all[model] = priv
+        gates += evaluate_gates(model, fid, priv, cfg.gates)
+        _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv)
+    verdict = overall(gates)
+    write_json_atomic(out_dir / "fidelity.json", fidelity_all)
+    write_json_atomic(out_dir / "privacy.json", privacy_all)
+    write_json_atomic(out_dir / "gates.json", {"overall": verdict, "gates": gates, "strict": cfg.strict})
+    summary = {m: {"mmd_ratio": fidelity_all[m]["mmd_ratio"], "dcr_share": privacy_all[m]["dcr_share"],
+                   "membership_auc": privacy_all[m]["membership_auc_blackbox"], "copies": privacy_all[m]["copies"]} for m in models}
+    write_json_atomic(out_dir / "metrics.json", {"overall": verdict, **summary})
+    failed = [g["gate"] for g in gates if g["state"] == "fail"]
+    if cfg.strict and failed:
+        raise GateFailure(f"evaluate.strict is true and {len(failed)} gate(s) failed: " + "; ".join(failed))
+    return {"overall": verdict, "gates": gates}
+
+
+def _mid_slices(vol: np.ndarray) -> list[np.ndarray]:
+    d, h, w = vol.shape
+    return [vol[d // 2].T[::-1], vol[:, h // 2].T[::-1], vol[:, :, w // 2].T[::-1]]
+
+
+def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
+    conds = info["conditions"]
+    fig, axes = plt.subplots(len(conds), 6, figsize=(12, 2.2 * len(conds)), squeeze=False)
+    x_train, y_train = banks["train"][0], banks["train"][1]
+    for ci, cond in enumerate(conds):
+        real_idx = np.flatnonzero(y_train.numpy() == ci)
+        syn_idx = [i for i, c in enumerate(s_cond) if c == cond]
+        real = x_train[real_idx[0], 0].float().numpy() if len(real_idx) else np.full(s_img.shape[1:], -1.0)
+        syn = s_img[syn_idx[0]] if syn_idx else np.full(s_img.shape[1:], -1.0)
+        for j, (title, vol) in enumerate([("real", real), ("synthetic", syn)]):
+            for v, sl in enumerate(_mid_slices(vol)):
+                ax = axes[ci, j * 3 + v]
+                ax.imshow(sl, cmap="gray", vmin=-1, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(f"{title} {cond} ({'axial sagittal coronal'.split()[v]})", fontsize=7)
+    fig.suptitle(f"{model}: real (left) vs synthetic (right), orthogonal mid-slices per condition", fontsize=9)
+    _savefig(fig, fig_dir / f"{model}_slices.png")
+    fig, ax = plt.subplots(figsize=(5, 3))
+    v = priv["dcr_values"]
+    bins = np.linspace(0, max(max(v["synthetic_to_train"]), max(v["holdout_to_train"])) * 1.05, 20)
+    ax.hist(v["holdout_to_train"], bins=bins, alpha=0.6, label="unseen real patients -> training (baseline)", density=True)
+    ax.hist(v["synthetic_to_train"], bins=bins, alpha=0.6, label="synthetic -> training", density=True)
+    ax.axvline(priv["copy_threshold"], color="red", ls="--", label="copy threshold")
+    ax.set_xlabel("distance to the closest training patient (feature space)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=6)
+    ax.set_title(f"{model}: distance to closest record", fontsize=9)
+    _savefig(fig, fig_dir / f"{model}_dcr.png")
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    r = priv["membership_roc_blackbox"]
+    ax.plot(r["fpr"], r["tpr"], label=f"distance attack (AUC {priv['membership_auc_blackbox']:.2f})")
+    if "membership_roc_whitebox" in priv:
+        w = priv["membership_roc_whitebox"]
+        ax.plot(w["fpr"], w["tpr"], label=f"white-box (AUC {priv['membership_auc_whitebox']:.2f})")
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"{model}: membership inference", fontsize=9)
+    ax.legend(fontsize=6)
+    _savefig(fig, fig_dir / f"{model}_membership_roc.png")

@@ -1,0 +1,43 @@
+"""Gates: a measured value, a threshold the user set, and a verdict (pass / warn / fail)."""
+
+from __future__ import annotations
+
+from medsynth.config import GatesConfig
+
+STATES = ("pass", "warn", "fail", "not measured")
+
+
+def upper_gate(name: str, value: float | None, threshold: float, margin: float, sentence: str, area: str) -> dict:
+    """A gate that passes while value <= threshold; warns within ``margin`` (relative) below it."""
+    if value is None:
+        state = "not measured"
+    elif value > threshold:
+        state = "fail"
+    elif value > threshold * (1 - margin):
+        state = "warn"
+    else:
+        state = "pass"
+    return {"gate": name, "area": area, "state": state, "value": value, "threshold": threshold, "rule": "<=", "sentence": sentence}
+
+
+def evaluate_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig) -> list[dict]:
+    m = cfg.warn_margin
+    return [
+        upper_gate(f"{model}: membership inference AUC", privacy["membership_auc_blackbox"], cfg.mia_auc_max, m,
+                   "How well an attacker holding the synthetic data can tell who was in the training set (0.5 = no better than chance).", "privacy"),
+        upper_gate(f"{model}: share closer to training than to unseen patients", privacy["dcr_share"], cfg.dcr_share_max, m,
+                   "0.5 means synthetic cases are no closer to training patients than to patients the model never saw.", "privacy"),
+        upper_gate(f"{model}: near-copies of training patients", float(privacy["copies"]), float(cfg.copies_max), 0.0,
+                   "Synthetic cases closer to a training patient than real patients ever are to each other.", "privacy"),
+        upper_gate(f"{model}: MMD ratio to real-vs-real", fidelity["mmd_ratio"], cfg.mmd_ratio_max, m,
+                   "How far the synthetic distribution is from the real one, in units of the gap between two real samples.", "fidelity"),
+    ]
+
+
+def overall(gates: list[dict]) -> str:
+    states = {g["state"] for g in gates}
+    if "fail" in states:
+        return "fail"
+    if "warn" in states or "not measured" in states:
+        return "warn"
+    return "pass"

@@ -1,0 +1,1 @@
+"""Generative models (conditional GAN, conditional VAE, VAE-GAN), their Lightning training and registry."""

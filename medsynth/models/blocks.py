@@ -1,0 +1,110 @@
+"""3D building blocks shared by the generative models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import spectral_norm
+
+
+class ConditionalNorm3d(nn.Module):
+    """Instance norm whose scale and shift come from the class embedding (conditional normalisation)."""
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm3d(channels, affine=False)
+        self.gamma = nn.Embedding(n_classes, channels)
+        self.beta = nn.Embedding(n_classes, channels)
+        nn.init.zeros_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        g = 1.0 + self.gamma(y)[:, :, None, None, None]
+        b = self.beta(y)[:, :, None, None, None]
+        return self.norm(x) * g + b
+
+
+class UpBlock(nn.Module):
+    """x2 nearest upsampling, 3^3 conv, conditional norm, ReLU."""
+
+    def __init__(self, cin: int, cout: int, n_classes: int):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
+        self.n1 = ConditionalNorm3d(cout, n_classes)
+        self.n2 = ConditionalNorm3d(cout, n_classes)
+        self.skip = nn.Conv3d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        h = torch.relu(self.n1(self.conv(x), y))
+        h = self.n2(self.conv2(h), y)
+        return torch.relu(h + self.skip(x))
+
+
+class DownBlock(nn.Module):
+    """Spectral-normalised strided conv block for discriminators / encoders."""
+
+    def __init__(self, cin: int, cout: int, sn: bool = True, norm: bool = False):
+        super().__init__()
+        wrap = spectral_norm if sn else (lambda m: m)
+        self.conv = wrap(nn.Conv3d(cin, cout, 4, stride=2, padding=1))
+        self.conv2 = wrap(nn.Conv3d(cout, cout, 3, padding=1))
+        self.norm = nn.GroupNorm(min(8, cout), cout) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.leaky_relu(self.norm(self.conv(x)), 0.2)
+        return nn.functional.leaky_relu(self.conv2(h), 0.2)
+
+
+def n_levels(size: int, bottom: int = 4) -> int:
+    levels = 0
+    while size > bottom:
+        if size % 2:
+            raise ValueError(f"ROI side {size} must halve evenly down to {bottom}")
+        size //= 2
+        levels += 1
+    return levels
+
+
+def split_output(out: torch.Tensor, n_mask_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder output -> (image in [-1, 1], mask logits over background + labels)."""
+    return torch.tanh(out[:, :1]), out[:, 1 : 2 + n_mask_labels]
+
+
+def compose_sample(image: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Image + soft one-hot mask, the joint sample a discriminator sees."""
+    return torch.cat([image, torch.softmax(mask_logits, dim=1)], dim=1)
+
+
+def one_hot_mask(mask: torch.Tensor, n_mask_labels: int) -> torch.Tensor:
+    m = mask.long().clamp(0, n_mask_labels)[:, 0]
+    return nn.functional.one_hot(m, n_mask_labels + 1).permute(0, 4, 1, 2, 3).float()
+
+
+class ProjectionDiscriminator(nn.Module):
+    """3D discriminator with spectral norm and projection conditioning (Miyato & Koyama 2018)."""
+
+    def __init__(self, in_channels: int, n_classes: int, base: int, size: int, patch: bool = False):
+        super().__init__()
+        levels = n_levels(size)
+        chans = [base * min(2**i, 8) for i in range(levels)]
+        blocks, cin = [], in_channels
+        for c in chans:
+            blocks.append(DownBlock(cin, c))
+            cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.patch = patch
+        self.head = spectral_norm(nn.Conv3d(cin, 1, 3, padding=1)) if patch else spectral_norm(nn.Linear(cin, 1))
+        self.embed = spectral_norm(nn.Embedding(n_classes, cin))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(x)
+        if self.patch:  # a score per patch, projection term per patch
+            proj = (self.embed(y)[:, :, None, None, None] * h).sum(1, keepdim=True)
+            return (self.head(h) + proj).flatten(1).mean(1)
+        h = h.sum(dim=(2, 3, 4))
+        return self.head(h)[:, 0] + (self.embed(y) * h).sum(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x).mean(dim=(2, 3, 4))

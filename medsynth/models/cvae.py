@@ -1,0 +1,127 @@
+"""3D conditional VAE: the condition enters at the encoder input (one-hot channels) and at the
+bottleneck (class embedding with the latent); image and mask are decoded together.
+
+Loss: L1 image reconstruction + mask cross-entropy (``mask_weight``) + KL with linear annealing
+(``kl_weight``, ``kl_anneal_steps``). Sampling draws from the prior N(0, temperature^2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medsynth.config import CVAEConfig
+from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
+from medsynth.models.blocks import DownBlock, UpBlock, n_levels, one_hot_mask, split_output
+
+
+class Encoder(nn.Module):
+    def __init__(self, in_channels: int, n_classes: int, latent: int, base: int, size: int):
+        super().__init__()
+        levels = n_levels(size)
+        self.n_classes = n_classes
+        blocks, cin = [], in_channels + n_classes
+        for i in range(levels):
+            c = base * min(2 ** (i + 1), 8)
+            blocks.append(DownBlock(cin, c, sn=False, norm=True))
+            cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.mu = nn.Linear(cin * 64, latent)
+        self.logvar = nn.Linear(cin * 64, latent)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cond = F.one_hot(y, self.n_classes).float()[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
+        h = self.blocks(torch.cat([x, cond], 1)).flatten(1)
+        return self.mu(h), self.logvar(h).clamp(-10, 10)
+
+
+class Decoder(nn.Module):
+    def __init__(self, latent: int, n_classes: int, n_mask_labels: int, base: int, size: int):
+        super().__init__()
+        self.z_dim = latent
+        self.n_mask_labels = n_mask_labels
+        levels = n_levels(size)
+        self.c0 = base * min(2**levels, 8)
+        self.embed = nn.Embedding(n_classes, latent)
+        self.fc = nn.Linear(2 * latent, self.c0 * 64)
+        self.ups = nn.ModuleList()
+        cin = self.c0
+        for i in range(levels):
+            c = base * min(2 ** (levels - 1 - i), 8)
+            self.ups.append(UpBlock(cin, c, n_classes))
+            cin = c
+        self.out = nn.Conv3d(cin, 2 + n_mask_labels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
+        for up in self.ups:
+            h = up(h, y)
+        return split_output(self.out(h), self.n_mask_labels)
+
+    @torch.no_grad()
+    def sample(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        img, logits = self(z, y)
+        return img, logits.argmax(1, keepdim=True)
+
+
+class CVAEModule(GenerativeModule):
+    name = "cvae"
+    config_class = CVAEConfig
+
+    def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
+        super().__init__(config, data_info, seed, log_every, image_every)
+        cfg = CVAEConfig(**config)
+        self.cfg = cfg
+        size = self.roi[0]
+        self.encoder = Encoder(2 + self.n_mask_labels, self.n_classes, cfg.latent_dim, cfg.base_channels, size)
+        self.decoder = Decoder(cfg.latent_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size)
+
+    @property
+    def sampler(self) -> nn.Module:
+        return self.decoder
+
+    @classmethod
+    def build_sampler(cls, config: dict, data_info: dict) -> nn.Module:
+        cfg = CVAEConfig(**config)
+        return Decoder(cfg.latent_dim, len(data_info["conditions"]), int(data_info["n_mask_labels"]), cfg.base_channels, int(data_info["roi_size"][0]))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, fused=torch.cuda.is_available())
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        inp = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        mu, logvar = self.encoder(inp, y)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        img, logits = self.decoder(z, y)
+        rec = F.l1_loss(img, x[:, :1])
+        seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels))
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+        return {"rec": rec, "seg": seg, "kl": kl, "img": img, "logits": logits}
+
+    def training_step(self, _batch, _batch_idx):
+        cfg = self.cfg
+        x, y = self.batch(cfg.batch_size)
+        eps = self.noise(len(y), cfg.latent_dim)
+        out = self.losses(x, y, eps)
+        beta = cfg.kl_weight * kl_anneal(int(self.iteration), cfg.kl_anneal_steps)
+        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"]
+        self.check_finite(loss=loss)
+        self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(), beta=beta)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if int(self.iteration) % self.log_every == 0:
+            self.log("grad_norm", grad_norm(self.parameters()), on_step=True)
+
+    @torch.no_grad()
+    def elbo_score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """White-box membership signal: negative per-case loss (higher = better explained)."""
+        x, y = x.to(self.device).float(), y.to(self.device)
+        inp = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        mu, logvar = self.encoder(inp, y)
+        img, logits = self.decoder(mu, y)
+        rec = (img - x[:, :1]).abs().flatten(1).mean(1)
+        seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels), reduction="none").flatten(1).mean(1)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        return -(rec + self.cfg.mask_weight * seg + self.cfg.kl_weight * kl)

@@ -1,0 +1,50 @@
+"""Model registry. Built-in models and third-party ones register the same way: a Python entry point
+in the ``medsynth.models`` group naming a GenerativeModule subclass, e.g. in a plug-in's pyproject::
+
+    [project.entry-points."medsynth.models"]
+    mygan = "my_package.models:MyGANModule"
+
+``register()`` adds one in-process (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+GROUP = "medsynth.models"
+_BUILTIN = {"cgan": "medsynth.models.cgan:CGANModule", "cvae": "medsynth.models.cvae:CVAEModule", "vaegan": "medsynth.models.vaegan:VAEGANModule"}
+_REGISTERED: dict[str, type] = {}
+
+
+class UnknownModelError(KeyError):
+    pass
+
+
+def register(name: str, cls: type) -> None:
+    _REGISTERED[name] = cls
+
+
+def _load(spec: str) -> type:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def available() -> dict[str, str]:
+    names = dict(_BUILTIN)
+    for ep in entry_points(group=GROUP):
+        names[ep.name] = ep.value
+    for name, cls in _REGISTERED.items():
+        names[name] = f"{cls.__module__}:{cls.__qualname__}"
+    return dict(sorted(names.items()))
+
+
+def get(name: str) -> type:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    for ep in entry_points(group=GROUP):
+        if ep.name == name:
+            return ep.load()
+    if name in _BUILTIN:
+        return _load(_BUILTIN[name])
+    raise UnknownModelError(f"model {name!r} is not registered; available: {sorted(available())}")

@@ -1,0 +1,196 @@
+"""Train one registered model on the preprocessed cohort with Lightning (+ DVCLive).
+
+* The train split is read once through a MONAI CacheDataset and kept as one tensor bank (on the GPU
+  when training there), so the step never waits for data.
+* Checkpoints every ``checkpoint_every`` steps and at the end (``checkpoints/last.ckpt``); a rerun
+  resumes from ``last.ckpt`` and reaches the same weights as an uninterrupted run.
+* The final sampler (EMA generator / decoder) is exported to ``model.pt`` as plain tensors plus a
+  JSON-able config, loadable with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medsynth.config import TrainConfig
+from medsynth.io.writers import atomic_path, write_json_atomic
+from medsynth.models import registry
+
+
+class StaleCacheError(RuntimeError):
+    pass
+
+
+class _StepIndex(Dataset):
+    """The loader only paces the loop; batches come from the model's step-seeded bank."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def read_preprocess_info(preprocess_dir: Path, expected_hash: str | None = None) -> dict:
+    info_path = Path(preprocess_dir) / "preprocess.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path}: not found (run the preprocess stage first)")
+    info = json.loads(info_path.read_text())
+    if expected_hash is not None and info["transform_hash"] != expected_hash:
+        raise StaleCacheError(
+            f"{info_path}: cached tensors were made with transform settings {info['transform_hash']}, "
+            f"current settings hash to {expected_hash}; rerun the preprocess stage (dvc repro does this)"
+        )
+    return info
+
+
+def load_bank(preprocess_dir: Path, splits: tuple[str, ...] = ("train",), info: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Cached tensors of the given splits -> (x float16 (N,2,D,H,W), y long (N,), manifest rows)."""
+    import csv
+
+    from monai.data import CacheDataset
+
+    preprocess_dir = Path(preprocess_dir)
+    info = info or read_preprocess_info(preprocess_dir)
+    with open(preprocess_dir / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] in splits]
+    if not rows:
+        raise ValueError(f"{preprocess_dir / 'manifest.csv'}: no case in splits {list(splits)}")
+    cond_index = {c: i for i, c in enumerate(info["conditions"])}
+    items = [{"x": str(preprocess_dir / "tensors" / f"{r['case_id']}.npy"), "y": cond_index[r["condition"]]} for r in rows]
+
+    def load(d):
+        return {"x": torch.from_numpy(np.load(d["x"])), "y": d["y"]}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = CacheDataset(items, transform=load, progress=False, num_workers=0)
+        data = [ds[i] for i in range(len(ds))]
+    x = torch.stack([d["x"] for d in data])
+    y = torch.tensor([d["y"] for d in data], dtype=torch.long)
+    return x, y, rows
+
+
+def data_info_from(info: dict) -> dict:
+    return {
+        "conditions": info["conditions"],
+        "n_mask_labels": max(1, int(info["n_mask_labels"])),
+        "roi_size": info["roi_size"],
+        "spacing": info["spacing"],
+        "modality": info["modality"],
+        "reference_affine": info["reference_affine"],
+        "transform_hash": info["transform_hash"],
+    }
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def build_module(name: str, model_cfg: dict, data_info: dict, seed: int, train_cfg: TrainConfig):
+    cls = registry.get(name)
+    return cls(model_cfg, data_info, seed=seed, log_every=train_cfg.log_every, image_every=train_cfg.checkpoint_every)
+
+
+def train_model(
+    name: str,
+    model_cfg: dict,
+    train_cfg: TrainConfig,
+    preprocess_dir: Path,
+    out_dir: Path,
+    seed: int,
+    expected_hash: str | None = None,
+    live_dir: Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Train (or resume) model ``name``; write checkpoints, model.pt and train.json under ``out_dir``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = read_preprocess_info(preprocess_dir, expected_hash)
+    x, y, rows = load_bank(preprocess_dir, ("train",), info)
+    data_info = data_info_from(info)
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = build_module(name, model_cfg, data_info, seed, train_cfg)
+    module.attach_bank(x, y)
+    steps = int(model_cfg["steps"])
+    n_opt = 1 if module.automatic_optimization else len(module.configure_optimizers())
+    ckpt_dir = out_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=train_cfg.checkpoint_every * n_opt, save_last=True, save_top_k=1, monitor=None)]
+    logger = False
+    if live_dir is not None:
+        from dvclive.lightning import DVCLiveLogger
+
+        logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=last.is_file())
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    limit = steps if stop_after is None else min(steps, stop_after)
+    trainer = L.Trainer(
+        max_steps=limit * n_opt,
+        max_epochs=-1,
+        accelerator=train_cfg.accelerator,
+        devices=train_cfg.devices,
+        num_nodes=train_cfg.num_nodes,
+        strategy=train_cfg.strategy,
+        precision=resolve_precision(train_cfg),
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=train_cfg.log_every,
+        deterministic=train_cfg.accelerator == "cpu",
+        default_root_dir=str(out_dir),
+    )
+    loader = DataLoader(_StepIndex(steps), batch_size=None, shuffle=False, num_workers=0)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+    wall = time.perf_counter() - t0
+    if trainer.global_rank != 0:
+        return {}
+    if stop_after is not None and stop_after < steps:
+        return {"stopped_at": int(module.iteration)}
+    export = module.export()
+    with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
+        torch.save(export, tmp)
+    n_params = sum(p.numel() for p in module.parameters())
+    summary = {
+        "model": name,
+        "steps": int(module.iteration),
+        "parameters": int(n_params),
+        "sampler_parameters": int(sum(p.numel() for p in module.sampler.parameters())),
+        "train_cases": len(rows),
+        "train_patients": len({r["patient"] for r in rows}),
+        "train_by_condition": {c: int((y == i).sum()) for i, c in enumerate(data_info["conditions"])},
+        "wall_seconds": round(wall, 2),
+        "device": str(module.device),
+        "precision": resolve_precision(train_cfg),
+        "config": model_cfg,
+    }
+    if hasattr(module, "diversity"):
+        summary["final_diversity"] = round(module.diversity(), 4)
+    write_json_atomic(out_dir / "train.json", summary)
+    return summary

@@ -1,0 +1,130 @@
+"""Build the self-contained HTML synthesis report from the pipeline's outputs.
+
+Reads only files earlier stages wrote (ingest.json, preprocess.json, train.json, fidelity.json,
+privacy.json, gates.json, figures/*.png, dvc.lock when present). Images are embedded as base64; no
+script, font or stylesheet is fetched. Nothing from the raw input (paths, identifiers, dates)
+reaches it: the inputs it reads hold pseudonymous ids and counts only.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from medsynth import __version__
+from medsynth.io.writers import write_text_atomic
+
+PACKAGES = ["medsynth", "torch", "monai", "lightning", "nibabel", "pydicom", "numpy", "dvc", "dvclive"]
+
+
+def _json(path: Path) -> dict:
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+
+
+def _img(path: Path) -> str | None:
+    if not Path(path).is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "-"
+    out["python"] = platform.python_version()
+    return out
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip() or "-"
+    except Exception:
+        return "-"
+
+
+def _lock_hashes(lock_path: Path) -> list[dict]:
+    """Output hashes from dvc.lock (plain YAML; no dvc import)."""
+    import yaml
+
+    if not Path(lock_path).is_file():
+        return []
+    lock = yaml.safe_load(Path(lock_path).read_text()) or {}
+    rows = []
+    for stage, body in sorted((lock.get("stages") or {}).items()):
+        for out in body.get("outs", []) or []:
+            rows.append({"stage": stage, "path": out.get("path"), "md5": (out.get("md5") or "")[:12]})
+    return rows
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def build_report(
+    ingest_dir: Path,
+    preprocess_dir: Path,
+    models_root: Path,
+    eval_dir: Path,
+    out_path: Path,
+    models: list[str],
+    title: str,
+    params: dict,
+    repo_root: Path | None = None,
+) -> Path:
+    ingest = _json(Path(ingest_dir) / "ingest.json")
+    pre = _json(Path(preprocess_dir) / "preprocess.json")
+    fidelity = _json(Path(eval_dir) / "fidelity.json")
+    privacy = _json(Path(eval_dir) / "privacy.json")
+    gates = _json(Path(eval_dir) / "gates.json")
+    figs = Path(eval_dir) / "figures"
+    cards = []
+    for m in models:
+        t = _json(Path(models_root) / m / "train.json")
+        cards.append({
+            "name": m, "train": t,
+            "slices": _img(figs / f"{m}_slices.png"), "dcr": _img(figs / f"{m}_dcr.png"), "roc": _img(figs / f"{m}_membership_roc.png"),
+            "fidelity": fidelity.get(m, {}), "privacy": privacy.get(m, {}),
+        })
+    deid_gate = _deid_gate(ingest)
+    all_gates = list(gates.get("gates", [])) + [deid_gate]
+    states = {g["state"] for g in all_gates}
+    verdict = "fail" if "fail" in states else ("warn" if states & {"warn", "not measured"} else "pass")
+    env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["fmt"] = fmt
+    html = env.get_template("report.html.j2").render(
+        title=title, verdict=verdict, gates=all_gates, ingest=ingest, pre=pre, cards=cards,
+        params=json.dumps(params, indent=1, sort_keys=True), versions=_versions(),
+        commit=_git_commit(repo_root or Path.cwd()), lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
+        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), version=__version__,
+    )
+    write_text_atomic(out_path, html)
+    return Path(out_path)
+
+
+def _deid_gate(ingest: dict) -> dict:
+    d = ingest.get("deid", {})
+    src = d.get("key_source", "none")
+    if src == "none":
+        state, sentence = "pass", "The source data hold no identifiers (MedMNIST); nothing to de-identify."
+    elif not d.get("pseudonyms_stable", True):
+        state, sentence = "warn", "A throw-away key was used: pseudonyms are not stable across runs."
+    elif src == "demo":
+        state, sentence = "warn", "The public demo key was used (fake patients only): never use it for real data."
+    else:
+        state, sentence = "pass", "Every DICOM file was de-identified with the site key before any other step read it."
+    return {"gate": "de-identification", "area": "de-identification", "state": state, "value": d.get("dicom_files_deidentified", 0),
+            "threshold": "site key", "rule": "", "sentence": sentence}

@@ -1,0 +1,53 @@
+"""DVC stage `synthesize@<model>`: sample every condition's count from a trained model, write NIfTI
+image + mask pairs marked synthetic, sidecars and synthetic_manifest.csv.
+
+Usage: python pipelines/synthesize.py MODEL
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from medsynth.config import ConfigError, load_params
+from medsynth.data.transforms import from_model_space
+from medsynth.io.writers import staging_dir
+from medsynth.synth.sampler import synthesize
+
+
+def main(argv: list[str]) -> int:
+    console = Console(stderr=True)
+    if len(argv) != 1:
+        console.print("usage: python pipelines/synthesize.py MODEL")
+        return 2
+    name = argv[0]
+    try:
+        params = load_params("params.yaml")
+    except ConfigError as exc:
+        console.print(f"[red]synthesize failed:[/red] {exc}")
+        return 1
+    info = json.loads(Path("data/preprocess/preprocess.json").read_text())
+    params_hash = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    device = "cuda" if params.train.accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
+    total = sum(params.synthesize.per_condition.values())
+    out = Path("data/synth") / name
+    with staging_dir(out) as tmp, Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"sampling {name}", total=total)
+        rows = synthesize(
+            Path("models") / name / "model.pt", tmp, params.synthesize.per_condition, params.seed, params.synthesize.temperature,
+            params.synthesize.min_island_voxels, lambda a: from_model_space(a, params.preprocess, info["modality"]),
+            params_hash=params_hash, batch_size=params.synthesize.batch_size, device=device,
+            progress=lambda k: progress.advance(task, k),
+        )
+    console.print(f"synthesize {name}: wrote {len(rows)} synthetic image + mask pairs to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

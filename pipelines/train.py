@@ -1,0 +1,45 @@
+"""DVC stage `train@<model>`: train one registered model with Lightning; resumes from last.ckpt.
+
+Usage: python pipelines/train.py MODEL   (MODEL is a name in train.models, e.g. cgan or cvae)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from medsynth.config import ConfigError, load_params
+from medsynth.data.transforms import transform_hash
+from medsynth.models.base import DivergenceError
+from medsynth.models.registry import UnknownModelError
+from medsynth.models.training import StaleCacheError, read_preprocess_info, train_model
+
+
+def main(argv: list[str]) -> int:
+    console = Console(stderr=True)
+    if len(argv) != 1:
+        console.print("usage: python pipelines/train.py MODEL")
+        return 2
+    name = argv[0]
+    try:
+        params = load_params("params.yaml")
+        model_cfg = getattr(params.train, name, None)
+        if model_cfg is None:
+            raise ConfigError(f"train.{name}: no such model section; allowed: cgan, cvae (or a plug-in's own section)")
+        info = read_preprocess_info(Path("data/preprocess"))
+        summary = train_model(
+            name, model_cfg.model_dump(), params.train, Path("data/preprocess"), Path("models") / name, params.seed,
+            expected_hash=transform_hash(params.preprocess, info["modality"]), live_dir=Path("dvclive") / name,
+        )
+    except (ConfigError, StaleCacheError, UnknownModelError, DivergenceError, FileNotFoundError) as exc:
+        console.print(f"[red]train {name} failed:[/red] {exc}")
+        return 1
+    console.print(f"train {name}: {summary['steps']} steps in {summary['wall_seconds']} s on {summary['device']}; "
+                  f"wrote models/{name}/model.pt and models/{name}/checkpoints/last.ckpt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
