@@ -144,7 +144,7 @@ class GatesConfig(_Section):
     mia_auc_max: float = Field(0.6, ge=0.5, le=1)
     dcr_share_max: float = Field(0.55, ge=0, le=1)
     copies_max: int = Field(0, ge=0)
-    mmd_ratio_max: float = Field(5.0, gt=0, description="synthetic MMD / real-vs-real MMD")
+    nn_distance_ratio_max: float = Field(1.5, gt=0, description="median synthetic->train NN distance / test->train")
     warn_margin: float = Field(0.05, ge=0, le=1)
 
 

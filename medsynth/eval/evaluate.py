@@ -109,7 +109,7 @@ def evaluate_models(
     write_json_atomic(out_dir / "fidelity.json", fidelity_all)
     write_json_atomic(out_dir / "privacy.json", privacy_all)
     write_json_atomic(out_dir / "gates.json", {"overall": verdict, "gates": gates, "strict": cfg.strict})
-    summary = {m: {"mmd_ratio": fidelity_all[m]["mmd_ratio"], "dcr_share": privacy_all[m]["dcr_share"],
+    summary = {m: {"nn_distance_ratio": fidelity_all[m]["nn_distance_ratio"], "mmd2": fidelity_all[m]["mmd2"], "dcr_share": privacy_all[m]["dcr_share"],
                    "membership_auc": privacy_all[m]["membership_auc_blackbox"], "copies": privacy_all[m]["copies"]} for m in models}
     write_json_atomic(out_dir / "metrics.json", {"overall": verdict, **summary})
     failed = [g["gate"] for g in gates if g["state"] == "fail"]

@@ -28,6 +28,13 @@ def fidelity_metrics(syn: np.ndarray, train: np.ndarray, test: np.ndarray, syn_i
     ci = bootstrap_ci(boot, n_boot, seed)
     floor = 0.01 * max(abs(mmd_real) if np.isfinite(mmd_real) else 0.0, 1e-3)
     ratio = max(mmd_syn, 0.0) / max(mmd_real if np.isfinite(mmd_real) else 0.0, floor)
+    # nearest-neighbour realism: how far synthetic cases sit from the training data, in units of how
+    # far unseen real cases sit from it (1 = as close as real patients; robust at small n)
+    from medsynth.eval.features import nearest
+
+    d_syn = float(np.median(nearest(syn, train)[:, 0]))
+    d_real = float(np.median(nearest(test, train)[:, 0])) if len(test) else float("nan")
+    nn_ratio = d_syn / d_real if d_real > 0 else float("nan")
     hist_syn = np.histogram(syn_images, bins=32, range=(-1, 1))[0].astype(float)
     hist_real = np.histogram(real_images, bins=32, range=(-1, 1))[0].astype(float)
     hist_syn /= hist_syn.sum()
@@ -43,6 +50,9 @@ def fidelity_metrics(syn: np.ndarray, train: np.ndarray, test: np.ndarray, syn_i
         "mmd2_ci": list(ci),
         "mmd2_real_baseline": mmd_real,
         "mmd_ratio": float(ratio),
+        "nn_distance_ratio": nn_ratio,
+        "nn_distance_synthetic_to_train": d_syn,
+        "nn_distance_test_to_train": d_real,
         "intensity_js_distance": js,
         "mask_volume_fraction": {"synthetic_mean": float(vol_syn.mean()), "real_mean": float(vol_real.mean()),
                                  "synthetic_sd": float(vol_syn.std()), "real_sd": float(vol_real.std())},

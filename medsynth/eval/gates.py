@@ -29,8 +29,8 @@ def evaluate_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig) 
                    "0.5 means synthetic cases are no closer to training patients than to patients the model never saw.", "privacy"),
         upper_gate(f"{model}: near-copies of training patients", float(privacy["copies"]), float(cfg.copies_max), 0.0,
                    "Synthetic cases closer to a training patient than real patients ever are to each other.", "privacy"),
-        upper_gate(f"{model}: MMD ratio to real-vs-real", fidelity["mmd_ratio"], cfg.mmd_ratio_max, m,
-                   "How far the synthetic distribution is from the real one, in units of the gap between two real samples.", "fidelity"),
+        upper_gate(f"{model}: realism (distance to real data vs unseen real)", fidelity["nn_distance_ratio"], cfg.nn_distance_ratio_max, m,
+                   "Median distance of synthetic cases to the real training data, divided by the same for unseen real patients (1 = as realistic as real).", "fidelity"),
     ]
 
 

@@ -58,15 +58,15 @@ OPTION_COLUMNS = {
 # Private attributes kept under "Retain Safe Private": (private creator, element low byte) -> meaning.
 # Only numeric acquisition parameters that carry no identity and that converters need.
 SAFE_PRIVATE = {
-    ("SIEMENS CSA HEADER", 0x08): "CSA image header type",
-    ("SIEMENS CSA HEADER", 0x09): "CSA image header version",
-    ("SIEMENS CSA HEADER", 0x10): "CSA image header info (mosaic geometry)",
-    ("SIEMENS MR HEADER", 0x0A): "number of images in mosaic",
-    ("SIEMENS MR HEADER", 0x0B): "slice measurement duration",
-    ("SIEMENS MR HEADER", 0x0C): "b value",
-    ("GEMS_PARM_01", 0x39): "slice acquisition order",
-    ("PHILIPS MR IMAGING DD 001", 0x0E): "MR scale slope (floating point values)",
+    (0x0029, "SIEMENS CSA HEADER", 0x08): "CSA image header type (CS)",
+    (0x0029, "SIEMENS CSA HEADER", 0x10): "CSA image header info (OB: mosaic geometry, slice normal)",
+    (0x0019, "SIEMENS MR HEADER", 0x0A): "number of images in mosaic (US)",
+    (0x0019, "SIEMENS MR HEADER", 0x0C): "b value (IS)",
+    (0x0043, "GEMS_PARM_01", 0x39): "slice acquisition order (IS)",
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "MR scale slope (FL: floating point values)",
 }
+# text VRs are never kept from private blocks, even on the safe list: free text can hold anything
+_SAFE_PRIVATE_VRS = {"OB", "UN", "US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "CS"}
 
 BURNED_IN_MODALITIES = {"US", "SC", "OT", "XC", "ES", "GM", "SM", "DOC", "IVUS"}
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -348,15 +348,17 @@ class Deidentifier:
                 t = elem.tag
                 if t.is_private and 0x10 <= t.element <= 0xFF and elem.VR == "LO":
                     creator = str(elem.value).strip().upper()
-                    for (c, low), _ in SAFE_PRIVATE.items():
-                        if c == creator:
+                    for (group, c, low), _ in SAFE_PRIVATE.items():
+                        if c == creator and group == t.group:
                             keep_private.add((t.group << 16) | (t.element << 8) | low)
         for tag in list(ds.keys()):
             elem = ds[tag]
             t = Tag(tag)
             group = t.group
             if t.is_private:
-                if int(t) in keep_private and elem.VR != "SQ":
+                if int(t) in keep_private and elem.VR in _SAFE_PRIVATE_VRS and not (
+                    elem.VR == "CS" and not re.fullmatch(r"[A-Z0-9_ ]{0,16}", str(elem.value))
+                ):
                     actions["K"] += 1
                     continue
                 if t.is_private_creator and any((k >> 8) == ((t.group << 16) | (t.element << 8)) >> 8 for k in keep_private):

@@ -482,6 +482,11 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
                 raise
             except Exception as exc:
                 raise SeriesError(f"Siemens mosaic cannot be unpacked: {str(exc)[:120]}") from None
+        if arr.ndim != 3:
+            raise SeriesError(
+                "Siemens mosaic cannot be unpacked: its CSA private header is missing (removed by de-identification? "
+                "set deid.retain_safe_private: true, which keeps the CSA image header)"
+            )
         ds = w.dcm_data
         vols.append(arr)
         affs.append(aff)

