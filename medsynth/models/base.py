@@ -119,8 +119,17 @@ class GenerativeModule(L.LightningModule):
         tiles = [((img[i, 0, :, :, mid].float().cpu().numpy().T[::-1] + 1) * 127.5).clip(0, 255) for i in range(len(y))]
         live.log_image(f"samples/step_{int(self.iteration):06d}.png", np.concatenate(tiles, axis=1).astype(np.uint8))
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def step(self):
+        raise NotImplementedError
+
+    def training_step(self, _batch, _batch_idx):
+        """One iteration: the subclass's ``step`` on the step-seeded batch, then the counter advances
+        (before any checkpoint callback runs, so a checkpoint's counter matches its optimizer steps)."""
+        out = self.step()
         self.iteration += 1
+        return out
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if int(self.iteration) % self.image_every == 0:
             self.log_sample_image()
             self.log("diversity", self.diversity(), on_step=True)

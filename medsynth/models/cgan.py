@@ -119,7 +119,7 @@ class CGANModule(GenerativeModule):
     def _augment(self, x: torch.Tensor, purpose: int) -> torch.Tensor:
         return diff_augment(x, self.step_generator(purpose)) if self.cfg.diffaugment else x
 
-    def training_step(self, _batch, _batch_idx):
+    def step(self):
         opt_g, opt_d = self.optimizers()
         cfg = self.cfg
         x, y = self.batch(cfg.batch_size)

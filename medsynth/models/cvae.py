@@ -99,7 +99,7 @@ class CVAEModule(GenerativeModule):
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
         return {"rec": rec, "seg": seg, "kl": kl, "img": img, "logits": logits}
 
-    def training_step(self, _batch, _batch_idx):
+    def step(self):
         cfg = self.cfg
         x, y = self.batch(cfg.batch_size)
         eps = self.noise(len(y), cfg.latent_dim)

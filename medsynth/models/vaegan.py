@@ -42,7 +42,7 @@ class VAEGANModule(CVAEModule):
         vae = list(self.encoder.parameters()) + list(self.decoder.parameters())
         return [torch.optim.Adam(vae, lr=self.vg.lr, fused=fused), torch.optim.Adam(self.discriminator.parameters(), lr=self.vg.lr_d, betas=(0.5, 0.9), fused=fused)]
 
-    def training_step(self, _batch, _batch_idx):
+    def step(self):
         opt_vae, opt_d = self.optimizers()
         cfg = self.vg
         x, y = self.batch(cfg.batch_size)

@@ -1,0 +1,129 @@
+"""Splits, models (resume, divergence, registry) and gates that can fail, on real data where it matters."""
+
+import numpy as np
+import pytest
+import torch
+
+from medsynth.config import GatesConfig, Params
+from medsynth.data.splits import SplitError, assign_splits
+from tests.conftest import shared
+
+
+def test_no_patient_in_two_splits_and_stratified():
+    cases = [{"patient": f"P{i // 2}", "condition": "lesion" if i < 12 else "normal"} for i in range(60)]
+    split = assign_splits(cases, Params().preprocess.splits, seed=3, rare_condition="lesion")
+    assert set(split.values()) == {"train", "val", "test", "holdout"}
+    by_case = {(c["patient"], split[c["patient"]]) for c in cases}
+    assert len({p for p, _ in by_case}) == len(by_case)  # one split per patient
+    rare = {split[c["patient"]] for c in cases if c["condition"] == "lesion"}
+    assert rare == {"train", "val", "test", "holdout"}
+    assert split == assign_splits(cases, Params().preprocess.splits, seed=3, rare_condition="lesion")
+
+
+def test_too_few_rare_cases_is_a_clear_error():
+    cases = [{"patient": f"P{i}", "condition": "lesion" if i < 3 else "normal"} for i in range(30)]
+    with pytest.raises(SplitError, match="condition 'lesion' has 3 patient"):
+        assign_splits(cases, Params().preprocess.splits, seed=0, rare_condition="lesion")
+
+
+@pytest.fixture(scope="module")
+def preprocessed(demo_ingested, tmp_path_factory):
+    from medsynth.data.preprocess import preprocess_cohort
+
+    out = tmp_path_factory.mktemp("pre")
+    cfg = Params().preprocess.model_copy(update={"roi_size": (16, 16, 16), "spacing": (8.0, 8.0, 8.0)})
+    preprocess_cohort(demo_ingested, out, cfg, 1, "lesion")
+    return out
+
+
+def _train(name, pre, out, steps, stop_after=None, extra=None):
+    from medsynth.models.training import train_model
+
+    p = Params()
+    cfg = getattr(p.train, name, p.train.cvae).model_dump()
+    cfg.update({"steps": steps, "batch_size": 2, "base_channels": 4}, **(extra or {}))
+    return train_model(name, cfg, p.train.model_copy(update={"checkpoint_every": 2}), pre, out, seed=5, progress=False, stop_after=stop_after)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("name", ["cgan", "cvae"])
+def test_resumed_training_reaches_the_same_weights(name, preprocessed, tmp_path):
+    _train(name, preprocessed, tmp_path / "full", 4)
+    _train(name, preprocessed, tmp_path / "cut", 4, stop_after=2)  # interrupted after 2 steps (checkpoint kept)
+    assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").is_file()
+    s = _train(name, preprocessed, tmp_path / "cut", 4)  # the rerun resumes
+    assert s["steps"] == 4
+    a, b = _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "cut" / "model.pt")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_divergence_guard_stops_with_a_clear_message(preprocessed, tmp_path, monkeypatch):
+    from medsynth.models.base import DivergenceError
+    from medsynth.models.cvae import CVAEModule
+
+    real = CVAEModule.losses
+
+    def poisoned(self, x, y, eps):
+        out = real(self, x, y, eps)
+        if int(self.iteration) >= 2:
+            out["rec"] = out["rec"] * float("nan")
+        return out
+
+    monkeypatch.setattr(CVAEModule, "losses", poisoned)
+    with pytest.raises(DivergenceError, match="became nan at step 2"):
+        _train("cvae", preprocessed, tmp_path / "nan", 6)
+    assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_third_party_model_trains_through_the_registry(preprocessed, tmp_path):
+    from medsynth.models import registry
+    from medsynth.models.cvae import CVAEModule
+
+    class ToyModule(CVAEModule):
+        name = "toy"
+
+    registry.register("toy", ToyModule)
+    assert "toy" in registry.available()
+    s = _train("toy", preprocessed, tmp_path / "toy", 2)
+    assert s["model"] == "toy" and (tmp_path / "toy" / "model.pt").is_file()
+    from medsynth.synth.sampler import load_sampler, sample_arrays
+
+    imgs, masks, _ = sample_arrays(load_sampler(tmp_path / "toy"), "lesion", 3, seed=1)
+    assert imgs.shape == (3, 16, 16, 16) and np.all(np.abs(imgs) <= 1)
+
+
+def test_gates_fail_on_leaking_and_noise_generators_on_adrenalmnist3d():
+    from medsynth.eval.features import volume_features
+    from medsynth.eval.fidelity import fidelity_metrics
+    from medsynth.eval.gates import evaluate_gates
+    from medsynth.eval.privacy import privacy_metrics
+
+    z = np.load(shared("shapes", "adrenalmnist3d_28.npz"))
+    rng = np.random.default_rng(0)
+    train = z["train_images"][:200].astype(np.float32) / 127.5 - 1
+    test = z["test_images"][:100].astype(np.float32) / 127.5 - 1
+    holdout = z["test_images"][100:200].astype(np.float32) / 127.5 - 1
+    f = lambda x: volume_features(x, (x > 0).astype(np.uint8), 1)  # noqa: E731
+    ft, fte, fh = f(train), f(test), f(holdout)
+
+    def gates(syn):
+        fs = f(syn)
+        fid = fidelity_metrics(fs, ft, fte, syn, train, (syn > 0), (train > 0), 0, 20)
+        priv = privacy_metrics(fs, ft, fh, 0, 50)
+        return {g["gate"].split(": ", 1)[1]: g["state"] for g in evaluate_gates("m", fid, priv, GatesConfig())}, priv
+
+    leak, p_leak = gates(np.clip(train[:60] + rng.normal(0, 0.02, train[:60].shape), -1, 1).astype(np.float32))
+    assert leak["near-copies of training patients"] == "fail" and p_leak["copies"] > 0
+    assert leak["membership inference AUC"] == "fail"
+    assert p_leak["copies"] > 30
+    fair, p_fair = gates(z["test_images"][200:260].astype(np.float32) / 127.5 - 1)  # unseen real cases
+    # the 1st-percentile copy threshold flags ~1% of genuinely unseen real cases too
+    assert p_fair["copies"] <= 3
+    assert fair["membership inference AUC"] == "pass"
+    assert fair["share closer to training than to unseen patients"] in ("pass", "warn")
+    noise, _ = gates(rng.uniform(-1, 1, size=(60, 28, 28, 28)).astype(np.float32))
+    assert noise["realism (distance to real data vs unseen real)"] == "fail"
