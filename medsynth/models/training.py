@@ -158,7 +158,7 @@ def train_model(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        log_every_n_steps=train_cfg.log_every,
+        log_every_n_steps=1,  # the module logs every train.log_every iterations itself
         deterministic=train_cfg.accelerator == "cpu",
         default_root_dir=str(out_dir),
     )
