@@ -57,6 +57,38 @@ class DownBlock(nn.Module):
         return nn.functional.leaky_relu(self.conv2(h), 0.2)
 
 
+class ConditionalDecoder(nn.Module):
+    """Latent + class embedding -> 4^3 seed -> residual up-blocks with class-conditional normalisation
+    -> tanh image and mask logits (background + labels). The cGAN generator and the cVAE decoder."""
+
+    def __init__(self, z_dim: int, n_classes: int, n_mask_labels: int, base: int, size: int):
+        super().__init__()
+        self.z_dim = z_dim
+        self.n_mask_labels = n_mask_labels
+        levels = n_levels(size)
+        self.c0 = base * min(2**levels, 8)
+        self.embed = nn.Embedding(n_classes, z_dim)
+        self.fc = nn.Linear(2 * z_dim, self.c0 * 64)
+        self.ups = nn.ModuleList()
+        cin = self.c0
+        for i in range(levels):
+            c = base * min(2 ** (levels - 1 - i), 8)
+            self.ups.append(UpBlock(cin, c, n_classes))
+            cin = c
+        self.out = nn.Conv3d(cin, 2 + n_mask_labels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
+        for up in self.ups:
+            h = up(h, y)
+        return split_output(self.out(h), self.n_mask_labels)
+
+    @torch.no_grad()
+    def sample(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        img, logits = self(z, y)
+        return img, logits.argmax(1, keepdim=True)
+
+
 def n_levels(size: int, bottom: int = 4) -> int:
     levels = 0
     while size > bottom:

@@ -16,36 +16,9 @@ from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
 from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm
-from medsynth.models.blocks import ProjectionDiscriminator, UpBlock, compose_sample, n_levels, one_hot_mask, split_output
+from medsynth.models.blocks import ConditionalDecoder, ProjectionDiscriminator, compose_sample, one_hot_mask
 
-
-class Generator(nn.Module):
-    def __init__(self, z_dim: int, n_classes: int, n_mask_labels: int, base: int, size: int):
-        super().__init__()
-        self.z_dim = z_dim
-        self.n_mask_labels = n_mask_labels
-        levels = n_levels(size)
-        self.c0 = base * min(2**levels, 8)
-        self.embed = nn.Embedding(n_classes, z_dim)
-        self.fc = nn.Linear(2 * z_dim, self.c0 * 64)
-        chans = [base * min(2 ** (levels - 1 - i), 8) for i in range(levels)]
-        self.ups = nn.ModuleList()
-        cin = self.c0
-        for c in chans:
-            self.ups.append(UpBlock(cin, c, n_classes))
-            cin = c
-        self.out = nn.Conv3d(cin, 2 + n_mask_labels, 3, padding=1)
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
-        for up in self.ups:
-            h = up(h, y)
-        return split_output(self.out(h), self.n_mask_labels)
-
-    @torch.no_grad()
-    def sample(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        img, logits = self(z, y)
-        return img, logits.argmax(1, keepdim=True)
+Generator = ConditionalDecoder  # noise + class -> image + mask
 
 
 def diff_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -13,7 +13,9 @@ from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig
 from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
-from medsynth.models.blocks import DownBlock, UpBlock, n_levels, one_hot_mask, split_output
+from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels, one_hot_mask
+
+Decoder = ConditionalDecoder  # latent + class -> image + mask
 
 
 class Encoder(nn.Module):
@@ -34,35 +36,6 @@ class Encoder(nn.Module):
         cond = F.one_hot(y, self.n_classes).float()[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
         h = self.blocks(torch.cat([x, cond], 1)).flatten(1)
         return self.mu(h), self.logvar(h).clamp(-10, 10)
-
-
-class Decoder(nn.Module):
-    def __init__(self, latent: int, n_classes: int, n_mask_labels: int, base: int, size: int):
-        super().__init__()
-        self.z_dim = latent
-        self.n_mask_labels = n_mask_labels
-        levels = n_levels(size)
-        self.c0 = base * min(2**levels, 8)
-        self.embed = nn.Embedding(n_classes, latent)
-        self.fc = nn.Linear(2 * latent, self.c0 * 64)
-        self.ups = nn.ModuleList()
-        cin = self.c0
-        for i in range(levels):
-            c = base * min(2 ** (levels - 1 - i), 8)
-            self.ups.append(UpBlock(cin, c, n_classes))
-            cin = c
-        self.out = nn.Conv3d(cin, 2 + n_mask_labels, 3, padding=1)
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
-        for up in self.ups:
-            h = up(h, y)
-        return split_output(self.out(h), self.n_mask_labels)
-
-    @torch.no_grad()
-    def sample(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        img, logits = self(z, y)
-        return img, logits.argmax(1, keepdim=True)
 
 
 class CVAEModule(GenerativeModule):
