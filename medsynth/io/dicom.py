@@ -140,19 +140,27 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
-def pixel_data_problem(path: Path, header: Dataset) -> str | None:
-    """None when the file holds complete pixel data, else the reason (no pixel data, truncated)."""
+def read_full_dataset(path: Path) -> Dataset:
+    """Read a whole file, pixel data included; a failure becomes a SeriesError with the reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=True)
-            elem = next((ds[t] for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if t in ds), None)
-            value = elem.value if elem is not None else None
+            for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                if t in ds:
+                    ds[t].value  # noqa: B018 -- parse now, so truncation shows here
     except Exception as exc:
-        return f"truncated or corrupt file: {type(exc).__name__}"
+        raise SeriesError(f"truncated or corrupt file: {type(exc).__name__}") from None
+    return ds
+
+
+def dataset_pixel_problem(ds: Dataset, header: Dataset) -> str | None:
+    """None when a fully read dataset holds complete pixel data, else the reason."""
+    elem = next((ds[t] for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if t in ds), None)
     if elem is None:
         kind = getattr(header.get("SOPClassUID"), "name", "") or "unknown SOP class"
         return f"DICOM object without pixel data ({kind})"
+    value = elem.value
     if value is None or len(value) == 0:
         return "pixel data element is empty (truncated file)"
     if not ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian).is_compressed and elem.tag == 0x7FE00010:
@@ -161,6 +169,15 @@ def pixel_data_problem(path: Path, header: Dataset) -> str | None:
         if len(value) < need:
             return f"truncated pixel data: {len(value)} of {need} bytes"
     return None
+
+
+def pixel_data_problem(path: Path, header: Dataset) -> str | None:
+    """None when the file holds complete pixel data, else the reason (no pixel data, truncated)."""
+    try:
+        ds = read_full_dataset(path)
+    except SeriesError as exc:
+        return str(exc)
+    return dataset_pixel_problem(ds, header)
 
 
 # --------------------------------------------------------------------------- slices from files

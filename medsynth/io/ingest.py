@@ -14,7 +14,6 @@ Order of work, so that nothing downstream ever sees identifying data:
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import tempfile
 import warnings
@@ -25,13 +24,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 
 from medsynth import __version__
 from medsynth.config import DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, DeidKey, Deidentifier, Pseudonymizer
-from medsynth.io.dicom import QuarantineEntry, SeriesError, discover_files, is_nifti, pixel_data_problem, read_header
+from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_full_dataset, read_header
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, resample_mask_to
 from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
 
@@ -104,7 +102,7 @@ def deidentify_tree(
     out_dir: Path,
     deid: Deidentifier,
     progress: Callable[[str], None] | None = None,
-    skip: set[Path] | None = None,
+    skip: set[Path] | None = None,  # resolved paths to leave alone (masks, the labels CSV)
 ) -> tuple[dict[str, _SeriesKeys], list[dict], list[dict], list[Path]]:
     """De-identify every DICOM file under ``input_dir`` into ``out_dir/<patient>/<study>/<series>/``.
 
@@ -119,7 +117,7 @@ def deidentify_tree(
         rel = str(path.relative_to(input_dir))
         if progress:
             progress(rel)
-        if skip and path in skip:
+        if skip and path.resolve() in skip:
             continue
         if is_nifti(path):
             niftis.append(path)
@@ -129,12 +127,10 @@ def deidentify_tree(
             continue
         try:
             header = read_header(path)
-            problem = pixel_data_problem(path, header)
+            ds = read_full_dataset(path)  # the one full read: checked, then de-identified in memory
+            problem = dataset_pixel_problem(ds, header)
             if problem:
                 raise SeriesError(problem)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path)
             orig_pid = str(ds.get("PatientID", "") or "")
             orig_series = str(ds.get("SeriesInstanceUID", "") or "")
             res = deid.deidentify(ds)
@@ -214,7 +210,7 @@ def ingest(
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     series_keys, quarantine, deid_log, niftis = deidentify_tree(
-        input_dir, out_dir / "dicom", deid, progress=progress, skip={p for p in discover_files(input_dir) if p.resolve() in mask_paths or (labels_path and p.resolve() == Path(labels_path).resolve())}
+        input_dir, out_dir / "dicom", deid, progress=progress, skip=mask_paths | ({Path(labels_path).resolve()} if labels_path else set())
     )
     cases: list[dict] = []
     used_labels: set[str] = set()
@@ -415,4 +411,4 @@ def with_demo_input(data_cfg: DataConfig, seed: int, progress=None):
     return _ctx()
 
 
-__all__ = ["ingest", "ingest_npz", "read_labels", "with_demo_input", "IngestError", "MANIFEST_FIELDS", "os"]
+__all__ = ["ingest", "ingest_npz", "read_labels", "with_demo_input", "IngestError", "MANIFEST_FIELDS"]
