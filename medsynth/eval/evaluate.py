@@ -44,10 +44,9 @@ def _whitebox(model: str, ckpt: Path, info: dict, members: tuple, nonmembers: tu
     if not ckpt.is_file():
         return {}
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
-    cls = registry.get(model)
-    module = cls(blob.get("medsynth_config") or {}, data_info_from(info)) if blob.get("medsynth_config") else None
-    if module is None:
+    if not blob.get("medsynth_config"):
         return {}
+    module = registry.get(model)(blob["medsynth_config"], data_info_from(info))
     module.load_state_dict(blob["state_dict"], strict=False)
     module.eval()
     score = getattr(module, "discriminator_score", None) or getattr(module, "elbo_score", None)

@@ -387,46 +387,27 @@ class Deidentifier:
 
     def _apply(self, ds: Dataset, tag, elem: DataElement, action: str, shift: int, actions: Counter) -> None:
         actions[action] += 1
-        if action == "X":
+        if action not in ("Z", "D", "K", "U", "C"):  # X, or an unknown code in the table: be strict
             del ds[tag]
         elif action == "Z":
-            if elem.VR == "SQ":
-                elem.value = Sequence()
-            else:
-                elem.value = None
+            elem.value = Sequence() if elem.VR == "SQ" else None
+        elif elem.VR == "SQ":  # D, K, U and C keep a sequence and apply the profile inside its items
+            for item in elem.value:
+                self._walk(item, shift, actions)
         elif action == "D":
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    self._walk(item, shift, actions)
-            elif elem.VR == "UI":
-                elem.value = self._uid_value(elem.value)
-            else:
-                elem.value = _dummy(elem, self.pseudo)
-        elif action == "K":
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    self._walk(item, shift, actions)
+            elem.value = self._uid_value(elem.value) if elem.VR == "UI" else _dummy(elem, self.pseudo)
         elif action == "U":
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    self._walk(item, shift, actions)
-            elif elem.value:
+            if elem.value:
                 elem.value = self._uid_value(elem.value)
         elif action == "C":
-            self._clean(ds, tag, elem, shift, actions)
-        else:  # unknown code in the table: be strict
-            del ds[tag]
+            self._clean(ds, tag, elem, shift)
 
     def _uid_value(self, value):
         if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
             return [self.pseudo.uid(str(v)) for v in value]
         return self.pseudo.uid(str(value))
 
-    def _clean(self, ds: Dataset, tag, elem: DataElement, shift: int, actions: Counter) -> None:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                self._walk(item, shift, actions)
-            return
+    def _clean(self, ds: Dataset, tag, elem: DataElement, shift: int) -> None:
         if elem.VR in ("DA", "DT"):
             if elem.VM > 1:
                 elem.value = [_shift_date(str(v), shift) for v in elem.value]

@@ -30,7 +30,7 @@ from medsynth.config import DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, DeidKey, Deidentifier, Pseudonymizer
 from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_full_dataset, read_header
-from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, resample_mask_to
+from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
 from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
 
 MANIFEST_FIELDS = ["case_id", "patient", "condition", "modality", "shape", "spacing", "source", "has_mask", "split"]
@@ -233,10 +233,7 @@ def ingest(
                     return
         write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
         if mask_arr is not None:
-            m = nib.Nifti1Image(mask_arr, img.affine)
-            m.set_sform(img.affine, code=1)
-            m.set_qform(img.affine, code=1)
-            write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", clean_header(m, descrip=f"medsynth {case_id} mask"))
+            write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", nifti_on_grid(mask_arr, img.affine, f"medsynth {case_id} mask"))
         cases.append({
             "case_id": case_id, "patient": patient, "condition": condition, "modality": modality,
             "shape": "x".join(str(s) for s in img.shape),

@@ -23,13 +23,20 @@ def compact_dtype(data: np.ndarray) -> np.ndarray:
 def make_ras_image(data: np.ndarray, affine: np.ndarray, descrip: str = "") -> nib.Nifti1Image:
     """A NIfTI image reoriented to the closest RAS+ axes, sform/qform set, header clean."""
     img = nib.Nifti1Image(compact_dtype(np.asarray(data)), np.asarray(affine, dtype=np.float64))
-    img = nib.as_closest_canonical(img)
-    hdr = img.header
-    hdr.set_xyzt_units("mm", "sec")
+    return finish_header(nib.as_closest_canonical(img), descrip)
+
+
+def nifti_on_grid(data: np.ndarray, affine: np.ndarray, descrip: str = "") -> nib.Nifti1Image:
+    """A NIfTI image on exactly ``affine`` (no reorientation: e.g. a mask on its image's grid)."""
+    return finish_header(nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64)), descrip)
+
+
+def finish_header(img: nib.Nifti1Image, descrip: str = "") -> nib.Nifti1Image:
+    """sform and qform from the image's affine (scanner space), mm units, free-text fields cleared."""
+    img.header.set_xyzt_units("mm", "sec")
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
-    clean_header(img, descrip=descrip)
-    return img
+    return clean_header(img, descrip=descrip)
 
 
 def clean_header(img: nib.Nifti1Image, descrip: str = "") -> nib.Nifti1Image:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import lightning as L
 import numpy as np
@@ -166,7 +165,3 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 def kl_anneal(step: int, anneal_steps: int) -> float:
     return 1.0 if anneal_steps <= 0 else min(1.0, step / anneal_steps)
-
-
-def sigmoid_ramp(step: int, total: int) -> float:
-    return 1 / (1 + math.exp(-10 * (step / max(total, 1) - 0.5)))

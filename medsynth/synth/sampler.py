@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from medsynth import __version__
 from medsynth.io.ingest import MANIFEST_FIELDS
+from medsynth.io.nifti import nifti_on_grid
 from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
 from medsynth.models import registry
 
@@ -112,14 +113,8 @@ def write_synthetic_case(
     affine: np.ndarray,
     sidecar: dict,
 ) -> None:
-    img = nib.Nifti1Image(image.astype(np.float32), affine)
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
-    img.header["descrip"] = f"{SYNTHETIC_DESCRIP} {sidecar['model']} {sidecar['condition']}".encode()[:79]
-    m = nib.Nifti1Image(mask.astype(np.uint8), affine)
-    m.set_sform(affine, code=1)
-    m.set_qform(affine, code=1)
-    m.header["descrip"] = f"{SYNTHETIC_DESCRIP} mask".encode()
+    img = nifti_on_grid(image.astype(np.float32), affine, f"{SYNTHETIC_DESCRIP} {sidecar['model']} {sidecar['condition']}")
+    m = nifti_on_grid(mask.astype(np.uint8), affine, f"{SYNTHETIC_DESCRIP} mask")
     write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", img)
     write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", m)
     write_json_atomic(out_dir / "sidecars" / f"{case_id}.json", sidecar)
