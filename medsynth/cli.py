@@ -158,6 +158,10 @@ def synth(
 
 
 def _transform_settings(data_info: dict) -> dict:
+    """The intensity settings the model was trained with: stored in its export; older exports fall
+    back to the pipeline's preprocess.json in the current folder."""
+    if data_info.get("transform_settings"):
+        return data_info["transform_settings"]
     info = Path("data/preprocess/preprocess.json")
     if info.is_file():
         return json.loads(info.read_text()).get("transform_settings", {})

@@ -91,6 +91,7 @@ def data_info_from(info: dict) -> dict:
         "modality": info["modality"],
         "reference_affine": info["reference_affine"],
         "transform_hash": info["transform_hash"],
+        "transform_settings": info["transform_settings"],
     }
 
 
