@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         params = load_params("params.yaml")
         model_cfg = getattr(params.train, name, None)
         if model_cfg is None:
-            raise ConfigError(f"train.{name}: no such model section; allowed: cgan, cvae (or a plug-in's own section)")
+            raise ConfigError(f"train.{name}: no such model section; allowed: cgan, cvae, vaegan (or a plug-in's own section)")
         info = read_preprocess_info(Path("data/preprocess"))
         summary = train_model(
             name, model_cfg.model_dump(), params.train, Path("data/preprocess"), Path("models") / name, params.seed,

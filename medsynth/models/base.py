@@ -21,9 +21,19 @@ class DivergenceError(RuntimeError):
     pass
 
 
-def grad_norm(params) -> float:
-    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
+def grad_norm(params) -> torch.Tensor:
+    """Global gradient norm as a 0-d tensor (no host sync; converted only when logged)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> device without stalling the host: pinned memory + non_blocking on CUDA."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class GenerativeModule(L.LightningModule):
@@ -42,6 +52,9 @@ class GenerativeModule(L.LightningModule):
         self.n_mask_labels = int(data_info["n_mask_labels"])
         self.roi = tuple(int(s) for s in data_info["roi_size"])
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self._step = 0  # host mirror of ``iteration``: reading the buffer on a GPU would sync every step
+        self._nonfinite: torch.Tensor | None = None  # device flag, checked every log_every steps on GPU
+        self._channels_last = False
         self.bank_x: torch.Tensor | None = None  # (N, 2, D, H, W)
         self.bank_y: torch.Tensor | None = None
 
@@ -49,10 +62,18 @@ class GenerativeModule(L.LightningModule):
     def attach_bank(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.bank_x, self.bank_y = x, y
 
+    @property
+    def step_index(self) -> int:
+        return self._step
+
     def step_generator(self, purpose: int = 0) -> torch.Generator:
         g = torch.Generator(device="cpu")
-        g.manual_seed(self.seed * 1_000_003 + int(self.iteration) * 7919 + purpose)
+        g.manual_seed(self.seed * 1_000_003 + self._step * 7919 + purpose)
         return g
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the memory format the networks were converted to (channels-last 3D on a GPU)."""
+        return x.contiguous(memory_format=torch.channels_last_3d) if self._channels_last and x.dim() == 5 else x
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.bank_x is not None, "attach_bank() before training"
@@ -63,10 +84,10 @@ class GenerativeModule(L.LightningModule):
         for c in cls.tolist():
             members = self._members[c]
             idx.append(members[int(torch.randint(0, len(members), (1,), generator=g))])
-        idx_t = torch.tensor(idx)
-        x = self.bank_x[idx_t.to(self.bank_x.device)].to(self.device, non_blocking=True).float()
-        y = self.bank_y[idx_t.to(self.bank_y.device)].to(self.device)
-        return x, y
+        idx_t = to_device(torch.tensor(idx), self.bank_x.device)
+        x = self.bank_x[idx_t].to(self.device, non_blocking=True).float()
+        y = self.bank_y[idx_t].to(self.device, non_blocking=True)
+        return self.layout(x), y
 
     def on_fit_start(self) -> None:
         ys = self.bank_y.cpu().numpy()
@@ -78,17 +99,58 @@ class GenerativeModule(L.LightningModule):
             self.bank_x = self.bank_x.to(self.device)
             self.bank_y = self.bank_y.to(self.device)
 
+    def on_train_start(self) -> None:
+        self._step = int(self.iteration)  # after a resume the buffer holds the checkpoint's counter
+
     def noise(self, n: int, dim: int, purpose: int = 2) -> torch.Tensor:
-        return torch.randn(n, dim, generator=self.step_generator(purpose)).to(self.device)
+        return to_device(torch.randn(n, dim, generator=self.step_generator(purpose)), self.device)
+
+    # ------------------------------------------------------------------ speed
+    compile_targets: tuple[str, ...] = ()
+
+    def accelerate(self, compile: bool = False, channels_last: bool = False, checkpointing: bool = False) -> None:
+        """GPU speed-ups that leave the maths (and the state_dict keys) unchanged: channels-last 3D
+        weights and inputs, ``nn.Module.compile`` of the heavy sub-networks, and activation
+        checkpointing (recompute in backward instead of storing: less memory, some extra compute)."""
+        if checkpointing:
+            self.enable_checkpointing()
+        if channels_last:
+            self.to(memory_format=torch.channels_last_3d)
+            self._channels_last = True
+        if compile:  # only modules invoked through __call__ are compiled: name those, not their owners
+            for name in self.compile_targets:
+                self.get_submodule(name).compile()
+
+    def enable_checkpointing(self) -> None:
+        for m in self.modules():
+            if hasattr(m, "checkpoint_blocks"):
+                m.checkpoint_blocks = True
 
     # ------------------------------------------------------------------ guards and monitors
     def check_finite(self, **losses: torch.Tensor) -> None:
+        """Divergence guard. On CPU every loss is checked at once; on a GPU a device-side flag collects
+        non-finite values and is read every ``log_every`` steps and before any checkpoint is written,
+        so the step never waits on the host and no checkpoint holds a diverged model."""
+        if self.device.type == "cuda":
+            bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()])
+            flag = bad.any()
+            self._nonfinite = flag if self._nonfinite is None else (self._nonfinite | flag)
+            if self._step % self.log_every == 0:
+                self.raise_if_diverged(", ".join(losses))
+            return
         for name, value in losses.items():
             if not torch.isfinite(value).all():
                 raise DivergenceError(
-                    f"{self.name}: loss {name} became {float(value)} at step {int(self.iteration)}; training stopped. "
+                    f"{self.name}: loss {name} became {float(value.detach())} at step {self._step}; training stopped. "
                     "The last good checkpoint is kept; lower the learning rate or raise r1_gamma and rerun."
                 )
+
+    def raise_if_diverged(self, names: str = "a loss") -> None:
+        if self._nonfinite is not None and bool(self._nonfinite):
+            raise DivergenceError(
+                f"{self.name}: {names} became NaN/Inf by step {self._step} (checked every {self.log_every} steps on GPU); "
+                "training stopped. The last good checkpoint is kept; lower the learning rate or raise r1_gamma and rerun."
+            )
 
     @torch.no_grad()
     def diversity(self, n: int = 8) -> float:
@@ -102,7 +164,7 @@ class GenerativeModule(L.LightningModule):
         return float(torch.cdist(fake, fake, p=1).mean() / (torch.cdist(real, real, p=1).mean() + 1e-8))
 
     def log_scalars(self, **values) -> None:
-        if int(self.iteration) % self.log_every == 0:
+        if self._step % self.log_every == 0:
             self.log_dict({k: float(v) for k, v in values.items()}, on_step=True, prog_bar=False, logger=True)
 
     @torch.no_grad()
@@ -116,7 +178,7 @@ class GenerativeModule(L.LightningModule):
         img, mask = self.sampler.sample(y, z)
         mid = img.shape[-1] // 2
         tiles = [((img[i, 0, :, :, mid].float().cpu().numpy().T[::-1] + 1) * 127.5).clip(0, 255) for i in range(len(y))]
-        live.log_image(f"samples/step_{int(self.iteration):06d}.png", np.concatenate(tiles, axis=1).astype(np.uint8))
+        live.log_image(f"samples/step_{self._step:06d}.png", np.concatenate(tiles, axis=1).astype(np.uint8))
 
     def step(self):
         raise NotImplementedError
@@ -126,14 +188,16 @@ class GenerativeModule(L.LightningModule):
         (before any checkpoint callback runs, so a checkpoint's counter matches its optimizer steps)."""
         out = self.step()
         self.iteration += 1
+        self._step += 1
         return out
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if int(self.iteration) % self.image_every == 0:
+        if self._step % self.image_every == 0:
             self.log_sample_image()
             self.log("diversity", self.diversity(), on_step=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_diverged()
         checkpoint["medsynth_config"] = json.loads(json.dumps(self.config))
 
     # ------------------------------------------------------------------ export

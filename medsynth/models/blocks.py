@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
+from torch.utils.checkpoint import checkpoint
 
 
 class ConditionalNorm3d(nn.Module):
@@ -76,11 +77,15 @@ class ConditionalDecoder(nn.Module):
             self.ups.append(UpBlock(cin, c, n_classes))
             cin = c
         self.out = nn.Conv3d(cin, 2 + n_mask_labels, 3, padding=1)
+        self.checkpoint_blocks = False  # activation checkpointing per up-block (train.activation_checkpointing)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
         for up in self.ups:
-            h = up(h, y)
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                h = checkpoint(up, h, y, use_reentrant=False)
+            else:
+                h = up(h, y)
         return split_output(self.out(h), self.n_mask_labels)
 
     @torch.no_grad()

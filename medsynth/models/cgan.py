@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
-from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm
+from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, to_device
 from medsynth.models.blocks import ConditionalDecoder, ProjectionDiscriminator, compose_sample, one_hot_mask
 
 Generator = ConditionalDecoder  # noise + class -> image + mask
@@ -27,14 +27,14 @@ def diff_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     dev = x.device
     # flips along each spatial axis, per sample
     for axis in (2, 3, 4):
-        flip = (torch.rand(b, generator=g) < 0.5).to(dev)
+        flip = to_device(torch.rand(b, generator=g) < 0.5, dev)
         x = torch.where(flip[:, None, None, None, None], x.flip(axis), x)
     # translation by up to 1/8 of the size (roll), same for a whole batch to stay cheap
     shifts = [int(torch.randint(-s // 8, s // 8 + 1, (1,), generator=g)) for s in x.shape[2:]]
     x = torch.roll(x, shifts=shifts, dims=(2, 3, 4))
     # intensity: brightness and contrast on the image channel
-    bright = (torch.rand(b, generator=g) - 0.5).to(dev)[:, None, None, None, None] * 0.2
-    contrast = (torch.rand(b, generator=g) * 0.4 + 0.8).to(dev)[:, None, None, None, None]
+    bright = to_device(torch.rand(b, generator=g) - 0.5, dev)[:, None, None, None, None] * 0.2
+    contrast = to_device(torch.rand(b, generator=g) * 0.4 + 0.8, dev)[:, None, None, None, None]
     img = x[:, :1]
     mean = img.mean(dim=(2, 3, 4), keepdim=True)
     img = (img - mean) * contrast + mean + bright
@@ -51,6 +51,9 @@ def diff_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 class CGANModule(GenerativeModule):
     name = "cgan"
     config_class = CGANConfig
+    # the discriminator's spectral norm updates its power-iteration vector in place, which torch.compile
+    # rejects under the R1 double backward: only the generator is compiled
+    compile_targets = ("generator",)
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
         super().__init__(config, data_info, seed, log_every, image_every)
@@ -106,11 +109,11 @@ class CGANModule(GenerativeModule):
         loss_d = self._d_loss(d_real, d_fake)
         penalty = torch.zeros((), device=self.device)
         if cfg.loss == "wgan-gp":
-            a = torch.rand(len(y), 1, 1, 1, 1, generator=self.step_generator(11)).to(self.device)
+            a = to_device(torch.rand(len(y), 1, 1, 1, 1, generator=self.step_generator(11)), self.device)
             inter = (a * real + (1 - a) * fake).requires_grad_(True)
             grad = torch.autograd.grad(self.discriminator(inter, y).sum(), inter, create_graph=True)[0]
             penalty = cfg.gp_weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        elif cfg.r1_gamma > 0 and int(self.iteration) % cfg.r1_every == 0:
+        elif cfg.r1_gamma > 0 and self.step_index % cfg.r1_every == 0:
             r = real.detach().requires_grad_(True)
             grad = torch.autograd.grad(self.discriminator(r, y).sum(), r, create_graph=True)[0]
             penalty = cfg.r1_gamma / 2 * grad.flatten(1).pow(2).sum(1).mean() * cfg.r1_every

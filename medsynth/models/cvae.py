@@ -41,14 +41,17 @@ class Encoder(nn.Module):
 class CVAEModule(GenerativeModule):
     name = "cvae"
     config_class = CVAEConfig
+    compile_targets = ("encoder", "decoder")
 
-    def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
+    def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100,
+                 build_networks: bool = True):
         super().__init__(config, data_info, seed, log_every, image_every)
         cfg = CVAEConfig(**config)
         self.cfg = cfg
         size = self.roi[0]
-        self.encoder = Encoder(2 + self.n_mask_labels, self.n_classes, cfg.latent_dim, cfg.base_channels, size)
-        self.decoder = Decoder(cfg.latent_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size)
+        if build_networks:  # a subclass with its own backbone skips these
+            self.encoder = Encoder(2 + self.n_mask_labels, self.n_classes, cfg.latent_dim, cfg.base_channels, size)
+            self.decoder = Decoder(cfg.latent_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size)
 
     @property
     def sampler(self) -> nn.Module:
@@ -63,7 +66,7 @@ class CVAEModule(GenerativeModule):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, fused=torch.cuda.is_available())
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
-        inp = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        inp = self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
         mu, logvar = self.encoder(inp, y)
         z = mu + eps * torch.exp(0.5 * logvar)
         img, logits = self.decoder(z, y)
@@ -77,14 +80,14 @@ class CVAEModule(GenerativeModule):
         x, y = self.batch(cfg.batch_size)
         eps = self.noise(len(y), cfg.latent_dim)
         out = self.losses(x, y, eps)
-        beta = cfg.kl_weight * kl_anneal(int(self.iteration), cfg.kl_anneal_steps)
+        beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
         loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"]
         self.check_finite(loss=loss)
         self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(), beta=beta)
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if int(self.iteration) % self.log_every == 0:
+        if self.step_index % self.log_every == 0:
             self.log("grad_norm", grad_norm(self.parameters()), on_step=True)
 
     @torch.no_grad()

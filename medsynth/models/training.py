@@ -98,13 +98,25 @@ def data_info_from(info: dict) -> dict:
 def resolve_precision(cfg: TrainConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
-    gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if gpu else "32-true"
+    return "bf16-mixed" if uses_gpu(cfg) else "32-true"
+
+
+def uses_gpu(cfg: TrainConfig) -> bool:
+    return cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
 
 
 def build_module(name: str, model_cfg: dict, data_info: dict, seed: int, train_cfg: TrainConfig):
     cls = registry.get(name)
-    return cls(model_cfg, data_info, seed=seed, log_every=train_cfg.log_every, image_every=train_cfg.checkpoint_every)
+    module = cls(model_cfg, data_info, seed=seed, log_every=train_cfg.log_every, image_every=train_cfg.checkpoint_every)
+    gpu = uses_gpu(train_cfg)
+    if not hasattr(module, "accelerate"):  # a plug-in that does not derive from GenerativeModule
+        return module
+    module.accelerate(
+        compile=train_cfg.compile == "on" or (train_cfg.compile == "auto" and gpu),
+        channels_last=train_cfg.channels_last == "on" or (train_cfg.channels_last == "auto" and gpu),
+        checkpointing=train_cfg.activation_checkpointing,
+    )
+    return module
 
 
 def train_model(
@@ -160,7 +172,8 @@ def train_model(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=1,  # the module logs every train.log_every iterations itself
-        deterministic=train_cfg.accelerator == "cpu",
+        deterministic=not uses_gpu(train_cfg),
+        benchmark=uses_gpu(train_cfg),  # cuDNN picks the fastest 3D conv algorithms for the fixed shapes
         default_root_dir=str(out_dir),
     )
     loader = DataLoader(_StepIndex(steps), batch_size=None, shuffle=False, num_workers=0)

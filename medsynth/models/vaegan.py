@@ -1,24 +1,88 @@
-"""VAE-GAN: the conditional VAE plus a class-conditional patch discriminator and an adversarial loss
-(the MONAI AutoencoderKL + PatchDiscriminator recipe, with projection conditioning). Manual
-optimisation: one discriminator step, then one VAE step with L1 + mask CE + beta*KL + adv_weight*adv.
+"""VAE-GAN: a conditional VAE plus a class-conditional patch discriminator and an adversarial loss.
+
+Two backbones (``train.vaegan.backbone``):
+
+* ``conv`` (default): the cVAE's encoder/decoder with a vector latent (samples well from the prior)
+  and a projection-conditioned patch discriminator with spectral norm.
+* ``autoencoderkl``: the MONAI recipe — ``monai.networks.nets.AutoencoderKL`` with a spatial latent
+  and ``PatchDiscriminator`` — with class conditioning added: one-hot class channels at the encoder
+  and discriminator inputs, and a learned per-class latent offset at the bottleneck. Attention uses
+  PyTorch's fused scaled-dot-product kernel.
+
+Manual optimisation: one discriminator step (least squares, as in the MONAI recipe), then one VAE
+step with L1 + mask CE + beta*KL + adv_weight*adv. No host synchronisation inside the step.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from pydantic import Field
+from torch import nn
 from torch.nn import functional as F
 
-from medsynth.config import CVAEConfig
+from medsynth.config import CVAEConfig, VAEGANConfig
 from medsynth.models.base import grad_norm, kl_anneal
-from medsynth.models.blocks import ProjectionDiscriminator, compose_sample, one_hot_mask
+from medsynth.models.blocks import ProjectionDiscriminator, compose_sample, one_hot_mask, split_output
 from medsynth.models.cvae import CVAEModule
 
 
-class VAEGANConfig(CVAEConfig):
-    adv_weight: float = Field(0.05, ge=0)
-    lr_d: float = Field(2e-4, gt=0)
-    adv_start: int = Field(0, ge=0, description="step from which the adversarial loss is used")
+def class_channels(y: torch.Tensor, n_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """One-hot class as constant channels the size of ``like`` (conditioning by concatenation)."""
+    return F.one_hot(y, n_classes).to(like.dtype)[:, :, None, None, None].expand(-1, -1, *like.shape[2:])
+
+
+class ConditionalAutoencoderKL(nn.Module):
+    """MONAI AutoencoderKL with the condition at the input (one-hot channels) and at the bottleneck
+    (a learned per-class offset of the spatial latent). Decodes image + mask logits."""
+
+    def __init__(self, cfg: VAEGANConfig, n_classes: int, n_mask_labels: int, roi: tuple[int, int, int]):
+        super().__init__()
+        from monai.networks.nets import AutoencoderKL
+
+        self.n_classes = n_classes
+        self.n_mask_labels = n_mask_labels
+        down = 2 ** (len(cfg.kl_channels) - 1)
+        if any(s % down for s in roi):
+            raise ValueError(f"ROI {list(roi)} must be divisible by {down} for kl_channels {list(cfg.kl_channels)}")
+        self.ae = AutoencoderKL(
+            spatial_dims=3, in_channels=2 + n_mask_labels + n_classes, out_channels=2 + n_mask_labels,
+            channels=tuple(cfg.kl_channels), latent_channels=cfg.latent_channels, num_res_blocks=cfg.num_res_blocks,
+            norm_num_groups=cfg.norm_num_groups, attention_levels=tuple(cfg.attention_levels), use_flash_attention=True,
+        )
+        self.class_latent = nn.Embedding(n_classes, cfg.latent_channels)
+        nn.init.zeros_(self.class_latent.weight)
+        self.latent_shape = (cfg.latent_channels, *(s // down for s in roi))
+        self.z_dim = math.prod(self.latent_shape)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ae.encode(torch.cat([x, class_channels(y, self.n_classes, x)], 1))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = z.view(-1, *self.latent_shape) + self.class_latent(y)[:, :, None, None, None].to(z.dtype)
+        return split_output(self.ae.decode(z), self.n_mask_labels)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(z, y)
+
+    @torch.no_grad()
+    def sample(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        img, logits = self.decode(z, y)
+        return img, logits.argmax(1, keepdim=True)
+
+
+class ConditionalPatchDiscriminator(nn.Module):
+    """MONAI PatchDiscriminator seeing image + soft mask + one-hot class channels; mean patch score."""
+
+    def __init__(self, in_channels: int, n_classes: int, layers: int, channels: int):
+        super().__init__()
+        from monai.networks.nets import PatchDiscriminator
+
+        self.n_classes = n_classes
+        self.net = PatchDiscriminator(spatial_dims=3, num_layers_d=layers, channels=channels, in_channels=in_channels + n_classes, out_channels=1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, class_channels(y, self.n_classes, x)], 1))[-1].flatten(1).float().mean(1)
 
 
 class VAEGANModule(CVAEModule):
@@ -27,30 +91,74 @@ class VAEGANModule(CVAEModule):
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
         base = {k: v for k, v in config.items() if k in CVAEConfig.model_fields}
-        super().__init__(base, data_info, seed, log_every, image_every)
-        self.config = dict(config)
         self.vg = VAEGANConfig(**config)
-        self.discriminator = ProjectionDiscriminator(2 + self.n_mask_labels, self.n_classes, self.vg.base_channels, self.roi[0], patch=True)
+        kl = self.vg.backbone == "autoencoderkl"
+        super().__init__(base, data_info, seed, log_every, image_every, build_networks=not kl)
+        self.config = dict(config)
+        in_ch = 2 + self.n_mask_labels
+        if kl:
+            self.kl = ConditionalAutoencoderKL(self.vg, self.n_classes, self.n_mask_labels, self.roi)
+            self.discriminator = ConditionalPatchDiscriminator(in_ch, self.n_classes, self.vg.disc_layers, self.vg.disc_channels)
+            self.compile_targets = ("kl.ae.encoder", "kl.ae.decoder", "discriminator")
+        else:
+            self.discriminator = ProjectionDiscriminator(in_ch, self.n_classes, self.vg.base_channels, self.roi[0], patch=True)
+            self.compile_targets = ("encoder", "decoder")  # spectral-norm discriminator: see cgan.py
         self.automatic_optimization = False
+
+    @property
+    def sampler(self) -> nn.Module:
+        return self.kl if self.vg.backbone == "autoencoderkl" else self.decoder
+
+    @property
+    def latent_dim(self) -> int:
+        return self.sampler.z_dim
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict):
+        cfg = VAEGANConfig(**config)
+        if cfg.backbone == "autoencoderkl":
+            roi = tuple(int(s) for s in data_info["roi_size"])
+            return ConditionalAutoencoderKL(cfg, len(data_info["conditions"]), max(1, int(data_info["n_mask_labels"])), roi)
         return CVAEModule.build_sampler({k: v for k, v in config.items() if k in CVAEConfig.model_fields}, data_info)
+
+    def vae_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("discriminator.")]
+
+    def enable_checkpointing(self) -> None:
+        if self.vg.backbone == "autoencoderkl":
+            self.kl.ae.use_checkpoint = True
+        else:
+            super().enable_checkpointing()
 
     def configure_optimizers(self):
         fused = torch.cuda.is_available()
-        vae = list(self.encoder.parameters()) + list(self.decoder.parameters())
-        return [torch.optim.Adam(vae, lr=self.vg.lr, fused=fused), torch.optim.Adam(self.discriminator.parameters(), lr=self.vg.lr_d, betas=(0.5, 0.9), fused=fused)]
+        return [
+            torch.optim.Adam(self.vae_parameters(), lr=self.vg.lr, fused=fused),
+            torch.optim.Adam(self.discriminator.parameters(), lr=self.vg.lr_d, betas=(0.5, 0.9), fused=fused),
+        ]
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.vg.backbone != "autoencoderkl":
+            return super().losses(x, y, eps)
+        inp = self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
+        mu, sigma = self.kl.encode(inp, y)
+        z = mu + eps.view_as(mu).to(mu.dtype) * sigma
+        img, logits = self.kl.decode(z, y)
+        rec = F.l1_loss(img.float(), x[:, :1])
+        seg = F.cross_entropy(logits.float(), x[:, 1].long().clamp(0, self.n_mask_labels))
+        mu, sigma = mu.float(), sigma.float()
+        kl = (0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1).flatten(1).sum(1)).mean()
+        return {"rec": rec, "seg": seg, "kl": kl, "img": img, "logits": logits}
 
     def step(self):
         opt_vae, opt_d = self.optimizers()
         cfg = self.vg
         x, y = self.batch(cfg.batch_size)
-        eps = self.noise(len(y), cfg.latent_dim)
-        real = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        eps = self.noise(len(y), self.latent_dim)
+        real = self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
         out = self.losses(x, y, eps)
-        fake = compose_sample(out["img"], out["logits"])
-        use_adv = int(self.iteration) >= cfg.adv_start
+        fake = self.layout(compose_sample(out["img"], out["logits"]))
+        use_adv = self.step_index >= cfg.adv_start
         # discriminator (least squares, as in the MONAI recipe)
         d_real = self.discriminator(real, y)
         d_fake = self.discriminator(fake.detach(), y)
@@ -60,15 +168,31 @@ class VAEGANModule(CVAEModule):
         self.manual_backward(loss_d)
         opt_d.step()
         # VAE
-        beta = cfg.kl_weight * kl_anneal(int(self.iteration), cfg.kl_anneal_steps)
+        beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
         adv = F.mse_loss(self.discriminator(fake, y), torch.ones_like(d_fake)) if use_adv else torch.zeros((), device=self.device)
         loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] + cfg.adv_weight * adv
         self.check_finite(loss=loss)
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        gn = grad_norm(list(self.encoder.parameters()) + list(self.decoder.parameters()))
+        logging = self.step_index % self.log_every == 0
+        gn = grad_norm(self.vae_parameters()) if logging else None
         opt_vae.step()
-        self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(), adv=adv.detach(), loss_d=loss_d.detach(), grad_norm=gn)
+        if logging:
+            self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(),
+                             adv=adv.detach(), loss_d=loss_d.detach(), grad_norm=gn)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         pass
+
+    @torch.no_grad()
+    def elbo_score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.vg.backbone != "autoencoderkl":
+            return super().elbo_score(x, y)
+        x, y = x.to(self.device).float(), y.to(self.device)
+        inp = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        mu, sigma = self.kl.encode(inp, y)
+        img, logits = self.kl.decode(mu, y)
+        rec = (img - x[:, :1]).abs().flatten(1).mean(1)
+        seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels), reduction="none").flatten(1).mean(1)
+        kl = (0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1)).flatten(1).sum(1)
+        return -(rec + self.vg.mask_weight * seg + self.vg.kl_weight * kl)
