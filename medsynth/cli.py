@@ -137,35 +137,44 @@ def synth(
     temperature: float = typer.Option(1.0, help="noise scale; < 1 trades diversity for typicality"),
     min_island_voxels: int = typer.Option(4, help="remove mask components smaller than this"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="also write a DICOM series + SEG per case (CT/MR models)"),
+    batch_size: int = typer.Option(8, help="cases sampled per batch"),
 ) -> None:
     """Sample N synthetic image + mask pairs of one condition from a trained model, without the pipeline."""
-    from medsynth.config import PreprocessConfig
-    from medsynth.data.transforms import from_model_space
     from medsynth.synth.sampler import load_sampler, synthesize
 
     try:
-        s = load_sampler(model)
+        s = load_sampler(model, device)
     except FileNotFoundError as exc:
         _fail(str(exc), 2)
-    pre = PreprocessConfig(**{k: v for k, v in _transform_settings(s.data_info).items() if k in PreprocessConfig.model_fields})
     if condition not in s.conditions:
         _fail(f"condition {condition!r} unknown to this model; it knows {s.conditions}", 2)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("sampling", total=n)
-        rows = synthesize(model, output, {condition: n}, seed, temperature, min_island_voxels,
-                          lambda a: from_model_space(a, pre, s.data_info["modality"]), device=device, progress=lambda k: progress.advance(task, k))
+        rows = synthesize(s, output, {condition: n}, seed, temperature, min_island_voxels,
+                          device=device, progress=lambda k: progress.advance(task, k),
+                          batch_size=batch_size, formats=("nifti", "dicom") if dicom else ("nifti",))
     console.print(f"synth: wrote {len(rows)} synthetic {condition} case(s) to {output}")
 
 
-def _transform_settings(data_info: dict) -> dict:
-    """The intensity settings the model was trained with: stored in its export; older exports fall
-    back to the pipeline's preprocess.json in the current folder."""
-    if data_info.get("transform_settings"):
-        return data_info["transform_settings"]
-    info = Path("data/preprocess/preprocess.json")
-    if info.is_file():
-        return json.loads(info.read_text()).get("transform_settings", {})
-    return {}
+@app.command("export-bundle")
+def export_bundle_cmd(
+    model: Path = typer.Argument(..., help="a trained model: model.pt or its folder (models/cgan)"),
+    output: Path = typer.Argument(..., help="bundle folder to write"),
+    name: Optional[str] = typer.Option(None, help="bundle name shown in metadata.json"),
+    report: Optional[Path] = typer.Option(None, help="metrics/gates.json of the evaluate stage, embedded as the evaluation"),
+) -> None:
+    """Export a trained generator as a MONAI bundle (metadata with intended use and limits, inference config, weights)."""
+    from medsynth.synth.bundle import SCHEMA_PATH, export_bundle
+
+    try:
+        evaluation = json.loads(report.read_text()) if report else None
+        out = export_bundle(model, output, name, evaluation)
+    except FileNotFoundError as exc:
+        _fail(str(exc), 2)
+    console.print(f"export-bundle: wrote {out}. Check it: python -m monai.bundle verify_metadata "
+                  f"--meta_file {out}/configs/metadata.json --filepath {SCHEMA_PATH}; sample: python -m monai.bundle run "
+                  f"--config_file {out}/configs/inference.json")
 
 
 @app.command()

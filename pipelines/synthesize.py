@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
         rows = synthesize(
             Path("models") / name / "model.pt", tmp, params.synthesize.per_condition, params.seed, params.synthesize.temperature,
             params.synthesize.min_island_voxels, lambda a: from_model_space(a, params.preprocess, info["modality"]),
-            params_hash=params_hash, batch_size=params.synthesize.batch_size, device=device,
+            params_hash=params_hash, batch_size=params.synthesize.batch_size, device=device, formats=tuple(params.synthesize.formats),
             progress=lambda k: progress.advance(task, k),
         )
     console.print(f"synthesize {name}: wrote {len(rows)} synthetic image + mask pairs to {out}")

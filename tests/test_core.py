@@ -26,23 +26,7 @@ def test_too_few_rare_cases_is_a_clear_error():
         assign_splits(cases, Params().preprocess.splits, seed=0, rare_condition="lesion")
 
 
-@pytest.fixture(scope="module")
-def preprocessed(demo_ingested, tmp_path_factory):
-    from medsynth.data.preprocess import preprocess_cohort
-
-    out = tmp_path_factory.mktemp("pre")
-    cfg = Params().preprocess.model_copy(update={"roi_size": (16, 16, 16), "spacing": (8.0, 8.0, 8.0)})
-    preprocess_cohort(demo_ingested, out, cfg, 1, "lesion")
-    return out
-
-
-def _train(name, pre, out, steps, stop_after=None, extra=None):
-    from medsynth.models.training import train_model
-
-    p = Params()
-    cfg = getattr(p.train, name, p.train.cvae).model_dump()
-    cfg.update({"steps": steps, "batch_size": 2, "base_channels": 4}, **(extra or {}))
-    return train_model(name, cfg, p.train.model_copy(update={"checkpoint_every": 2}), pre, out, seed=5, progress=False, stop_after=stop_after)
+from tests.conftest import train_tiny as _train  # noqa: E402
 
 
 def _weights(path):

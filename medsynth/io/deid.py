@@ -311,9 +311,8 @@ class Deidentifier:
         ds.PatientID = patient
         ds.PatientName = patient
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = f"medsynth {self.version}: PS3.15 E.1-1 Basic Profile; options: " + (
-            ", ".join(sorted(self.options)) or "none"
-        )
+        # LO is at most 64 characters a value: the profile, then one value per option (VM 1-n)
+        ds.DeidentificationMethod = [f"medsynth {self.version} PS3.15 E.1-1 Basic Profile"[:64]] + [o[:64] for o in sorted(self.options)]
         codes = Sequence()
         for name in ["basic"] + sorted(self.options):
             item = Dataset()

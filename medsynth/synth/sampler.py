@@ -6,7 +6,7 @@
 * Masks: argmax over background + labels, then connected components smaller than
   ``min_island_voxels`` are removed per label (26-connectivity) -- the documented cleaning rule.
 * Every case is written as NIfTI image + mask in physical space (the cohort's spacing, RAS), with
-  ``descrip`` starting "SYNTHETIC", and a JSON sidecar (model, checkpoint hash, seed, condition,
+  ``descrip`` starting "SYNTHETIC", optionally as a DICOM series + SEG (``dicom_writer``), and a JSON sidecar (model, checkpoint hash, seed, condition,
   params hash, creation time). ``synthetic_manifest.csv`` uses the real manifest's columns.
 """
 
@@ -120,21 +120,43 @@ def write_synthetic_case(
     write_json_atomic(out_dir / "sidecars" / f"{case_id}.json", sidecar)
 
 
+def physical_transform(data_info: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """Model space -> physical intensities with the settings the model was trained with (stored in its
+    export); exports without them fall back to the pipeline's data/preprocess/preprocess.json."""
+    from medsynth.config import PreprocessConfig
+    from medsynth.data.transforms import from_model_space
+
+    settings = data_info.get("transform_settings") or {}
+    if not settings:
+        info = Path("data/preprocess/preprocess.json")
+        if info.is_file():
+            settings = json.loads(info.read_text()).get("transform_settings", {})
+    pre = PreprocessConfig(**{k: v for k, v in settings.items() if k in PreprocessConfig.model_fields})
+    return lambda a: from_model_space(a, pre, data_info["modality"])
+
+
 def synthesize(
-    model_path: Path,
+    model_path: Path | LoadedSampler,
     out_dir: Path,
     per_condition: dict[str, int],
     seed: int,
     temperature: float,
     min_island_voxels: int,
-    to_physical: Callable[[np.ndarray], np.ndarray],
+    to_physical: Callable[[np.ndarray], np.ndarray] | None = None,
     params_hash: str = "",
     batch_size: int = 8,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    formats: tuple[str, ...] = ("nifti",),
 ) -> list[dict]:
-    """Sample every condition's count, write cases + sidecars + synthetic_manifest.csv; return the rows."""
-    sampler = load_sampler(model_path, device)
+    """Sample every condition's count, write cases + sidecars + synthetic_manifest.csv; return the rows.
+
+    ``formats``: "nifti" (always written: evaluation reads it) and optionally "dicom" (a CT/MR series
+    per case plus a DICOM SEG, see :mod:`medsynth.synth.dicom_writer`)."""
+    sampler = model_path if isinstance(model_path, LoadedSampler) else load_sampler(model_path, device)
+    to_physical = to_physical or physical_transform(sampler.data_info)
+    modality = sampler.data_info["modality"]
+    dicom = "dicom" in formats and modality in ("CT", "MR")
     affine = np.asarray(sampler.data_info["reference_affine"], dtype=np.float64)
     spacing = sampler.data_info["spacing"]
     rows = []
@@ -158,7 +180,14 @@ def synthesize(
                 "medsynth_version": __version__,
                 "mask_rule": f"argmax over background+labels; components < {min_island_voxels} voxels removed (26-connectivity)",
             }
-            write_synthetic_case(out_dir, case_id, to_physical(imgs[i]), mask, affine, sidecar)
+            physical = to_physical(imgs[i])
+            if dicom:
+                from medsynth.synth.dicom_writer import write_dicom_case
+
+                sidecar["dicom"] = write_dicom_case(out_dir / "dicom", case_id, physical, mask, affine, modality, sidecar)
+            elif "dicom" in formats:
+                sidecar["dicom"] = f"not written: modality {modality} has no image storage class here (CT and MR only)"
+            write_synthetic_case(out_dir, case_id, physical, mask, affine, sidecar)
             rows.append({
                 "case_id": case_id, "patient": case_id, "condition": condition, "modality": sampler.data_info["modality"],
                 "shape": "x".join(str(s) for s in imgs[i].shape), "spacing": "x".join(f"{s:g}" for s in spacing),
