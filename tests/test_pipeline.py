@@ -1,33 +1,81 @@
-"""A real `dvc repro` of the whole pipeline on a tiny params override, in a temporary copy of the repo."""
+"""A real `dvc repro` of the whole pipeline on a tiny params override, in a temporary copy of the repo.
 
+The input is the demo cohort written outside the repo with a canary planted in every identifying text
+attribute (names in folder names too), so the same run proves that no identifier reaches any file the
+pipeline writes: NIfTI, CSV, JSON, DVCLive logs, dvc.lock, the HTML report and its PDF. The report is
+then opened in a real headless Chromium and its PDF rendered to PNG pages with pdftoppm.
+"""
+
+import gzip
 import json
+import re
+import secrets
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
+import numpy as np
+import pydicom
 import pytest
 import yaml
 
 from tests.conftest import ROOT
 
+CANARY = "CANARYQV"
+# identifying text attributes of the demo headers (the de-identification profile removes or replaces them)
+PLANTED = ("PatientName", "PatientID", "OtherPatientIDs", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
+           "OperatorsName", "PerformingPhysicianName", "AccessionNumber", "StudyID", "RequestingPhysician")
+
 
 def _run(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout + r.stderr
 
 
-@pytest.mark.integration
-def test_dvc_repro_tiny(tmp_path):
-    repo = tmp_path / "repo"
+def _plant_canaries(root: Path) -> dict:
+    """Canary values into the identifying attributes of every DICOM file under ``root`` (in place: this
+    is the test's own copy of the input). Returns what an output must never contain."""
+    names, values = set(), {}
+    for f in sorted(root.rglob("*")):
+        if not f.is_file() or f.suffix in (".gz", ".csv", ".nii"):
+            continue
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception:
+            continue  # the demo's deliberately broken files
+        names.update(str(ds.get("PatientName", "")).split("^"))
+        for kw in PLANTED:  # one canary per original value: a patient's files still belong together
+            original = str(ds.get(kw, "")) + f"/{ds.get('PatientID', '')}"
+            n = values.setdefault((kw, original), len(values) + 1)
+            setattr(ds, kw, f"{CANARY}{n:05d}" if kw != "PatientName" else f"{CANARY}^{n:05d}")
+        ds.save_as(f)
+    folders = {p.name for p in root.iterdir() if p.is_dir()}  # e.g. KHAN_JANE_MRN4711000
+    return {"canary": CANARY, "names": sorted(x for x in names if len(x) >= 4), "folders": sorted(folders)}
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline")
+    repo = base / "repo"
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, repo / f)
+    raw = base / "hospital_export"
+    from medsynth.config import DemoConfig
+    from medsynth.data.demo import generate_demo_cohort
+
+    generate_demo_cohort(raw, DemoConfig(patients=12, rare_fraction=0.34, nifti_cases=1, compressed_cases=1), seed=7)
+    planted = _plant_canaries(raw)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["demo"].update({"patients": 12, "rare_fraction": 0.34, "nifti_cases": 1, "compressed_cases": 1})
+    key = secrets.token_hex(32)
+    (base / "site.key").write_text(key + "\n")
+    params["data"].update({"input": str(raw), "labels": str(raw / "labels.csv")})
+    params["deid"]["key_file"] = str(base / "site.key")
     params["preprocess"].update({"roi_size": [16, 16, 16], "spacing": [8.0, 8.0, 8.0]})
     for m in ("cgan", "cvae"):
         params["train"][m].update({"steps": 3, "batch_size": 2, "base_channels": 4})
@@ -38,23 +86,110 @@ def test_dvc_repro_tiny(tmp_path):
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.email=ci@medsynth.invalid", "-c", "user.name=ci", "commit", "-qm", "tiny"], repo)
+    _run([sys.executable, "-m", "dvc", "repro"], repo)
+    return {"repo": repo, "raw": raw, "key": key, **planted}
+
+
+@pytest.mark.integration
+def test_dvc_repro_tiny(tiny_repo):
+    repo = tiny_repo["repo"]
     dvc = [sys.executable, "-m", "dvc"]
-    _run(dvc + ["repro"], repo)
     for m in ("cgan", "cvae"):
         imgs = sorted((repo / "data/synth" / m / "images").glob("*.nii.gz"))
         assert len(imgs) == 6
         img = nib.load(imgs[0])
         assert img.shape == (16, 16, 16) and b"SYNTHETIC" in bytes(img.header["descrip"])
         assert (repo / "models" / m / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((repo / "data/synth" / m / "dicom").glob("*/image/*.dcm"))) == 6 * 16
     for f in ("metrics.json", "gates.json", "fidelity.json", "privacy.json"):
         json.loads((repo / "reports/eval" / f).read_text())  # finite numbers only (writer refuses NaN)
     gates = json.loads((repo / "reports/eval/gates.json").read_text())
     assert {g["state"] for g in gates["gates"]} <= {"pass", "warn", "fail"}
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and 'id="verdict-table"' in html
-    for needle in ("MRN47", "ELSEWHERE", "DOE^", str(ROOT.parent)):
-        assert needle not in html
     out = _run(dvc + ["repro"], repo)
     assert "Running stage" not in out  # second run: nothing reruns
     _run(dvc + ["metrics", "show"], repo)
     _run(dvc + ["params", "diff"], repo)
+
+
+def _texts(root: Path):
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or rel.startswith((".git/", ".dvc/cache/")):
+            continue  # git objects and DVC's cache hold copies of what is scanned
+        data = p.read_bytes()
+        if p.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        if p.suffix == ".html":  # embedded images are base64 text: random letters, not identifiers
+            data = re.sub(rb"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", b"", data)
+        yield p, data
+
+
+@pytest.mark.integration
+def test_no_identifier_in_any_file_the_pipeline_writes(tiny_repo):
+    repo, raw = tiny_repo["repo"], tiny_repo["raw"]
+    needles = [tiny_repo["canary"].encode()] + [n.encode() for n in tiny_repo["names"]]
+    needles += [f.encode() for f in tiny_repo["folders"]] + [b"MRN4711", tiny_repo["key"].encode()]
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split())
+    written = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts and p.relative_to(repo).as_posix() not in tracked]
+    scanned, hits = 0, []
+    for p, data in _texts(repo):
+        if p.relative_to(repo).as_posix() in tracked:
+            continue  # the repository's own files (sources, tests, the user's params.yaml)
+        scanned += 1
+        for needle in needles:
+            if needle in data:
+                hits.append((p.relative_to(repo).as_posix(), needle.decode()))
+        if str(raw).encode() in data and p.name != "dvc.lock":  # dvc.lock records params.yaml's data.input
+            hits.append((p.relative_to(repo).as_posix(), "input path"))
+    kinds = {p.suffix for p in written}
+    assert scanned > 100 and {".gz", ".csv", ".json", ".html", ".pdf", ".dcm", ".lock"} <= kinds | {".lock"}
+    assert (repo / "dvclive").is_dir() and any((repo / "dvclive").rglob("*.tsv"))
+    assert not hits, hits[:20]
+    # and no original name anywhere in a file or folder name the pipeline made
+    for p in written:
+        rel = p.relative_to(repo).as_posix()
+        assert not any(f in rel for f in tiny_repo["folders"]), rel
+
+
+@pytest.mark.integration
+def test_report_in_headless_chromium_and_pdf_pages(tiny_repo, tmp_path):
+    chromium = shutil.which("chromium")
+    pdftoppm = shutil.which("pdftoppm")
+    if not chromium or not pdftoppm:
+        pytest.skip("needs Debian's chromium and poppler-utils (installed by .ci/run; see README)")
+    from playwright.sync_api import sync_playwright
+
+    repo = tiny_repo["repo"]
+    report = repo / "reports" / "report.html"
+    errors, external = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        page.goto(report.as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        rows = page.locator("#verdict-table tbody tr").count()
+        verdict = page.locator("#overall-verdict").inner_text()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert not external, external  # self-contained: nothing fetched from the network
+    assert len(images) >= 6 and all(c and w > 0 and h > 0 for c, w, h in images), images
+    assert rows >= 3 and re.search(r"Overall verdict: (PASS|WARN|FAIL)", verdict, re.I)
+    assert (tmp_path / "report.png").stat().st_size > 20_000
+    shutil.copy(tmp_path / "report.png", repo / "reports" / "report-screenshot.png")
+    # the pipeline's PDF: real pages, none blank
+    pdf = repo / "reports" / "report.pdf"
+    assert pdf.stat().st_size > 10_000
+    subprocess.run([pdftoppm, "-png", "-r", "40", str(pdf), str(tmp_path / "page")], check=True, timeout=120)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert 3 <= len(pages) <= 40, len(pages)
+    from PIL import Image
+
+    for pg in pages:
+        a = np.asarray(Image.open(pg).convert("L"), dtype=np.float32)
+        assert a.std() > 3 and (a < 200).mean() > 0.005, f"{pg.name} looks blank"

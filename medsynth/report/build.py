@@ -74,6 +74,21 @@ def fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+WITHHELD = "<withheld: a local path>"
+LOCAL_PATH_PARAMS = (("data", "input"), ("data", "labels"), ("deid", "key_file"))
+
+
+def redact_params(params: dict) -> dict:
+    """Params as the report shows them: local paths (input folder, labels CSV, key file) withheld, since
+    a hospital's folder or file names can carry identifiers; the demo input is shown as is."""
+    out = json.loads(json.dumps(params))
+    for section, key in LOCAL_PATH_PARAMS:
+        value = out.get(section, {}).get(key)
+        if value and value != "demo":
+            out[section][key] = WITHHELD
+    return out
+
+
 def build_report(
     ingest_dir: Path,
     preprocess_dir: Path,
@@ -107,7 +122,7 @@ def build_report(
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
         title=title, verdict=verdict, gates=all_gates, ingest=ingest, pre=pre, cards=cards,
-        params=json.dumps(params, indent=1, sort_keys=True), versions=_versions(),
+        params=json.dumps(redact_params(params), indent=1, sort_keys=True), versions=_versions(),
         commit=_git_commit(repo_root or Path.cwd()), lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), version=__version__,
     )
