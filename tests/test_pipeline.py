@@ -190,6 +190,12 @@ def test_report_in_headless_chromium_and_pdf_pages(tiny_repo, tmp_path):
     assert 3 <= len(pages) <= 40, len(pages)
     from PIL import Image
 
-    for pg in pages:
+    first = np.asarray(Image.open(pages[0]).convert("RGB"), dtype=np.int16)
+    red = (first[..., 0] > 150) & (first[..., 1] < 110) & (first[..., 2] < 110)
+    green = (first[..., 1] > 100) & (first[..., 0] < 80) & (first[..., 2] < 120)
+    assert (red | green).sum() > 20, "page 1 holds no traffic-light verdict"
+    for i, pg in enumerate(pages):
         a = np.asarray(Image.open(pg).convert("L"), dtype=np.float32)
-        assert a.std() > 3 and (a < 200).mean() > 0.005, f"{pg.name} looks blank"
+        assert (a < 200).sum() > 50, f"{pg.name} is blank"
+        if i < len(pages) - 1:  # the last page may hold the tail of a table only
+            assert a.std() > 3 and (a < 200).mean() > 0.005, f"{pg.name} looks blank"

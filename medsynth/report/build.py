@@ -122,7 +122,7 @@ def build_report(
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
         title=title, verdict=verdict, gates=all_gates, ingest=ingest, pre=pre, cards=cards,
-        params=json.dumps(redact_params(params), indent=1, sort_keys=True), versions=_versions(),
+        params="\n".join(f"{k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(redact_params(params).items())), versions=_versions(),
         commit=_git_commit(repo_root or Path.cwd()), lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), version=__version__,
     )

@@ -1,0 +1,116 @@
+"""A 3D feature encoder trained inside the pipeline, on the real train split only, self-supervised.
+
+No pretrained network is downloaded. The encoder learns by contrast (SimCLR's NT-Xent loss): two
+random augmentations of the same case (flips, shift, intensity scale and offset, noise, cutout) must
+map close together and away from the other cases of the batch. What it learns is what distinguishes
+one training case from another, which is what FID / KID / PRDC need from a feature space.
+
+Optionally a user's own encoder (e.g. MedicalNet converted to TorchScript) is loaded from a local path:
+a TorchScript module taking (N, 1, D, H, W) images in [-1, 1] and returning (N, F) features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medsynth.io.writers import atomic_path
+
+
+class Encoder3d(nn.Module):
+    def __init__(self, in_channels: int = 2, width: int = 16, dim: int = 64):
+        super().__init__()
+        layers, c = [], in_channels
+        for w in (width, width * 2, width * 4):
+            layers += [nn.Conv3d(c, w, 3, stride=2, padding=1), nn.GroupNorm(min(8, w), w), nn.LeakyReLU(0.2),
+                       nn.Conv3d(w, w, 3, padding=1), nn.GroupNorm(min(8, w), w), nn.LeakyReLU(0.2)]
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(c, dim)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))  # projection, training only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x).mean(dim=(2, 3, 4)))
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random views of (N, 2, D, H, W): image channel 0 in [-1, 1], mask channel 1."""
+    n = len(x)
+    for axis in (2, 3, 4):
+        flip = torch.rand(n, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None, None], x.flip(axis), x)
+    shifts = [int(torch.randint(-s // 8, s // 8 + 1, (1,), generator=g)) for s in x.shape[2:]]
+    x = torch.roll(x, shifts=shifts, dims=(2, 3, 4))
+    scale = 1 + (torch.rand(n, 1, 1, 1, 1, generator=g) - 0.5) * 0.4
+    offset = (torch.rand(n, 1, 1, 1, 1, generator=g) - 0.5) * 0.3
+    img = (x[:, :1] * scale + offset + 0.05 * torch.randn(x[:, :1].shape, generator=g)).clamp(-1, 1)
+    x = torch.cat([img, x[:, 1:]], 1)
+    size = [s // 4 for s in x.shape[2:]]
+    keep = torch.ones_like(x[:, :1])
+    for i in range(n):
+        c = [int(torch.randint(0, s - k + 1, (1,), generator=g)) for s, k in zip(x.shape[2:], size)]
+        keep[i, :, c[0] : c[0] + size[0], c[1] : c[1] + size[1], c[2] : c[2] + size[2]] = 0
+    return x * keep
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    n = len(z1)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def train_encoder(x: torch.Tensor, steps: int = 200, batch_size: int = 16, dim: int = 64, width: int = 16, seed: int = 0,
+                  lr: float = 1e-3) -> tuple[Encoder3d, list[float]]:
+    """Train on the real train split ``x`` (N, 2, D, H, W); returns the encoder and the loss curve."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    enc = Encoder3d(x.shape[1], width, dim)
+    opt = torch.optim.Adam(enc.parameters(), lr=lr)
+    x = x.float()
+    losses = []
+    b = max(2, min(batch_size, len(x)))
+    for _ in range(steps):
+        idx = torch.randperm(len(x), generator=g)[:b]
+        batch = x[idx]
+        loss = nt_xent(enc.head(enc(augment(batch, g))), enc.head(enc(augment(batch, g))))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return enc.eval(), losses
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 32, image_only: bool = False) -> np.ndarray:
+    """(N, 2, D, H, W) cases -> (N, F) float64 features."""
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    if image_only:
+        x = x[:, :1]
+    out = [encoder(x[i : i + batch]).float() for i in range(0, len(x), batch)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def save_encoder(enc: Encoder3d, path: Path, meta: dict) -> None:
+    with atomic_path(Path(path), suffix=".pt") as tmp:
+        torch.save({"state_dict": enc.state_dict(), "in_channels": enc.body[0].in_channels, "width": enc.body[0].out_channels,
+                    "dim": enc.out.out_features, "meta": meta}, tmp)
+
+
+def load_encoder(path: Path) -> tuple[nn.Module, bool]:
+    """medsynth's own encoder.pt, or a user's TorchScript file (image channel only) -> (module, image_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder weights not found")
+    if path.suffix in (".ts", ".torchscript", ".jit"):
+        return torch.jit.load(str(path), map_location="cpu").eval(), True
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    enc = Encoder3d(blob["in_channels"], blob["width"], blob["dim"])
+    enc.load_state_dict(blob["state_dict"])
+    return enc.eval(), False
