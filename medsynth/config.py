@@ -179,11 +179,31 @@ class GatesConfig(_Section):
     warn_margin: float = Field(0.05, ge=0, le=1)
 
 
+class EncoderConfig(_Section):
+    steps: int = Field(200, ge=1, description="self-supervised training steps on the real train split")
+    batch_size: int = Field(16, ge=2)
+    dim: int = Field(64, ge=8, description="feature dimension")
+    width: int = Field(16, ge=4, description="channels of the first level")
+    weights: str | None = Field(None, description="local TorchScript encoder (N,1,D,H,W)->(N,F) to use instead (e.g. MedicalNet)")
+
+
+class UtilityConfig(_Section):
+    enabled: bool = Field(True, description="train downstream models on real / real+synthetic / synthetic data")
+    steps: int = Field(60, ge=1, description="training steps per downstream model")
+    seeds: int = Field(2, ge=1, le=20, description="repeats per arm (different seeds) for the confidence interval")
+    batch_size: int = Field(8, ge=1)
+    synthetic_ratio: float = Field(1.0, gt=0, description="synthetic cases per real case in the real+synthetic arm")
+    channels: tuple[int, ...] = Field((8, 16, 32), min_length=2, description="UNet / classifier channels per level")
+    max_dice_drop: float = Field(0.05, ge=0, le=1, description="utility gate: real+synthetic may lose at most this much Dice (or AUC)")
+
+
 class EvalConfig(_Section):
     bootstrap: int = Field(200, ge=10)
     copy_percentile: float = Field(1.0, gt=0, lt=50)
     strict: bool = False
     gates: GatesConfig = GatesConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    utility: UtilityConfig = UtilityConfig()
 
 
 class ReportConfig(_Section):

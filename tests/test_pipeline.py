@@ -82,6 +82,8 @@ def tiny_repo(tmp_path_factory):
     params["train"]["checkpoint_every"] = 2
     params["synthesize"]["per_condition"] = {"normal": 3, "lesion": 3}
     params["evaluate"]["bootstrap"] = 20
+    params["evaluate"]["encoder"].update({"steps": 5, "batch_size": 4, "width": 4, "dim": 16})
+    params["evaluate"]["utility"].update({"steps": 3, "seeds": 1, "batch_size": 2, "channels": [4, 8]})
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
@@ -101,7 +103,7 @@ def test_dvc_repro_tiny(tiny_repo):
         assert img.shape == (16, 16, 16) and b"SYNTHETIC" in bytes(img.header["descrip"])
         assert (repo / "models" / m / "checkpoints" / "last.ckpt").is_file()
         assert len(list((repo / "data/synth" / m / "dicom").glob("*/image/*.dcm"))) == 6 * 16
-    for f in ("metrics.json", "gates.json", "fidelity.json", "privacy.json"):
+    for f in ("metrics.json", "gates.json", "fidelity.json", "privacy.json", "utility.json"):
         json.loads((repo / "reports/eval" / f).read_text())  # finite numbers only (writer refuses NaN)
     gates = json.loads((repo / "reports/eval/gates.json").read_text())
     assert {g["state"] for g in gates["gates"]} <= {"pass", "warn", "fail"}

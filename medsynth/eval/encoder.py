@@ -57,7 +57,7 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x * keep
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = z @ z.T / temperature
     n = len(z1)

@@ -16,7 +16,10 @@ from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
 from medsynth.data.transforms import to_model_space  # noqa: E402
 from medsynth.eval.features import volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
+from medsynth.eval.encoder import embed, load_encoder  # noqa: E402
 from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
+from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
+from medsynth.eval.utility import classification_utility, segmentation_utility, utility_gate  # noqa: E402
 from medsynth.eval.privacy import privacy_metrics, whitebox_membership  # noqa: E402
 from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
 from medsynth.models import registry  # noqa: E402
@@ -69,7 +72,13 @@ def evaluate_models(
     cfg: EvalConfig,
     seed: int,
     out_dir: Path,
+    encoder_path: Path | None = None,
+    rare_condition: str | None = None,
 ) -> dict:
+    """Fidelity (weight-free and learned features), privacy, utility and gates for every model.
+
+    ``encoder_path``: the encoder stage's ``encoder.pt`` (or a user's TorchScript encoder); without one
+    the learned-feature metrics are left out and say so."""
     info = read_preprocess_info(preprocess_dir)
     modality = info["modality"]
     n_labels = max(1, int(info["n_mask_labels"]))
@@ -82,6 +91,11 @@ def evaluate_models(
     to_model = lambda a: to_model_space(a, pre_cfg, modality)  # noqa: E731
     train_imgs = banks["train"][0][:, 0].float().numpy()
     train_masks = banks["train"][0][:, 1].float().numpy()
+    encoder = _load_encoder(encoder_path, cfg)
+    learned = {s: embed(encoder[0], b[0].float().numpy(), image_only=encoder[1]) for s, b in banks.items()} if encoder else None
+    rare_index = info["conditions"].index(rare_condition) if rare_condition in info["conditions"] else len(info["conditions"]) - 1
+    ms_ssim_real = ms_ssim_diversity(train_imgs, seed=seed)
+    utility_all = {}
     for k, model in enumerate(models):
         sdir = Path(synth_root) / model
         rows = _read_rows(sdir / "synthetic_manifest.csv")
@@ -97,16 +111,40 @@ def evaluate_models(
                 per_cond[cond] = fidelity_metrics(f_syn[sel_s], feats["train"][sel_t], feats["test"][sel_te] if sel_te.sum() >= 2 else feats["test"],
                                                   s_img[sel_s], train_imgs[sel_t], s_mask[sel_s], train_masks[sel_t], seed + k, max(10, cfg.bootstrap // 4))
         fid["per_condition"] = per_cond
+        fid["ms_ssim_synthetic"] = ms_ssim_diversity(s_img, seed=seed)
+        fid["ms_ssim_real"] = ms_ssim_real
+        if learned is not None:
+            syn_cases = np.stack([s_img, s_mask.astype(np.float32)], 1)
+            l_syn = embed(encoder[0], syn_cases, image_only=encoder[1])
+            fid["learned"] = feature_fidelity(l_syn, learned["train"], learned["test"], seed + k, max(10, cfg.bootstrap // 4))
+            fid["learned"]["encoder"] = str(encoder_path if cfg.encoder.weights is None else "user weights")
+            fid["learned"]["per_condition"] = {}
+            for ci, cond in enumerate(info["conditions"]):
+                sel_s = np.array([c == cond for c in s_cond])
+                sel_t = (banks["train"][1] == ci).numpy()
+                sel_te = (banks["test"][1] == ci).numpy()
+                if sel_s.sum() >= 3 and sel_t.sum() >= 3:
+                    fid["learned"]["per_condition"][cond] = feature_fidelity(
+                        l_syn[sel_s], learned["train"][sel_t], learned["test"][sel_te] if sel_te.sum() >= 3 else learned["test"], seed + k, 10)
+        else:
+            fid["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
+        if cfg.utility.enabled:
+            util = _utility(info, banks, (s_img, s_mask, np.array([info["conditions"].index(c) for c in s_cond])), n_labels, rare_index, cfg, seed + k)
+        else:
+            util = {"measured": False, "reason": "evaluate.utility.enabled is false"}
+        utility_all[model] = util
         priv = privacy_metrics(f_syn, feats["train"], feats["holdout"], seed + k, cfg.bootstrap, cfg.copy_percentile)
         priv.update(_whitebox(model, Path(models_root) / model / "checkpoints" / "last.ckpt", info,
                               (banks["train"][0], banks["train"][1]), (banks["holdout"][0], banks["holdout"][1]), seed + k, cfg.bootstrap))
         fidelity_all[model] = fid
         privacy_all[model] = priv
         gates += evaluate_gates(model, fid, priv, cfg.gates)
+        gates.append(utility_gate(model, util, cfg.utility, cfg.gates.warn_margin))
         _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv)
     verdict = overall(gates)
     write_json_atomic(out_dir / "fidelity.json", fidelity_all)
     write_json_atomic(out_dir / "privacy.json", privacy_all)
+    write_json_atomic(out_dir / "utility.json", utility_all)
     write_json_atomic(out_dir / "gates.json", {"overall": verdict, "gates": gates, "strict": cfg.strict})
     summary = {m: {"nn_distance_ratio": fidelity_all[m]["nn_distance_ratio"], "mmd2": fidelity_all[m]["mmd2"], "dcr_share": privacy_all[m]["dcr_share"],
                    "membership_auc": privacy_all[m]["membership_auc_blackbox"], "copies": privacy_all[m]["copies"]} for m in models}
@@ -115,6 +153,21 @@ def evaluate_models(
     if cfg.strict and failed:
         raise GateFailure(f"evaluate.strict is true and {len(failed)} gate(s) failed: " + "; ".join(failed))
     return {"overall": verdict, "gates": gates}
+
+
+def _load_encoder(path: Path | None, cfg: EvalConfig):
+    weights = Path(cfg.encoder.weights) if cfg.encoder.weights else path
+    if weights is None or not Path(weights).is_file():
+        return None
+    return load_encoder(weights)
+
+
+def _utility(info: dict, banks: dict, synthetic: tuple, n_labels: int, rare_index: int, cfg: EvalConfig, seed: int) -> dict:
+    train = (banks["train"][0].float().numpy(), banks["train"][1].numpy())
+    test = (banks["test"][0].float().numpy(), banks["test"][1].numpy())
+    if info["modality"] != "SEG" and int(info["n_mask_labels"]) > 0:
+        return segmentation_utility(train, test, synthetic, n_labels, rare_index, cfg.utility, seed)
+    return classification_utility(train, test, synthetic, len(info["conditions"]), rare_index, cfg.utility, seed)
 
 
 def _mid_slices(vol: np.ndarray) -> list[np.ndarray]:

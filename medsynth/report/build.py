@@ -105,6 +105,7 @@ def build_report(
     fidelity = _json(Path(eval_dir) / "fidelity.json")
     privacy = _json(Path(eval_dir) / "privacy.json")
     gates = _json(Path(eval_dir) / "gates.json")
+    utility = _json(Path(eval_dir) / "utility.json") if (Path(eval_dir) / "utility.json").is_file() else {}
     figs = Path(eval_dir) / "figures"
     cards = []
     for m in models:
@@ -112,7 +113,7 @@ def build_report(
         cards.append({
             "name": m, "train": t,
             "slices": _img(figs / f"{m}_slices.png"), "dcr": _img(figs / f"{m}_dcr.png"), "roc": _img(figs / f"{m}_membership_roc.png"),
-            "fidelity": fidelity.get(m, {}), "privacy": privacy.get(m, {}),
+            "fidelity": fidelity.get(m, {}), "privacy": privacy.get(m, {}), "utility": utility.get(m, {}),
         })
     deid_gate = _deid_gate(ingest)
     all_gates = list(gates.get("gates", [])) + [deid_gate]
