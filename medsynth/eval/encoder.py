@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsynth.io.writers import atomic_path
+from medsynth.models.blocks import random_cutout, random_flip_shift
 
 
 class Encoder3d(nn.Module):
@@ -40,21 +41,11 @@ class Encoder3d(nn.Module):
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random views of (N, 2, D, H, W): image channel 0 in [-1, 1], mask channel 1."""
     n = len(x)
-    for axis in (2, 3, 4):
-        flip = torch.rand(n, generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None, None], x.flip(axis), x)
-    shifts = [int(torch.randint(-s // 8, s // 8 + 1, (1,), generator=g)) for s in x.shape[2:]]
-    x = torch.roll(x, shifts=shifts, dims=(2, 3, 4))
+    x = random_flip_shift(x, g)
     scale = 1 + (torch.rand(n, 1, 1, 1, 1, generator=g) - 0.5) * 0.4
     offset = (torch.rand(n, 1, 1, 1, 1, generator=g) - 0.5) * 0.3
     img = (x[:, :1] * scale + offset + 0.05 * torch.randn(x[:, :1].shape, generator=g)).clamp(-1, 1)
-    x = torch.cat([img, x[:, 1:]], 1)
-    size = [s // 4 for s in x.shape[2:]]
-    keep = torch.ones_like(x[:, :1])
-    for i in range(n):
-        c = [int(torch.randint(0, s - k + 1, (1,), generator=g)) for s, k in zip(x.shape[2:], size)]
-        keep[i, :, c[0] : c[0] + size[0], c[1] : c[1] + size[1], c[2] : c[2] + size[2]] = 0
-    return x * keep
+    return random_cutout(torch.cat([img, x[:, 1:]], 1), g)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

@@ -145,3 +145,24 @@ class ProjectionDiscriminator(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).mean(dim=(2, 3, 4))
+
+
+def random_flip_shift(x: torch.Tensor, g: torch.Generator, move=lambda t: t) -> torch.Tensor:
+    """Per-sample flips along each spatial axis, then one roll by up to 1/8 of the size (whole batch).
+    Random numbers come from the host generator ``g``; ``move`` puts them on x's device."""
+    n = x.shape[0]
+    for axis in (2, 3, 4):
+        flip = move(torch.rand(n, generator=g) < 0.5)
+        x = torch.where(flip[:, None, None, None, None], x.flip(axis), x)
+    shifts = [int(torch.randint(-s // 8, s // 8 + 1, (1,), generator=g)) for s in x.shape[2:]]
+    return torch.roll(x, shifts=shifts, dims=(2, 3, 4))
+
+
+def random_cutout(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Zero a cube a quarter of the size at a random place, per sample (all channels)."""
+    size = [s // 4 for s in x.shape[2:]]
+    keep = torch.ones_like(x[:, :1])
+    for i in range(x.shape[0]):
+        c = [int(torch.randint(0, s - k + 1, (1,), generator=g)) for s, k in zip(x.shape[2:], size)]
+        keep[i, :, c[0] : c[0] + size[0], c[1] : c[1] + size[1], c[2] : c[2] + size[2]] = 0
+    return x * keep

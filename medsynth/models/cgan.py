@@ -16,36 +16,23 @@ from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
 from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, to_device
-from medsynth.models.blocks import ConditionalDecoder, ProjectionDiscriminator, compose_sample, one_hot_mask
+from medsynth.models.blocks import ConditionalDecoder, ProjectionDiscriminator, compose_sample, one_hot_mask, random_cutout, random_flip_shift
 
 Generator = ConditionalDecoder  # noise + class -> image + mask
 
 
 def diff_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Differentiable 3D augmentation applied identically in kind to real and fake batches."""
+    """Differentiable 3D augmentation applied identically in kind to real and fake batches: flips and
+    translation, brightness and contrast on the image channel, cutout of a quarter-size cube."""
     b = x.shape[0]
     dev = x.device
-    # flips along each spatial axis, per sample
-    for axis in (2, 3, 4):
-        flip = to_device(torch.rand(b, generator=g) < 0.5, dev)
-        x = torch.where(flip[:, None, None, None, None], x.flip(axis), x)
-    # translation by up to 1/8 of the size (roll), same for a whole batch to stay cheap
-    shifts = [int(torch.randint(-s // 8, s // 8 + 1, (1,), generator=g)) for s in x.shape[2:]]
-    x = torch.roll(x, shifts=shifts, dims=(2, 3, 4))
-    # intensity: brightness and contrast on the image channel
+    x = random_flip_shift(x, g, lambda t: to_device(t, dev))
     bright = to_device(torch.rand(b, generator=g) - 0.5, dev)[:, None, None, None, None] * 0.2
     contrast = to_device(torch.rand(b, generator=g) * 0.4 + 0.8, dev)[:, None, None, None, None]
     img = x[:, :1]
     mean = img.mean(dim=(2, 3, 4), keepdim=True)
     img = (img - mean) * contrast + mean + bright
-    x = torch.cat([img, x[:, 1:]], 1)
-    # cutout of a cube a quarter of the size
-    size = [s // 4 for s in x.shape[2:]]
-    mask = torch.ones_like(x[:, :1])
-    for i in range(b):
-        c = [int(torch.randint(0, s - k + 1, (1,), generator=g)) for s, k in zip(x.shape[2:], size)]
-        mask[i, :, c[0] : c[0] + size[0], c[1] : c[1] + size[1], c[2] : c[2] + size[2]] = 0
-    return x * mask
+    return random_cutout(torch.cat([img, x[:, 1:]], 1), g)
 
 
 class CGANModule(GenerativeModule):
