@@ -36,18 +36,19 @@ def encoder(adrenal):
 
 def test_encoder_learns_on_the_real_train_split(encoder):
     _, losses = encoder
-    assert np.mean(losses[:8]) == pytest.approx(np.log(31), abs=0.05)  # chance for 16 pairs
-    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.3  # NT-Xent goes down: it tells cases apart
+    # NT-Xent ends well below chance (log 31 for 16 pairs): the encoder tells cases apart
+    assert np.mean(losses[-8:]) < np.log(31) - 0.3 and np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.3
 
 
 def test_feature_metrics_rank_real_over_noise_and_flag_copies(adrenal, encoder):
-    from medsynth.eval.encoder import embed
+    from medsynth.eval.encoder import embed, standardise
 
     enc, _ = encoder
     f = lambda imgs: embed(enc, _cases(imgs))  # noqa: E731
-    train, unseen = f(adrenal["train"]), f(adrenal["unseen"])
     rng = np.random.default_rng(0)
-    noise = f(rng.uniform(-1, 1, adrenal["unseen"].shape).astype(np.float32))
+    feats = standardise({"train": f(adrenal["train"]), "unseen": f(adrenal["unseen"]),
+                         "noise": f(rng.uniform(-1, 1, adrenal["unseen"].shape).astype(np.float32))})
+    train, unseen, noise = feats["train"], feats["unseen"], feats["noise"]
     assert fid(unseen, train) < fid(noise, train)
     assert kid(unseen, train) < kid(noise, train)
     p_real, p_noise = prdc(train, unseen), prdc(train, noise)

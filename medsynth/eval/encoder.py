@@ -32,7 +32,9 @@ class Encoder3d(nn.Module):
             c = w
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(c, dim)
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))  # projection, training only
+        # projection head, training only; its batch norm keeps the features from collapsing to a constant
+        # (seen without it on the near-identical demo phantoms: NT-Xent stuck at chance)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(), nn.Linear(dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x).mean(dim=(2, 3, 4)))
@@ -86,6 +88,14 @@ def embed(encoder: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 32, ima
         x = x[:, :1]
     out = [encoder(x[i : i + batch]).float() for i in range(0, len(x), batch)]
     return torch.cat(out).numpy().astype(np.float64)
+
+
+def standardise(features: dict[str, np.ndarray], reference: str = "train") -> dict[str, np.ndarray]:
+    """z-score every feature set with the reference set's mean and SD per dimension, so distances and FID
+    are in units of the real training data's spread, whatever the encoder's output scale."""
+    mu = features[reference].mean(0)
+    sd = features[reference].std(0) + 1e-8
+    return {k: (v - mu) / sd for k, v in features.items()}
 
 
 def save_encoder(enc: Encoder3d, path: Path, meta: dict) -> None:

@@ -16,7 +16,7 @@ from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
 from medsynth.data.transforms import to_model_space  # noqa: E402
 from medsynth.eval.features import volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
-from medsynth.eval.encoder import embed, load_encoder  # noqa: E402
+from medsynth.eval.encoder import embed, load_encoder, standardise  # noqa: E402
 from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
 from medsynth.eval.utility import classification_utility, segmentation_utility, utility_gate  # noqa: E402
@@ -115,8 +115,10 @@ def evaluate_models(
         fid["ms_ssim_real"] = ms_ssim_real
         if learned is not None:
             syn_cases = np.stack([s_img, s_mask.astype(np.float32)], 1)
-            l_syn = embed(encoder[0], syn_cases, image_only=encoder[1])
-            fid["learned"] = feature_fidelity(l_syn, learned["train"], learned["test"], seed + k, max(10, cfg.bootstrap // 4))
+            std = standardise({**learned, "synthetic": embed(encoder[0], syn_cases, image_only=encoder[1])})
+            l_syn = std["synthetic"]
+            learned_std = std
+            fid["learned"] = feature_fidelity(l_syn, learned_std["train"], learned_std["test"], seed + k, max(10, cfg.bootstrap // 4))
             fid["learned"]["encoder"] = str(encoder_path if cfg.encoder.weights is None else "user weights")
             fid["learned"]["per_condition"] = {}
             for ci, cond in enumerate(info["conditions"]):
@@ -125,7 +127,7 @@ def evaluate_models(
                 sel_te = (banks["test"][1] == ci).numpy()
                 if sel_s.sum() >= 3 and sel_t.sum() >= 3:
                     fid["learned"]["per_condition"][cond] = feature_fidelity(
-                        l_syn[sel_s], learned["train"][sel_t], learned["test"][sel_te] if sel_te.sum() >= 3 else learned["test"], seed + k, 10)
+                        l_syn[sel_s], learned_std["train"][sel_t], learned_std["test"][sel_te] if sel_te.sum() >= 3 else learned_std["test"], seed + k, 10)
         else:
             fid["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
         if cfg.utility.enabled:
