@@ -190,7 +190,8 @@ def report(
 
     params = load_params(root / "params.yaml")
     html = build_report(root / "data/ingest", root / "data/preprocess", root / "models", root / "reports/eval", out,
-                        params.train.models, params.report.title, params.model_dump(mode="json"), repo_root=root)
+                        params.train.models, params.report.title, params.model_dump(mode="json"), repo_root=root,
+                        live_root=root / "dvclive")
     made = html_to_pdf(html, out.with_suffix(".pdf")) if pdf else None
     console.print(f"report: wrote {html}" + (f" and {made}" if made else ""))
 

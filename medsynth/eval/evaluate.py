@@ -143,6 +143,8 @@ def evaluate_models(
         gates += evaluate_gates(model, fid, priv, cfg.gates)
         gates.append(utility_gate(model, util, cfg.utility, cfg.gates.warn_margin))
         _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv)
+        _closest_pairs_figure(model, fig_dir, s_img, f_syn, feats["train"], train_imgs, priv.get("copy_threshold"))
+        _distributions_figure(model, fig_dir, s_img, s_mask, train_imgs, train_masks)
     verdict = overall(gates)
     write_json_atomic(out_dir / "fidelity.json", fidelity_all)
     write_json_atomic(out_dir / "privacy.json", privacy_all)
@@ -218,3 +220,44 @@ def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
     ax.set_title(f"{model}: membership inference", fontsize=9)
     ax.legend(fontsize=6)
     _savefig(fig, fig_dir / f"{model}_membership_roc.png")
+
+
+def _closest_pairs_figure(model, fig_dir, s_img, f_syn, f_train, train_imgs, copy_threshold, n: int = 4) -> None:
+    """The synthetic cases closest to a training patient, each beside that patient (mid axial slices)."""
+    from medsynth.eval.features import pairwise_distances
+
+    d = pairwise_distances(f_syn, f_train)
+    nearest_train = d.argmin(1)
+    order = np.argsort(d.min(1))[: min(n, len(f_syn))]
+    fig, axes = plt.subplots(2, len(order), figsize=(2.2 * len(order), 4.6), squeeze=False)
+    for j, i in enumerate(order):
+        for row, (vol, label) in enumerate([(s_img[i], "synthetic"), (train_imgs[nearest_train[i]], "closest training case")]):
+            ax = axes[row, j]
+            ax.imshow(_mid_slices(vol)[0], cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label}\ndistance {d[i, nearest_train[i]]:.2f}" if row == 0 else label, fontsize=7)
+    thr = f" (copy threshold {copy_threshold:.2f})" if copy_threshold is not None else ""
+    fig.suptitle(f"{model}: the {len(order)} synthetic cases closest to a training patient{thr}", fontsize=9)
+    _savefig(fig, fig_dir / f"{model}_closest_pairs.png")
+
+
+def _distributions_figure(model, fig_dir, s_img, s_mask, train_imgs, train_masks) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    bins = np.linspace(-1, 1, 41)
+    axes[0].hist(train_imgs.ravel(), bins=bins, density=True, alpha=0.6, label="real (train)")
+    axes[0].hist(s_img.ravel(), bins=bins, density=True, alpha=0.6, label="synthetic")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("intensity (model space, -1 = background)")
+    axes[0].set_title("intensity distribution", fontsize=9)
+    axes[0].legend(fontsize=7)
+    vr = (train_masks > 0).reshape(len(train_masks), -1).mean(1) * 100
+    vs = (s_mask > 0).reshape(len(s_mask), -1).mean(1) * 100
+    vb = np.linspace(0, max(vr.max(initial=0), vs.max(initial=0)) * 1.05 + 1e-6, 15)
+    axes[1].hist(vr, bins=vb, density=True, alpha=0.6, label="real (train)")
+    axes[1].hist(vs, bins=vb, density=True, alpha=0.6, label="synthetic")
+    axes[1].set_xlabel("mask volume (% of the volume)")
+    axes[1].set_title("mask volume distribution", fontsize=9)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{model}: intensities and mask volumes, real vs synthetic", fontsize=9)
+    _savefig(fig, fig_dir / f"{model}_distributions.png")

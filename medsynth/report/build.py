@@ -89,6 +89,42 @@ def redact_params(params: dict) -> dict:
     return out
 
 
+def training_curves(live_dir: Path, model: str) -> str | None:
+    """The model's DVCLive scalars (plots/metrics/*.tsv) as one embedded PNG, or None without logs."""
+    import csv
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted(p for p in (Path(live_dir) / "plots" / "metrics").glob("*.tsv") if p.stem not in ("epoch", "step"))
+    series = {}
+    for f in files:
+        with open(f, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if len(rows) >= 2:
+            series[f.stem] = ([float(r["step"]) for r in rows], [float(r[f.stem]) for r in rows])
+    if not series:
+        return None
+    n = len(series)
+    cols = min(4, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3 * cols, 2.2 * ((n + cols - 1) // cols)), squeeze=False)
+    for ax, (name, (x, y)) in zip(axes.ravel(), sorted(series.items())):
+        ax.plot(x, y, lw=1)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{model}: training curves (DVCLive; x = optimizer step)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def build_report(
     ingest_dir: Path,
     preprocess_dir: Path,
@@ -99,6 +135,7 @@ def build_report(
     title: str,
     params: dict,
     repo_root: Path | None = None,
+    live_root: Path | None = None,
 ) -> Path:
     ingest = _json(Path(ingest_dir) / "ingest.json")
     pre = _json(Path(preprocess_dir) / "preprocess.json")
@@ -113,6 +150,8 @@ def build_report(
         cards.append({
             "name": m, "train": t,
             "slices": _img(figs / f"{m}_slices.png"), "dcr": _img(figs / f"{m}_dcr.png"), "roc": _img(figs / f"{m}_membership_roc.png"),
+            "pairs": _img(figs / f"{m}_closest_pairs.png"), "dists": _img(figs / f"{m}_distributions.png"),
+            "curves": training_curves(Path(live_root or "dvclive") / m, m),
             "fidelity": fidelity.get(m, {}), "privacy": privacy.get(m, {}), "utility": utility.get(m, {}),
         })
     deid_gate = _deid_gate(ingest)
