@@ -38,7 +38,10 @@ def nearest(a: np.ndarray, b: np.ndarray, k: int = 1, exclude_self: bool = False
         d = np.sqrt(np.maximum((aa * aa).sum(1)[:, None] + bb[None] - 2 * aa @ b.T, 0))
         if exclude_self:
             d[np.arange(len(aa)), np.arange(i, i + len(aa))] = np.inf
-        out[i : i + chunk] = np.sort(d, axis=1)[:, :k]
+        if k == 1:
+            out[i : i + chunk, 0] = d.min(1)
+        else:
+            out[i : i + chunk] = np.sort(np.partition(d, k - 1, axis=1)[:, :k], axis=1)
     return out
 
 

@@ -16,6 +16,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from medsynth import __version__
@@ -86,6 +87,30 @@ def redact_params(params: dict) -> dict:
         value = out.get(section, {}).get(key)
         if value and value != "demo":
             out[section][key] = WITHHELD
+    return out
+
+
+def cohort_ranges(manifest: Path) -> dict:
+    """Voxel size and image size ranges of the ingested cases (from the pseudonymous manifest)."""
+    import csv
+
+    if not Path(manifest).is_file():
+        return {}
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for key in ("spacing", "shape"):
+        vals = []
+        for r in rows:
+            try:
+                vals.append([float(v) for v in r.get(key, "").split("x")])
+            except ValueError:
+                continue
+        vals = [v for v in vals if len(v) == 3]
+        if vals:
+            arr = np.array(vals)
+            lo, hi = arr.min(0), arr.max(0)
+            out[key] = " x ".join(f"{a:g}" if a == b else f"{a:g}-{b:g}" for a, b in zip(lo, hi))
     return out
 
 
@@ -161,7 +186,7 @@ def build_report(
     env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
-        title=title, verdict=verdict, gates=all_gates, ingest=ingest, pre=pre, cards=cards,
+        title=title, verdict=verdict, gates=all_gates, ingest=ingest, pre=pre, cards=cards, ranges=cohort_ranges(Path(ingest_dir) / "manifest.csv"),
         params="\n".join(f"{k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(redact_params(params).items())), versions=_versions(),
         commit=_git_commit(repo_root or Path.cwd()), lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), version=__version__,
