@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsynth.models.blocks import one_hot_mask
+
 
 class DivergenceError(RuntimeError):
     pass
@@ -74,6 +76,10 @@ class GenerativeModule(L.LightningModule):
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs in the memory format the networks were converted to (channels-last 3D on a GPU)."""
         return x.contiguous(memory_format=torch.channels_last_3d) if self._channels_last and x.dim() == 5 else x
+
+    def joint(self, x: torch.Tensor) -> torch.Tensor:
+        """Bank cases (image, label map) -> image + one-hot mask channels, the networks' joint input."""
+        return self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.bank_x is not None, "attach_bank() before training"

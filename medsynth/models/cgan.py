@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
 from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, to_device
-from medsynth.models.blocks import ConditionalDecoder, ProjectionDiscriminator, compose_sample, one_hot_mask, random_cutout, random_flip_shift
+from medsynth.models.blocks import ConditionalDecoder, ProjectionDiscriminator, compose_sample, random_cutout, random_flip_shift
 
 Generator = ConditionalDecoder  # noise + class -> image + mask
 
@@ -86,7 +86,7 @@ class CGANModule(GenerativeModule):
         opt_g, opt_d = self.optimizers()
         cfg = self.cfg
         x, y = self.batch(cfg.batch_size)
-        real = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        real = self.joint(x)
         z = self.noise(len(y), cfg.z_dim)
         # ---- discriminator
         with torch.no_grad():
@@ -128,5 +128,4 @@ class CGANModule(GenerativeModule):
     @torch.no_grad()
     def discriminator_score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """White-box membership signal: D's score of real cases (image + label map)."""
-        real = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
-        return self.discriminator(real.to(self.device), y.to(self.device))
+        return self.discriminator(self.joint(x.to(self.device)), y.to(self.device))

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig
 from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
-from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels, one_hot_mask
+from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels
 
 Decoder = ConditionalDecoder  # latent + class -> image + mask
 
@@ -66,7 +66,7 @@ class CVAEModule(GenerativeModule):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, fused=torch.cuda.is_available())
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
-        inp = self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
+        inp = self.joint(x)
         mu, logvar = self.encoder(inp, y)
         z = mu + eps * torch.exp(0.5 * logvar)
         img, logits = self.decoder(z, y)
@@ -94,7 +94,7 @@ class CVAEModule(GenerativeModule):
     def elbo_score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """White-box membership signal: negative per-case loss (higher = better explained)."""
         x, y = x.to(self.device).float(), y.to(self.device)
-        inp = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        inp = self.joint(x)
         mu, logvar = self.encoder(inp, y)
         img, logits = self.decoder(mu, y)
         rec = (img - x[:, :1]).abs().flatten(1).mean(1)

@@ -23,13 +23,19 @@ from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig, VAEGANConfig
 from medsynth.models.base import grad_norm, kl_anneal
-from medsynth.models.blocks import ProjectionDiscriminator, compose_sample, one_hot_mask, split_output
+from medsynth.models.blocks import ProjectionDiscriminator, compose_sample, split_output
 from medsynth.models.cvae import CVAEModule
 
 
 def class_channels(y: torch.Tensor, n_classes: int, like: torch.Tensor) -> torch.Tensor:
     """One-hot class as constant channels the size of ``like`` (conditioning by concatenation)."""
     return F.one_hot(y, n_classes).to(like.dtype)[:, :, None, None, None].expand(-1, -1, *like.shape[2:])
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over each case's latent -> (N,)."""
+    mu, sigma = mu.float(), sigma.float()
+    return (0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1)).flatten(1).sum(1)
 
 
 class ConditionalAutoencoderKL(nn.Module):
@@ -140,14 +146,13 @@ class VAEGANModule(CVAEModule):
     def losses(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.vg.backbone != "autoencoderkl":
             return super().losses(x, y, eps)
-        inp = self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
+        inp = self.joint(x)
         mu, sigma = self.kl.encode(inp, y)
         z = mu + eps.view_as(mu).to(mu.dtype) * sigma
         img, logits = self.kl.decode(z, y)
         rec = F.l1_loss(img.float(), x[:, :1])
         seg = F.cross_entropy(logits.float(), x[:, 1].long().clamp(0, self.n_mask_labels))
-        mu, sigma = mu.float(), sigma.float()
-        kl = (0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1).flatten(1).sum(1)).mean()
+        kl = gaussian_kl(mu, sigma).mean()
         return {"rec": rec, "seg": seg, "kl": kl, "img": img, "logits": logits}
 
     def step(self):
@@ -155,7 +160,7 @@ class VAEGANModule(CVAEModule):
         cfg = self.vg
         x, y = self.batch(cfg.batch_size)
         eps = self.noise(len(y), self.latent_dim)
-        real = self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
+        real = self.joint(x)
         out = self.losses(x, y, eps)
         fake = self.layout(compose_sample(out["img"], out["logits"]))
         use_adv = self.step_index >= cfg.adv_start
@@ -189,10 +194,10 @@ class VAEGANModule(CVAEModule):
         if self.vg.backbone != "autoencoderkl":
             return super().elbo_score(x, y)
         x, y = x.to(self.device).float(), y.to(self.device)
-        inp = torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1)
+        inp = self.joint(x)
         mu, sigma = self.kl.encode(inp, y)
         img, logits = self.kl.decode(mu, y)
         rec = (img - x[:, :1]).abs().flatten(1).mean(1)
         seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels), reduction="none").flatten(1).mean(1)
-        kl = (0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1)).flatten(1).sum(1)
+        kl = gaussian_kl(mu, sigma)
         return -(rec + self.vg.mask_weight * seg + self.vg.kl_weight * kl)
