@@ -90,12 +90,17 @@ def embed(encoder: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 32, ima
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def standardiser(reference: np.ndarray):
+    """z-scoring with the reference set's mean and SD per dimension, so distances and FID are in units of
+    the real training data's spread, whatever the encoder's output scale."""
+    mu, sd = reference.mean(0), reference.std(0) + 1e-8
+    return lambda v: (v - mu) / sd
+
+
 def standardise(features: dict[str, np.ndarray], reference: str = "train") -> dict[str, np.ndarray]:
-    """z-score every feature set with the reference set's mean and SD per dimension, so distances and FID
-    are in units of the real training data's spread, whatever the encoder's output scale."""
-    mu = features[reference].mean(0)
-    sd = features[reference].std(0) + 1e-8
-    return {k: (v - mu) / sd for k, v in features.items()}
+    """Every feature set z-scored with the ``reference`` set's statistics (see :func:`standardiser`)."""
+    scale = standardiser(features[reference])
+    return {k: scale(v) for k, v in features.items()}
 
 
 def save_encoder(enc: Encoder3d, path: Path, meta: dict) -> None:

@@ -16,7 +16,7 @@ from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
 from medsynth.data.transforms import to_model_space  # noqa: E402
 from medsynth.eval.features import volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
-from medsynth.eval.encoder import embed, load_encoder, standardise  # noqa: E402
+from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E402
 from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
 from medsynth.eval.utility import classification_utility, segmentation_utility, utility_gate  # noqa: E402
@@ -92,7 +92,11 @@ def evaluate_models(
     train_imgs = banks["train"][0][:, 0].float().numpy()
     train_masks = banks["train"][0][:, 1].float().numpy()
     encoder = _load_encoder(encoder_path, cfg)
-    learned = {s: embed(encoder[0], b[0].float().numpy(), image_only=encoder[1]) for s, b in banks.items()} if encoder else None
+    learned, scale = None, None
+    if encoder:  # real sets embedded and standardised once; each model's synthetic set with the same scale
+        raw = {s: embed(encoder[0], b[0].float().numpy(), image_only=encoder[1]) for s, b in banks.items()}
+        scale = standardiser(raw["train"])
+        learned = {s: scale(v) for s, v in raw.items()}
     rare_index = info["conditions"].index(rare_condition) if rare_condition in info["conditions"] else len(info["conditions"]) - 1
     ms_ssim_real = ms_ssim_diversity(train_imgs, seed=seed)
     utility_all = {}
@@ -102,7 +106,8 @@ def evaluate_models(
         s_img, s_mask, s_cond = model_space_arrays(sdir, rows, to_model)
         f_syn = volume_features(s_img, s_mask, n_labels)
         fid = fidelity_metrics(f_syn, feats["train"], feats["test"], s_img, train_imgs, s_mask, train_masks, seed + k, cfg.bootstrap)
-        per_cond = {}
+        l_syn = scale(embed(encoder[0], np.stack([s_img, s_mask.astype(np.float32)], 1), image_only=encoder[1])) if learned else None
+        per_cond, per_cond_learned = {}, {}
         for ci, cond in enumerate(info["conditions"]):
             sel_s = np.array([c == cond for c in s_cond])
             sel_t = (banks["train"][1] == ci).numpy()
@@ -110,24 +115,16 @@ def evaluate_models(
             if sel_s.sum() >= 2 and sel_t.sum() >= 2:
                 per_cond[cond] = fidelity_metrics(f_syn[sel_s], feats["train"][sel_t], feats["test"][sel_te] if sel_te.sum() >= 2 else feats["test"],
                                                   s_img[sel_s], train_imgs[sel_t], s_mask[sel_s], train_masks[sel_t], seed + k, max(10, cfg.bootstrap // 4))
+            if learned is not None and sel_s.sum() >= 3 and sel_t.sum() >= 3:
+                per_cond_learned[cond] = feature_fidelity(
+                    l_syn[sel_s], learned["train"][sel_t], learned["test"][sel_te] if sel_te.sum() >= 3 else learned["test"], seed + k, 10)
         fid["per_condition"] = per_cond
         fid["ms_ssim_synthetic"] = ms_ssim_diversity(s_img, seed=seed)
         fid["ms_ssim_real"] = ms_ssim_real
         if learned is not None:
-            syn_cases = np.stack([s_img, s_mask.astype(np.float32)], 1)
-            std = standardise({**learned, "synthetic": embed(encoder[0], syn_cases, image_only=encoder[1])})
-            l_syn = std["synthetic"]
-            learned_std = std
-            fid["learned"] = feature_fidelity(l_syn, learned_std["train"], learned_std["test"], seed + k, max(10, cfg.bootstrap // 4))
+            fid["learned"] = feature_fidelity(l_syn, learned["train"], learned["test"], seed + k, max(10, cfg.bootstrap // 4))
             fid["learned"]["encoder"] = str(encoder_path if cfg.encoder.weights is None else "user weights")
-            fid["learned"]["per_condition"] = {}
-            for ci, cond in enumerate(info["conditions"]):
-                sel_s = np.array([c == cond for c in s_cond])
-                sel_t = (banks["train"][1] == ci).numpy()
-                sel_te = (banks["test"][1] == ci).numpy()
-                if sel_s.sum() >= 3 and sel_t.sum() >= 3:
-                    fid["learned"]["per_condition"][cond] = feature_fidelity(
-                        l_syn[sel_s], learned_std["train"][sel_t], learned_std["test"][sel_te] if sel_te.sum() >= 3 else learned_std["test"], seed + k, 10)
+            fid["learned"]["per_condition"] = per_cond_learned
         else:
             fid["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
         if cfg.utility.enabled:

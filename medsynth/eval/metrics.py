@@ -50,10 +50,16 @@ def kid(a: np.ndarray, b: np.ndarray, subset: int = 100, n_subsets: int = 10, se
     return float(np.mean(vals))
 
 
-def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+def knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each row to its k-th nearest other row (self, at distance 0, excluded)."""
+    return nearest(x, x, k=k + 1)[:, k]
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, real_radii: np.ndarray | None = None) -> dict[str, float]:
+    """``real_radii``: :func:`knn_radii` of ``real`` for this k, when already computed (bootstrap)."""
     k = max(1, min(k, len(real) - 1, len(fake) - 1))
-    r_rad = nearest(real, real, k=k + 1)[:, k]  # k-th neighbour, self excluded (distance 0 first)
-    f_rad = nearest(fake, fake, k=k + 1)[:, k]
+    r_rad = real_radii if real_radii is not None else knn_radii(real, k)
+    f_rad = knn_radii(fake, k)
     d = pairwise_distances(fake, real)  # (fake, real)
     inside = d < r_rad[None, :]
     precision = float(inside.any(1).mean())
@@ -97,8 +103,10 @@ def feature_fidelity(syn: np.ndarray, train: np.ndarray, test: np.ndarray, seed:
         out[name]["real_baseline"] = float(fn(test, train)) if len(test) > 2 else None
     p = prdc(train, syn)
     base = prdc(train, test) if len(test) > 2 else {}
+    k = max(1, min(5, len(train) - 1, len(syn) - 1))
+    radii = knn_radii(train, k)
     for key, val in p.items():
-        ci = bootstrap_ci(lambda r, key=key: prdc(train, syn[r.choice(len(syn), len(syn))])[key], max(10, n_boot // 2), seed)
+        ci = bootstrap_ci(lambda r, key=key: prdc(train, syn[r.choice(len(syn), len(syn))], k, radii)[key], max(10, n_boot // 2), seed)
         out[key] = {"value": val, "ci": [float(ci[0]), float(ci[1])], "real_baseline": base.get(key)}
     ab = alpha_precision_beta_recall(train, syn)
     ab_base = alpha_precision_beta_recall(train, test) if len(test) > 2 else {}
