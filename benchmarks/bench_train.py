@@ -33,6 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch.nn import functional as F
 
@@ -144,35 +145,28 @@ def run_tutorial(shape, batch, device, warmup, steps) -> dict:
 
 
 # ----------------------------------------------------------------------------- medsynth trainer
-class StepTimer:
-    """Lightning callback timing steps ``warmup .. warmup+steps`` and the share of host time spent
-    fetching batches (``GenerativeModule.batch``)."""
+class StepTimer(L.Callback):
+    """Times steps ``warmup .. warmup+steps`` and collects the batch-fetch time (see instrument_fetch)."""
 
-    def __new__(cls, *args, **kwargs):
-        import lightning as L
+    def __init__(self, warmup: int, steps: int, device: str):
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.t0 = self.seconds = 0.0
+        self.fetch_seconds = 0.0
+        self.fetch_gpu_ms = 0.0
+        self.events: list = []
 
-        class _Timer(L.Callback):
-            def __init__(self, warmup: int, steps: int, device: str):
-                self.warmup, self.steps, self.device = warmup, steps, device
-                self.t0 = self.seconds = 0.0
-                self.fetch_seconds = 0.0
-                self.fetch_gpu_ms = 0.0
-                self.events: list = []
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if module.step_index == self.warmup:
+            reset_peak(self.device)
+            sync(self.device)
+            self.t0 = time.perf_counter()
 
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                if module.step_index == self.warmup:
-                    reset_peak(self.device)
-                    sync(self.device)
-                    self.t0 = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                if module.step_index == self.warmup + self.steps:
-                    sync(self.device)
-                    self.seconds = time.perf_counter() - self.t0
-                    self.fetch_gpu_ms = sum(a.elapsed_time(b) for a, b in self.events) if self.events else 0.0
-                    trainer.should_stop = True
-
-        return _Timer(*args, **kwargs)
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.step_index == self.warmup + self.steps:
+            sync(self.device)
+            self.seconds = time.perf_counter() - self.t0
+            self.fetch_gpu_ms = sum(a.elapsed_time(b) for a, b in self.events) if self.events else 0.0
+            trainer.should_stop = True
 
 
 def instrument_fetch(module, timer) -> None:
@@ -201,7 +195,6 @@ def run_medsynth(model: str, shape, batch, device, warmup, steps, compile_: bool
                  precision: str | None = None) -> dict:
     import warnings
 
-    import lightning as L
     from torch.utils.data import DataLoader
 
     from medsynth.models.training import _StepIndex

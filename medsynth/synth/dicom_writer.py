@@ -126,12 +126,13 @@ def build_series(volume: np.ndarray, affine_ras: np.ndarray, modality: str, case
         ds.FrameOfReferenceUID = uids["frame"]
         ds.PositionReferenceIndicator = ""
         ds.PatientOrientation = ""
-        ds.ImagePositionPatient = [_fmt(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+        position = (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]
+        ds.ImagePositionPatient = [_fmt(v) for v in position]
         ds.ImageOrientationPatient = [_fmt(v) for v in iop]
         ds.PixelSpacing = [_fmt(v) for v in pixel_spacing]
         ds.SliceThickness = _fmt(thickness)
         ds.SpacingBetweenSlices = _fmt(thickness)
-        ds.SliceLocation = _fmt(float((lps @ np.array([0.0, 0.0, k, 1.0]))[2]))
+        ds.SliceLocation = _fmt(float(position[2]))
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]

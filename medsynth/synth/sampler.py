@@ -157,6 +157,8 @@ def synthesize(
     to_physical = to_physical or physical_transform(sampler.data_info)
     modality = sampler.data_info["modality"]
     dicom = "dicom" in formats and modality in ("CT", "MR")
+    if dicom:
+        from medsynth.synth.dicom_writer import write_dicom_case  # highdicom is only needed for DICOM output
     affine = np.asarray(sampler.data_info["reference_affine"], dtype=np.float64)
     spacing = sampler.data_info["spacing"]
     rows = []
@@ -182,8 +184,6 @@ def synthesize(
             }
             physical = to_physical(imgs[i])
             if dicom:
-                from medsynth.synth.dicom_writer import write_dicom_case
-
                 sidecar["dicom"] = write_dicom_case(out_dir / "dicom", case_id, physical, mask, affine, modality, sidecar)
             elif "dicom" in formats:
                 sidecar["dicom"] = f"not written: modality {modality} has no image storage class here (CT and MR only)"
