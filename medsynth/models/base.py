@@ -141,7 +141,7 @@ class GenerativeModule(L.LightningModule):
             bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()])
             flag = bad.any()
             self._nonfinite = flag if self._nonfinite is None else (self._nonfinite | flag)
-            if self._step % self.log_every == 0:
+            if self.logging_step:
                 self.raise_if_diverged(", ".join(losses))
             return
         for name, value in losses.items():
@@ -169,8 +169,13 @@ class GenerativeModule(L.LightningModule):
         real = self.bank_x[: min(n, len(self.bank_x)), :1].flatten(1).float().to(self.device)
         return float(torch.cdist(fake, fake, p=1).mean() / (torch.cdist(real, real, p=1).mean() + 1e-8))
 
+    @property
+    def logging_step(self) -> bool:
+        """True on the steps whose scalars are logged (every ``log_every``)."""
+        return self._step % self.log_every == 0
+
     def log_scalars(self, **values) -> None:
-        if self._step % self.log_every == 0:
+        if self.logging_step:
             self.log_dict({k: float(v) for k, v in values.items()}, on_step=True, prog_bar=False, logger=True)
 
     @torch.no_grad()

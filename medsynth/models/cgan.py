@@ -107,7 +107,7 @@ class CGANModule(GenerativeModule):
         self.check_finite(loss_d=loss_d, penalty=penalty)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d + penalty)
-        gn_d = grad_norm(self.discriminator.parameters())
+        gn_d = grad_norm(self.discriminator.parameters()) if self.logging_step else None  # only logged values are computed
         opt_d.step()
         # ---- generator
         img, logits = self.generator(z, y)
@@ -117,7 +117,7 @@ class CGANModule(GenerativeModule):
         self.check_finite(loss_g=loss_g)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
-        gn_g = grad_norm(self.generator.parameters())
+        gn_g = grad_norm(self.generator.parameters()) if self.logging_step else None
         opt_g.step()
         ema_update(self.g_ema, self.generator, cfg.ema_decay)
         self.log_scalars(

@@ -87,7 +87,7 @@ class CVAEModule(GenerativeModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.step_index % self.log_every == 0:
+        if self.logging_step:
             self.log("grad_norm", grad_norm(self.parameters()), on_step=True)
 
     @torch.no_grad()

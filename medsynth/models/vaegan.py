@@ -179,10 +179,9 @@ class VAEGANModule(CVAEModule):
         self.check_finite(loss=loss)
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        logging = self.step_index % self.log_every == 0
-        gn = grad_norm(self.vae_parameters()) if logging else None
+        gn = grad_norm(self.vae_parameters()) if self.logging_step else None
         opt_vae.step()
-        if logging:
+        if self.logging_step:
             self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(),
                              adv=adv.detach(), loss_d=loss_d.detach(), grad_norm=gn)
 
