@@ -23,7 +23,8 @@ from medsynth.io.dicom import (
     read_header,
     scan_folder,
 )
-from medsynth.io.nifti import load_nifti_checked, make_ras_image, split_4d
+from medsynth.io.nifti import load_nifti_checked, make_ras_image, nifti_on_grid, split_4d
+from medsynth.io.seg import SegMask, mask_on_image, read_seg_mask
 from medsynth.io.writers import write_csv_atomic, write_nifti_atomic
 
 SERIES_FIELDS = ["file", "modality", "series_number", "series_description", "shape", "spacing", "n_source_files", "notes"]
@@ -117,15 +118,19 @@ def iter_volumes(
     root: Path,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> Iterator[ConvertedVolume | QuarantineEntry]:
-    """Yield every volume under ``root`` and every quarantine entry, in a stable order."""
+) -> Iterator[ConvertedVolume | SegMask | QuarantineEntry]:
+    """Yield every volume under ``root``, every DICOM SEG mask and every quarantine entry, in a stable
+    order: SEG masks come before the volumes, so a caller can match each volume as it arrives."""
     root = Path(root)
     scan = scan_folder(root)
     for q in scan.quarantine:
         yield q
     for seg_path, _ in scan.segs:
-        # SEG objects are masks, not images: the ingest stage matches them to their image.
-        yield QuarantineEntry(_rel(seg_path, root), "DICOM SEG (a mask): matched to its image series by ingest, not converted as an image")
+        # SEG objects are masks, not images: the caller matches each to the series it references
+        try:
+            yield read_seg_mask(seg_path, _rel(seg_path, root))
+        except SeriesError as exc:
+            yield QuarantineEntry(_rel(seg_path, root), str(exc))
     jobs = [(str(root), [str(p) for p, _ in files]) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0][0]))]
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
@@ -185,27 +190,49 @@ def convert_folder(
     output_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     quarantine: list[QuarantineEntry] = []
+    segs: list[SegMask] = []
+    written: dict[str, list[tuple[str, tuple[int, ...], np.ndarray]]] = {}  # series UID -> (name, shape, affine)
     n = 0
     for item in iter_volumes(input_dir, workers=workers, progress=progress):
         if isinstance(item, QuarantineEntry):
             quarantine.append(item)
             continue
+        if isinstance(item, SegMask):
+            segs.append(item)
+            continue
         n += 1
         name = f"series_{n:04d}.nii.gz"
         write_nifti_atomic(output_dir / name, item.image)
-        rows.append(
-            {
-                "file": name,
-                "modality": item.modality,
-                "series_number": item.series_number,
-                "series_description": item.series_description,
-                "shape": "x".join(str(s) for s in item.shape),
-                "spacing": "x".join(f"{s:g}" for s in item.spacing),
-                "n_source_files": item.n_source_files,
-                "notes": "; ".join(item.notes),
-                "source": item.source,
-            }
-        )
+        if item.series_uid and item.image.ndim == 3:
+            written.setdefault(item.series_uid, []).append((name, item.shape, item.image.affine))
+        rows.append({
+            "file": name, "modality": item.modality, "series_number": item.series_number,
+            "series_description": item.series_description, "shape": "x".join(str(s) for s in item.shape),
+            "spacing": "x".join(f"{s:g}" for s in item.spacing), "n_source_files": item.n_source_files,
+            "notes": "; ".join(item.notes), "source": item.source,
+        })
+    for seg in segs:
+        rows_before = len(rows)
+        targets = [t for uid in sorted(seg.referenced_series) for t in written.get(uid, [])]
+        if not targets:
+            quarantine.append(QuarantineEntry(seg.source, "DICOM SEG: the image series it references is not among the converted 3D volumes"))
+            continue
+        for name, shape, affine in targets:
+            grid = nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
+            try:
+                labels = mask_on_image(seg, grid)
+            except SeriesError:
+                continue  # a split part of the series the SEG does not cover
+            seg_name = name.replace(".nii.gz", "_seg.nii.gz")
+            write_nifti_atomic(output_dir / seg_name, nifti_on_grid(labels, affine, "medsynth mask"))
+            rows.append({
+                "file": seg_name, "modality": "SEG", "series_number": "", "series_description": "",
+                "shape": "x".join(str(s) for s in labels.shape), "spacing": "x".join(f"{s:g}" for s in grid.header.get_zooms()),
+                "n_source_files": 1, "notes": f"mask of {name} on its grid; segments " + ", ".join(f"{k}={v}" for k, v in sorted(seg.segment_labels.items())),
+                "source": seg.source,
+            })
+        if len(rows) == rows_before:
+            quarantine.append(QuarantineEntry(seg.source, "DICOM SEG does not overlap the image series it references (no segment voxel on its grid)"))
     write_csv_atomic(output_dir / "series.csv", rows, SERIES_FIELDS + ["source"])
     write_csv_atomic(output_dir / "quarantine.csv", [q.__dict__ for q in quarantine], QUARANTINE_FIELDS)
     return ConvertResult(rows, quarantine)

@@ -31,6 +31,7 @@ from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, DeidKey, Deidentifier, Pseudonymizer
 from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_full_dataset, read_header
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
+from medsynth.io.seg import SegMask, mask_on_image
 from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
 
 MANIFEST_FIELDS = ["case_id", "patient", "condition", "modality", "shape", "spacing", "source", "has_mask", "split"]
@@ -215,7 +216,8 @@ def ingest(
     cases: list[dict] = []
     used_labels: set[str] = set()
 
-    def add_case(img: nib.Nifti1Image, patient: str, case_id: str, modality: str, label: tuple[str, LabelRow] | None, source: str) -> None:
+    def add_case(img: nib.Nifti1Image, patient: str, case_id: str, modality: str, label: tuple[str, LabelRow] | None, source: str,
+                 seg: SegMask | None = None) -> None:
         if img.ndim != 3:
             quarantine.append({"file_id": case_id, "kind": "series", "reason": f"{img.ndim}D volume {img.shape}: the cohort takes 3D volumes only"})
             return
@@ -224,13 +226,15 @@ def ingest(
         if label is not None:
             used_labels.add(label[0])
             condition = label[1].condition
-            if label[1].mask:
-                try:
-                    mask_img = load_nifti_checked(input_dir / label[1].mask)
-                    mask_arr = resample_mask_to(nib.as_closest_canonical(mask_img), img)
-                except SeriesError as exc:
-                    quarantine.append({"file_id": case_id, "kind": "mask", "reason": f"mask unusable: {exc}"})
-                    return
+        try:
+            if label is not None and label[1].mask:  # a mask named in the labels CSV wins over a DICOM SEG
+                mask_img = load_nifti_checked(input_dir / label[1].mask)
+                mask_arr = resample_mask_to(nib.as_closest_canonical(mask_img), img)
+            elif seg is not None:
+                mask_arr = mask_on_image(seg, img)
+        except SeriesError as exc:
+            quarantine.append({"file_id": case_id, "kind": "mask", "reason": f"mask unusable: {exc}"})
+            return
         write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
         if mask_arr is not None:
             write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", nifti_on_grid(mask_arr, img.affine, f"medsynth {case_id} mask"))
@@ -241,16 +245,28 @@ def ingest(
             "source": source, "has_mask": int(mask_arr is not None), "split": "",
         })
 
-    # DICOM: converted from the de-identified copies only
+    # DICOM: converted from the de-identified copies only. SEG masks arrive first; each is matched to the
+    # series it references (the keyed UID replacement keeps those references intact).
+    segs: dict[str, SegMask] = {}
+    matched_segs: set[str] = set()
     for item in iter_volumes(out_dir / "dicom", workers=workers, progress=progress):
         if isinstance(item, QuarantineEntry):
             quarantine.append({"file_id": pseudo.file_id(item.path), "kind": "series", "reason": _sanitize_reason(item.reason, [out_dir])})
+            continue
+        if isinstance(item, SegMask):
+            for uid in item.referenced_series:
+                segs.setdefault(uid, item)
             continue
         assert isinstance(item, ConvertedVolume)
         k = series_keys.get(item.series_uid, _SeriesKeys())
         patient = item.patient_id or k.patient
         case_id = f"{patient}-{pseudo.short_id('case', item.series_uid + item.source, 8)}"
-        add_case(item.image, patient, case_id, item.modality or "OT", _match_label(labels, _dicom_candidates(k)), "dicom")
+        seg = segs.get(item.series_uid)
+        if seg is not None:
+            matched_segs.add(seg.source)
+        add_case(item.image, patient, case_id, item.modality or "OT", _match_label(labels, _dicom_candidates(k)), "dicom", seg)
+    for source in sorted({s.source for s in segs.values()} - matched_segs):
+        quarantine.append({"file_id": pseudo.file_id(source), "kind": "mask", "reason": "DICOM SEG: the image series it references is not in the input"})
     # NIfTI
     for path in niftis:
         rel = str(path.relative_to(input_dir))

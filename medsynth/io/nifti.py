@@ -86,8 +86,6 @@ def split_4d(img: nib.Nifti1Image) -> list[nib.Nifti1Image]:
 
 def resample_mask_to(mask: nib.Nifti1Image, target: nib.Nifti1Image) -> np.ndarray:
     """Nearest-neighbour resampling of a label map onto ``target``'s voxel grid (world coordinates)."""
-    from scipy.ndimage import map_coordinates
-
     m = np.asarray(mask.dataobj)
     if m.ndim == 4 and m.shape[3] == 1:
         m = m[..., 0]
@@ -98,6 +96,10 @@ def resample_mask_to(mask: nib.Nifti1Image, target: nib.Nifti1Image) -> np.ndarr
     vox2vox = np.linalg.inv(mask.affine) @ target.affine
     ii, jj, kk = np.meshgrid(*[np.arange(n) for n in target.shape[:3]], indexing="ij")
     coords = np.stack([ii, jj, kk, np.ones_like(ii)], axis=0).reshape(4, -1)
-    src = (vox2vox @ coords)[:3]
-    out = map_coordinates(m.astype(np.float32), src, order=0, mode="constant", cval=0)
-    return np.rint(out.reshape(target.shape[:3])).astype(np.uint8)
+    # nearest neighbour with an explicit rounding: a target voxel centre that lands on the mask's last
+    # sample plus rounding noise (5.0000001 of 0..5) belongs to that sample, not outside the mask
+    src = np.floor((vox2vox @ coords)[:3] + 0.5).astype(np.int64)
+    inside = np.all((src >= 0) & (src < np.asarray(m.shape)[:, None]), axis=0)
+    out = np.zeros(src.shape[1], dtype=np.uint8)
+    out[inside] = np.rint(m[src[0, inside], src[1, inside], src[2, inside]]).astype(np.uint8)
+    return out.reshape(target.shape[:3])
