@@ -19,8 +19,9 @@ from medsynth.io.dicom import (
     DicomVolume,
     QuarantineEntry,
     SeriesError,
+    dataset_pixel_problem,
     load_series,
-    read_header,
+    read_dataset,
     scan_folder,
 )
 from medsynth.io.nifti import load_nifti_checked, make_ras_image, nifti_on_grid, split_4d
@@ -79,7 +80,11 @@ def _convert_series_worker(args: tuple[str, list[str]]) -> tuple[list[dict], lis
     quarantine = []
     for p in paths:
         try:
-            files.append((p, read_header(p)))
+            ds = read_dataset(p)  # header and pixel bytes in one read
+            problem = dataset_pixel_problem(ds, ds)
+            if problem:
+                raise SeriesError(problem)
+            files.append((p, ds))
         except SeriesError as exc:
             quarantine.append(QuarantineEntry(_rel(p, root), str(exc)))
     if not files:
@@ -99,9 +104,10 @@ def _convert_series_worker(args: tuple[str, list[str]]) -> tuple[list[dict], lis
 
 def _volume_payload(v: DicomVolume, root: Path) -> dict:
     h = v.header
+    ras = make_ras_image(v.data, v.affine)  # RAS and compact dtype here, in the worker: less to send back
     return {
-        "data": v.data,
-        "affine": v.affine,
+        "data": np.asarray(ras.dataobj),
+        "affine": ras.affine,
         "source": _series_source(v.files, root) + v.split_suffix,
         "modality": v.modality,
         "series_number": str(h.get("SeriesNumber", "") or ""),
@@ -122,17 +128,18 @@ def iter_volumes(
     """Yield every volume under ``root``, every DICOM SEG mask and every quarantine entry, in a stable
     order: SEG masks come before the volumes, so a caller can match each volume as it arrives."""
     root = Path(root)
-    scan = scan_folder(root)
+    n_cpu = os.cpu_count() or 1
+    scan = scan_folder(root, workers=workers if workers is not None else n_cpu)
     for q in scan.quarantine:
         yield q
-    for seg_path, _ in scan.segs:
+    for seg_path in scan.segs:
         # SEG objects are masks, not images: the caller matches each to the series it references
         try:
             yield read_seg_mask(seg_path, _rel(seg_path, root))
         except SeriesError as exc:
             yield QuarantineEntry(_rel(seg_path, root), str(exc))
-    jobs = [(str(root), [str(p) for p, _ in files]) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0][0]))]
-    workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
+    jobs = [(str(root), [str(p) for p in files]) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
+    workers = workers if workers is not None else min(len(jobs), n_cpu)
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_convert_series_worker, jobs, chunksize=1)

@@ -22,6 +22,7 @@ import math
 import struct
 import warnings
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,27 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
+def read_dataset(path: Path) -> Dataset:
+    """Read a whole file once (header and raw pixel bytes, not decoded).
+
+    The fast path is one ``dcmread``; only when it fails is the file read again to give the precise
+    reason (empty, not DICOM, unreadable header, truncated pixel data) as a SeriesError.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)  # force: PACS exports without the 128-byte preamble
+            for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                if t in ds:
+                    ds[t].value  # noqa: B018 -- parse now, so truncation shows here
+            if "SOPClassUID" in ds and ("Rows" in ds or "Modality" in ds):
+                return ds
+    except Exception:
+        pass
+    read_header(path)  # raises with the reason when the header itself is the problem
+    return read_full_dataset(path)  # a file without preamble (read with force), or truncated pixel data
+
+
 def read_full_dataset(path: Path) -> Dataset:
     """Read a whole file, pixel data included; a failure becomes a SeriesError with the reason."""
     try:
@@ -252,24 +274,28 @@ def _is_phase(ds: Dataset) -> bool:
 class _FrameCache:
     """Decode a multi-frame object's pixel data once and hand out frames."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, ds: Dataset | None = None):
         self.path = path
+        self.ds = ds
         self._arr: np.ndarray | None = None
 
     def frame(self, i: int) -> np.ndarray:
         if self._arr is None:
-            self._arr = decode_pixels(self.path)
+            self._arr = decode_pixels(self.path, self.ds)
+            self.ds = None
             if self._arr.ndim == 2:
                 self._arr = self._arr[None]
         return self._arr[i]
 
 
-def decode_pixels(path: Path) -> np.ndarray:
-    """Decode a file's pixel data; any failure becomes a SeriesError with the reason."""
+def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
+    """Decode a file's pixel data (from ``ds`` when it was read with its pixels already); any failure
+    becomes a SeriesError with the reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
+            if ds is None or "PixelData" not in ds:
+                ds = pydicom.dcmread(path)
             return ds.pixel_array
     except Exception as exc:
         msg = str(exc).split("\n")[0][:160]
@@ -296,7 +322,7 @@ def classic_slice(path: Path, ds: Dataset) -> Slice:
     )
 
     def load() -> np.ndarray:
-        arr = decode_pixels(path)
+        arr = decode_pixels(path, ds)
         if arr.ndim != 2:
             raise SeriesError(f"expected a 2D image, pixel array has shape {arr.shape}")
         return arr
@@ -335,7 +361,7 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
     if per_frame_seq is None or len(per_frame_seq) != n:
         raise SeriesError("multi-frame object without per-frame functional groups: geometry unknown")
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
-    cache = _FrameCache(path)
+    cache = _FrameCache(path, ds)
     is_philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
     slices = []
     for i, pf in enumerate(per_frame_seq):
@@ -522,46 +548,91 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
 
 @dataclass
 class DicomScan:
-    """Headers of every readable DICOM image file under a folder, grouped by series."""
+    """Every file under a folder, sorted into image series (by SeriesInstanceUID + SeriesNumber),
+    SEG masks, NIfTI files and quarantine."""
 
-    series: dict[str, list[tuple[Path, Dataset]]]
-    segs: list[tuple[Path, Dataset]]
+    series: dict[str, list[Path]]
+    segs: list[Path]
     quarantine: list[QuarantineEntry]
     nifti: list[Path]
 
 
-def scan_folder(root: Path, files: Iterable[Path] | None = None, progress: Callable[[Path], None] | None = None) -> DicomScan:
-    """Read headers of every file under ``root``; sort them into series, SEG masks, NIfTI and quarantine."""
+def _past_group_0028(tag, vr, length) -> bool:
+    return tag.group > 0x0028
+
+
+def read_scan_header(path: Path) -> Dataset:
+    """The attributes up to group 0028 (SOP class, series, image size) -- not the large private groups
+    (Siemens CSA, GE) nor the pixel data that follow. SeriesError with the reason if unusable."""
+    from pydicom.filereader import read_partial
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SeriesError(f"cannot read file: {exc.strerror}") from None
+    if size == 0:
+        raise SeriesError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings(), open(path, "rb") as fh:
+            warnings.simplefilter("ignore")
+            ds = read_partial(fh, stop_when=_past_group_0028)
+    except Exception:
+        return read_header(path)  # no preamble, or a broken header: the full reader gives the reason
+    return ds
+
+
+def classify_file(path: Path) -> tuple[str, str]:
+    """One file -> (kind, detail): ("nifti", ""), ("seg", ""), ("image", series key) or ("bad", reason).
+
+    Reads only the attributes up to group 0028; whether the pixel data are complete is checked when the
+    series is assembled (the one full read of each file).
+    """
+    if is_nifti(path):
+        return "nifti", ""
+    try:
+        ds = read_scan_header(path)
+    except SeriesError as exc:
+        return "bad", str(exc)
+    if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
+        return "bad", "not a DICOM file (no DICM preamble and no DICOM image attributes)"
+    sop = ds.get("SOPClassUID")
+    if str(sop or "") == SEG_SOP_CLASS:
+        return "seg", ""
+    if "Rows" not in ds or "Columns" not in ds:
+        return "bad", f"DICOM object without pixel data ({getattr(sop, 'name', '') or 'unknown SOP class'})"
+    uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
+    return "image", f"{uid}#{ds.get('SeriesNumber', '')}"  # PACS exports reuse one UID for several series numbers
+
+
+def scan_folder(
+    root: Path,
+    files: Iterable[Path] | None = None,
+    progress: Callable[[Path], None] | None = None,
+    workers: int = 1,
+) -> DicomScan:
+    """Classify every file under ``root`` (``workers`` processes); group image files into series."""
     root = Path(root)
-    series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
-    segs: list[tuple[Path, Dataset]] = []
+    paths = list(files) if files is not None else discover_files(root)
+    if workers > 1 and len(paths) > 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            kinds = list(pool.map(classify_file, paths, chunksize=max(8, len(paths) // (workers * 8))))
+    else:
+        kinds = [classify_file(p) for p in paths]
+    series: dict[str, list[Path]] = defaultdict(list)
+    segs: list[Path] = []
     quarantine: list[QuarantineEntry] = []
     nifti: list[Path] = []
-    for path in files if files is not None else discover_files(root):
+    for path, (kind, detail) in zip(paths, kinds):
         if progress:
             progress(path)
-        rel = _rel(path, root)
-        if is_nifti(path):
+        if kind == "nifti":
             nifti.append(path)
-            continue
-        try:
-            ds = read_header(path)
-        except SeriesError as exc:
-            quarantine.append(QuarantineEntry(rel, str(exc)))
-            continue
-        sop = str(ds.get("SOPClassUID", ""))
-        if sop == SEG_SOP_CLASS:
-            segs.append((path, ds))
-            continue
-        problem = pixel_data_problem(path, ds)
-        if problem is None and "Rows" not in ds:
-            problem = "image attributes (Rows/Columns) missing"
-        if problem:
-            quarantine.append(QuarantineEntry(rel, problem))
-            continue
-        uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{rel}"
-        uid = f"{uid}#{ds.get('SeriesNumber', '')}"  # PACS exports reuse one UID for several series numbers
-        series[uid].append((path, ds))
+        elif kind == "seg":
+            segs.append(path)
+        elif kind == "bad":
+            quarantine.append(QuarantineEntry(_rel(path, root), detail))
+        else:
+            series[detail].append(path)
     return DicomScan(dict(series), segs, quarantine, nifti)
 
 
