@@ -125,3 +125,18 @@ def test_nifti_nan_4d_and_broken_affine(tmp_path):
     assert len(rows) == 4  # ok + 3 volumes of the 4D file
     assert "1 NaN/Inf voxel(s)" in reasons
     assert any(r.startswith("broken affine: singular") for r in reasons)
+
+
+def test_gantry_tilt_is_quarantined_with_that_reason(good_series, tmp_path):
+    # a CT acquired with a tilted gantry: each slice shifted along the column direction by
+    # slice_position * tan(15 deg), so the stack is sheared against the slice normal
+    for f in _sorted_slices(good_series):
+        ds = pydicom.dcmread(f)
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        z = float(np.dot(ipp, np.cross(iop[:3], iop[3:])))
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp + iop[3:] * z * np.tan(np.radians(15))]
+        ds.save_as(f)
+    rows, reasons = _convert(tmp_path)
+    assert rows == []
+    assert any(r.startswith("slices are sheared by 15.00 degrees (gantry tilt") for r in reasons), reasons
