@@ -41,6 +41,9 @@ class DataConfig(_Section):
     npz_max_cases: int | None = Field(None, ge=8, description="use at most this many cases of an .npz")
     npz_class_names: list[str] = Field(["normal", "lesion"], min_length=2, description="condition name per npz label")
     nifti_modality: Literal["CT", "MR"] = Field("CT", description="modality assumed for NIfTI inputs")
+    modality: Literal["CT", "MR"] | None = Field(
+        None, description="keep only volumes of this modality (others quarantined with the reason); null keeps all"
+    )
     demo: DemoConfig = DemoConfig()
 
     @property

@@ -12,6 +12,7 @@ import pytest
 from medsynth.config import DeidConfig, Params
 from medsynth.io.deid import DeidKey, DeidKeyError, Deidentifier, compact_table, load_key, load_table
 from tests.conftest import shared
+from tests.phi import element_at, originals_of, output_bytes, plant_canaries, real_dicom_files, walk_elements
 
 KEY = DeidKey(b"0123456789abcdef-test-key", "file", True)
 
@@ -89,42 +90,6 @@ def test_date_shift_is_per_patient_and_keeps_intervals():
 CANARY = "CANARYZX"
 
 
-def _plant(ds, counter):
-    """Put a unique canary into every text attribute the profile (with the options in use) removes,
-    replaces or cleans -- in nested sequences and private tags too."""
-    d = Deidentifier(DeidConfig(retain_safe_private=True), KEY)
-    for elem in list(ds):
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _plant(item, counter)
-            continue
-        tag_id = f"{int(elem.tag):08x}"
-        text = elem.VR in ("LO", "SH", "PN", "LT", "ST", "UT", "UC")
-        if text and (elem.tag.is_private and not elem.tag.is_private_creator or (d.action_for(tag_id) or "K") != "K"):
-            counter[0] += 1
-            elem.value = f"{CANARY}{counter[0]:05d}"
-    blk = ds.private_block(0x0011, "CANARY PACS", create=True)
-    counter[0] += 1
-    blk.add_new(0x01, "LO", f"{CANARY}{counter[0]:05d}")
-    ds.InstitutionName = f"{CANARY}INST"
-    ds.PatientName = f"{CANARY}^NAME"
-    ds.OtherPatientIDsSequence = [pydicom.Dataset()]
-    ds.OtherPatientIDsSequence[0].PatientID = f"{CANARY}OTHERID"
-
-
-def _all_bytes(root: Path) -> list[tuple[Path, bytes]]:
-    out = []
-    for p in root.rglob("*"):
-        if p.is_file():
-            data = p.read_bytes()
-            if p.name.endswith(".gz"):
-                import gzip
-
-                data = gzip.decompress(data)
-            out.append((p, data))
-    return out
-
-
 @pytest.mark.integration
 def test_canary_and_original_identifiers_never_reach_ingest_outputs(tmp_path):
     from medsynth.io.ingest import ingest
@@ -136,11 +101,8 @@ def test_canary_and_original_identifiers_never_reach_ingest_outputs(tmp_path):
     for sub in ["dcm_qa_ts/In", "dcm_qa_12bit/In", "dcm_qa_enh/In/Philips", "dcm_qa_nih/In/20180918Si/mr_0003"]:
         for f in sorted((src / sub).rglob("*.dcm")):
             ds = pydicom.dcmread(f)
-            for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "StudyDate", "AcquisitionDate", "PatientBirthDate"):
-                v = str(ds.get(name, "") or "")
-                if len(v) >= 8:
-                    originals.add(v)
-            _plant(ds, counter)
+            originals |= originals_of(ds)
+            plant_canaries(ds, CANARY, counter)
             dest = raw / sub.replace("/", "_") / f.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(dest)
@@ -150,7 +112,7 @@ def test_canary_and_original_identifiers_never_reach_ingest_outputs(tmp_path):
     deid_cfg = p.deid.model_copy(update={"retain_safe_private": True})  # keeps the CSA header mosaics need
     ingest(raw, out, p.data, deid_cfg, KEY, workers=1)
     hits = []
-    for path, data in _all_bytes(out):
+    for path, data in output_bytes(out):
         if CANARY.encode() in data:
             hits.append((path.name, "canary"))
         for o in originals:
@@ -196,7 +158,7 @@ def test_demo_fake_phi_never_in_ingest_outputs(demo_cohort, demo_ingested):
         if "/" in r["case"]:
             needles.add(r["case"].split("/")[1])  # the study date in the folder name
     needles |= {"ELSEWHERE", "MERCY", "RIVERSIDE", "TECH^TINA", "1.2.826.0.1.3680043.10.543"}
-    hits = [(p.name, n) for p, data in _all_bytes(demo_ingested) for n in needles if n.encode() in data]
+    hits = [(p.name, n) for p, data in output_bytes(demo_ingested) for n in needles if n.encode() in data]
     assert hits == []
 
 
@@ -212,3 +174,43 @@ def test_burned_in_annotation_is_quarantined():
     ds2.Modality = "US"
     with pytest.raises(BurnedInTextError, match="usually carries burned-in text"):
         Deidentifier(DeidConfig(), KEY).deidentify(ds2)
+
+
+@pytest.mark.parametrize("retain_dates", [False, True])
+def test_removes_at_least_what_dicognito_removes(retain_dates):
+    """dicognito and medsynth on the same real files (shared dcm_qa + deid-data): every element that
+    dicognito changes or removes, medsynth changes or removes too -- or quarantines the whole file.
+    The one documented difference: with Retain Longitudinal Temporal Information (dates shifted by whole
+    days per patient) the time of day (TM) is kept; dicognito shifts it."""
+    import copy
+
+    from dicognito.anonymizer import Anonymizer
+
+    from medsynth.io.deid import BurnedInTextError
+
+    cfg = DeidConfig(retain_longitudinal_modified_dates=retain_dates)
+    compared = quarantined = 0
+    kept_by_us: set[tuple[str, str]] = set()
+    for f in real_dicom_files(per_folder=3):
+        orig = pydicom.dcmread(f, force=True)
+        if "SOPClassUID" not in orig:
+            continue
+        theirs = copy.deepcopy(orig)
+        Anonymizer(seed="medsynth-test").anonymize(theirs)
+        try:
+            ours = Deidentifier(cfg, KEY).deidentify(copy.deepcopy(orig)).dataset
+        except BurnedInTextError:
+            quarantined += 1  # nothing of this file is written at all
+            continue
+        compared += 1
+        for path, elem in walk_elements(orig):
+            if elem.tag == 0x7FE00010 or elem.value in (None, "", b""):
+                continue
+            a, b = element_at(theirs, path), element_at(ours, path)
+            if (a is None or a.value != elem.value) and not (b is None or b.value != elem.value):
+                kept_by_us.add((elem.keyword or str(elem.tag), elem.VR))
+    assert compared >= 15 and quarantined >= 10  # the deid-data ultrasound / secondary captures
+    if retain_dates:
+        assert kept_by_us and {vr for _, vr in kept_by_us} == {"TM"}, kept_by_us
+    else:
+        assert kept_by_us == set()

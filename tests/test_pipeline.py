@@ -21,7 +21,8 @@ import pydicom
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHARED
+from tests.phi import originals_of, plant_canaries, real_dicom_files
 
 CANARY = "CANARYQV"
 # identifying text attributes of the demo headers (the de-identification profile removes or replaces them)
@@ -53,7 +54,27 @@ def _plant_canaries(root: Path) -> dict:
             setattr(ds, kw, f"{CANARY}{n:05d}" if kw != "PatientName" else f"{CANARY}^{n:05d}")
         ds.save_as(f)
     folders = {p.name for p in root.iterdir() if p.is_dir()}  # e.g. KHAN_JANE_MRN4711000
-    return {"canary": CANARY, "names": sorted(x for x in names if len(x) >= 4), "folders": sorted(folders)}
+    # real scanners' headers too (GE, Siemens, Philips MR; deid-data CT, ultrasound, secondary captures),
+    # with a canary in every text attribute the PS3.15 table removes, replaces or cleans
+    originals: set[str] = set()
+    counter = [0]
+    for i, f in enumerate(_real_inputs()):
+        ds = pydicom.dcmread(f, force=True)
+        originals |= originals_of(ds)
+        plant_canaries(ds, CANARY, counter)
+        dest = root / "outside_referrals" / f"{f.parent.name}_{i:03d}.dcm"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(dest, enforce_file_format=False)
+    return {"canary": CANARY, "names": sorted(x for x in names if len(x) >= 4), "folders": sorted(folders),
+            "originals": sorted(originals), "real_files": counter[0]}
+
+
+def _real_inputs() -> list[Path]:
+    """Real DICOM that ends up as cases (a GE MR volume, a Philips enhanced MR) or is quarantined
+    (2D images, burned-in ultrasound, secondary captures, a Siemens mosaic run)."""
+    ge = sorted((SHARED / "dicom/dcm_qa_nih/In/20180918GE/mr_0004").glob("*.dcm"))[:15]  # one 3D time point
+    philips = sorted((SHARED / "dicom/dcm_qa_enh/In/Philips").glob("*.dcm"))
+    return ge + philips + real_dicom_files(per_folder=1)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +95,7 @@ def tiny_repo(tmp_path_factory):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     key = secrets.token_hex(32)
     (base / "site.key").write_text(key + "\n")
-    params["data"].update({"input": str(raw), "labels": str(raw / "labels.csv")})
+    params["data"].update({"input": str(raw), "labels": str(raw / "labels.csv"), "modality": "CT"})
     params["deid"]["key_file"] = str(base / "site.key")
     params["preprocess"].update({"roi_size": [16, 16, 16], "spacing": [8.0, 8.0, 8.0]})
     for m in ("cgan", "cvae"):
@@ -109,6 +130,10 @@ def test_dvc_repro_tiny(tiny_repo):
     assert {g["state"] for g in gates["gates"]} <= {"pass", "warn", "fail"}
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and 'id="verdict-table"' in html
+    ingest = json.loads((repo / "data/ingest/ingest.json").read_text())
+    reasons = ingest["quarantine_by_reason"]
+    assert reasons.get("modality MR not selected", 0) >= 1  # the real GE MR volume (Philips: 4D)
+    assert any(r.startswith("BurnedInAnnotation is YES") for r in reasons), reasons  # deid-data ultrasound
     out = _run(dvc + ["repro"], repo)
     assert "Running stage" not in out  # second run: nothing reruns
     _run(dvc + ["metrics", "show"], repo)
@@ -133,6 +158,8 @@ def test_no_identifier_in_any_file_the_pipeline_writes(tiny_repo):
     repo, raw = tiny_repo["repo"], tiny_repo["raw"]
     needles = [tiny_repo["canary"].encode()] + [n.encode() for n in tiny_repo["names"]]
     needles += [f.encode() for f in tiny_repo["folders"]] + [b"MRN4711", tiny_repo["key"].encode()]
+    needles += [o.encode() for o in tiny_repo["originals"]]  # original UIDs and dates of the real files
+    assert tiny_repo["real_files"] > 200 and len(tiny_repo["originals"]) > 20
     tracked = set(subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split())
     written = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts and p.relative_to(repo).as_posix() not in tracked]
     scanned, hits = 0, []

@@ -60,7 +60,7 @@ def preprocess_cohort(
     modalities = sorted({c["modality"] for c in cases})
     if len(modalities) != 1:
         raise PreprocessError(
-            f"the cohort mixes modalities {modalities}: train one model per modality (filter data.input or the labels CSV)"
+            f"the cohort mixes modalities {modalities}: train one model per modality (set data.modality: CT or MR)"
         )
     modality = modalities[0]
     if all(c.get("split") for c in cases):

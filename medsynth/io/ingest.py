@@ -221,6 +221,9 @@ def ingest(
         if img.ndim != 3:
             quarantine.append({"file_id": case_id, "kind": "series", "reason": f"{img.ndim}D volume {img.shape}: the cohort takes 3D volumes only"})
             return
+        if data_cfg.modality and modality != data_cfg.modality:
+            quarantine.append({"file_id": case_id, "kind": "series", "reason": f"modality {modality} not selected (data.modality: {data_cfg.modality})"})
+            return
         condition = data_cfg.default_condition
         mask_arr = None
         if label is not None:
