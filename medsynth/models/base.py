@@ -69,8 +69,11 @@ class GenerativeModule(L.LightningModule):
         return self._step
 
     def step_generator(self, purpose: int = 0) -> torch.Generator:
+        """Seeded by (seed, step, purpose, rank): a resumed run draws what the uninterrupted one drew, and
+        under DDP every process draws its own batch and noise (rank 0 draws what a single process would)."""
+        rank = self._trainer.global_rank if self._trainer is not None else 0
         g = torch.Generator(device="cpu")
-        g.manual_seed(self.seed * 1_000_003 + self._step * 7919 + purpose)
+        g.manual_seed(self.seed * 1_000_003 + self._step * 7919 + purpose + rank * 104_729)
         return g
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:

@@ -119,6 +119,19 @@ def build_module(name: str, model_cfg: dict, data_info: dict, seed: int, train_c
     return module
 
 
+def _check_replicas(trainer, module) -> bool | None:
+    """Under DDP, whether every process ended with the same weights (they must: gradients are averaged);
+    None for a single process. A divergence stops the run rather than exporting one replica silently."""
+    if trainer.world_size < 2:
+        return None
+    digest = torch.stack([p.detach().double().sum() for p in module.parameters()]).to(module.device)
+    gathered = trainer.strategy.all_gather(digest)
+    same = bool(torch.equal(gathered.min(0).values, gathered.max(0).values))
+    if not same:
+        raise RuntimeError("DDP replicas ended with different weights: gradient synchronisation failed; nothing exported")
+    return same
+
+
 def train_model(
     name: str,
     model_cfg: dict,
@@ -157,13 +170,18 @@ def train_model(
 
         callbacks.append(RichProgressBar(leave=True))
     limit = steps if stop_after is None else min(steps, stop_after)
+    strategy = train_cfg.strategy
+    if strategy == "ddp" and not module.automatic_optimization:
+        # adversarial models step D and G separately: each backward leaves the other network's parameters
+        # unused, which plain DDP rejects
+        strategy = "ddp_find_unused_parameters_true"
     trainer = L.Trainer(
         max_steps=limit * n_opt,
         max_epochs=-1,
         accelerator=train_cfg.accelerator,
         devices=train_cfg.devices,
         num_nodes=train_cfg.num_nodes,
-        strategy=train_cfg.strategy,
+        strategy=strategy,
         precision=resolve_precision(train_cfg),
         logger=logger,
         callbacks=callbacks,
@@ -183,6 +201,7 @@ def train_model(
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
     wall = time.perf_counter() - t0
+    replicas = _check_replicas(trainer, module)
     if trainer.global_rank != 0:
         return {}
     if stop_after is not None and stop_after < steps:
@@ -202,8 +221,11 @@ def train_model(
         "wall_seconds": round(wall, 2),
         "device": str(module.device),
         "precision": resolve_precision(train_cfg),
+        "processes": int(trainer.world_size),
         "config": model_cfg,
     }
+    if replicas is not None:
+        summary["ddp_replicas_identical"] = replicas
     if hasattr(module, "diversity"):
         summary["final_diversity"] = round(module.diversity(), 4)
     write_json_atomic(out_dir / "train.json", summary)
