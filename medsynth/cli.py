@@ -139,9 +139,10 @@ def synth(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="also write a DICOM series + SEG per case (CT/MR models)"),
     batch_size: int = typer.Option(8, help="cases sampled per batch"),
+    masks: Optional[Path] = typer.Option(None, help="mask-conditioned models: folder of label maps on the model grid to paint images for"),
 ) -> None:
     """Sample N synthetic image + mask pairs of one condition from a trained model, without the pipeline."""
-    from medsynth.synth.sampler import load_sampler, synthesize
+    from medsynth.synth.sampler import load_sampler, needs_masks, read_mask_folder, synthesize
 
     try:
         s = load_sampler(model, device)
@@ -149,11 +150,19 @@ def synth(
         _fail(str(exc), 2)
     if condition not in s.conditions:
         _fail(f"condition {condition!r} unknown to this model; it knows {s.conditions}", 2)
+    given = None
+    if needs_masks(s):
+        if masks is None:
+            _fail(f"{model}: this model paints images for given masks (conditioning: mask); pass --masks FOLDER", 2)
+        try:
+            given = {condition: read_mask_folder(masks, s.data_info["roi_size"])}
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc), 2)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("sampling", total=n)
         rows = synthesize(s, output, {condition: n}, seed, temperature, min_island_voxels,
                           device=device, progress=lambda k: progress.advance(task, k),
-                          batch_size=batch_size, formats=("nifti", "dicom") if dicom else ("nifti",))
+                          batch_size=batch_size, formats=("nifti", "dicom") if dicom else ("nifti",), masks=given)
     console.print(f"synth: wrote {len(rows)} synthetic {condition} case(s) to {output}")
 
 

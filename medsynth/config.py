@@ -109,6 +109,10 @@ class CGANConfig(_Section):
     gp_weight: float = Field(10.0, ge=0)
     ema_decay: float = Field(0.99, ge=0, lt=1)
     diffaugment: bool = True
+    conditioning: Literal["class", "mask"] = Field(
+        "class", description="class: generate image + mask from noise and the condition; mask: SPADE generator that "
+        "paints an image for a given label map (synthesis then needs masks)"
+    )
 
 
 class CVAEConfig(_Section):

@@ -18,7 +18,8 @@ from rich.progress import Progress
 from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import from_model_space
 from medsynth.io.writers import staging_dir
-from medsynth.synth.sampler import synthesize
+from medsynth.models.training import load_bank
+from medsynth.synth.sampler import load_sampler, needs_masks, synthesize
 
 
 def main(argv: list[str]) -> int:
@@ -37,13 +38,20 @@ def main(argv: list[str]) -> int:
     device = "cuda" if params.train.accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
     total = sum(params.synthesize.per_condition.values())
     out = Path("data/synth") / name
+    sampler = load_sampler(Path("models") / name / "model.pt", device)
+    masks = None
+    if needs_masks(sampler):  # a mask-conditioned generator paints images for the train split's masks
+        x, y, _ = load_bank(Path("data/preprocess"), ("train",))
+        labels = x[:, 1].round().to(torch.uint8).numpy()
+        masks = {c: labels[(y == i).numpy()] for i, c in enumerate(info["conditions"])}
+        console.print(f"synthesize {name}: mask-conditioned; painting images for the train split's masks")
     with staging_dir(out) as tmp, Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"sampling {name}", total=total)
         rows = synthesize(
-            Path("models") / name / "model.pt", tmp, params.synthesize.per_condition, params.seed, params.synthesize.temperature,
+            sampler, tmp, params.synthesize.per_condition, params.seed, params.synthesize.temperature,
             params.synthesize.min_island_voxels, lambda a: from_model_space(a, params.preprocess, info["modality"]),
             params_hash=params_hash, batch_size=params.synthesize.batch_size, device=device, formats=tuple(params.synthesize.formats),
-            progress=lambda k: progress.advance(task, k),
+            progress=lambda k: progress.advance(task, k), masks=masks,
         )
     console.print(f"synthesize {name}: wrote {len(rows)} synthetic image + mask pairs to {out}")
     return 0

@@ -167,10 +167,18 @@ class GenerativeModule(L.LightningModule):
         g = torch.Generator().manual_seed(self.seed + 17)
         y = torch.arange(n) % self.n_classes
         z = torch.randn(n, self.sampler.z_dim, generator=g).to(self.device)
-        img, _ = self.sampler.sample(y.to(self.device), z)
+        img, _ = self.sampler.sample(y.to(self.device), z, *self.monitoring_masks(y))
         fake = img.flatten(1).float()
         real = self.bank_x[: min(n, len(self.bank_x)), :1].flatten(1).float().to(self.device)
         return float(torch.cdist(fake, fake, p=1).mean() / (torch.cdist(real, real, p=1).mean() + 1e-8))
+
+    def monitoring_masks(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """For a mask-conditioned sampler: a fixed training mask of each requested class (the first case of
+        that class in the bank), so monitoring samples stay comparable across steps; () otherwise."""
+        if not getattr(self.sampler, "needs_mask", False):
+            return ()
+        idx = [self._members[int(c)][0] if self._members.get(int(c)) else 0 for c in y.tolist()]
+        return (self.bank_x[torch.tensor(idx, device=self.bank_x.device), 1:].to(self.device).float(),)
 
     @property
     def logging_step(self) -> bool:
@@ -189,7 +197,7 @@ class GenerativeModule(L.LightningModule):
             return
         y = torch.arange(self.n_classes, device=self.device)
         z = torch.randn(self.n_classes, self.sampler.z_dim, generator=torch.Generator().manual_seed(self.seed)).to(self.device)
-        img, mask = self.sampler.sample(y, z)
+        img, mask = self.sampler.sample(y, z, *self.monitoring_masks(y))
         mid = img.shape[-1] // 2
         tiles = [((img[i, 0, :, :, mid].float().cpu().numpy().T[::-1] + 1) * 127.5).clip(0, 255) for i in range(len(y))]
         live.log_image(f"samples/step_{self._step:06d}.png", np.concatenate(tiles, axis=1).astype(np.uint8))

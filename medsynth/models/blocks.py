@@ -43,6 +43,45 @@ class UpBlock(nn.Module):
         return torch.relu(h + self.skip(x))
 
 
+class SPADENorm3d(nn.Module):
+    """Instance norm whose scale and shift vary per voxel with the given mask (SPADE, Park et al. 2019)
+    and per class (as :class:`ConditionalNorm3d`): the mask's layout survives every normalisation."""
+
+    def __init__(self, channels: int, n_classes: int, mask_channels: int, hidden: int = 32):
+        super().__init__()
+        self.norm = nn.InstanceNorm3d(channels, affine=False)
+        self.shared = nn.Sequential(nn.Conv3d(mask_channels, hidden, 3, padding=1), nn.ReLU())
+        self.gamma = nn.Conv3d(hidden, channels, 3, padding=1)
+        self.beta = nn.Conv3d(hidden, channels, 3, padding=1)
+        self.class_norm = ConditionalNorm3d(channels, n_classes)
+        for conv in (self.gamma, self.beta):  # start as plain class-conditional normalisation
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = nn.functional.interpolate(mask, size=x.shape[2:], mode="nearest") if mask.shape[2:] != x.shape[2:] else mask
+        a = self.shared(m)
+        return self.class_norm(x, y) * (1.0 + self.gamma(a)) + self.beta(a)
+
+
+class SPADEUpBlock(nn.Module):
+    """:class:`UpBlock` with SPADE normalisation on the mask."""
+
+    def __init__(self, cin: int, cout: int, n_classes: int, mask_channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
+        self.n1 = SPADENorm3d(cout, n_classes, mask_channels)
+        self.n2 = SPADENorm3d(cout, n_classes, mask_channels)
+        self.skip = nn.Conv3d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        h = torch.relu(self.n1(self.conv(x), y, mask))
+        h = self.n2(self.conv2(h), y, mask)
+        return torch.relu(h + self.skip(x))
+
+
 class DownBlock(nn.Module):
     """Spectral-normalised strided conv block for discriminators / encoders."""
 
@@ -92,6 +131,48 @@ class ConditionalDecoder(nn.Module):
     def sample(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img, logits = self(z, y)
         return img, logits.argmax(1, keepdim=True)
+
+
+class MaskConditionalDecoder(nn.Module):
+    """Noise + class + a given label map -> image (SPADE up-blocks). The mask is an input, not an output:
+    the returned "logits" are the given one-hot mask scaled so that softmax/argmax give it back, so the
+    discriminator and the samplers treat both generators alike."""
+
+    needs_mask = True
+
+    def __init__(self, z_dim: int, n_classes: int, n_mask_labels: int, base: int, size: int):
+        super().__init__()
+        self.z_dim = z_dim
+        self.n_mask_labels = n_mask_labels
+        levels = n_levels(size)
+        self.c0 = base * min(2**levels, 8)
+        self.embed = nn.Embedding(n_classes, z_dim)
+        self.fc = nn.Linear(2 * z_dim, self.c0 * 64)
+        self.ups = nn.ModuleList()
+        cin = self.c0
+        for i in range(levels):
+            c = base * min(2 ** (levels - 1 - i), 8)
+            self.ups.append(SPADEUpBlock(cin, c, n_classes, n_mask_labels + 1))
+            cin = c
+        self.out = nn.Conv3d(cin, 1, 3, padding=1)
+        self.checkpoint_blocks = False
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor, mask_onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
+        for up in self.ups:
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                h = checkpoint(up, h, y, mask_onehot, use_reentrant=False)
+            else:
+                h = up(h, y, mask_onehot)
+        return torch.tanh(self.out(h)), (mask_onehot * 2.0 - 1.0) * 20.0
+
+    @torch.no_grad()
+    def sample(self, y: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask``: label maps (B, 1, D, H, W) to synthesise images for (required)."""
+        if mask is None:
+            raise ValueError("this generator is conditioned on masks (cgan.conditioning: mask): pass the label maps to sample for")
+        img, _ = self(z, y, one_hot_mask(mask, self.n_mask_labels))
+        return img, mask.long().clamp(0, self.n_mask_labels)
 
 
 def n_levels(size: int, bottom: int = 4) -> int:

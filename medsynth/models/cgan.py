@@ -1,7 +1,9 @@
 """3D conditional GAN: image + mask generated together.
 
-* Generator: noise + class embedding -> 4^3 seed -> residual up-blocks with class-conditional
-  normalisation -> tanh image and mask logits (background + K labels).
+* Generator (``conditioning: class``): noise + class embedding -> 4^3 seed -> residual up-blocks with
+  class-conditional normalisation -> tanh image and mask logits (background + K labels).
+* Generator (``conditioning: mask``): the same trunk with SPADE normalisation on a given label map ->
+  an image for that mask; trained on real (image, mask) pairs, the discriminator judging the pair.
 * Discriminator: spectral norm, projection conditioning, sees image + (soft) one-hot mask.
 * Losses: hinge (default), non-saturating, WGAN-GP; lazy R1 penalty on reals; an EMA generator
   for sampling; DiffAugment (flip, translation, cutout, intensity) applied to real and fake alike
@@ -16,9 +18,22 @@ from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
 from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, to_device
-from medsynth.models.blocks import ConditionalDecoder, ProjectionDiscriminator, compose_sample, random_cutout, random_flip_shift
+from medsynth.models.blocks import (
+    ConditionalDecoder,
+    MaskConditionalDecoder,
+    ProjectionDiscriminator,
+    compose_sample,
+    one_hot_mask,
+    random_cutout,
+    random_flip_shift,
+)
 
 Generator = ConditionalDecoder  # noise + class -> image + mask
+
+
+def build_generator(cfg: CGANConfig, n_classes: int, n_mask_labels: int, size: int) -> nn.Module:
+    cls = MaskConditionalDecoder if cfg.conditioning == "mask" else ConditionalDecoder
+    return cls(cfg.z_dim, n_classes, n_mask_labels, cfg.base_channels, size)
 
 
 def diff_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -47,7 +62,7 @@ class CGANModule(GenerativeModule):
         cfg = CGANConfig(**config)
         self.cfg = cfg
         size = self.roi[0]
-        self.generator = Generator(cfg.z_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size)
+        self.generator = build_generator(cfg, self.n_classes, self.n_mask_labels, size)
         self.discriminator = ProjectionDiscriminator(2 + self.n_mask_labels, self.n_classes, cfg.base_channels, size)
         self.g_ema = frozen_copy(self.generator)
         self.automatic_optimization = False
@@ -59,7 +74,7 @@ class CGANModule(GenerativeModule):
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> nn.Module:
         cfg = CGANConfig(**config)
-        return Generator(cfg.z_dim, len(data_info["conditions"]), int(data_info["n_mask_labels"]), cfg.base_channels, int(data_info["roi_size"][0]))
+        return build_generator(cfg, len(data_info["conditions"]), int(data_info["n_mask_labels"]), int(data_info["roi_size"][0]))
 
     def configure_optimizers(self):
         fused = torch.cuda.is_available()
@@ -88,9 +103,11 @@ class CGANModule(GenerativeModule):
         x, y = self.batch(cfg.batch_size)
         real = self.joint(x)
         z = self.noise(len(y), cfg.z_dim)
+        # mask conditioning: the generator paints the real case's mask, D judges the (image, mask) pair
+        given = (self.layout(one_hot_mask(x[:, 1:], self.n_mask_labels)),) if cfg.conditioning == "mask" else ()
         # ---- discriminator
         with torch.no_grad():
-            fake = compose_sample(*self.generator(z, y))
+            fake = compose_sample(*self.generator(z, y, *given))
         d_real = self.discriminator(self._augment(real, 10), y)
         d_fake = self.discriminator(self._augment(fake, 10), y)
         loss_d = self._d_loss(d_real, d_fake)
@@ -110,7 +127,7 @@ class CGANModule(GenerativeModule):
         gn_d = grad_norm(self.discriminator.parameters()) if self.logging_step else None  # only logged values are computed
         opt_d.step()
         # ---- generator
-        img, logits = self.generator(z, y)
+        img, logits = self.generator(z, y, *given)
         fake = compose_sample(img, logits)
         d_fake_g = self.discriminator(self._augment(fake, 12), y)
         loss_g = self._g_loss(d_fake_g)

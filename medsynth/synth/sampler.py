@@ -87,22 +87,55 @@ def clean_mask(mask: np.ndarray, min_island_voxels: int) -> np.ndarray:
     return out
 
 
+def needs_masks(sampler: LoadedSampler) -> bool:
+    """True for a mask-conditioned model (cGAN ``conditioning: mask``): it paints images for given masks."""
+    return bool(getattr(sampler.net, "needs_mask", False))
+
+
+def read_mask_folder(folder: Path, roi: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Label maps (NIfTI) on the model grid, e.g. ``data/synth/cvae/masks`` of another model's synthetic
+    cases -> (m, D, H, W) uint8. A file of another shape is an error that names it."""
+    files = sorted(Path(folder).glob("*.nii*"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no NIfTI mask found")
+    out = []
+    for f in files:
+        arr = np.asarray(nib.load(f).dataobj)
+        if tuple(arr.shape) != tuple(roi):
+            raise ValueError(f"{f}: mask shape {arr.shape} is not the model grid {tuple(roi)} (preprocess.roi_size)")
+        out.append(np.rint(arr).astype(np.uint8))
+    return np.stack(out)
+
+
 @torch.no_grad()
-def sample_arrays(sampler: LoadedSampler, condition: str, n: int, seed: int, temperature: float = 1.0, batch_size: int = 8, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """n samples of ``condition`` -> (images (n, D, H, W) in [-1, 1], label maps (n, D, H, W), seeds)."""
+def sample_arrays(
+    sampler: LoadedSampler, condition: str, n: int, seed: int, temperature: float = 1.0, batch_size: int = 8,
+    device: str = "cpu", masks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """n samples of ``condition`` -> (images (n, D, H, W) in [-1, 1], label maps (n, D, H, W), seeds).
+
+    ``masks`` (m, D, H, W) label maps on the model grid: required by a mask-conditioned model, which
+    paints one image per mask (masks are used in a seeded random order, repeated when n > m)."""
     if condition not in sampler.conditions:
         raise ValueError(f"condition {condition!r} unknown to this model; it knows {sampler.conditions}")
+    given = None
+    if needs_masks(sampler):
+        if masks is None or len(masks) == 0:
+            raise ValueError(f"{sampler.kind} is conditioned on masks (conditioning: mask): give label maps of condition {condition!r} to sample for")
+        order = np.random.default_rng(seed).permutation(len(masks))
+        given = np.asarray(masks)[order[np.arange(n) % len(masks)]]
     c = sampler.conditions.index(condition)
-    imgs, masks, seeds = [], [], []
+    imgs, out_masks, seeds = [], [], []
     for start in range(0, n, batch_size):
         ids = list(range(start, min(n, start + batch_size)))
         z = torch.stack([torch.randn(sampler.net.z_dim, generator=torch.Generator().manual_seed(seed + i)) for i in ids]) * temperature
         y = torch.full((len(ids),), c, dtype=torch.long)
-        img, mask = sampler.net.sample(y.to(device), z.to(device))
+        extra = (torch.from_numpy(given[ids][:, None].astype(np.int64)).to(device),) if given is not None else ()
+        img, mask = sampler.net.sample(y.to(device), z.to(device), *extra)
         imgs.append(img[:, 0].float().cpu().numpy())
-        masks.append(mask[:, 0].cpu().numpy().astype(np.uint8))
+        out_masks.append(mask[:, 0].cpu().numpy().astype(np.uint8))
         seeds += [seed + i for i in ids]
-    return np.concatenate(imgs), np.concatenate(masks), seeds
+    return np.concatenate(imgs), np.concatenate(out_masks), seeds
 
 
 def write_synthetic_case(
@@ -148,11 +181,13 @@ def synthesize(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     formats: tuple[str, ...] = ("nifti",),
+    masks: dict[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """Sample every condition's count, write cases + sidecars + synthetic_manifest.csv; return the rows.
 
     ``formats``: "nifti" (always written: evaluation reads it) and optionally "dicom" (a CT/MR series
-    per case plus a DICOM SEG, see :mod:`medsynth.synth.dicom_writer`)."""
+    per case plus a DICOM SEG, see :mod:`medsynth.synth.dicom_writer`). ``masks``: label maps per
+    condition for a mask-conditioned model (see :func:`sample_arrays`)."""
     sampler = model_path if isinstance(model_path, LoadedSampler) else load_sampler(model_path, device)
     to_physical = to_physical or physical_transform(sampler.data_info)
     modality = sampler.data_info["modality"]
@@ -166,10 +201,11 @@ def synthesize(
         if n <= 0:
             continue
         base_seed = seed * 100_000 + ci * 10_000
-        imgs, masks, seeds = sample_arrays(sampler, condition, n, base_seed, temperature, batch_size, device)
+        given = (masks or {}).get(condition)
+        imgs, labels, seeds = sample_arrays(sampler, condition, n, base_seed, temperature, batch_size, device, given)
         for i in range(n):
             case_id = f"SYN-{sampler.kind}-{condition}-{i:04d}"
-            mask = clean_mask(masks[i], min_island_voxels)
+            mask = labels[i] if given is not None else clean_mask(labels[i], min_island_voxels)
             sidecar = {
                 "synthetic": True,
                 "model": sampler.kind,
@@ -180,7 +216,8 @@ def synthesize(
                 "params_hash": params_hash,
                 "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
                 "medsynth_version": __version__,
-                "mask_rule": f"argmax over background+labels; components < {min_island_voxels} voxels removed (26-connectivity)",
+                "mask_rule": "a given mask (mask-conditioned model)" if given is not None
+                else f"argmax over background+labels; components < {min_island_voxels} voxels removed (26-connectivity)",
             }
             physical = to_physical(imgs[i])
             if dicom:
