@@ -288,6 +288,41 @@ class _FrameCache:
         return self._arr[i]
 
 
+_RAW_LITTLE_ENDIAN = {
+    "1.2.840.10008.1.2",  # implicit VR little endian
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian (the dataset is inflated on reading)
+}
+
+
+def raw_little_endian_pixels(ds: Dataset) -> np.ndarray | None:
+    """Uncompressed little-endian grey-level pixel data as an array, read straight from the bytes (what
+    most CT/MR files hold; pydicom's general path spends more time collecting attributes than copying).
+    Bits above BitsStored are masked (unsigned) or sign-extended (signed), as pydicom does. None for
+    anything else (compressed, colour, big endian, odd bit depths): the caller uses pydicom."""
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    if ts not in _RAW_LITTLE_ENDIAN or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if bits not in (8, 16, 32):
+        return None
+    rows, cols, frames = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    raw = ds.PixelData
+    if len(raw) < rows * cols * frames * dtype.itemsize:
+        return None  # let pydicom name the problem
+    arr = np.frombuffer(raw, dtype=dtype, count=rows * cols * frames).reshape((frames, rows, cols) if frames > 1 else (rows, cols))
+    stored = int(ds.get("BitsStored", bits) or bits)
+    if stored < bits:
+        if signed:
+            shift = bits - stored
+            arr = (arr << shift) >> shift  # arithmetic shift: sign-extends from bit BitsStored-1
+        else:
+            arr = arr & np.array((1 << stored) - 1, dtype=dtype)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
 def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
     """Decode a file's pixel data (from ``ds`` when it was read with its pixels already); any failure
     becomes a SeriesError with the reason."""
@@ -296,7 +331,8 @@ def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
             warnings.simplefilter("ignore")
             if ds is None or "PixelData" not in ds:
                 ds = pydicom.dcmread(path)
-            return ds.pixel_array
+            fast = raw_little_endian_pixels(ds)
+            return fast if fast is not None else ds.pixel_array
     except Exception as exc:
         msg = str(exc).split("\n")[0][:160]
         if "truncat" in msg.lower() or "buffer" in msg.lower() or "length" in msg.lower() or "expected" in msg.lower():
@@ -511,7 +547,9 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02) -> tuple[np
 
 
 def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from nibabel.nicom import dicomwrappers
+    with warnings.catch_warnings():  # nibabel warns on import that its DICOM readers are experimental
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import dicomwrappers
 
     vols, affs, keys = [], [], []
     for p in paths:
