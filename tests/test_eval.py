@@ -91,3 +91,22 @@ def test_utility_gate_fails_on_useless_synthetic_data(adrenal):
     same = {**res, "arms": {**arms, "real+synthetic": arms["real"]}}
     assert utility_gate("m", same, cfg, 0.05)["state"] == "pass"
     assert utility_gate("m", {"measured": False, "reason": "x"}, cfg, 0.05)["state"] == "not measured"
+
+
+def test_privacy_in_learned_feature_space_flags_perturbed_copies(adrenal, encoder):
+    """The second-opinion privacy tests on the encoder's features: lightly perturbed training cases are
+    found (copies, membership AUC), unseen real cases are not."""
+    from medsynth.eval.encoder import embed, standardiser
+    from medsynth.eval.privacy import privacy_metrics
+
+    enc, _ = encoder
+    f = lambda imgs: embed(enc, _cases(imgs))  # noqa: E731
+    rng = np.random.default_rng(1)
+    scale = standardiser(f(adrenal["train"]))
+    train, holdout = scale(f(adrenal["train"])), scale(f(adrenal["unseen"]))
+    leak = np.clip(adrenal["train"][:60] + rng.normal(0, 0.02, adrenal["train"][:60].shape), -1, 1).astype(np.float32)
+    p_leak = privacy_metrics(scale(f(leak)), train, holdout, 0, 50)
+    p_fair = privacy_metrics(scale(f(adrenal["test"][:60])), train, holdout, 0, 50)
+    assert p_leak["copies"] > 30 and p_fair["copies"] <= 3
+    assert p_leak["membership_auc_blackbox"] > 0.6 > p_fair["membership_auc_blackbox"] - 0.05
+    assert p_leak["dcr_share"] > p_fair["dcr_share"]

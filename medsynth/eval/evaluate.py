@@ -31,6 +31,10 @@ class GateFailure(RuntimeError):
     pass
 
 
+LEARNED_PRIVACY_KEYS = ("membership_auc_blackbox", "membership_auc_blackbox_ci", "dcr_share", "dcr_share_ci", "copies",
+                        "copy_threshold", "authenticity", "nndr_mean", "dcr_synthetic_to_train", "dcr_holdout_to_train")
+
+
 def _read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -133,6 +137,11 @@ def evaluate_models(
             util = {"measured": False, "reason": "evaluate.utility.enabled is false"}
         utility_all[model] = util
         priv = privacy_metrics(f_syn, feats["train"], feats["holdout"], seed + k, cfg.bootstrap, cfg.copy_percentile)
+        if learned is not None:  # second opinion: the same black-box tests in the encoder's feature space
+            lp = privacy_metrics(l_syn, learned["train"], learned["holdout"], seed + k, max(20, cfg.bootstrap // 4), cfg.copy_percentile)
+            priv["learned"] = {key: lp[key] for key in LEARNED_PRIVACY_KEYS}
+        else:
+            priv["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
         priv.update(_whitebox(model, Path(models_root) / model / "checkpoints" / "last.ckpt", info,
                               (banks["train"][0], banks["train"][1]), (banks["holdout"][0], banks["holdout"][1]), seed + k, cfg.bootstrap))
         fidelity_all[model] = fid
