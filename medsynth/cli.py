@@ -61,7 +61,7 @@ def deid(
     """De-identify DICOM (PS3.15 Annex E Basic Profile + options) into OUTPUT with deid_log.csv and quarantine.csv."""
     from medsynth.config import DeidConfig
     from medsynth.io.deid import DeidKeyError, Deidentifier, load_key
-    from medsynth.io.ingest import DEID_LOG_FIELDS, QUARANTINE_FIELDS, deidentify_tree
+    from medsynth.io.ingest import DEID_LOG_FIELDS, QUARANTINE_FIELDS, DeidSelfCheckError, deidentify_tree, self_check
     from medsynth.io.writers import write_csv_atomic
 
     cfg = DeidConfig(
@@ -77,13 +77,19 @@ def deid(
     d = Deidentifier(cfg, key, version=__version__)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("de-identifying", total=None)
-        _, quarantine, log, niftis = deidentify_tree(input, output, d, progress=lambda _: progress.advance(task))
+        tree = deidentify_tree(input, output, d, progress=lambda _: progress.advance(task))
+    quarantine, log, niftis = tree.quarantine, tree.log, tree.niftis
     for p in niftis:
         quarantine.append({"file_id": d.pseudo.file_id(str(p.relative_to(input))), "kind": "file", "reason": "NIfTI: not DICOM (use the pipeline's ingest to clean NIfTI headers)"})
     write_csv_atomic(output / "deid_log.csv", log, DEID_LOG_FIELDS)
     write_csv_atomic(output / "quarantine.csv", quarantine, QUARANTINE_FIELDS)
+    try:
+        check = self_check(output, tree.identifiers)  # never deletes here: OUTPUT is the user's folder
+    except DeidSelfCheckError as exc:
+        _fail(str(exc), 1)
     note = "" if key.stable else " [yellow](throw-away key: pseudonyms are NOT stable)[/yellow]"
-    console.print(f"deid: wrote {len(log)} de-identified file(s) to {output}; {len(quarantine)} quarantined{note}")
+    console.print(f"deid: wrote {len(log)} de-identified file(s) to {output}; {len(quarantine)} quarantined{note}; "
+                  f"self-check: {check['identifiers_searched']} original identifiers searched in {check['files_scanned']} files, none found")
 
 
 @app.command()

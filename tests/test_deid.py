@@ -214,3 +214,48 @@ def test_removes_at_least_what_dicognito_removes(retain_dates):
         assert kept_by_us and {vr for _, vr in kept_by_us} == {"TM"}, kept_by_us
     else:
         assert kept_by_us == set()
+
+
+def test_self_check_finds_an_original_identifier_anywhere_but_in_voxels(tmp_path):
+    import nibabel as nib
+
+    from medsynth.io.phi_scan import identifiers_of, scan_outputs
+
+    ds = pydicom.dcmread(next(shared("dicom", "dcm_qa_12bit", "In").glob("*.dcm")))
+    ds.PatientName, ds.PatientID, ds.InstitutionName = "VANDERBERG^HILDEGARD", "PID99887766", "ST MERCY GENERAL"
+    ids = identifiers_of(ds)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.csv").write_text("case,patient\nx,PID99887766\n")
+    (out / "b.json").write_text('{"who": "HILDEGARD"}')
+    (out / "c.txt").write_text(f"uid {ds.SOPInstanceUID} and St. ST MERCY GENERAL")
+    img = nib.Nifti1Image(np.frombuffer(b"PID99887766!" * 8, dtype=np.uint8).reshape(8, 12, 1), np.eye(4))
+    nib.save(img, out / "voxels_only.nii.gz")  # the bytes sit in the voxels: not a header finding
+    hdr = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+    hdr.header["descrip"] = b"VANDERBERG"
+    nib.save(hdr, out / "header.nii.gz")
+    scanned, findings = scan_outputs(out, ids)
+    assert scanned == 5
+    assert sorted(findings) == [
+        ("a.csv", "PatientID"), ("b.json", "PatientName"), ("c.txt", "InstitutionName"), ("c.txt", "UID (SOPInstanceUID)"),
+        ("header.nii.gz", "PatientName"),
+    ]
+
+
+def test_ingest_refuses_to_hand_on_outputs_when_the_self_check_finds_an_identifier(demo_cohort, tmp_path, monkeypatch):
+    """A de-identifier that forgets the UIDs (simulated bug): the self-check fails the stage, names the
+    kind of identifier and deletes what ingest wrote."""
+    from medsynth.io.ingest import DeidSelfCheckError, ingest
+
+    monkeypatch.setattr(Deidentifier, "_walk", lambda self, ds, shift, actions: None)
+    p = Params()
+    out = tmp_path / "ingest"
+    with pytest.raises(DeidSelfCheckError, match=r"UID \(StudyInstanceUID\): \d+ file\(s\), e.g. dicom/MS") as err:
+        ingest(demo_cohort, out, p.data, p.deid, KEY, labels_path=demo_cohort / "labels.csv", workers=1)
+    assert "1.2.826" not in str(err.value)  # the message never carries a value
+    assert not (out / "dicom").exists() and not (out / "manifest.csv").exists()
+
+
+def test_ingest_records_a_clean_self_check(demo_ingested):
+    check = json.loads((demo_ingested / "ingest.json").read_text())["deid"]["self_check"]
+    assert check["findings"] == 0 and check["identifiers_searched"] > 100 and check["files_scanned"] > 100

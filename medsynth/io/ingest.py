@@ -30,6 +30,7 @@ from medsynth.config import DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, DeidKey, Deidentifier, Pseudonymizer
 from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_full_dataset, read_header
+from medsynth.io.phi_scan import IdentifierSet, identifiers_of, kept_values_of, scan_outputs
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
 from medsynth.io.seg import SegMask, mask_on_image
 from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
@@ -98,22 +99,60 @@ class _SeriesKeys:
     patient: str = ""
 
 
+@dataclass
+class DeidTree:
+    """What :func:`deidentify_tree` found: series keys by de-identified SeriesInstanceUID, quarantine rows,
+    de-identification log rows, NIfTI files, and the original identifiers (memory only) for the
+    self-check of the outputs."""
+
+    keys: dict[str, _SeriesKeys]
+    quarantine: list[dict]
+    log: list[dict]
+    niftis: list[Path]
+    identifiers: IdentifierSet
+
+
+class DeidSelfCheckError(IngestError):
+    pass
+
+
+INGEST_OUTPUTS = ("images", "masks", "dicom", "manifest.csv", "quarantine.csv", "deid_log.csv", "ingest.json")
+
+
+def self_check(out_dir: Path, identifiers: IdentifierSet, delete: tuple[str, ...] = ()) -> dict:
+    """Search every output under ``out_dir`` for the original identifiers. On a finding, delete the
+    outputs named in ``delete`` and raise; the message names the kind of identifier and the file, never
+    the value."""
+    scanned, findings = scan_outputs(out_dir, identifiers)
+    if findings:
+        for name in delete:
+            target = Path(out_dir) / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for rel, kind in findings:
+            by_kind[kind].append(rel)
+        listed = "; ".join(f"{kind}: {len(files)} file(s), e.g. {files[0]}" for kind, files in sorted(by_kind.items()))
+        raise DeidSelfCheckError(
+            f"de-identification self-check failed: original identifiers found in the outputs ({listed}). "
+            + (f"The outputs under {out_dir} were deleted. " if delete else "Do not share these outputs. ")
+            + "This is a bug: please report it with the kinds and files above."
+        )
+    return {"files_scanned": scanned, "identifiers_searched": len(identifiers), "findings": 0}
+
+
 def deidentify_tree(
     input_dir: Path,
     out_dir: Path,
     deid: Deidentifier,
     progress: Callable[[str], None] | None = None,
     skip: set[Path] | None = None,  # resolved paths to leave alone (masks, the labels CSV)
-) -> tuple[dict[str, _SeriesKeys], list[dict], list[dict], list[Path]]:
-    """De-identify every DICOM file under ``input_dir`` into ``out_dir/<patient>/<study>/<series>/``.
-
-    Returns (series keys by de-identified SeriesInstanceUID, quarantine rows, deid log rows,
-    NIfTI files found).
-    """
+) -> DeidTree:
+    """De-identify every DICOM file under ``input_dir`` into ``out_dir/<patient>/<study>/<series>/``."""
     keys: dict[str, _SeriesKeys] = defaultdict(_SeriesKeys)
     quarantine: list[dict] = []
     log: list[dict] = []
     niftis: list[Path] = []
+    originals, kept = IdentifierSet(), IdentifierSet()
     for path in discover_files(input_dir):
         rel = str(path.relative_to(input_dir))
         if progress:
@@ -134,7 +173,10 @@ def deidentify_tree(
                 raise SeriesError(problem)
             orig_pid = str(ds.get("PatientID", "") or "")
             orig_series = str(ds.get("SeriesInstanceUID", "") or "")
+            before = identifiers_of(ds)
             res = deid.deidentify(ds)
+            originals.update(before)
+            kept_values_of(res.dataset, kept)
         except (SeriesError, BurnedInTextError) as exc:
             quarantine.append({"file_id": deid.pseudo.file_id(rel), "kind": "file", "reason": _sanitize_reason(str(exc), [input_dir])})
             continue
@@ -154,7 +196,8 @@ def deidentify_tree(
             "patient": res.patient, "study": res.study, "series": res.series, "instance": res.instance,
             "removed": a["X"], "emptied": a["Z"], "dummied": a["D"], "cleaned": a["C"], "uids_replaced": a["U"], "kept": a["K"],
         })
-    return dict(keys), quarantine, log, niftis
+    originals.discard_present_in(kept)
+    return DeidTree(dict(keys), quarantine, log, niftis, originals)
 
 
 # --------------------------------------------------------------------------- label matching
@@ -210,9 +253,10 @@ def ingest(
     for sub in ("images", "masks", "dicom"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    series_keys, quarantine, deid_log, niftis = deidentify_tree(
+    tree = deidentify_tree(
         input_dir, out_dir / "dicom", deid, progress=progress, skip=mask_paths | ({Path(labels_path).resolve()} if labels_path else set())
     )
+    series_keys, quarantine, deid_log, niftis = tree.keys, tree.quarantine, tree.log, tree.niftis
     cases: list[dict] = []
     used_labels: set[str] = set()
 
@@ -314,7 +358,12 @@ def ingest(
             "nifti_header_fields_cleared": ["descrip", "aux_file", "db_name", "intent_name", "extensions"],
         },
     }
+    # every output written so far is searched for the original identifiers; ingest.json (which records
+    # the result) is searched as well, after it is written
+    summary["deid"]["self_check"] = self_check(out_dir, tree.identifiers, INGEST_OUTPUTS)
+    summary["deid"]["self_check"]["files_scanned"] += 1
     write_json_atomic(out_dir / "ingest.json", summary)
+    self_check(out_dir, tree.identifiers, INGEST_OUTPUTS)
     return IngestResult(cases, quarantine, summary)
 
 
