@@ -119,11 +119,11 @@ class DeidSelfCheckError(IngestError):
 INGEST_OUTPUTS = ("images", "masks", "dicom", "manifest.csv", "quarantine.csv", "deid_log.csv", "ingest.json")
 
 
-def self_check(out_dir: Path, identifiers: IdentifierSet, delete: tuple[str, ...] = ()) -> dict:
+def self_check(out_dir: Path, identifiers: IdentifierSet, delete: tuple[str, ...] = (), only: list[Path] | None = None) -> dict:
     """Search every output under ``out_dir`` for the original identifiers. On a finding, delete the
     outputs named in ``delete`` and raise; the message names the kind of identifier and the file, never
     the value."""
-    scanned, findings = scan_outputs(out_dir, identifiers)
+    scanned, findings = scan_outputs(out_dir, identifiers, only)
     if findings:
         for name in delete:
             target = Path(out_dir) / name
@@ -363,7 +363,7 @@ def ingest(
     summary["deid"]["self_check"] = self_check(out_dir, tree.identifiers, INGEST_OUTPUTS)
     summary["deid"]["self_check"]["files_scanned"] += 1
     write_json_atomic(out_dir / "ingest.json", summary)
-    self_check(out_dir, tree.identifiers, INGEST_OUTPUTS)
+    self_check(out_dir, tree.identifiers, INGEST_OUTPUTS, only=[out_dir / "ingest.json"])
     return IngestResult(cases, quarantine, summary)
 
 

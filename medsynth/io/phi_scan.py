@@ -127,12 +127,13 @@ def _searchable_bytes(path: Path) -> bytes:
     return data
 
 
-def scan_outputs(root: Path, identifiers: IdentifierSet) -> tuple[int, list[tuple[str, str]]]:
-    """(files scanned, findings as (file relative to root, kind of identifier))."""
+def scan_outputs(root: Path, identifiers: IdentifierSet, paths: list[Path] | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """(files scanned, findings as (file relative to root, kind of identifier)); every file under ``root``
+    or only ``paths``."""
     root = Path(root)
     findings: list[tuple[str, str]] = []
     scanned = 0
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in paths if paths is not None else sorted(p for p in root.rglob("*") if p.is_file()):
         data = _searchable_bytes(path)
         scanned += 1
         rel = path.relative_to(root).as_posix()
