@@ -97,11 +97,11 @@ class DownBlock(nn.Module):
         return nn.functional.leaky_relu(self.conv2(h), 0.2)
 
 
-class ConditionalDecoder(nn.Module):
-    """Latent + class embedding -> 4^3 seed -> residual up-blocks with class-conditional normalisation
-    -> tanh image and mask logits (background + labels). The cGAN generator and the cVAE decoder."""
+class _DecoderTrunk(nn.Module):
+    """Latent + class embedding -> 4^3 seed -> residual up-blocks (``block(cin, cout)``) doubling the size
+    up to ``size``; the shared trunk of both generators below."""
 
-    def __init__(self, z_dim: int, n_classes: int, n_mask_labels: int, base: int, size: int):
+    def __init__(self, z_dim: int, n_classes: int, n_mask_labels: int, base: int, size: int, block):
         super().__init__()
         self.z_dim = z_dim
         self.n_mask_labels = n_mask_labels
@@ -113,19 +113,31 @@ class ConditionalDecoder(nn.Module):
         cin = self.c0
         for i in range(levels):
             c = base * min(2 ** (levels - 1 - i), 8)
-            self.ups.append(UpBlock(cin, c, n_classes))
+            self.ups.append(block(cin, c))
             cin = c
-        self.out = nn.Conv3d(cin, 2 + n_mask_labels, 3, padding=1)
+        self.out_channels = cin
         self.checkpoint_blocks = False  # activation checkpointing per up-block (train.activation_checkpointing)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def trunk(self, z: torch.Tensor, y: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
         for up in self.ups:
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                h = checkpoint(up, h, y, use_reentrant=False)
+                h = checkpoint(up, h, y, *extra, use_reentrant=False)
             else:
-                h = up(h, y)
-        return split_output(self.out(h), self.n_mask_labels)
+                h = up(h, y, *extra)
+        return h
+
+
+class ConditionalDecoder(_DecoderTrunk):
+    """Latent + class -> residual up-blocks with class-conditional normalisation -> tanh image and mask
+    logits (background + labels). The cGAN generator and the cVAE decoder."""
+
+    def __init__(self, z_dim: int, n_classes: int, n_mask_labels: int, base: int, size: int):
+        super().__init__(z_dim, n_classes, n_mask_labels, base, size, lambda cin, c: UpBlock(cin, c, n_classes))
+        self.out = nn.Conv3d(self.out_channels, 2 + n_mask_labels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_output(self.out(self.trunk(z, y)), self.n_mask_labels)
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +145,7 @@ class ConditionalDecoder(nn.Module):
         return img, logits.argmax(1, keepdim=True)
 
 
-class MaskConditionalDecoder(nn.Module):
+class MaskConditionalDecoder(_DecoderTrunk):
     """Noise + class + a given label map -> image (SPADE up-blocks). The mask is an input, not an output:
     the returned "logits" are the given one-hot mask scaled so that softmax/argmax give it back, so the
     discriminator and the samplers treat both generators alike."""
@@ -141,30 +153,11 @@ class MaskConditionalDecoder(nn.Module):
     needs_mask = True
 
     def __init__(self, z_dim: int, n_classes: int, n_mask_labels: int, base: int, size: int):
-        super().__init__()
-        self.z_dim = z_dim
-        self.n_mask_labels = n_mask_labels
-        levels = n_levels(size)
-        self.c0 = base * min(2**levels, 8)
-        self.embed = nn.Embedding(n_classes, z_dim)
-        self.fc = nn.Linear(2 * z_dim, self.c0 * 64)
-        self.ups = nn.ModuleList()
-        cin = self.c0
-        for i in range(levels):
-            c = base * min(2 ** (levels - 1 - i), 8)
-            self.ups.append(SPADEUpBlock(cin, c, n_classes, n_mask_labels + 1))
-            cin = c
-        self.out = nn.Conv3d(cin, 1, 3, padding=1)
-        self.checkpoint_blocks = False
+        super().__init__(z_dim, n_classes, n_mask_labels, base, size, lambda cin, c: SPADEUpBlock(cin, c, n_classes, n_mask_labels + 1))
+        self.out = nn.Conv3d(self.out_channels, 1, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor, mask_onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.fc(torch.cat([z, self.embed(y)], 1)).view(-1, self.c0, 4, 4, 4)
-        for up in self.ups:
-            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                h = checkpoint(up, h, y, mask_onehot, use_reentrant=False)
-            else:
-                h = up(h, y, mask_onehot)
-        return torch.tanh(self.out(h)), (mask_onehot * 2.0 - 1.0) * 20.0
+        return torch.tanh(self.out(self.trunk(z, y, mask_onehot))), (mask_onehot * 2.0 - 1.0) * 20.0
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
