@@ -140,6 +140,10 @@ class VAEGANConfig(CVAEConfig):
     norm_num_groups: int = Field(16, ge=1)
     disc_layers: int = Field(3, ge=1, description="autoencoderkl: PatchDiscriminator layers")
     disc_channels: int = Field(32, ge=4)
+    perceptual_weight: float = Field(0.0, ge=0, description="weight of the optional perceptual loss (0: off)")
+    perceptual_network: str | None = Field(
+        None, description="local path of the perceptual loss's feature network: models/encoder/encoder.pt or a TorchScript "
+        "file (e.g. MedicalNet traced, docs/user-guide.md); nothing is downloaded")
 
     @model_validator(mode="after")
     def _kl_shape(self) -> VAEGANConfig:
@@ -147,6 +151,9 @@ class VAEGANConfig(CVAEConfig):
             raise ValueError(f"attention_levels {list(self.attention_levels)} needs one entry per kl_channels level {list(self.kl_channels)}")
         if any(c % self.norm_num_groups for c in self.kl_channels):
             raise ValueError(f"every kl_channels entry {list(self.kl_channels)} must be a multiple of norm_num_groups {self.norm_num_groups}")
+        if self.perceptual_weight > 0 and not self.perceptual_network:
+            raise ValueError(f"perceptual_weight is {self.perceptual_weight} but perceptual_network is not set: give a local "
+                             "encoder.pt or TorchScript path, or set perceptual_weight: 0")
         return self
 
 

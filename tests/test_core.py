@@ -198,3 +198,32 @@ def test_pipeline_synthesize_stage_paints_train_masks_for_a_mask_conditioned_cga
 
     assert all(bytes(np.asarray(nib.load(f).dataobj).astype(np.uint8)) in train_lesion for f in written)
     shutil.rmtree(out)
+
+
+def test_vaegan_perceptual_loss_from_a_local_network_only(preprocessed, tmp_path):
+    """perceptual_weight > 0 needs a local network (a clear error otherwise); with medsynth's own encoder or
+    a TorchScript file it changes what the VAE-GAN learns, and the network stays out of the checkpoint."""
+    from pydantic import ValidationError
+
+    from medsynth.config import VAEGANConfig
+    from medsynth.eval.encoder import save_encoder, train_encoder
+    from medsynth.models.training import load_bank
+
+    with pytest.raises(ValidationError, match="perceptual_network is not set"):
+        VAEGANConfig(perceptual_weight=0.1)
+    with pytest.raises(FileNotFoundError, match="train.vaegan.perceptual_network: .*missing.pt not found"):
+        train_tiny("vaegan", preprocessed, tmp_path / "bad", 2, extra={"perceptual_weight": 0.1, "perceptual_network": str(tmp_path / "missing.pt")})
+    x, _, _ = load_bank(preprocessed, ("train",))
+    enc, _ = train_encoder(x.float(), steps=2, batch_size=4, dim=8, width=4, seed=0)
+    save_encoder(enc, tmp_path / "encoder.pt", {})
+    ts = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, stride=2), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
+    torch.jit.trace(ts.eval(), torch.zeros(1, 1, 16, 16, 16)).save(str(tmp_path / "net.ts"))
+    train_tiny("vaegan", preprocessed, tmp_path / "plain", 3)
+    plain = _weights(tmp_path / "plain" / "model.pt")
+    for net in ("encoder.pt", "net.ts"):
+        out = tmp_path / net.replace(".", "_")
+        train_tiny("vaegan", preprocessed, out, 3, extra={"perceptual_weight": 1.0, "perceptual_network": str(tmp_path / net)})
+        w = _weights(out / "model.pt")
+        assert any(not torch.allclose(w[k], plain[k]) for k in w), net
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+        assert not any("perceptual" in k for k in ckpt["state_dict"]), net

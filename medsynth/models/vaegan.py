@@ -10,7 +10,8 @@ Two backbones (``train.vaegan.backbone``):
   PyTorch's fused scaled-dot-product kernel.
 
 Manual optimisation: one discriminator step (least squares, as in the MONAI recipe), then one VAE
-step with L1 + mask CE + beta*KL + adv_weight*adv. No host synchronisation inside the step.
+step with L1 + mask CE + beta*KL + adv_weight*adv (+ perceptual_weight*perceptual when a local feature
+network is given, :mod:`medsynth.models.perceptual`). No host synchronisation inside the step.
 """
 
 from __future__ import annotations
@@ -110,6 +111,16 @@ class VAEGANModule(CVAEModule):
             self.discriminator = ProjectionDiscriminator(in_ch, self.n_classes, self.vg.base_channels, self.roi[0], patch=True)
             self.compile_targets = ("encoder", "decoder")  # spectral-norm discriminator: see cgan.py
         self.automatic_optimization = False
+        self.perceptual = None
+        if self.vg.perceptual_weight > 0:
+            from medsynth.models.perceptual import PerceptualLoss3d
+
+            self.perceptual = PerceptualLoss3d(self.vg.perceptual_network)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.perceptual is not None:
+            self.perceptual.to(self.device)
 
     @property
     def sampler(self) -> nn.Module:
@@ -175,7 +186,8 @@ class VAEGANModule(CVAEModule):
         # VAE
         beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
         adv = F.mse_loss(self.discriminator(fake, y), torch.ones_like(d_fake)) if use_adv else torch.zeros((), device=self.device)
-        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] + cfg.adv_weight * adv
+        perc = self.perceptual(out["img"], x) if self.perceptual is not None else torch.zeros((), device=self.device)
+        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] + cfg.adv_weight * adv + cfg.perceptual_weight * perc
         self.check_finite(loss=loss)
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -183,7 +195,7 @@ class VAEGANModule(CVAEModule):
         opt_vae.step()
         if self.logging_step:
             self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(),
-                             adv=adv.detach(), loss_d=loss_d.detach(), grad_norm=gn)
+                             adv=adv.detach(), loss_d=loss_d.detach(), grad_norm=gn, **({"perceptual": perc.detach()} if self.perceptual is not None else {}))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         pass
