@@ -199,6 +199,7 @@ def train_model(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen EMA generator, on purpose
         trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
     wall = time.perf_counter() - t0
     replicas = _check_replicas(trainer, module)
