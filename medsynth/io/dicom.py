@@ -613,7 +613,7 @@ def read_scan_header(path: Path) -> Dataset:
     try:
         with warnings.catch_warnings(), open(path, "rb") as fh:
             warnings.simplefilter("ignore")
-            ds = read_partial(fh, stop_when=_past_group_0028)
+            ds = read_partial(fh, stop_when=_past_group_0028, force=True)  # force: files without the preamble
     except Exception:
         return read_header(path)  # no preamble, or a broken header: the full reader gives the reason
     return ds
