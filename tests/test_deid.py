@@ -259,3 +259,18 @@ def test_ingest_refuses_to_hand_on_outputs_when_the_self_check_finds_an_identifi
 def test_ingest_records_a_clean_self_check(demo_ingested):
     check = json.loads((demo_ingested / "ingest.json").read_text())["deid"]["self_check"]
     assert check["findings"] == 0 and check["identifiers_searched"] > 100 and check["files_scanned"] > 100
+
+
+def test_deid_cli_writes_pseudonymous_folders_and_reports_its_self_check(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medsynth.cli import app
+
+    monkeypatch.setenv("MEDSYNTH_DEID_KEY", "cli-test-key-0123456789abcdef")
+    res = CliRunner().invoke(app, ["deid", str(shared("dicom", "dcm_qa_enh", "In")), str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "none found" in " ".join(res.output.split())
+    folders = {p.name for p in (tmp_path / "out").iterdir() if p.is_dir()}
+    assert folders and all(f.startswith("MS") for f in folders)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "deid_log.csv")))
+    assert len(rows) == 5 and all(int(r["uids_replaced"]) > 0 for r in rows)
