@@ -197,8 +197,8 @@ def run_medsynth(model: str, shape, batch, device, warmup, steps, compile_: bool
 
     from torch.utils.data import DataLoader
 
-    from medsynth.models.training import _StepIndex
     from medsynth.models.registry import get
+    from medsynth.models.training import _StepIndex
 
     info = {"conditions": ["normal", "lesion"], "n_mask_labels": N_MASK, "roi_size": list(shape)}
     if model == "vaegan":

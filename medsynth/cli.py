@@ -60,7 +60,7 @@ def deid(
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E Basic Profile + options) into OUTPUT with deid_log.csv and quarantine.csv."""
     from medsynth.config import DeidConfig
-    from medsynth.io.deid import DeidKeyError, Deidentifier, load_key
+    from medsynth.io.deid import Deidentifier, DeidKeyError, load_key
     from medsynth.io.ingest import DEID_LOG_FIELDS, QUARANTINE_FIELDS, DeidSelfCheckError, deidentify_tree, self_check
     from medsynth.io.writers import write_csv_atomic
 

@@ -76,7 +76,7 @@ def plant_canaries(ds: pydicom.Dataset, canary: str, counter: list[int]) -> None
     use) removes, replaces or cleans -- in nested sequences and private tags too -- plus a private block
     and the classic identifying attributes."""
     from medsynth.config import DeidConfig
-    from medsynth.io.deid import DeidKey, Deidentifier
+    from medsynth.io.deid import Deidentifier, DeidKey
 
     d = Deidentifier(DeidConfig(retain_safe_private=True), DeidKey(b"planting-only-key-0123", "file", True))
     _plant(ds, canary, counter, d)

@@ -1,6 +1,7 @@
 """Splits, models (resume, divergence, registry) and gates that can fail, on real data where it matters."""
 
 import json
+
 import numpy as np
 import pytest
 import torch

@@ -2,7 +2,6 @@
 
 import csv
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -10,7 +9,7 @@ import pydicom
 import pytest
 
 from medsynth.config import DeidConfig, Params
-from medsynth.io.deid import DeidKey, DeidKeyError, Deidentifier, compact_table, load_key, load_table
+from medsynth.io.deid import Deidentifier, DeidKey, DeidKeyError, compact_table, load_key, load_table
 from tests.conftest import shared
 from tests.phi import element_at, originals_of, output_bytes, plant_canaries, real_dicom_files, walk_elements
 

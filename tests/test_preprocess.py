@@ -73,7 +73,6 @@ def test_intensity_ranges_per_modality(tmp_path):
     src = nib.load(shared("dicom", "dcm_qa_12bit", "Ref", "2.nii"))
     nib.save(src, tmp_path / "mr.nii.gz")
     item = {"image": str(tmp_path / "mr.nii.gz")}
-    raw = np.asarray(src.dataobj, dtype=np.float64)
     for norm in ("percentile", "zscore"):
         cfg = PreprocessConfig(mr_normalisation=norm, crop_foreground=False, roi_size=(64, 64, 32), spacing=(3.25, 3.25, 3.2))
         out = np.asarray(build_transforms(cfg, "MR", with_mask=False)(dict(item))["image"])

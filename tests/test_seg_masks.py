@@ -140,8 +140,8 @@ def test_ingest_matches_seg_to_its_series_after_deidentification(seg_input, tmp_
 
 
 def test_fractional_seg_is_thresholded_and_a_broken_seg_gets_a_reason(tmp_path):
-    from medsynth.io.dicom import SeriesError
     from medsynth.io.convert import ConvertedVolume
+    from medsynth.io.dicom import SeriesError
     from medsynth.io.seg import mask_on_image, read_seg_mask
 
     files = _first_volume(shared(*GE) / "mr_0004")

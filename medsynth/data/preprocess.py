@@ -23,8 +23,8 @@ import numpy as np
 from medsynth.config import PreprocessConfig
 from medsynth.data.splits import SPLITS, assign_splits
 from medsynth.data.transforms import build_transforms, transform_hash, transform_settings
-from medsynth.io.writers import atomic_path, write_csv_atomic, write_json_atomic
 from medsynth.io.ingest import MANIFEST_FIELDS
+from medsynth.io.writers import atomic_path, write_csv_atomic, write_json_atomic
 
 
 class PreprocessError(RuntimeError):

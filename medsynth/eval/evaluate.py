@@ -14,13 +14,13 @@ import torch  # noqa: E402
 
 from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
 from medsynth.data.transforms import to_model_space  # noqa: E402
+from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E402
 from medsynth.eval.features import volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
-from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E402
 from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
-from medsynth.eval.utility import classification_utility, segmentation_utility, utility_gate  # noqa: E402
 from medsynth.eval.privacy import privacy_metrics, whitebox_membership  # noqa: E402
+from medsynth.eval.utility import classification_utility, segmentation_utility, utility_gate  # noqa: E402
 from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
 from medsynth.models import registry  # noqa: E402
 from medsynth.models.training import data_info_from, load_bank, read_preprocess_info  # noqa: E402

@@ -22,8 +22,8 @@ import math
 import struct
 import warnings
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -28,10 +28,10 @@ import numpy as np
 from medsynth import __version__
 from medsynth.config import DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
-from medsynth.io.deid import BurnedInTextError, DeidKey, Deidentifier, Pseudonymizer
+from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonymizer
 from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_full_dataset, read_header
-from medsynth.io.phi_scan import IdentifierSet, identifiers_of, kept_values_of, scan_outputs
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
+from medsynth.io.phi_scan import IdentifierSet, identifiers_of, kept_values_of, scan_outputs
 from medsynth.io.seg import SegMask, mask_on_image
 from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
 
