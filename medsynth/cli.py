@@ -57,6 +57,7 @@ def deid(
     drop_patient_characteristics: bool = typer.Option(False, help="remove sex, age, size, weight"),
     keep_descriptors: bool = typer.Option(False, help="remove descriptions instead of cleaning them"),
     retain_safe_private: bool = typer.Option(False, help="keep the documented safe private tags"),
+    workers: Optional[int] = typer.Option(None, help="processes (default: all cores)"),
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E Basic Profile + options) into OUTPUT with deid_log.csv and quarantine.csv."""
     from medsynth.config import DeidConfig
@@ -77,7 +78,7 @@ def deid(
     d = Deidentifier(cfg, key, version=__version__)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("de-identifying", total=None)
-        tree = deidentify_tree(input, output, d, progress=lambda _: progress.advance(task))
+        tree = deidentify_tree(input, output, d, progress=lambda _: progress.advance(task), workers=workers)
     quarantine, log, niftis = tree.quarantine, tree.log, tree.niftis
     for p in niftis:
         quarantine.append({"file_id": d.pseudo.file_id(str(p.relative_to(input))), "kind": "file", "reason": "NIfTI: not DICOM (use the pipeline's ingest to clean NIfTI headers)"})

@@ -14,11 +14,13 @@ Order of work, so that nothing downstream ever sees identifying data:
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from medsynth import __version__
 from medsynth.config import DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonymizer
-from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_full_dataset, read_header
+from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_dataset
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
 from medsynth.io.phi_scan import IdentifierSet, identifiers_of, kept_values_of, scan_outputs
 from medsynth.io.seg import SegMask, mask_on_image
@@ -140,62 +142,106 @@ def self_check(out_dir: Path, identifiers: IdentifierSet, delete: tuple[str, ...
     return {"files_scanned": scanned, "identifiers_searched": len(identifiers), "findings": 0}
 
 
-def deidentify_tree(
-    input_dir: Path,
-    out_dir: Path,
-    deid: Deidentifier,
-    progress: Callable[[str], None] | None = None,
-    skip: set[Path] | None = None,  # resolved paths to leave alone (masks, the labels CSV)
-) -> DeidTree:
-    """De-identify every DICOM file under ``input_dir`` into ``out_dir/<patient>/<study>/<series>/``."""
-    keys: dict[str, _SeriesKeys] = defaultdict(_SeriesKeys)
-    quarantine: list[dict] = []
-    log: list[dict] = []
-    niftis: list[Path] = []
-    originals, kept = IdentifierSet(), IdentifierSet()
-    for path in discover_files(input_dir):
-        rel = str(path.relative_to(input_dir))
-        if progress:
-            progress(rel)
-        if skip and path.resolve() in skip:
-            continue
-        if is_nifti(path):
-            niftis.append(path)
-            continue
-        if path.suffix.lower() in (".csv", ".txt", ".md", ".json", ".xml", ".html", ".pdf") and path.name.lower() != "dicomdir":
-            quarantine.append({"file_id": deid.pseudo.file_id(rel), "kind": "file", "reason": f"not an image file ({path.suffix.lower()})"})
+_NOT_IMAGES = (".csv", ".txt", ".md", ".json", ".xml", ".html", ".pdf")
+_WORKER_DEID: Deidentifier | None = None
+
+
+def _init_worker(cfg: DeidConfig, key: DeidKey, version: str) -> None:
+    global _WORKER_DEID
+    _WORKER_DEID = Deidentifier(cfg, key, version=version)
+
+
+def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentifier | None = None) -> list[dict]:
+    """De-identify and write each file of ``rels``; one result per file, in order (worker or in-process)."""
+    deid = deid or _WORKER_DEID
+    assert deid is not None
+    out = []
+    for rel in rels:
+        path = input_dir / rel
+        if path.suffix.lower() in _NOT_IMAGES and path.name.lower() != "dicomdir":
+            out.append({"rel": rel, "reason": f"not an image file ({path.suffix.lower()})"})
             continue
         try:
-            header = read_header(path)
-            ds = read_full_dataset(path)  # the one full read: checked, then de-identified in memory
-            problem = dataset_pixel_problem(ds, header)
+            ds = read_dataset(path)  # the one full read: checked, then de-identified in memory
+            problem = dataset_pixel_problem(ds, ds)
             if problem:
                 raise SeriesError(problem)
             orig_pid = str(ds.get("PatientID", "") or "")
             orig_series = str(ds.get("SeriesInstanceUID", "") or "")
             before = identifiers_of(ds)
             res = deid.deidentify(ds)
-            originals.update(before)
-            kept_values_of(res.dataset, kept)
+            kept = kept_values_of(res.dataset)
         except (SeriesError, BurnedInTextError) as exc:
-            quarantine.append({"file_id": deid.pseudo.file_id(rel), "kind": "file", "reason": _sanitize_reason(str(exc), [input_dir])})
+            out.append({"rel": rel, "reason": _sanitize_reason(str(exc), [input_dir])})
             continue
         except Exception as exc:
-            quarantine.append({"file_id": deid.pseudo.file_id(rel), "kind": "file", "reason": f"cannot de-identify: {type(exc).__name__}"})
+            out.append({"rel": rel, "reason": f"cannot de-identify: {type(exc).__name__}"})
             continue
         dest = out_dir / res.patient / res.study / res.series / f"{res.instance}.dcm"
         dest.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res.dataset.save_as(dest, enforce_file_format=True)
-        k = keys[str(res.dataset.get("SeriesInstanceUID", ""))]
-        k.rel_files.add(rel)
-        k.patient_id, k.series_uid, k.patient = orig_pid, orig_series, res.patient
         a = res.actions
-        log.append({
-            "patient": res.patient, "study": res.study, "series": res.series, "instance": res.instance,
-            "removed": a["X"], "emptied": a["Z"], "dummied": a["D"], "cleaned": a["C"], "uids_replaced": a["U"], "kept": a["K"],
+        out.append({
+            "rel": rel, "series_uid": str(res.dataset.get("SeriesInstanceUID", "")), "orig_pid": orig_pid, "orig_series": orig_series,
+            "patient": res.patient, "originals": before, "kept": kept,
+            "log": {"patient": res.patient, "study": res.study, "series": res.series, "instance": res.instance,
+                    "removed": a["X"], "emptied": a["Z"], "dummied": a["D"], "cleaned": a["C"], "uids_replaced": a["U"], "kept": a["K"]},
         })
+    return out
+
+
+def deidentify_tree(
+    input_dir: Path,
+    out_dir: Path,
+    deid: Deidentifier,
+    progress: Callable[[str], None] | None = None,
+    skip: set[Path] | None = None,  # resolved paths to leave alone (masks, the labels CSV)
+    workers: int | None = 1,
+) -> DeidTree:
+    """De-identify every DICOM file under ``input_dir`` into ``out_dir/<patient>/<study>/<series>/``,
+    in ``workers`` processes (None: all cores); results are merged in file order, so the outputs do not
+    depend on the number of processes."""
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    keys: dict[str, _SeriesKeys] = defaultdict(_SeriesKeys)
+    quarantine: list[dict] = []
+    log: list[dict] = []
+    niftis: list[Path] = []
+    originals, kept = IdentifierSet(), IdentifierSet()
+    rels: list[str] = []
+    for path in discover_files(input_dir):
+        if skip and path.resolve() in skip:
+            continue
+        if is_nifti(path):
+            niftis.append(path)
+        else:
+            rels.append(str(path.relative_to(input_dir)))
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    chunk = max(16, len(rels) // (max(workers, 1) * 8) or 1)
+    chunks = [rels[i : i + chunk] for i in range(0, len(rels), chunk)]
+
+    def results():  # in file order, as the chunks complete
+        if workers > 1 and len(chunks) > 1:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(deid.cfg, deid.key, deid.version)) as pool:
+                for part in pool.map(_deid_files, [input_dir] * len(chunks), [out_dir] * len(chunks), chunks):
+                    yield from part
+        else:
+            for c in chunks:
+                yield from _deid_files(input_dir, out_dir, c, deid)
+
+    for r in results():
+        if progress:
+            progress(r["rel"])
+        if "reason" in r:
+            quarantine.append({"file_id": deid.pseudo.file_id(r["rel"]), "kind": "file", "reason": r["reason"]})
+            continue
+        k = keys[r["series_uid"]]
+        k.rel_files.add(r["rel"])
+        k.patient_id, k.series_uid, k.patient = r["orig_pid"], r["orig_series"], r["patient"]
+        originals.update(r["originals"])
+        kept.update(r["kept"])
+        log.append(r["log"])
     originals.discard_present_in(kept)
     return DeidTree(dict(keys), quarantine, log, niftis, originals)
 
@@ -254,7 +300,8 @@ def ingest(
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     tree = deidentify_tree(
-        input_dir, out_dir / "dicom", deid, progress=progress, skip=mask_paths | ({Path(labels_path).resolve()} if labels_path else set())
+        input_dir, out_dir / "dicom", deid, progress=progress, skip=mask_paths | ({Path(labels_path).resolve()} if labels_path else set()),
+        workers=workers,
     )
     series_keys, quarantine, deid_log, niftis = tree.keys, tree.quarantine, tree.log, tree.niftis
     cases: list[dict] = []
