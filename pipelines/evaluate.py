@@ -18,7 +18,8 @@ def main() -> int:
         with console.status("evaluating fidelity and privacy"):
             res = evaluate_models(Path("data/preprocess"), Path("data/synth"), Path("models"), params.train.models,
                                   params.preprocess, params.evaluate, params.seed, Path("reports/eval"),
-                                  encoder_path=Path("models/encoder/encoder.pt"), rare_condition=params.data.rare_condition)
+                                  encoder_path=Path("models/encoder/encoder.pt"), rare_condition=params.data.rare_condition,
+                                  cache_dir=Path("data/features"))
     except (ConfigError, GateFailure) as exc:
         console.print(f"[red]evaluate failed:[/red] {exc}")
         return 1

@@ -110,3 +110,21 @@ def test_privacy_in_learned_feature_space_flags_perturbed_copies(adrenal, encode
     assert p_leak["copies"] > 30 and p_fair["copies"] <= 3
     assert p_leak["membership_auc_blackbox"] > 0.6 > p_fair["membership_auc_blackbox"] - 0.05
     assert p_leak["dcr_share"] > p_fair["dcr_share"]
+
+
+def test_feature_cache_computes_once_per_content(tmp_path):
+    from medsynth.eval.features import cached_features
+
+    calls = []
+
+    def compute(v):
+        calls.append(v)
+        return np.full((3, 2), v, dtype=np.float32)
+
+    a = cached_features(tmp_path, "learned-train", ["enc1", "case1", "case2"], lambda: compute(1.0))
+    b = cached_features(tmp_path, "learned-train", ["enc1", "case1", "case2"], lambda: compute(2.0))
+    assert calls == [1.0] and np.array_equal(a, b)  # served from the cache
+    c = cached_features(tmp_path, "learned-train", ["enc2", "case1", "case2"], lambda: compute(3.0))  # another encoder
+    assert calls == [1.0, 3.0] and c[0, 0] == 3.0
+    assert len(list(tmp_path.glob("learned-train-*.npy"))) == 1  # the stale entry is gone
+    assert cached_features(None, "x", [], lambda: compute(4.0))[0, 0] == 4.0

@@ -130,6 +130,8 @@ def test_dvc_repro_tiny(tiny_repo):
     assert {g["state"] for g in gates["gates"]} <= {"pass", "warn", "fail"}
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and 'id="verdict-table"' in html
+    cached = {p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (repo / "data/features").glob("*.npy")}
+    assert cached == {f"{space}-{split}" for space in ("weightfree", "learned") for split in ("train", "test", "holdout")}
     ingest = json.loads((repo / "data/ingest/ingest.json").read_text())
     reasons = ingest["quarantine_by_reason"]
     assert reasons.get("modality MR not selected", 0) >= 1  # the real GE MR volume (Philips: 4D)

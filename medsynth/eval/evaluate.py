@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
 from medsynth.data.transforms import to_model_space  # noqa: E402
 from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E402
-from medsynth.eval.features import volume_features  # noqa: E402
+from medsynth.eval.features import cached_features, volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
 from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
@@ -24,7 +24,7 @@ from medsynth.eval.utility import classification_utility, segmentation_utility, 
 from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
 from medsynth.models import registry  # noqa: E402
 from medsynth.models.training import data_info_from, load_bank, read_preprocess_info  # noqa: E402
-from medsynth.synth.sampler import model_space_arrays  # noqa: E402
+from medsynth.synth.sampler import file_sha256, model_space_arrays  # noqa: E402
 
 
 class GateFailure(RuntimeError):
@@ -78,6 +78,7 @@ def evaluate_models(
     out_dir: Path,
     encoder_path: Path | None = None,
     rare_condition: str | None = None,
+    cache_dir: Path | None = None,
 ) -> dict:
     """Fidelity (weight-free and learned features), privacy, utility and gates for every model.
 
@@ -87,7 +88,11 @@ def evaluate_models(
     modality = info["modality"]
     n_labels = max(1, int(info["n_mask_labels"]))
     banks = {s: load_bank(preprocess_dir, (s,), info) for s in ("train", "test", "holdout")}
-    feats = {s: volume_features(b[0][:, 0].float().numpy(), b[0][:, 1].float().numpy(), n_labels) for s, b in banks.items()}
+    # the real sets' features are computed once per content (preprocessing, cases, encoder) and cached
+    split_keys = {s: [info["transform_hash"], *(r["case_id"] for r in b[2])] for s, b in banks.items()}
+    feats = {s: cached_features(cache_dir, f"weightfree-{s}", ["weightfree-v1", str(n_labels), *split_keys[s]],
+                                lambda b=b: volume_features(b[0][:, 0].float().numpy(), b[0][:, 1].float().numpy(), n_labels))
+             for s, b in banks.items()}
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +103,11 @@ def evaluate_models(
     encoder = _load_encoder(encoder_path, cfg)
     learned, scale = None, None
     if encoder:  # real sets embedded and standardised once; each model's synthetic set with the same scale
-        raw = {s: embed(encoder[0], b[0].float().numpy(), image_only=encoder[1]) for s, b in banks.items()}
+        enc_file = Path(cfg.encoder.weights) if cfg.encoder.weights else encoder_path
+        enc_sum = file_sha256(enc_file)
+        raw = {s: cached_features(cache_dir, f"learned-{s}", ["learned-v1", enc_sum, *split_keys[s]],
+                                  lambda b=b: embed(encoder[0], b[0].float().numpy(), image_only=encoder[1]))
+               for s, b in banks.items()}
         scale = standardiser(raw["train"])
         learned = {s: scale(v) for s, v in raw.items()}
     rare_index = info["conditions"].index(rare_condition) if rare_condition in info["conditions"] else len(info["conditions"]) - 1

@@ -1,8 +1,13 @@
 """Weight-free 3D features: a coarse (8^3) intensity volume, an intensity histogram and label
-fractions. No pretrained network and nothing downloaded; a learned encoder can be swapped in later.
+fractions. No pretrained network and nothing downloaded. Also the nearest-neighbour search and the
+feature cache of the evaluate stage.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,3 +58,24 @@ def nearest_index(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray
         aa = a[i : i + chunk]
         out[i : i + chunk] = np.argmin((aa * aa).sum(1)[:, None] + bb[None] - 2 * aa @ b.T, axis=1)
     return out
+
+
+def cached_features(cache_dir: Path | None, name: str, key_parts: list[str], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()`` once per content: the result is kept as ``<cache_dir>/<name>-<key>.npy`` where the key
+    hashes ``key_parts`` (e.g. the encoder's checksum, the preprocessing hash and the split's case ids),
+    so changed inputs are never served stale. Older entries of ``name`` are removed. No cache_dir: compute."""
+    if cache_dir is None:
+        return compute()
+    key = hashlib.sha256("\x1f".join(key_parts).encode()).hexdigest()[:20]
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{name}-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    value = np.asarray(compute())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir.glob(f"{name}-*.npy"):
+        old.unlink()
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, value)
+    tmp.replace(path)
+    return value
