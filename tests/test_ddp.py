@@ -26,7 +26,7 @@ DRIVER = textwrap.dedent('''
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["cgan", "cvae"])
+@pytest.mark.parametrize("name", ["cgan", "cvae", "vaegan"])
 def test_two_process_ddp_on_cpu(name, preprocessed, tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(DRIVER)
