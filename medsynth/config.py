@@ -172,6 +172,9 @@ class TrainConfig(_Section):
         "off", description="channels-last 3D memory format (auto: on a GPU). Off by default: on an H100 it gave no gain for "
         "the VAE-GAN at 96x96x64 and was 12% slower at 64^3 (docs/benchmarks.md)")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward to save GPU memory")
+    diversity_alarm: float = Field(
+        0.2, ge=0, le=1, description="mode-collapse alarm: warn (and record in train.json) when samples of a fixed noise "
+        "batch are less than this fraction as diverse as real pairs; 0 turns it off")
     cgan: CGANConfig = CGANConfig()
     cvae: CVAEConfig = CVAEConfig()
     vaegan: VAEGANConfig = VAEGANConfig()

@@ -228,3 +228,16 @@ def test_vaegan_perceptual_loss_from_a_local_network_only(preprocessed, tmp_path
         assert any(not torch.allclose(w[k], plain[k]) for k in w), net
         ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
         assert not any("perceptual" in k for k in ckpt["state_dict"]), net
+
+
+def test_mode_collapse_alarm_warns_and_is_recorded(preprocessed, tmp_path, monkeypatch):
+    """A generator whose samples barely differ (diversity forced to 0.01 of real pairs) trips the alarm:
+    a warning naming the step, and the alarms in train.json; a healthy value does not."""
+    from medsynth.models.base import GenerativeModule
+
+    monkeypatch.setattr(GenerativeModule, "diversity", lambda self, n=8: 0.01)
+    with pytest.warns(UserWarning, match="possible mode collapse at step 2"):
+        s = train_tiny("cgan", preprocessed, tmp_path / "collapsed", 4)
+    assert [a["step"] for a in s["diversity_alarms"]] == [2, 4]
+    monkeypatch.setattr(GenerativeModule, "diversity", lambda self, n=8: 0.9)
+    assert train_tiny("cgan", preprocessed, tmp_path / "healthy", 4)["diversity_alarms"] == []

@@ -14,6 +14,7 @@ import json
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from medsynth.models.blocks import one_hot_mask
@@ -59,6 +60,8 @@ class GenerativeModule(L.LightningModule):
         self._channels_last = False
         self.bank_x: torch.Tensor | None = None  # (N, 2, D, H, W)
         self.bank_y: torch.Tensor | None = None
+        self.diversity_alarm = 0.0  # train.diversity_alarm: below this relative diversity, warn (mode collapse)
+        self.diversity_alarms: list[dict] = []
 
     # ------------------------------------------------------------------ data
     def attach_bank(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -216,11 +219,23 @@ class GenerativeModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self._step % self.image_every == 0:
             self.log_sample_image()
-            self.log("diversity", self.diversity(), on_step=True)
+            d = self.diversity()
+            self.log("diversity", d, on_step=True)
+            if d < self.diversity_alarm:
+                # mode-collapse alarm: samples of a fixed noise batch barely differ from each other
+                self.diversity_alarms.append({"step": int(self._step), "diversity": round(float(d), 4)})
+                rank_zero_warn(
+                    f"{self.name}: possible mode collapse at step {self._step}: samples are {d:.2f}x as diverse as real "
+                    f"pairs (alarm below train.diversity_alarm = {self.diversity_alarm}); see the sample images in dvclive"
+                )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.raise_if_diverged()
         checkpoint["medsynth_config"] = json.loads(json.dumps(self.config))
+        checkpoint["medsynth_diversity_alarms"] = list(self.diversity_alarms)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.diversity_alarms = list(checkpoint.get("medsynth_diversity_alarms", []))
 
     # ------------------------------------------------------------------ export
     def export(self) -> dict:

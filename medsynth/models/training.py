@@ -111,6 +111,7 @@ def build_module(name: str, model_cfg: dict, data_info: dict, seed: int, train_c
     gpu = uses_gpu(train_cfg)
     if not hasattr(module, "accelerate"):  # a plug-in that does not derive from GenerativeModule
         return module
+    module.diversity_alarm = train_cfg.diversity_alarm
     module.accelerate(
         compile=train_cfg.compile == "on" or (train_cfg.compile == "auto" and gpu),
         channels_last=train_cfg.channels_last == "on" or (train_cfg.channels_last == "auto" and gpu),
@@ -229,5 +230,6 @@ def train_model(
         summary["ddp_replicas_identical"] = replicas
     if hasattr(module, "diversity"):
         summary["final_diversity"] = round(module.diversity(), 4)
+        summary["diversity_alarms"] = list(getattr(module, "diversity_alarms", []))
     write_json_atomic(out_dir / "train.json", summary)
     return summary
