@@ -241,3 +241,29 @@ def test_mode_collapse_alarm_warns_and_is_recorded(preprocessed, tmp_path, monke
     assert [a["step"] for a in s["diversity_alarms"]] == [2, 4]
     monkeypatch.setattr(GenerativeModule, "diversity", lambda self, n=8: 0.9)
     assert train_tiny("cgan", preprocessed, tmp_path / "healthy", 4)["diversity_alarms"] == []
+
+
+def test_diversity_is_measured_within_a_condition_and_sees_collapse(preprocessed):
+    """The alarm's signal: one case for every noise gives ~0 (even though the conditions differ from each
+    other); real cases of the condition give ~1."""
+    from medsynth.models.cgan import CGANModule
+    from medsynth.models.training import data_info_from, load_bank, read_preprocess_info
+
+    info = read_preprocess_info(preprocessed)
+    x, y, _ = load_bank(preprocessed, ("train",))
+    m = CGANModule({**Params().train.cgan.model_dump(), "base_channels": 4}, data_info_from(info), seed=1)
+    m.attach_bank(x, y)
+    m.on_fit_start()
+
+    def one_case_per_condition(yy, z, *masks):
+        first = [m._members[int(c)][0] for c in yy]
+        return x[first, :1].float(), None
+
+    def real_cases(yy, z, *masks):
+        members = m._members[int(yy[0])][::-1]  # the condition's real cases, another order
+        return x[[members[i % len(members)] for i in range(len(yy))], :1].float(), None
+
+    m.g_ema.sample = one_case_per_condition
+    assert m.diversity() < 0.01
+    m.g_ema.sample = real_cases
+    assert 0.6 < m.diversity() < 1.6
