@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
 import time
 import traceback
@@ -203,7 +204,8 @@ def run_medsynth(model: str, shape, batch, device, warmup, steps, compile_: bool
     info = {"conditions": ["normal", "lesion"], "n_mask_labels": N_MASK, "roi_size": list(shape)}
     if model == "vaegan":
         cfg = {"steps": warmup + steps, "batch_size": batch, "backbone": "autoencoderkl", "lr": 1e-4, "lr_d": 1e-4,
-               "kl_weight": 1e-6, "adv_weight": 0.01, "kl_anneal_steps": 0}
+               # the tutorial's 1e-6 x KL sum; medsynth divides the KL by the voxels, hence the factor
+               "kl_weight": 1e-6 * math.prod(shape), "adv_weight": 0.01, "kl_anneal_steps": 0}
     else:
         cfg = {"steps": warmup + steps, "batch_size": batch, "base_channels": 32, "z_dim": 128}
     module = get(model)(cfg, info, seed=0, log_every=10, image_every=10**9)

@@ -121,7 +121,9 @@ class CVAEConfig(_Section):
     latent_dim: int = Field(64, ge=2)
     base_channels: int = Field(16, ge=4)
     lr: float = Field(1e-3, gt=0)
-    kl_weight: float = Field(1e-3, ge=0)
+    kl_weight: float = Field(
+        0.1, ge=0, description="beta of a per-voxel ELBO: the KL (nats per case) is divided by the voxels per case, so the "
+        "weight means the same at 16^3 and 128^3; too large and the decoder ignores its latent (every sample alike)")
     kl_anneal_steps: int = Field(100, ge=0)
     mask_weight: float = Field(1.0, ge=0)
 
@@ -132,7 +134,7 @@ class VAEGANConfig(CVAEConfig):
     adv_start: int = Field(0, ge=0, description="step from which the adversarial loss is used")
     backbone: Literal["conv", "autoencoderkl"] = Field(
         "conv", description="conv: vector latent (samples well from the prior); autoencoderkl: MONAI AutoencoderKL "
-        "with a spatial latent + MONAI PatchDiscriminator (the MONAI recipe; needs a small kl_weight)")
+        "with a spatial latent + MONAI PatchDiscriminator (the MONAI recipe)")
     kl_channels: tuple[int, ...] = Field((32, 64, 64), min_length=2, description="autoencoderkl: channels per level")
     latent_channels: int = Field(3, ge=1, description="autoencoderkl: channels of the spatial latent")
     num_res_blocks: int = Field(1, ge=1)

@@ -267,3 +267,35 @@ def test_diversity_is_measured_within_a_condition_and_sees_collapse(preprocessed
     assert m.diversity() < 0.01
     m.g_ema.sample = real_cases
     assert 0.6 < m.diversity() < 1.6
+
+
+@pytest.fixture(scope="module")
+def adrenal_32(tmp_path_factory):
+    """200 real AdrenalMNIST3D cases (28^3 padded to 32^3), official splits, preprocessed."""
+    from medsynth.data.preprocess import preprocess_cohort
+    from medsynth.io.ingest import ingest_npz
+
+    npz = shared("shapes", "adrenalmnist3d_28.npz")
+    work = tmp_path_factory.mktemp("adrenal32")
+    p = Params()
+    ingest_npz(npz, work / "ingest", p.data.model_copy(update={"input": str(npz), "npz_max_cases": 200}), 0)
+    pre = p.preprocess.model_copy(update={"roi_size": (32, 32, 32), "spacing": (1.0, 1.0, 1.0)})
+    preprocess_cohort(work / "ingest", work / "pre", pre, 0, "lesion")
+    return work / "pre"
+
+
+def test_cvae_uses_its_latent_at_the_default_kl_weight(adrenal_32, tmp_path):
+    """Posterior collapse regression (found on AdrenalMNIST3D at 32^3): with the KL weighted per case, the
+    encoder gave the prior and every sample looked alike. Per voxel (the default), prior samples are as
+    diverse as real cases; the old effective weight (1e-3 x 32^3 voxels) collapses within 60 steps."""
+    from medsynth.models.training import train_model
+
+    p = Params()
+
+    def diversity(kl_weight):
+        cfg = {**p.train.cvae.model_dump(), "steps": 60, "batch_size": 8, "base_channels": 4, "kl_weight": kl_weight}
+        return train_model("cvae", cfg, p.train.model_copy(update={"checkpoint_every": 1000}), adrenal_32,
+                           tmp_path / str(kl_weight), seed=0, progress=False)["final_diversity"]
+
+    default, old = diversity(p.train.cvae.kl_weight), diversity(1e-3 * 32**3)
+    assert default > 1.0 and old < 0.5 and default > 3 * old, (default, old)

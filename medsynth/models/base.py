@@ -68,6 +68,12 @@ class GenerativeModule(L.LightningModule):
         self.bank_x, self.bank_y = x, y
 
     @property
+    def voxels(self) -> int:
+        """Voxels per case: the KL of the VAEs is divided by this, so ``kl_weight`` is the beta of a
+        per-voxel ELBO and means the same at 16^3 and 128^3."""
+        return int(np.prod(self.roi))
+
+    @property
     def step_index(self) -> int:
         return self._step
 

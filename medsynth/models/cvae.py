@@ -81,7 +81,7 @@ class CVAEModule(GenerativeModule):
         eps = self.noise(len(y), cfg.latent_dim)
         out = self.losses(x, y, eps)
         beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
-        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"]
+        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] / self.voxels
         self.check_finite(loss=loss)
         self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(), beta=beta)
         return loss
@@ -100,4 +100,4 @@ class CVAEModule(GenerativeModule):
         rec = (img - x[:, :1]).abs().flatten(1).mean(1)
         seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels), reduction="none").flatten(1).mean(1)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-        return -(rec + self.cfg.mask_weight * seg + self.cfg.kl_weight * kl)
+        return -(rec + self.cfg.mask_weight * seg + self.cfg.kl_weight * kl / self.voxels)

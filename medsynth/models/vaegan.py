@@ -187,7 +187,7 @@ class VAEGANModule(CVAEModule):
         beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
         adv = F.mse_loss(self.discriminator(fake, y), torch.ones_like(d_fake)) if use_adv else torch.zeros((), device=self.device)
         perc = self.perceptual(out["img"], x) if self.perceptual is not None else torch.zeros((), device=self.device)
-        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] + cfg.adv_weight * adv + cfg.perceptual_weight * perc
+        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] / self.voxels + cfg.adv_weight * adv + cfg.perceptual_weight * perc
         self.check_finite(loss=loss)
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -211,4 +211,4 @@ class VAEGANModule(CVAEModule):
         rec = (img - x[:, :1]).abs().flatten(1).mean(1)
         seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels), reduction="none").flatten(1).mean(1)
         kl = gaussian_kl(mu, sigma)
-        return -(rec + self.vg.mask_weight * seg + self.vg.kl_weight * kl)
+        return -(rec + self.vg.mask_weight * seg + self.vg.kl_weight * kl / self.voxels)
