@@ -109,6 +109,7 @@ class CGANConfig(_Section):
     gp_weight: float = Field(10.0, ge=0)
     ema_decay: float = Field(0.99, ge=0, lt=1)
     diffaugment: bool = True
+    minibatch_std: bool = Field(True, description="minibatch standard deviation channel in the discriminator (against mode collapse)")
     conditioning: Literal["class", "mask"] = Field(
         "class", description="class: generate image + mask from noise and the condition; mask: SPADE generator that "
         "paints an image for a given label map (synthesis then needs masks)"

@@ -193,10 +193,22 @@ def one_hot_mask(mask: torch.Tensor, n_mask_labels: int) -> torch.Tensor:
     return nn.functional.one_hot(m, n_mask_labels + 1).permute(0, 4, 1, 2, 3).float()
 
 
+def append_minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Minibatch standard deviation (Karras et al. 2018): one extra channel holding how much the cases of
+    a small group differ from each other, so the discriminator can tell a batch of near-identical fakes
+    from real cases -- a cheap counter to mode collapse."""
+    b = h.shape[0]
+    g = next(k for k in (group, 2, 1) if b % k == 0)
+    v = h.reshape(g, b // g, *h.shape[1:]).float()
+    std = (v.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3, 4))  # (b / g,)
+    channel = std.to(h.dtype).repeat(g)[:, None, None, None, None].expand(b, 1, *h.shape[2:])
+    return torch.cat([h, channel], dim=1)
+
+
 class ProjectionDiscriminator(nn.Module):
     """3D discriminator with spectral norm and projection conditioning (Miyato & Koyama 2018)."""
 
-    def __init__(self, in_channels: int, n_classes: int, base: int, size: int, patch: bool = False):
+    def __init__(self, in_channels: int, n_classes: int, base: int, size: int, patch: bool = False, minibatch_std: bool = False):
         super().__init__()
         levels = n_levels(size)
         chans = [base * min(2**i, 8) for i in range(levels)]
@@ -206,16 +218,19 @@ class ProjectionDiscriminator(nn.Module):
             cin = c
         self.blocks = nn.Sequential(*blocks)
         self.patch = patch
-        self.head = spectral_norm(nn.Conv3d(cin, 1, 3, padding=1)) if patch else spectral_norm(nn.Linear(cin, 1))
+        self.minibatch_std = minibatch_std
+        extra = 1 if minibatch_std else 0
+        self.head = spectral_norm(nn.Conv3d(cin + extra, 1, 3, padding=1)) if patch else spectral_norm(nn.Linear(cin + extra, 1))
         self.embed = spectral_norm(nn.Embedding(n_classes, cin))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.blocks(x)
+        hs = append_minibatch_std(h) if self.minibatch_std else h
         if self.patch:  # a score per patch, projection term per patch
             proj = (self.embed(y)[:, :, None, None, None] * h).sum(1, keepdim=True)
-            return (self.head(h) + proj).flatten(1).mean(1)
-        h = h.sum(dim=(2, 3, 4))
-        return self.head(h)[:, 0] + (self.embed(y) * h).sum(1)
+            return (self.head(hs) + proj).flatten(1).mean(1)
+        pooled = h.sum(dim=(2, 3, 4))
+        return self.head(hs.sum(dim=(2, 3, 4)))[:, 0] + (self.embed(y) * pooled).sum(1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).mean(dim=(2, 3, 4))

@@ -63,7 +63,7 @@ class CGANModule(GenerativeModule):
         self.cfg = cfg
         size = self.roi[0]
         self.generator = build_generator(cfg, self.n_classes, self.n_mask_labels, size)
-        self.discriminator = ProjectionDiscriminator(2 + self.n_mask_labels, self.n_classes, cfg.base_channels, size)
+        self.discriminator = ProjectionDiscriminator(2 + self.n_mask_labels, self.n_classes, cfg.base_channels, size, minibatch_std=cfg.minibatch_std)
         self.g_ema = frozen_copy(self.generator)
         self.automatic_optimization = False
 
