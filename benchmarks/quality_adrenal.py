@@ -154,7 +154,8 @@ def main(argv=None) -> int:
                 per_cond[cond] = score(imgs, masks, ci, real["test"][2] == ci)
                 rows[f"{name} {cond}"] = imgs[:8]
             results["models"][name] = {"train_seconds": round(time.perf_counter() - t, 1), "steps": summary.get("steps"),
-                                       "parameters": summary.get("parameters"), "per_condition": per_cond}
+                                       "parameters": summary.get("parameters"), "final_diversity": summary.get("final_diversity"),
+                                       "diversity_alarms": summary.get("diversity_alarms"), "per_condition": per_cond}
             figures.update(rows)
             print(f"{name}: {per_cond}", file=sys.stderr)
         if args.figures:
