@@ -19,9 +19,8 @@ from medsynth.io.dicom import (
     DicomVolume,
     QuarantineEntry,
     SeriesError,
-    dataset_pixel_problem,
     load_series,
-    read_dataset,
+    read_image_dataset,
     scan_folder,
 )
 from medsynth.io.nifti import load_nifti_checked, make_ras_image, nifti_on_grid, split_4d
@@ -80,11 +79,7 @@ def _convert_series_worker(args: tuple[str, list[str]]) -> tuple[list[dict], lis
     quarantine = []
     for p in paths:
         try:
-            ds = read_dataset(p)  # header and pixel bytes in one read
-            problem = dataset_pixel_problem(ds, ds)
-            if problem:
-                raise SeriesError(problem)
-            files.append((p, ds))
+            files.append((p, read_image_dataset(p)))  # header and pixel bytes in one read
         except SeriesError as exc:
             quarantine.append(QuarantineEntry(_rel(p, root), str(exc)))
     if not files:

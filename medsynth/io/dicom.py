@@ -115,14 +115,18 @@ def discover_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def read_header(path: Path) -> Dataset:
-    """Read a DICOM header without pixels. Raises SeriesError with the reason if it is not usable."""
+def _require_nonempty(path: Path) -> None:
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise SeriesError(f"cannot read file: {exc.strerror}") from None
     if size == 0:
         raise SeriesError("empty file (0 bytes)")
+
+
+def read_header(path: Path) -> Dataset:
+    """Read a DICOM header without pixels. Raises SeriesError with the reason if it is not usable."""
+    _require_nonempty(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -148,18 +152,22 @@ def read_dataset(path: Path) -> Dataset:
     reason (empty, not DICOM, unreadable header, truncated pixel data) as a SeriesError.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)  # force: PACS exports without the 128-byte preamble
-            for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-                if t in ds:
-                    ds[t].value  # noqa: B018 -- parse now, so truncation shows here
-            if "SOPClassUID" in ds and ("Rows" in ds or "Modality" in ds):
-                return ds
-    except Exception:
+        ds = read_full_dataset(path)
+        if "SOPClassUID" in ds and ("Rows" in ds or "Modality" in ds):
+            return ds
+    except SeriesError:
         pass
     read_header(path)  # raises with the reason when the header itself is the problem
     return read_full_dataset(path)  # a file without preamble (read with force), or truncated pixel data
+
+
+def read_image_dataset(path: Path) -> Dataset:
+    """:func:`read_dataset`, and a SeriesError with the reason unless the file holds complete pixel data."""
+    ds = read_dataset(path)
+    problem = dataset_pixel_problem(ds, ds)
+    if problem:
+        raise SeriesError(problem)
+    return ds
 
 
 def read_full_dataset(path: Path) -> Dataset:
@@ -167,7 +175,7 @@ def read_full_dataset(path: Path) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(path, force=True)  # force: PACS exports without the 128-byte preamble
             for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
                 if t in ds:
                     ds[t].value  # noqa: B018 -- parse now, so truncation shows here
@@ -191,15 +199,6 @@ def dataset_pixel_problem(ds: Dataset, header: Dataset) -> str | None:
         if len(value) < need:
             return f"truncated pixel data: {len(value)} of {need} bytes"
     return None
-
-
-def pixel_data_problem(path: Path, header: Dataset) -> str | None:
-    """None when the file holds complete pixel data, else the reason (no pixel data, truncated)."""
-    try:
-        ds = read_full_dataset(path)
-    except SeriesError as exc:
-        return str(exc)
-    return dataset_pixel_problem(ds, header)
 
 
 # --------------------------------------------------------------------------- slices from files
@@ -604,12 +603,7 @@ def read_scan_header(path: Path) -> Dataset:
     (Siemens CSA, GE) nor the pixel data that follow. SeriesError with the reason if unusable."""
     from pydicom.filereader import read_partial
 
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise SeriesError(f"cannot read file: {exc.strerror}") from None
-    if size == 0:
-        raise SeriesError("empty file (0 bytes)")
+    _require_nonempty(path)
     try:
         with warnings.catch_warnings(), open(path, "rb") as fh:
             warnings.simplefilter("ignore")

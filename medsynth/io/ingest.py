@@ -31,7 +31,7 @@ from medsynth import __version__
 from medsynth.config import DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonymizer
-from medsynth.io.dicom import QuarantineEntry, SeriesError, dataset_pixel_problem, discover_files, is_nifti, read_dataset
+from medsynth.io.dicom import QuarantineEntry, SeriesError, discover_files, is_nifti, read_image_dataset
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
 from medsynth.io.phi_scan import IdentifierSet, identifiers_of, kept_values_of, scan_outputs
 from medsynth.io.seg import SegMask, mask_on_image
@@ -162,10 +162,7 @@ def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentif
             out.append({"rel": rel, "reason": f"not an image file ({path.suffix.lower()})"})
             continue
         try:
-            ds = read_dataset(path)  # the one full read: checked, then de-identified in memory
-            problem = dataset_pixel_problem(ds, ds)
-            if problem:
-                raise SeriesError(problem)
+            ds = read_image_dataset(path)  # the one full read: checked, then de-identified in memory
             orig_pid = str(ds.get("PatientID", "") or "")
             orig_series = str(ds.get("SeriesInstanceUID", "") or "")
             before = identifiers_of(ds)
