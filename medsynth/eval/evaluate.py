@@ -239,11 +239,11 @@ def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
 
 def _closest_pairs_figure(model, fig_dir, s_img, f_syn, f_train, train_imgs, copy_threshold, n: int = 4) -> None:
     """The synthetic cases closest to a training patient, each beside that patient (mid axial slices)."""
-    from medsynth.eval.features import pairwise_distances
+    from medsynth.eval.features import nearest, nearest_index
 
-    d = pairwise_distances(f_syn, f_train)
-    nearest_train = d.argmin(1)
-    order = np.argsort(d.min(1))[: min(n, len(f_syn))]
+    dist = nearest(f_syn, f_train)[:, 0]  # chunked: no synthetic x training matrix at cohort scale
+    nearest_train = nearest_index(f_syn, f_train)
+    order = np.argsort(dist)[: min(n, len(f_syn))]
     fig, axes = plt.subplots(2, len(order), figsize=(2.2 * len(order), 4.6), squeeze=False)
     for j, i in enumerate(order):
         for row, (vol, label) in enumerate([(s_img[i], "synthetic"), (train_imgs[nearest_train[i]], "closest training case")]):
@@ -251,7 +251,7 @@ def _closest_pairs_figure(model, fig_dir, s_img, f_syn, f_train, train_imgs, cop
             ax.imshow(_mid_slices(vol)[0], cmap="gray", vmin=-1, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{label}\ndistance {d[i, nearest_train[i]]:.2f}" if row == 0 else label, fontsize=7)
+            ax.set_title(f"{label}\ndistance {dist[i]:.2f}" if row == 0 else label, fontsize=7)
     thr = f" (copy threshold {copy_threshold:.2f})" if copy_threshold is not None else ""
     fig.suptitle(f"{model}: the {len(order)} synthetic cases closest to a training patient{thr}", fontsize=9)
     _savefig(fig, fig_dir / f"{model}_closest_pairs.png")

@@ -71,11 +71,11 @@ def cached_features(cache_dir: Path | None, name: str, key_parts: list[str], com
     path = cache_dir / f"{name}-{key}.npy"
     if path.is_file():
         return np.load(path)
+    from medsynth.io.writers import atomic_path
+
     value = np.asarray(compute())
-    cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob(f"{name}-*.npy"):
         old.unlink()
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, value)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, value)
     return value

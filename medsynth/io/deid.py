@@ -377,7 +377,7 @@ class Deidentifier:
                 if elem.VR == "SQ":
                     for item in elem.value:
                         self._walk(item, shift, actions)
-                elif elem.VR == "UI" and elem.value and all(_is_instance_uid(str(v)) for v in _values(elem)):
+                elif elem.VR == "UI" and elem.value and all(_is_instance_uid(str(v)) for v in element_values(elem)):
                     # an instance UID the table does not list: replace it the same keyed way
                     elem.value = self._uid_value(elem.value)
                     actions["U"] += 1
@@ -429,7 +429,8 @@ class Deidentifier:
         del ds[tag]
 
 
-def _values(elem: DataElement) -> list:
+def element_values(elem: DataElement) -> list:
+    """An element's values as a list, whatever its multiplicity."""
     return list(elem.value) if elem.VM > 1 else [elem.value]
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from medsynth.io.deid import element_values
+
 DIRECT_IDENTIFIERS = (
     "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber", "InstitutionName",
     "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
@@ -76,7 +78,7 @@ def identifiers_of(ds: Dataset) -> IdentifierSet:
     for kw in DIRECT_IDENTIFIERS:
         elem = ds.data_element(kw) if kw in ds else None
         if elem is not None and elem.value:
-            for v in _values(elem):
+            for v in element_values(elem):
                 out.add(str(v), kw)
     _uids(ds, out)
     return out
@@ -94,7 +96,7 @@ def kept_values_of(ds: Dataset, out: IdentifierSet | None = None) -> IdentifierS
             for item in elem.value or []:
                 kept_values_of(item, out)
         elif elem.VR in _TEXT_VRS and elem.value and elem.keyword not in DIRECT_IDENTIFIERS:
-            for v in _values(elem):
+            for v in element_values(elem):
                 out.add(str(v), "kept")
     return out
 
@@ -105,13 +107,9 @@ def _uids(ds: Dataset, out: IdentifierSet) -> None:
             for item in elem.value or []:
                 _uids(item, out)
         elif elem.VR == "UI" and elem.value:
-            for v in _values(elem):
+            for v in element_values(elem):
                 if str(v).count(".") >= 3 and not str(v).startswith("1.2.840.10008."):  # standard SOP/transfer-syntax UIDs are not identifiers
                     out.add(str(v), f"UID ({elem.keyword or 'private'})")
-
-
-def _values(elem) -> list:
-    return list(elem.value) if elem.VM > 1 else [elem.value]
 
 
 def _searchable_bytes(path: Path) -> bytes:
