@@ -219,11 +219,13 @@ def convert_folder(
         if not targets:
             quarantine.append(QuarantineEntry(seg.source, "DICOM SEG: the image series it references is not among the converted 3D volumes"))
             continue
+        miss = None
         for name, shape, affine in targets:
             grid = nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
             try:
                 labels = mask_on_image(seg, grid)
-            except SeriesError:
+            except SeriesError as exc:
+                miss = str(exc)
                 continue  # a split part of the series the SEG does not cover
             seg_name = name.replace(".nii.gz", "_seg.nii.gz")
             write_nifti_atomic(output_dir / seg_name, nifti_on_grid(labels, affine, "medsynth mask"))
@@ -234,7 +236,7 @@ def convert_folder(
                 "source": seg.source,
             })
         if len(rows) == rows_before:
-            quarantine.append(QuarantineEntry(seg.source, "DICOM SEG does not overlap the image series it references (no segment voxel on its grid)"))
+            quarantine.append(QuarantineEntry(seg.source, miss))  # mask_on_image's reason: no overlap
     write_csv_atomic(output_dir / "series.csv", rows, SERIES_FIELDS + ["source"])
     write_csv_atomic(output_dir / "quarantine.csv", [q.__dict__ for q in quarantine], QUARANTINE_FIELDS)
     return ConvertResult(rows, quarantine)

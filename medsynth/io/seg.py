@@ -32,10 +32,6 @@ class SegMask:
     segment_labels: dict[int, str]
     image: nib.Nifti1Image
 
-    @property
-    def n_segments(self) -> int:
-        return len(self.segment_labels)
-
 
 def _referenced_series(seg) -> set[str]:
     refs = {str(series) for _study, series, _sop in seg.get_source_image_uids()}
