@@ -127,10 +127,9 @@ def _check_replicas(trainer, module) -> bool | None:
         return None
     digest = torch.stack([p.detach().double().sum() for p in module.parameters()]).to(module.device)
     gathered = trainer.strategy.all_gather(digest)
-    same = bool(torch.equal(gathered.min(0).values, gathered.max(0).values))
-    if not same:
+    if not torch.equal(gathered.min(0).values, gathered.max(0).values):
         raise RuntimeError("DDP replicas ended with different weights: gradient synchronisation failed; nothing exported")
-    return same
+    return True
 
 
 def train_model(
