@@ -108,7 +108,13 @@ class CGANConfig(_Section):
     r1_every: int = Field(4, ge=1)
     gp_weight: float = Field(10.0, ge=0)
     ema_decay: float = Field(0.99, ge=0, lt=1)
-    diffaugment: bool = True
+    diffaugment: bool = Field(True, description="differentiable augmentation of real and fake before the discriminator "
+                              "(flips, translation, intensity, cutout), each applied with probability augment_p")
+    ada_target: float = Field(
+        0.6, ge=0, le=1, description="adaptive augmentation (ADA): augment_p rises while the share of real cases the "
+        "discriminator scores positive exceeds this (it is memorising them) and falls otherwise; 0: fixed augment_p = 1 "
+        "(plain DiffAugment, every batch augmented)")
+    ada_images: int = Field(2000, ge=1, description="real cases shown for augment_p to move from 0 to 1 (ADA speed)")
     minibatch_std: bool = Field(True, description="minibatch standard deviation channel in the discriminator (against mode collapse)")
     conditioning: Literal["class", "mask"] = Field(
         "class", description="class: generate image + mask from noise and the condition; mask: SPADE generator that "

@@ -299,3 +299,42 @@ def test_cvae_uses_its_latent_at_the_default_kl_weight(adrenal_32, tmp_path):
 
     default, old = diversity(p.train.cvae.kl_weight), diversity(1e-3 * 32**3)
     assert default > 1.0 and old < 0.5 and default > 3 * old, (default, old)
+
+
+def test_adaptive_augmentation_is_identity_at_p0_and_follows_discriminator_overfitting(preprocessed):
+    """ADA: p = 0 leaves batches untouched; p = 1 flips/shifts/cuts out (cutout fills with background, not
+    a grey cube); p rises by (cases seen) / ada_images while D scores more than ada_target of real cases
+    positive, falls otherwise, stays in [0, 1]; ada_target 0 is plain DiffAugment (p = 1, never adapted)."""
+    from medsynth.models.cgan import ADA_INTERVAL, CGANModule, diff_augment
+    from medsynth.models.training import data_info_from, load_bank, read_preprocess_info
+
+    info = data_info_from(read_preprocess_info(preprocessed))
+    x, y, _ = load_bank(preprocessed, ("train",))
+    m = CGANModule({**Params().train.cgan.model_dump(), "base_channels": 4, "ada_images": 64}, info, seed=1)
+    m.attach_bank(x, y)
+    m.on_fit_start()
+    real = m.joint(x[:6].float())
+    assert torch.equal(diff_augment(real, torch.Generator().manual_seed(0), 0.0), real)
+    aug = diff_augment(real, torch.Generator().manual_seed(0), torch.tensor(1.0))
+    assert not torch.equal(aug, real)
+    assert torch.allclose(aug[:, 1:].sum(1), torch.ones_like(aug[:, 1])), "every voxel keeps exactly one label"
+    full = m.joint(torch.ones_like(x[:6]).float())  # all foreground: the cutout cube is the only background
+    cut = diff_augment(full, torch.Generator().manual_seed(0), 1.0)
+    side = x.shape[2] // 4
+    assert ((cut[:, 1] == 1) & (cut[:, 0] == -1)).flatten(1).sum(1).tolist() == [side**3] * len(full)
+    assert float(m.augment_p) == 0.0
+
+    def run(d_real_value: float, iterations: int) -> list[float]:
+        ps = []
+        for _ in range(iterations):
+            m._adapt_augmentation(torch.full((8,), d_real_value))
+            m._step += 1
+            ps.append(float(m.augment_p))
+        return ps
+
+    ps = run(2.0, 3 * ADA_INTERVAL)  # D scores every real case positive: memorising
+    assert ps[ADA_INTERVAL - 1] == pytest.approx(8 * ADA_INTERVAL / 64) and ps[-1] == pytest.approx(1.0)
+    assert float(m.ada_rt) == 1.0
+    assert run(-1.0, 4 * ADA_INTERVAL)[-1] == 0.0  # a D that no longer tells reals apart: augmentation off
+    fixed = CGANModule({**Params().train.cgan.model_dump(), "base_channels": 4, "ada_target": 0}, info, seed=1)
+    assert float(fixed.augment_p) == 1.0

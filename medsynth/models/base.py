@@ -253,6 +253,10 @@ class GenerativeModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.diversity_alarms = list(checkpoint.get("medsynth_diversity_alarms", []))
 
+    def summary_extras(self) -> dict:
+        """Model-specific figures for train.json (e.g. the cGAN's final augmentation probability)."""
+        return {}
+
     # ------------------------------------------------------------------ export
     def export(self) -> dict:
         return {

@@ -7,7 +7,9 @@
 * Discriminator: spectral norm, projection conditioning, sees image + (soft) one-hot mask.
 * Losses: hinge (default), non-saturating, WGAN-GP; lazy R1 penalty on reals; an EMA generator
   for sampling; DiffAugment (flip, translation, cutout, intensity) applied to real and fake alike
-  so a few dozen rare cases are not memorised by the discriminator.
+  so a few dozen rare cases are not memorised by the discriminator, with an adaptive probability
+  (ADA): augmentation on a large cohort the discriminator does not memorise slows learning and
+  collapsed the generator (AdrenalMNIST3D, docs/benchmarks.md), so it is only as strong as needed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from medsynth.models.blocks import (
     compose_sample,
     one_hot_mask,
     random_cutout,
-    random_flip_shift,
 )
 
 Generator = ConditionalDecoder  # noise + class -> image + mask
@@ -36,18 +37,37 @@ def build_generator(cfg: CGANConfig, n_classes: int, n_mask_labels: int, size: i
     return cls(cfg.z_dim, n_classes, n_mask_labels, cfg.base_channels, size)
 
 
-def diff_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Differentiable 3D augmentation applied identically in kind to real and fake batches: flips and
-    translation, brightness and contrast on the image channel, cutout of a quarter-size cube."""
+ADA_INTERVAL = 4  # steps between updates of the adaptive augmentation probability
+
+
+def diff_augment(x: torch.Tensor, g: torch.Generator, p: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Differentiable 3D augmentation (DiffAugment) applied in the same way to real and fake batches before
+    the discriminator, each operation to each case with probability ``p`` (ADA): a random flip along each
+    axis, a translation (one shift per batch, up to 1/8 of the size), brightness and contrast of the image
+    channel, and cutout of a quarter-size cube filled with background (image -1, background label).
+    ``p`` may be a tensor on x's device: nothing here waits for the GPU."""
     b = x.shape[0]
     dev = x.device
-    x = random_flip_shift(x, g, lambda t: to_device(t, dev))
-    bright = to_device(torch.rand(b, generator=g) - 0.5, dev)[:, None, None, None, None] * 0.2
-    contrast = to_device(torch.rand(b, generator=g) * 0.4 + 0.8, dev)[:, None, None, None, None]
+    shape = (b, 1, 1, 1, 1)
+
+    def draw() -> torch.Tensor:
+        return to_device(torch.rand(b, generator=g), dev).view(shape)
+
+    def chosen() -> torch.Tensor:
+        return draw() < p
+
+    for axis in (2, 3, 4):
+        x = torch.where(chosen() & (draw() < 0.5), x.flip(axis), x)
+    shifts = [int(torch.randint(-s // 8, s // 8 + 1, (1,), generator=g)) for s in x.shape[2:]]
+    x = torch.where(chosen(), torch.roll(x, shifts=shifts, dims=(2, 3, 4)), x)
+    on, bright, contrast = chosen(), (draw() - 0.5) * 0.2, draw() * 0.4 + 0.8
     img = x[:, :1]
     mean = img.mean(dim=(2, 3, 4), keepdim=True)
-    img = (img - mean) * contrast + mean + bright
-    return random_cutout(torch.cat([img, x[:, 1:]], 1), g)
+    x = torch.cat([torch.where(on, (img - mean) * contrast + mean + bright, img), x[:, 1:]], 1)
+    keep = torch.where(chosen(), random_cutout(torch.ones_like(x[:, :1]), g), 1.0)
+    background = torch.zeros_like(x[:1])
+    background[:, :2] = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=dev).view(1, 2, 1, 1, 1)
+    return x * keep + background * (1 - keep)
 
 
 class CGANModule(GenerativeModule):
@@ -66,6 +86,12 @@ class CGANModule(GenerativeModule):
         self.discriminator = ProjectionDiscriminator(2 + self.n_mask_labels, self.n_classes, cfg.base_channels, size, minibatch_std=cfg.minibatch_std)
         self.g_ema = frozen_copy(self.generator)
         self.automatic_optimization = False
+        # adaptive augmentation state, in the checkpoint so a resumed run continues exactly
+        adaptive = cfg.diffaugment and cfg.ada_target > 0
+        self.register_buffer("augment_p", torch.tensor(0.0 if adaptive else 1.0))
+        self.register_buffer("ada_signs", torch.tensor(0.0))  # sum of sign(D(real)) since the last update
+        self.register_buffer("ada_count", torch.tensor(0.0))
+        self.register_buffer("ada_rt", torch.tensor(0.0))  # the last overfitting measure r_t
 
     @property
     def sampler(self) -> nn.Module:
@@ -95,7 +121,30 @@ class CGANModule(GenerativeModule):
         return -d_fake.mean()
 
     def _augment(self, x: torch.Tensor, purpose: int) -> torch.Tensor:
-        return diff_augment(x, self.step_generator(purpose)) if self.cfg.diffaugment else x
+        return diff_augment(x, self.step_generator(purpose), self.augment_p) if self.cfg.diffaugment else x
+
+    @torch.no_grad()
+    def _adapt_augmentation(self, d_real: torch.Tensor) -> None:
+        """ADA (Karras et al. 2020): r_t = mean sign(D(real)) over the last ADA_INTERVAL steps measures how
+        much D memorises the training cases (1: it scores every real case as real); p moves towards more
+        augmentation while r_t > ada_target and towards less otherwise, by (cases seen) / ada_images.
+        On device, no host sync; under DDP the counts of all processes are summed so p stays identical."""
+        cfg = self.cfg
+        self.ada_signs += torch.sign(d_real.float()).sum()
+        self.ada_count += d_real.numel()
+        if (self._step + 1) % ADA_INTERVAL:
+            return
+        stats = torch.stack([self.ada_signs, self.ada_count])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        rt = stats[0] / stats[1].clamp(min=1)
+        self.augment_p.copy_((self.augment_p + torch.sign(rt - cfg.ada_target) * stats[1] / cfg.ada_images).clamp(0, 1))
+        self.ada_rt.copy_(rt)
+        self.ada_signs.zero_()
+        self.ada_count.zero_()
+
+    def summary_extras(self) -> dict:
+        return {"augment_p": round(float(self.augment_p), 4)} if self.cfg.diffaugment else {}
 
     def step(self):
         opt_g, opt_d = self.optimizers()
@@ -111,6 +160,8 @@ class CGANModule(GenerativeModule):
         d_real = self.discriminator(self._augment(real, 10), y)
         d_fake = self.discriminator(self._augment(fake, 10), y)
         loss_d = self._d_loss(d_real, d_fake)
+        if cfg.diffaugment and cfg.ada_target > 0:
+            self._adapt_augmentation(d_real.detach())
         penalty = torch.zeros((), device=self.device)
         if cfg.loss == "wgan-gp":
             a = to_device(torch.rand(len(y), 1, 1, 1, 1, generator=self.step_generator(11)), self.device)
@@ -140,6 +191,7 @@ class CGANModule(GenerativeModule):
         self.log_scalars(
             loss_d=loss_d.detach(), loss_g=loss_g.detach(), penalty=penalty.detach(), grad_norm_d=gn_d, grad_norm_g=gn_g,
             d_real=d_real.mean().detach(), d_fake=d_fake.mean().detach(), dg_balance=(d_real.mean() - d_fake.mean()).detach(),
+            **({"augment_p": self.augment_p, "ada_rt": self.ada_rt} if cfg.diffaugment else {}),
         )
 
     @torch.no_grad()

@@ -227,6 +227,7 @@ def train_model(
     }
     if replicas is not None:
         summary["ddp_replicas_identical"] = replicas
+    summary.update(getattr(module, "summary_extras", dict)())
     if hasattr(module, "diversity"):
         summary["final_diversity"] = round(module.diversity(), 4)
         summary["diversity_alarms"] = list(getattr(module, "diversity_alarms", []))
