@@ -115,6 +115,9 @@ class CGANConfig(_Section):
         "discriminator scores positive exceeds this (it is memorising them) and falls otherwise; 0: fixed augment_p = 1 "
         "(plain DiffAugment, every batch augmented)")
     ada_images: int = Field(2000, ge=1, description="real cases shown for augment_p to move from 0 to 1 (ADA speed)")
+    mode_seeking: float = Field(
+        0.03, ge=0, description="weight of the mode-seeking term (MSGAN): the generator pays 1 / (how much its samples of "
+        "one condition change with the noise), against the collapse where every noise gives the same case; 0: off")
     minibatch_std: bool = Field(True, description="minibatch standard deviation channel in the discriminator (against mode collapse)")
     conditioning: Literal["class", "mask"] = Field(
         "class", description="class: generate image + mask from noise and the condition; mask: SPADE generator that "
@@ -182,7 +185,7 @@ class TrainConfig(_Section):
         "the VAE-GAN at 96x96x64 and was 12% slower at 64^3 (docs/benchmarks.md)")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward to save GPU memory")
     diversity_alarm: float = Field(
-        0.2, ge=0, le=1, description="mode-collapse alarm: warn (and record in train.json) when samples of a fixed noise "
+        0.5, ge=0, le=1, description="mode-collapse alarm: warn (and record in train.json) when samples of a fixed noise "
         "batch are less than this fraction as diverse as real pairs; 0 turns it off")
     cgan: CGANConfig = CGANConfig()
     cvae: CVAEConfig = CVAEConfig()

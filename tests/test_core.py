@@ -338,3 +338,14 @@ def test_adaptive_augmentation_is_identity_at_p0_and_follows_discriminator_overf
     assert run(-1.0, 4 * ADA_INTERVAL)[-1] == 0.0  # a D that no longer tells reals apart: augmentation off
     fixed = CGANModule({**Params().train.cgan.model_dump(), "base_channels": 4, "ada_target": 0}, info, seed=1)
     assert float(fixed.augment_p) == 1.0
+
+
+def test_noise_sensitivity_is_zero_for_a_generator_that_ignores_its_noise():
+    """The mode-seeking term's measure: 0 when every noise gives the same case (the term 1/(s + eps) is then
+    huge), the sample change per unit of noise change otherwise."""
+    from medsynth.models.cgan import noise_sensitivity
+
+    same = torch.zeros(4, 3, 8, 8, 8)
+    za, zb = torch.zeros(4, 16), torch.ones(4, 16)
+    assert float(noise_sensitivity(same, same, za, zb)) == 0.0
+    assert float(noise_sensitivity(same, same + 0.5, za, zb * 2)) == pytest.approx(0.25)
