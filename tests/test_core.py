@@ -349,3 +349,24 @@ def test_noise_sensitivity_is_zero_for_a_generator_that_ignores_its_noise():
     za, zb = torch.zeros(4, 16), torch.ones(4, 16)
     assert float(noise_sensitivity(same, same, za, zb)) == 0.0
     assert float(noise_sensitivity(same, same + 0.5, za, zb * 2)) == pytest.approx(0.25)
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(preprocessed, tmp_path):
+    """dvc repro after a params change reruns train with the persisted checkpoints still there: a checkpoint
+    written under another learning rate (or by another version of the network) must not be continued;
+    the run starts afresh and says why. Raising ``steps`` alone still resumes."""
+    cut = tmp_path / "cut"
+    _train("cgan", preprocessed, cut, 4, stop_after=2)
+    s = _train("cgan", preprocessed, cut, 6)  # only steps changed: resumed
+    assert "fresh_start" not in s
+    with pytest.warns(UserWarning, match=r"not resumed, written under other settings \(lr_g: 0.0002 -> 0.0001\)"):
+        s = _train("cgan", preprocessed, cut, 6, extra={"lr_g": 1e-4})
+    assert "lr_g" in s["fresh_start"] and s["steps"] == 6
+    _train("cgan", preprocessed, tmp_path / "fresh", 6, extra={"lr_g": 1e-4})
+    a, b = _weights(cut / "model.pt"), _weights(tmp_path / "fresh" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the fresh start equals a run that never saw the old checkpoint"
+    blob = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)  # another version of the network
+    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if "head" not in k}
+    torch.save(blob, cut / "checkpoints" / "last.ckpt")
+    with pytest.warns(UserWarning, match="another version of the network"):
+        assert _train("cgan", preprocessed, cut, 7, extra={"lr_g": 1e-4})["steps"] == 7

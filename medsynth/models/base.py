@@ -248,6 +248,7 @@ class GenerativeModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.raise_if_diverged()
         checkpoint["medsynth_config"] = json.loads(json.dumps(self.config))
+        checkpoint["medsynth_run"] = json.loads(json.dumps(getattr(self, "run_signature", None)))
         checkpoint["medsynth_diversity_alarms"] = list(self.diversity_alarms)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

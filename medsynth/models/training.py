@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from medsynth.config import TrainConfig
@@ -120,6 +122,53 @@ def build_module(name: str, model_cfg: dict, data_info: dict, seed: int, train_c
     return module
 
 
+def run_signature(name: str, model_cfg: dict, seed: int, info: dict, rows: list[dict]) -> dict:
+    """What a checkpoint must share with this run to be resumed: the model, its settings except ``steps``
+    (raising steps continues a run), the seed, the preprocessing and the training cases."""
+    cases = hashlib.sha256("\n".join(sorted(str(r.get("case_id", "")) for r in rows)).encode()).hexdigest()[:16]
+    return {"model": name, "config": {k: v for k, v in sorted(model_cfg.items()) if k != "steps"}, "seed": int(seed),
+            "transform_hash": info.get("transform_hash"), "train_cases": cases}
+
+
+def discard_foreign_checkpoint(ckpt_dir: Path, module) -> str | None:
+    """Resume only a checkpoint of this very run. A checkpoint written under other settings (a changed
+    learning rate, another seed, new training cases) or by another version of the network (other weight
+    shapes) would otherwise be continued silently, or fail deep inside Lightning. Such checkpoints are
+    deleted (they are this stage's own outputs) and the reason is returned and printed; None: nothing
+    to discard."""
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        blob = torch.load(last, map_location="cpu", weights_only=True)
+        saved = blob.get("medsynth_run")
+        state = blob.get("state_dict", {})
+    except Exception as exc:  # noqa: BLE001 -- an unreadable checkpoint is not resumable, whatever the cause
+        saved, state, reason = None, {}, f"unreadable ({type(exc).__name__})"
+    else:
+        reason = None
+    current = getattr(module, "run_signature", None)
+    if reason is None and current is not None and saved != json.loads(json.dumps(current)):
+        if not saved:
+            reason = "written without a run signature (an older medsynth)"
+        else:
+            changed = [k for k in current if k != "config" and saved.get(k) != current[k]]
+            cfg_old, cfg_new = saved.get("config", {}), current["config"]
+            changed += [f"{k}: {cfg_old.get(k)!r} -> {cfg_new.get(k)!r}" for k in sorted(set(cfg_old) | set(cfg_new)) if cfg_old.get(k) != cfg_new.get(k)]
+            reason = "written under other settings (" + "; ".join(changed) + ")"
+    if reason is None:
+        own = module.state_dict()
+        if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
+            reason = "written by another version of the network (its weights do not fit)"
+    if reason is None:
+        return None
+    for f in ckpt_dir.glob("*.ckpt"):
+        f.unlink(missing_ok=True)
+    message = f"{last}: not resumed, {reason}; training starts afresh"
+    rank_zero_warn(message)
+    return message
+
+
 def _check_replicas(trainer, module) -> bool | None:
     """Under DDP, whether every process ended with the same weights (they must: gradients are averaged);
     None for a single process. A divergence stops the run rather than exporting one replica silently."""
@@ -159,6 +208,9 @@ def train_model(
     n_opt = 1 if module.automatic_optimization else len(module.configure_optimizers())
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    if hasattr(module, "accelerate"):  # a GenerativeModule writes its run signature into its checkpoints
+        module.run_signature = run_signature(name, model_cfg, seed, info, rows)
+    fresh_start = discard_foreign_checkpoint(ckpt_dir, module)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=train_cfg.checkpoint_every * n_opt, save_last=True, save_top_k=1, monitor=None)]
     logger = False
     if live_dir is not None:
@@ -227,6 +279,8 @@ def train_model(
     }
     if replicas is not None:
         summary["ddp_replicas_identical"] = replicas
+    if fresh_start:
+        summary["fresh_start"] = fresh_start
     summary.update(getattr(module, "summary_extras", dict)())
     if hasattr(module, "diversity"):
         summary["final_diversity"] = round(module.diversity(), 4)
