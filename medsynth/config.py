@@ -142,6 +142,9 @@ class VAEGANConfig(CVAEConfig):
     adv_weight: float = Field(0.05, ge=0, description="weight of the adversarial loss in the VAE step")
     lr_d: float = Field(2e-4, gt=0)
     adv_start: int = Field(0, ge=0, description="step from which the adversarial loss is used")
+    prior_adversarial: bool = Field(
+        False, description="the discriminator also judges samples decoded from the prior (Larsen et al. 2016), not "
+        "only reconstructions, so what synthesis draws is trained to look real")
     backbone: Literal["conv", "autoencoderkl"] = Field(
         "conv", description="conv: vector latent (samples well from the prior); autoencoderkl: MONAI AutoencoderKL "
         "with a spatial latent + MONAI PatchDiscriminator (the MONAI recipe)")

@@ -370,3 +370,17 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(preprocessed, tmp_path):
     torch.save(blob, cut / "checkpoints" / "last.ckpt")
     with pytest.warns(UserWarning, match="another version of the network"):
         assert _train("cgan", preprocessed, cut, 7, extra={"lr_g": 1e-4})["steps"] == 7
+
+
+def test_vaegan_prior_adversarial_shows_prior_samples_to_the_discriminator(preprocessed, tmp_path, monkeypatch):
+    """With prior_adversarial the discriminator judges samples decoded from the prior as well as
+    reconstructions (2 more calls per step: one in its own step, one in the VAE step), and training runs."""
+    from medsynth.models.blocks import ProjectionDiscriminator
+
+    calls = []
+    forward = ProjectionDiscriminator.forward
+    monkeypatch.setattr(ProjectionDiscriminator, "forward", lambda self, x, y: calls.append(len(x)) or forward(self, x, y))
+    train_tiny("vaegan", preprocessed, tmp_path / "plain", 2, extra={"prior_adversarial": False})
+    plain, calls[:] = len(calls), []
+    s = train_tiny("vaegan", preprocessed, tmp_path / "prior", 2, extra={"prior_adversarial": True})
+    assert s["steps"] == 2 and len(calls) == plain + 2 * 2

@@ -175,10 +175,18 @@ class VAEGANModule(CVAEModule):
         out = self.losses(x, y, eps)
         fake = self.layout(compose_sample(out["img"], out["logits"]))
         use_adv = self.step_index >= cfg.adv_start
+        # samples from the prior, judged too (Larsen et al. 2016): reconstructions alone never show the
+        # discriminator what the sampler draws, and the prior samples collapsed on AdrenalMNIST3D
+        prior = None
+        if cfg.prior_adversarial and use_adv:
+            prior = self.layout(compose_sample(*self.sampler(self.noise(len(y), self.sampler.z_dim, purpose=3), y)))
         # discriminator (least squares, as in the MONAI recipe)
         d_real = self.discriminator(real, y)
         d_fake = self.discriminator(fake.detach(), y)
         loss_d = 0.5 * (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake)))
+        if prior is not None:
+            d_prior = self.discriminator(prior.detach(), y)
+            loss_d = loss_d + 0.5 * F.mse_loss(d_prior, torch.zeros_like(d_prior))
         self.check_finite(loss_d=loss_d)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
@@ -186,6 +194,8 @@ class VAEGANModule(CVAEModule):
         # VAE
         beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
         adv = F.mse_loss(self.discriminator(fake, y), torch.ones_like(d_fake)) if use_adv else torch.zeros((), device=self.device)
+        if prior is not None:
+            adv = adv + F.mse_loss(self.discriminator(prior, y), torch.ones_like(d_fake))
         perc = self.perceptual(out["img"], x) if self.perceptual is not None else torch.zeros((), device=self.device)
         loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] / self.voxels + cfg.adv_weight * adv + cfg.perceptual_weight * perc
         self.check_finite(loss=loss)
