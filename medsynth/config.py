@@ -144,7 +144,8 @@ class VAEGANConfig(CVAEConfig):
     adv_start: int = Field(0, ge=0, description="step from which the adversarial loss is used")
     prior_adversarial: bool = Field(
         False, description="the discriminator also judges samples decoded from the prior (Larsen et al. 2016), not "
-        "only reconstructions, so what synthesis draws is trained to look real")
+        "only reconstructions, so what synthesis draws is trained to look real (AdrenalMNIST3D: lower MMD, did not stop the "
+        "collapse of the prior samples; docs/benchmarks.md)")
     backbone: Literal["conv", "autoencoderkl"] = Field(
         "conv", description="conv: vector latent (samples well from the prior); autoencoderkl: MONAI AutoencoderKL "
         "with a spatial latent + MONAI PatchDiscriminator (the MONAI recipe)")
