@@ -96,8 +96,8 @@ class CGANModule(GenerativeModule):
         self.g_ema = frozen_copy(self.generator)
         self.automatic_optimization = False
         # adaptive augmentation state, in the checkpoint so a resumed run continues exactly
-        adaptive = cfg.diffaugment and cfg.ada_target > 0
-        self.register_buffer("augment_p", torch.tensor(0.0 if adaptive else 1.0))
+        self.adaptive_augmentation = cfg.diffaugment and cfg.ada_target > 0
+        self.register_buffer("augment_p", torch.tensor(0.0 if self.adaptive_augmentation else 1.0))
         self.register_buffer("ada_signs", torch.tensor(0.0))  # sum of sign(D(real)) since the last update
         self.register_buffer("ada_count", torch.tensor(0.0))
         self.register_buffer("ada_rt", torch.tensor(0.0))  # the last overfitting measure r_t
@@ -169,7 +169,7 @@ class CGANModule(GenerativeModule):
         d_real = self.discriminator(self._augment(real, 10), y)
         d_fake = self.discriminator(self._augment(fake, 10), y)
         loss_d = self._d_loss(d_real, d_fake)
-        if cfg.diffaugment and cfg.ada_target > 0:
+        if self.adaptive_augmentation:
             self._adapt_augmentation(d_real.detach())
         penalty = torch.zeros((), device=self.device)
         if cfg.loss == "wgan-gp":
