@@ -6,6 +6,7 @@ pipeline writes: NIfTI, CSV, JSON, DVCLive logs, dvc.lock, the HTML report and i
 then opened in a real headless Chromium and its PDF rendered to PNG pages with pdftoppm.
 """
 
+import csv
 import gzip
 import json
 import re
@@ -101,6 +102,7 @@ def tiny_repo(tmp_path_factory):
     for m in ("cgan", "cvae"):
         params["train"][m].update({"steps": 3, "batch_size": 2, "base_channels": 4})
     params["train"]["checkpoint_every"] = 2
+    params["train"]["log_every"] = 1  # every step a DVCLive row: the resume check below counts them
     params["synthesize"]["per_condition"] = {"normal": 3, "lesion": 3}
     params["evaluate"]["bootstrap"] = 20
     params["evaluate"]["encoder"].update({"steps": 5, "batch_size": 4, "width": 4, "dim": 16})
@@ -140,6 +142,35 @@ def test_dvc_repro_tiny(tiny_repo):
     assert "Running stage" not in out  # second run: nothing reruns
     _run(dvc + ["metrics", "show"], repo)
     _run(dvc + ["params", "diff"], repo)
+
+
+@pytest.mark.integration
+def test_dvc_repro_resumes_training_and_keeps_its_curves(tiny_repo):
+    """More steps in params.yaml -> `dvc repro` continues from the persisted checkpoint and the DVCLive
+    curves grow; a forced rerun with nothing left to train (what a code change does) still succeeds."""
+    repo = tiny_repo["repo"]
+    dvc = [sys.executable, "-m", "dvc"]
+    curves = repo / "dvclive/cgan/plots/metrics"
+
+    def steps_logged() -> dict[str, list[int]]:
+        return {p.relative_to(curves).as_posix(): [int(float(r["step"])) for r in csv.DictReader(p.open(), delimiter="\t")]
+                for p in sorted(curves.rglob("*.tsv"))}
+
+    before = steps_logged()
+    assert before["loss_g.tsv"] == [0, 1, 2], before  # logged every step (tiny config)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["cgan"]["steps"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = _run(dvc + ["repro", "-s", "train@cgan"], repo)
+    assert "Running stage 'train@cgan'" in out
+    summary = json.loads((repo / "models/cgan/train.json").read_text())
+    assert summary["steps"] == 5 and "fresh_start" not in summary, summary  # resumed, not restarted
+    after = steps_logged()
+    assert after["loss_g.tsv"] == [0, 1, 2, 3, 4], after  # appended to, not reset
+    assert set(after) == set(before)
+    _run(dvc + ["repro", "-f", "-s", "train@cgan"], repo)  # nothing left to train: still a clean run
+    assert steps_logged() == after
+    assert json.loads((repo / "models/cgan/train.json").read_text())["steps"] == 5
 
 
 def _texts(root: Path):

@@ -181,6 +181,37 @@ def _check_replicas(trainer, module) -> bool | None:
     return True
 
 
+def _dvclive_logger(live_dir: Path, resume: bool):
+    """DVCLive's Lightning logger, with one row per step in every curve. Two mends, both found by the
+    resume test in tests/test_pipeline.py:
+
+    * dvclive 3.x reads ``step=0`` as "no step given" (``if step:`` in ``dvclive.fabric``) and files it
+      under the previous step + 1: steps 0 and 1 both appeared as step 1;
+    * a run resumed from a checkpoint first replays the last metrics Lightning restored with it, and a
+      run resumed after an interruption logs again the steps between its checkpoint and the
+      interruption: both repeated rows already in the curves. A step at or below the last one logged
+      (in this process or, on resume, in the curves' metrics.json) is dropped; training is exactly
+      resumable (tests/test_core.py), so those rows hold the same values."""
+    from dvclive.lightning import DVCLiveLogger
+
+    class _Logger(DVCLiveLogger):
+        _last_step: int | None = None
+
+        def log_metrics(self, metrics, step=None, sync=False):
+            if self._last_step is None:
+                self._last_step = int(self.experiment.read_step()) if resume and "step" in self.experiment.read_latest() else -1
+            if step is not None:
+                if step <= self._last_step:
+                    return
+                self._last_step = step
+            if step == 0:
+                self.experiment.step = -1  # the parent advances a missing step by one: to 0
+                step = None
+            super().log_metrics(metrics, step, sync)
+
+    return _Logger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=resume)
+
+
 def train_model(
     name: str,
     model_cfg: dict,
@@ -214,9 +245,7 @@ def train_model(
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=train_cfg.checkpoint_every * n_opt, save_last=True, save_top_k=1, monitor=None)]
     logger = False
     if live_dir is not None:
-        from dvclive.lightning import DVCLiveLogger
-
-        logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=last.is_file())
+        logger = _dvclive_logger(live_dir, resume=last.is_file())
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
