@@ -35,7 +35,9 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cond = F.one_hot(y, self.n_classes).float()[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
         h = self.blocks(torch.cat([x, cond], 1)).flatten(1)
-        return self.mu(h), self.logvar(h).clamp(-10, 10)
+        # bounded to [-10, 10] softly: a hard clamp has no gradient outside the range, so a dimension whose
+        # log-variance overshot (before the KL weight has annealed in) stayed at e^10 for good
+        return self.mu(h), 10.0 * torch.tanh(self.logvar(h) / 10.0)
 
 
 class CVAEModule(GenerativeModule):
