@@ -119,6 +119,9 @@ class CGANConfig(_Section):
         0.03, ge=0, description="weight of the mode-seeking term (MSGAN): the generator pays 1 / (how much its samples of "
         "one condition change with the noise), against the collapse where every noise gives the same case; 0: off")
     minibatch_std: bool = Field(True, description="minibatch standard deviation channel in the discriminator (against mode collapse)")
+    upsample: Literal["nearest", "trilinear"] = Field(
+        "trilinear", description="x2 upsampling in the generator: trilinear (smooth background) or nearest (the old "
+        "generator: faint checkerboard speckle in the background; docs/benchmarks.md)")
     conditioning: Literal["class", "mask"] = Field(
         "class", description="class: generate image + mask from noise and the condition; mask: SPADE generator that "
         "paints an image for a given label map (synthesis then needs masks)"
@@ -132,8 +135,10 @@ class CVAEConfig(_Section):
     base_channels: int = Field(16, ge=4)
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(
-        0.1, ge=0, description="beta of a per-voxel ELBO: the KL (nats per case) is divided by the voxels per case, so the "
-        "weight means the same at 16^3 and 128^3; too large and the decoder ignores its latent (every sample alike)")
+        0.02, ge=0, description="beta of a per-voxel ELBO: the KL (nats per case) is divided by the voxels per case, so the "
+        "weight means the same at 16^3 and 128^3; too large and the decoder ignores its latent (every sample alike: 0.1 "
+        "and 0.05 on AdrenalMNIST3D by 1,000 steps), too small and prior samples fall between the cases it learnt "
+        "(stray blobs: 0.005); docs/benchmarks.md")
     kl_anneal_steps: int = Field(100, ge=0)
     mask_weight: float = Field(1.0, ge=0)
 
@@ -146,6 +151,12 @@ class VAEGANConfig(CVAEConfig):
         False, description="the discriminator also judges samples decoded from the prior (Larsen et al. 2016), not "
         "only reconstructions, so what synthesis draws is trained to look real (AdrenalMNIST3D: lower MMD, did not stop the "
         "collapse of the prior samples; docs/benchmarks.md)")
+    mode_seeking: float = Field(
+        0.0, ge=0, description="weight of a mode-seeking term (MSGAN, as train.cgan.mode_seeking) on samples decoded from "
+        "the prior: the decoder pays 1 / (how much its samples of one condition change with the latent)")
+    minibatch_std: bool = Field(
+        True, description="conv backbone: minibatch standard deviation channel in the discriminator, so a batch of "
+        "reconstructions that all look alike is told from real cases (against the decoder ignoring its latent)")
     backbone: Literal["conv", "autoencoderkl"] = Field(
         "conv", description="conv: vector latent (samples well from the prior); autoencoderkl: MONAI AutoencoderKL "
         "with a spatial latent + MONAI PatchDiscriminator (the MONAI recipe)")

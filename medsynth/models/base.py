@@ -291,5 +291,12 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return c
 
 
+def noise_sensitivity(fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """How much the samples of one condition move with the noise: mean |G(z_a) - G(z_b)| / mean |z_a - z_b|.
+    The mode-seeking term (Mao et al. 2019, MSGAN) adds 1 / this to the generator loss, so a generator that
+    ignores its noise -- the collapse a class-conditional GAN falls into on a small cohort -- pays for it."""
+    return (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
+
+
 def kl_anneal(step: int, anneal_steps: int) -> float:
     return 1.0 if anneal_steps <= 0 else min(1.0, step / anneal_steps)

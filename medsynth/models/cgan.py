@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
-from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, to_device
+from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, noise_sensitivity, to_device
 from medsynth.models.blocks import (
     ConditionalDecoder,
     MaskConditionalDecoder,
@@ -36,14 +36,7 @@ Generator = ConditionalDecoder  # noise + class -> image + mask
 
 def build_generator(cfg: CGANConfig, n_classes: int, n_mask_labels: int, size: int) -> nn.Module:
     cls = MaskConditionalDecoder if cfg.conditioning == "mask" else ConditionalDecoder
-    return cls(cfg.z_dim, n_classes, n_mask_labels, cfg.base_channels, size)
-
-
-def noise_sensitivity(fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-    """How much the samples of one condition move with the noise: mean |G(z_a) - G(z_b)| / mean |z_a - z_b|.
-    The mode-seeking term (Mao et al. 2019, MSGAN) adds 1 / this to the generator loss, so a generator that
-    ignores its noise -- the collapse a class-conditional GAN falls into on a small cohort -- pays for it."""
-    return (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
+    return cls(cfg.z_dim, n_classes, n_mask_labels, cfg.base_channels, size, upsample=cfg.upsample)
 
 
 ADA_INTERVAL = 4  # steps between updates of the adaptive augmentation probability
@@ -108,7 +101,8 @@ class CGANModule(GenerativeModule):
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> nn.Module:
-        cfg = CGANConfig(**config)
+        # a model exported before `upsample` existed was trained with nearest upsampling: sample it that way
+        cfg = CGANConfig(**{"upsample": "nearest", **config})
         return build_generator(cfg, len(data_info["conditions"]), int(data_info["n_mask_labels"]), int(data_info["roi_size"][0]))
 
     def configure_optimizers(self):

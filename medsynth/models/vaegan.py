@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig, VAEGANConfig
-from medsynth.models.base import grad_norm, kl_anneal
+from medsynth.models.base import grad_norm, kl_anneal, noise_sensitivity
 from medsynth.models.blocks import ProjectionDiscriminator, compose_sample, split_output
 from medsynth.models.cvae import CVAEModule
 
@@ -108,7 +108,8 @@ class VAEGANModule(CVAEModule):
             self.discriminator = ConditionalPatchDiscriminator(in_ch, self.n_classes, self.vg.disc_layers, self.vg.disc_channels)
             self.compile_targets = ("kl.ae.encoder", "kl.ae.decoder", "discriminator")
         else:
-            self.discriminator = ProjectionDiscriminator(in_ch, self.n_classes, self.vg.base_channels, self.roi[0], patch=True)
+            self.discriminator = ProjectionDiscriminator(in_ch, self.n_classes, self.vg.base_channels, self.roi[0], patch=True,
+                                                         minibatch_std=self.vg.minibatch_std)
             self.compile_targets = ("encoder", "decoder")  # spectral-norm discriminator: see cgan.py
         self.automatic_optimization = False
         self.perceptual = None
@@ -198,6 +199,15 @@ class VAEGANModule(CVAEModule):
             adv = adv + F.mse_loss(self.discriminator(prior, y), torch.ones_like(d_fake))
         perc = self.perceptual(out["img"], x) if self.perceptual is not None else torch.zeros((), device=self.device)
         loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] / self.voxels + cfg.adv_weight * adv + cfg.perceptual_weight * perc
+        sensitivity = None
+        h = len(y) // 2
+        if cfg.mode_seeking > 0 and h:
+            # two prior draws per condition of the first half: samples that ignore the latent cost (MSGAN)
+            za, zb = self.noise(h, self.sampler.z_dim, purpose=4), self.noise(h, self.sampler.z_dim, purpose=5)
+            fa = compose_sample(*self.sampler(za, y[:h]))
+            fb = compose_sample(*self.sampler(zb, y[:h]))
+            sensitivity = noise_sensitivity(fa.float(), fb.float(), za, zb)
+            loss = loss + cfg.mode_seeking / (sensitivity + 1e-5)
         self.check_finite(loss=loss)
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -205,7 +215,8 @@ class VAEGANModule(CVAEModule):
         opt_vae.step()
         if self.logging_step:
             self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(),
-                             adv=adv.detach(), loss_d=loss_d.detach(), grad_norm=gn, **({"perceptual": perc.detach()} if self.perceptual is not None else {}))
+                             adv=adv.detach(), loss_d=loss_d.detach(), grad_norm=gn, **({"perceptual": perc.detach()} if self.perceptual is not None else {}),
+                             **({"noise_sensitivity": sensitivity.detach()} if sensitivity is not None else {}))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         pass
