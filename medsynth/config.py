@@ -153,7 +153,8 @@ class VAEGANConfig(CVAEConfig):
         "collapse of the prior samples; docs/benchmarks.md)")
     mode_seeking: float = Field(
         0.0, ge=0, description="weight of a mode-seeking term (MSGAN, as train.cgan.mode_seeking) on samples decoded from "
-        "the prior: the decoder pays 1 / (how much its samples of one condition change with the latent)")
+        "the prior: the decoder pays 1 / (how much its samples of one condition change with the latent); off by default: "
+        "0.001 and 0.0001 made the decoder add noise on AdrenalMNIST3D (docs/benchmarks.md)")
     minibatch_std: bool = Field(
         True, description="conv backbone: minibatch standard deviation channel in the discriminator, so a batch of "
         "reconstructions that all look alike is told from real cases (against the decoder ignoring its latent)")
