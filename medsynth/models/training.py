@@ -199,7 +199,7 @@ def _dvclive_logger(live_dir: Path, resume: bool):
 
         def log_metrics(self, metrics, step=None, sync=False):
             if self._last_step is None:
-                self._last_step = int(self.experiment.read_step()) if resume and "step" in self.experiment.read_latest() else -1
+                self._last_step = int((self.experiment.read_latest() if resume else {}).get("step", -1))
             if step is not None:
                 if step <= self._last_step:
                     return
