@@ -343,12 +343,15 @@ def test_adaptive_augmentation_is_identity_at_p0_and_follows_discriminator_overf
 def test_noise_sensitivity_is_zero_for_a_generator_that_ignores_its_noise():
     """The mode-seeking term's measure: 0 when every noise gives the same case (the term 1/(s + eps) is then
     huge), the sample change per unit of noise change otherwise."""
-    from medsynth.models.cgan import noise_sensitivity
+    from medsynth.models.base import mode_seeking_loss, noise_sensitivity
 
     same = torch.zeros(4, 3, 8, 8, 8)
     za, zb = torch.zeros(4, 16), torch.ones(4, 16)
     assert float(noise_sensitivity(same, same, za, zb)) == 0.0
     assert float(noise_sensitivity(same, same + 0.5, za, zb * 2)) == pytest.approx(0.25)
+    loss, s = mode_seeking_loss(same, same + 0.5, za, zb * 2, weight=0.01)
+    assert float(s) == pytest.approx(0.25) and float(loss) == pytest.approx(0.01 / (0.25 + 1e-5))
+    assert float(mode_seeking_loss(same, same, za, zb, weight=0.01)[0]) == pytest.approx(1000.0)  # bounded by the floor
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(preprocessed, tmp_path):
@@ -408,8 +411,9 @@ def test_vaegan_mode_seeking_and_minibatch_std(preprocessed, tmp_path, monkeypat
     import medsynth.models.vaegan as vaegan
 
     seen = []
-    real = vaegan.noise_sensitivity
-    monkeypatch.setattr(vaegan, "noise_sensitivity", lambda fa, fb, za, zb: seen.append((fa.shape, float((za - zb).abs().mean()))) or real(fa, fb, za, zb))
+    real = vaegan.mode_seeking_loss
+    monkeypatch.setattr(vaegan, "mode_seeking_loss",
+                        lambda fa, fb, za, zb, w: seen.append((fa.shape, float((za - zb).abs().mean()))) or real(fa, fb, za, zb, w))
     s = train_tiny("vaegan", preprocessed, tmp_path / "ms", 2, extra={"mode_seeking": 0.001, "minibatch_std": True})
     assert s["steps"] == 2 and len(seen) == 2
     assert all(shape[0] == 1 and dz > 0.1 for shape, dz in seen)  # batch 2 in the tiny config: half = 1 case, two draws

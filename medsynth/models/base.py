@@ -298,5 +298,13 @@ def noise_sensitivity(fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Ten
     return (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
 
 
+def mode_seeking_loss(fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor,
+                      weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MSGAN term ``weight / noise_sensitivity`` (bounded by the 1e-5 floor) and the sensitivity itself,
+    for logging. ``fake_a`` and ``fake_b`` are samples of the same conditions from noise ``z_a`` and ``z_b``."""
+    sensitivity = noise_sensitivity(fake_a, fake_b, z_a, z_b)
+    return weight / (sensitivity + 1e-5), sensitivity
+
+
 def kl_anneal(step: int, anneal_steps: int) -> float:
     return 1.0 if anneal_steps <= 0 else min(1.0, step / anneal_steps)

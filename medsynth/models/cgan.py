@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
-from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, noise_sensitivity, to_device
+from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, mode_seeking_loss, to_device
 from medsynth.models.blocks import (
     ConditionalDecoder,
     MaskConditionalDecoder,
@@ -191,8 +191,8 @@ class CGANModule(GenerativeModule):
         loss_g = self._g_loss(d_fake_g)
         sensitivity = torch.zeros((), device=self.device)
         if h:
-            sensitivity = noise_sensitivity(fake[:h], fake[h : 2 * h], z[:h], z[h : 2 * h])
-            loss_g = loss_g + cfg.mode_seeking / (sensitivity + 1e-5)
+            seek, sensitivity = mode_seeking_loss(fake[:h], fake[h : 2 * h], z[:h], z[h : 2 * h], cfg.mode_seeking)
+            loss_g = loss_g + seek
         self.check_finite(loss_g=loss_g)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)

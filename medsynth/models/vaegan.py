@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig, VAEGANConfig
-from medsynth.models.base import grad_norm, kl_anneal, noise_sensitivity
+from medsynth.models.base import grad_norm, kl_anneal, mode_seeking_loss
 from medsynth.models.blocks import ProjectionDiscriminator, compose_sample, split_output
 from medsynth.models.cvae import CVAEModule
 
@@ -206,8 +206,8 @@ class VAEGANModule(CVAEModule):
             za, zb = self.noise(h, self.sampler.z_dim, purpose=4), self.noise(h, self.sampler.z_dim, purpose=5)
             fa = compose_sample(*self.sampler(za, y[:h]))
             fb = compose_sample(*self.sampler(zb, y[:h]))
-            sensitivity = noise_sensitivity(fa.float(), fb.float(), za, zb)
-            loss = loss + cfg.mode_seeking / (sensitivity + 1e-5)
+            seek, sensitivity = mode_seeking_loss(fa.float(), fb.float(), za, zb, cfg.mode_seeking)
+            loss = loss + seek
         self.check_finite(loss=loss)
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
