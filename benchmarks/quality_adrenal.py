@@ -71,6 +71,18 @@ def mid_slices_figure(path: Path, rows: dict[str, np.ndarray], title: str) -> No
     plt.close(fig)
 
 
+def nearer_train_share(samples: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int) -> float:
+    """Share of samples whose nearest real case (voxel L1) is in a random train subset of the test set's
+    size rather than in the test set: about 0.5 when samples are no closer to the cases a model learnt
+    from than to unseen ones, towards 1 when they copy training cases (a distance-to-closest-record check
+    as in the evaluate stage's privacy report, here on raw voxels)."""
+    sub = train[np.random.default_rng(seed).choice(len(train), min(len(train), len(test)), replace=False)]
+    flat = lambda a: torch.from_numpy(np.asarray(a, np.float32)).flatten(1)  # noqa: E731
+    s = flat(samples)
+    d_train, d_test = torch.cdist(s, flat(sub), p=1).min(1).values, torch.cdist(s, flat(test), p=1).min(1).values
+    return float((d_train < d_test).float().mean())
+
+
 def main(argv=None) -> int:
     from medsynth.config import Params, UtilityConfig
     from medsynth.eval.encoder import embed, standardiser, train_encoder
@@ -120,7 +132,7 @@ def main(argv=None) -> int:
                 return np.concatenate([clf(torch.from_numpy(vols[i:i + 32, None].astype(np.float32)).to(_device())).argmax(1).cpu().numpy()
                                        for i in range(0, len(vols), 32)])
 
-        def score(imgs: np.ndarray, masks: np.ndarray, ci: int, test_sel: np.ndarray) -> dict:
+        def score(imgs: np.ndarray, masks: np.ndarray, ci: int, test_sel: np.ndarray, synthetic: bool = True) -> dict:
             te_img, te_mask = real["test"][0][test_sel], real["test"][1][test_sel]
             fv = lambda i, m: volume_features(i, m, 1)  # noqa: E731
             feats = scale(embed(enc, np.stack([imgs, masks.astype(np.float32)], 1)))
@@ -131,13 +143,15 @@ def main(argv=None) -> int:
                 "fid_vs_test": float(fid(feats, te_feats)),
                 "ms_ssim": ms_ssim_diversity(imgs, seed=args.seed),
                 "classifier_accuracy": float(np.mean(predict(imgs) == ci)),
+                **({"nearer_train_share": nearer_train_share(imgs, real["train"][0][real["train"][2] == ci], te_img, args.seed)} if synthetic else {}),
             }
 
         results: dict = {"real_train_vs_test": {}, "models": {}}
         for ci, cond in enumerate(conditions):
             tr = real["train"][2] == ci
             te = real["test"][2] == ci
-            results["real_train_vs_test"][cond] = score(real["train"][0][tr][: max(args.samples, 2)], real["train"][1][tr][: max(args.samples, 2)], ci, te)
+            results["real_train_vs_test"][cond] = score(real["train"][0][tr][: max(args.samples, 2)], real["train"][1][tr][: max(args.samples, 2)], ci, te,
+                                                        synthetic=False)
             results["real_train_vs_test"][cond]["classifier_accuracy_on_test"] = float(np.mean(predict(real["test"][0][te]) == ci))
         p = Params()
         train_cfg = p.train.model_copy(update={"accelerator": args.accelerator, "checkpoint_every": max(10, args.steps // 4)})
@@ -155,7 +169,8 @@ def main(argv=None) -> int:
                 rows[f"{name} {cond}"] = imgs[:8]
             results["models"][name] = {"train_seconds": round(time.perf_counter() - t, 1), "steps": summary.get("steps"),
                                        "parameters": summary.get("parameters"), "final_diversity": summary.get("final_diversity"),
-                                       "diversity_alarms": summary.get("diversity_alarms"), "per_condition": per_cond}
+                                       "diversity_alarms": summary.get("diversity_alarms"), "per_condition": per_cond,
+                                       **{k: summary[k] for k in ("latent_prior", "diversity_standard_prior") if k in summary}}
             figures.update(rows)
             print(f"{name}: {per_cond}", file=sys.stderr)
         if args.figures:

@@ -405,6 +405,20 @@ def test_cvae_encoder_log_variance_is_bounded_but_never_stuck():
     assert float(enc.logvar.bias.grad.min()) > 0  # and the KL still pulls every dimension back
 
 
+def test_cvae_posterior_starts_narrow_so_the_decoder_sees_the_code():
+    """Lagging-encoder collapse (AdrenalMNIST3D, two of four seeds): with the default init the posterior
+    sigma is about 1 for every case, the decoder learns to ignore its noisy input in the first steps and
+    the encoder never recovers. The encoder starts at sigma = e^(LOGVAR_INIT / 2) for any input, while its
+    means still differ between cases."""
+    from medsynth.models.cvae import LOGVAR_INIT, Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(3, 2, latent=8, base=4, size=16)
+    mu, logvar = enc(torch.randn(4, 3, 16, 16, 16), torch.tensor([0, 1, 0, 1]))
+    assert torch.allclose(logvar, torch.full_like(logvar, 10 * np.tanh(LOGVAR_INIT / 10)), atol=1e-6)
+    assert float((0.5 * logvar).exp().max()) < 0.2 and float(mu.std(0).mean()) > 0
+
+
 def test_vaegan_mode_seeking_and_minibatch_std(preprocessed, tmp_path, monkeypatch):
     """mode_seeking > 0: every step decodes two prior draws for the first half's conditions and pays
     1 / their noise sensitivity; minibatch_std adds the batch-spread channel to the discriminator."""
@@ -440,3 +454,60 @@ def test_cgan_upsamples_trilinearly_and_old_exports_keep_nearest():
     from medsynth.models.blocks import upsample2
 
     assert upsample2(x, "nearest")[0, 0, :2, :2, :2].eq(1).all() and 0 < float(upsample2(x, "trilinear")[0, 0, 2, 2, 2]) < 1
+
+
+def test_latent_prior_fits_each_condition_and_keeps_rare_ones_standard():
+    """The fitted prior reproduces a condition's code distribution (mean, covariance shrunk towards its
+    diagonal); a condition with fewer than min_cases keeps N(0, I); sampling maps noise through it."""
+    from medsynth.models.blocks import LatentPrior
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 4, generator=g)
+    true_cov = a @ a.T + torch.eye(4)
+    codes0 = torch.tensor([3.0, -1.0, 0.5, 2.0]) + torch.randn(4000, 4, generator=g) @ torch.linalg.cholesky(true_cov).T
+    codes = torch.cat([codes0, torch.randn(5, 4, generator=g) * 7])  # condition 1: five cases only
+    y = torch.tensor([0] * 4000 + [1] * 5)
+    prior = LatentPrior(2, 4)
+    report = prior.fit(codes, y, shrinkage=0.1, min_cases=10)
+    assert report[0]["prior"] == "fitted" and report[0]["cases"] == 4000 and report[1]["prior"].startswith("standard")
+    assert torch.allclose(prior.mean[0], codes0.mean(0), atol=1e-5)
+    fitted_cov = prior.scale_tril[0] @ prior.scale_tril[0].T
+    emp = torch.cov(codes0.T)
+    assert torch.allclose(fitted_cov, 0.9 * emp + 0.1 * torch.diag(torch.diag(emp)), rtol=1e-3, atol=1e-3)
+    assert prior.mean[1].eq(0).all() and torch.equal(prior.scale_tril[1], torch.eye(4))
+    e = torch.randn(20000, 4, generator=g)
+    z = prior(e, torch.zeros(20000, dtype=torch.long))
+    assert torch.allclose(torch.cov(z.T), fitted_cov, rtol=0.1, atol=0.1)
+    assert torch.equal(prior(e[:3], torch.ones(3, dtype=torch.long)), e[:3])  # standard: the noise itself
+    prior.fit(codes, y, shrinkage=1.0, min_cases=10)  # full shrinkage: independent dimensions
+    off = prior.scale_tril[0] - torch.diag(torch.diag(prior.scale_tril[0]))
+    assert float(off.abs().max()) == 0.0
+
+
+def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standard_prior(preprocessed, tmp_path):
+    """Training ends by fitting the decoder's latent prior to the encoder's codes of the training cases:
+    train.json says per condition how, model.pt carries it, sampling uses it; a model exported before
+    the setting existed (no prior tensors) loads and samples N(0, I); latent_prior: standard exports none."""
+    from medsynth.models.cvae import CVAEModule
+    from medsynth.synth.sampler import load_sampler, sample_arrays
+
+    s = train_tiny("cvae", preprocessed, tmp_path / "fitted", 2, extra={"prior_min_cases": 2})
+    assert set(s["latent_prior"]) == set(s["train_by_condition"])
+    for c, v in s["latent_prior"].items():  # the demo's training split: 4 normal cases, 1 lesion case
+        assert v["cases"] == s["train_by_condition"][c] and (v["prior"] == "fitted") == (v["cases"] >= 2)
+    assert s["latent_prior"]["normal"]["prior"] == "fitted" and s["latent_prior"]["lesion"]["prior"].startswith("standard")
+    assert "diversity_standard_prior" in s
+    blob = torch.load(tmp_path / "fitted" / "model.pt", weights_only=True)
+    assert blob["config"]["latent_prior"] == "fitted" and not blob["state_dict"]["prior.mean"].eq(0).all()
+    sampler = load_sampler(tmp_path / "fitted")
+    assert sampler.net.prior is not None and torch.equal(sampler.net.prior.mean, blob["state_dict"]["prior.mean"])
+    imgs, _, _ = sample_arrays(sampler, "lesion", 2, seed=0)
+    assert np.isfinite(imgs).all()
+    # an export from before latent_prior: no key in the config, no prior tensors
+    old_cfg = {k: v for k, v in blob["config"].items() if k not in ("latent_prior", "prior_shrinkage", "prior_min_cases")}
+    old = CVAEModule.build_sampler(old_cfg, blob["data_info"])
+    old.load_state_dict({k: v for k, v in blob["state_dict"].items() if not k.startswith("prior.")})
+    assert old.prior is None
+    s = train_tiny("cvae", preprocessed, tmp_path / "standard", 1, extra={"latent_prior": "standard"})
+    assert "latent_prior" not in s
+    assert not any(k.startswith("prior.") for k in torch.load(tmp_path / "standard" / "model.pt", weights_only=True)["state_dict"])

@@ -259,6 +259,11 @@ class GenerativeModule(L.LightningModule):
         return {}
 
     # ------------------------------------------------------------------ export
+    def prepare_export(self) -> dict:
+        """Called once after training, before :meth:`export` (e.g. the VAEs fit their latent prior here);
+        returns figures for train.json."""
+        return {}
+
     def export(self) -> dict:
         return {
             "kind": self.name,

@@ -2,7 +2,10 @@
 bottleneck (class embedding with the latent); image and mask are decoded together.
 
 Loss: L1 image reconstruction + mask cross-entropy (``mask_weight``) + KL with linear annealing
-(``kl_weight``, ``kl_anneal_steps``). Sampling draws from the prior N(0, temperature^2).
+(``kl_weight``, ``kl_anneal_steps``). Sampling draws the latent from the prior: by default
+(``latent_prior: fitted``) a Gaussian per condition fitted after training to the encoder's codes of the
+training cases (:class:`~medsynth.models.blocks.LatentPrior`), else N(0, I); the noise is scaled by the
+temperature either way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
 from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels
 
 Decoder = ConditionalDecoder  # latent + class -> image + mask
+LOGVAR_INIT = -4.0
 
 
 class Encoder(nn.Module):
@@ -31,6 +35,12 @@ class Encoder(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.mu = nn.Linear(cin * 64, latent)
         self.logvar = nn.Linear(cin * 64, latent)
+        # the posterior starts narrow (sigma = e^-2, 0.14, for every case): with the default init sigma is
+        # about 1, the decoder's input is mostly noise in the first steps, it learns to ignore it and the
+        # encoder, whose gradient comes through the decoder, never recovers -- posterior collapse in two of
+        # four seeds on AdrenalMNIST3D (docs/benchmarks.md)
+        nn.init.zeros_(self.logvar.weight)
+        nn.init.constant_(self.logvar.bias, LOGVAR_INIT)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cond = F.one_hot(y, self.n_classes).float()[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
@@ -53,7 +63,8 @@ class CVAEModule(GenerativeModule):
         size = self.roi[0]
         if build_networks:  # a subclass with its own backbone skips these
             self.encoder = Encoder(2 + self.n_mask_labels, self.n_classes, cfg.latent_dim, cfg.base_channels, size)
-            self.decoder = Decoder(cfg.latent_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size)
+            self.decoder = Decoder(cfg.latent_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size,
+                                   latent_prior=cfg.latent_prior == "fitted")
 
     @property
     def sampler(self) -> nn.Module:
@@ -61,8 +72,10 @@ class CVAEModule(GenerativeModule):
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> nn.Module:
-        cfg = CVAEConfig(**config)
-        return Decoder(cfg.latent_dim, len(data_info["conditions"]), int(data_info["n_mask_labels"]), cfg.base_channels, int(data_info["roi_size"][0]))
+        # a model exported before `latent_prior` existed sampled N(0, I) and has no prior tensors
+        cfg = CVAEConfig(**{"latent_prior": "standard", **config})
+        return Decoder(cfg.latent_dim, len(data_info["conditions"]), int(data_info["n_mask_labels"]), cfg.base_channels, int(data_info["roi_size"][0]),
+                       latent_prior=cfg.latent_prior == "fitted")
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, fused=torch.cuda.is_available())
@@ -87,6 +100,25 @@ class CVAEModule(GenerativeModule):
         self.check_finite(loss=loss)
         self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(), beta=beta)
         return loss
+
+    @torch.no_grad()
+    def prepare_export(self) -> dict:
+        """Fit the latent prior (``latent_prior: fitted``) to the posterior means of the training cases; the
+        figures go to train.json. ``final_diversity`` is then that of what synthesis draws; the diversity of
+        the standard prior at the end of training is kept beside it."""
+        prior = getattr(self.sampler, "prior", None)
+        if prior is None:
+            return {}
+        was_training = self.training
+        self.eval()
+        before = round(self.diversity(), 4)
+        codes = torch.cat([
+            self.encoder(self.joint(self.bank_x[i : i + 32].to(self.device).float()), self.bank_y[i : i + 32].to(self.device))[0].float()
+            for i in range(0, len(self.bank_y), 32)
+        ])
+        fitted = prior.fit(codes, self.bank_y, self.cfg.prior_shrinkage, self.cfg.prior_min_cases)
+        self.train(was_training)
+        return {"latent_prior": {self.data_info["conditions"][c]: v for c, v in fitted.items()}, "diversity_standard_prior": before}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.logging_step:

@@ -288,6 +288,7 @@ def train_model(
         return {}
     if stop_after is not None and stop_after < steps:
         return {"stopped_at": int(module.iteration)}
+    prepared = module.prepare_export() if hasattr(module, "prepare_export") else {}  # e.g. the VAEs fit their latent prior
     export = module.export()
     with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
         torch.save(export, tmp)
@@ -311,6 +312,7 @@ def train_model(
     if fresh_start:
         summary["fresh_start"] = fresh_start
     summary.update(getattr(module, "summary_extras", dict)())
+    summary.update(prepared)
     if hasattr(module, "diversity"):
         summary["final_diversity"] = round(module.diversity(), 4)
         summary["diversity_alarms"] = list(getattr(module, "diversity_alarms", []))
