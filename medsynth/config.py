@@ -140,6 +140,10 @@ class CVAEConfig(_Section):
         "and 0.05 on AdrenalMNIST3D by 1,000 steps), too small and prior samples fall between the cases it learnt "
         "(stray blobs: 0.005); docs/benchmarks.md")
     kl_anneal_steps: int = Field(100, ge=0)
+    free_bits: float = Field(
+        0.0, ge=0, description="nats per latent dimension (batch mean) below which the KL is not penalised (free bits, "
+        "Kingma et al. 2016; conv encoder): once the decoder ignores a dimension, Adam otherwise follows the tiny KL "
+        "gradient alone and the encoder's codes collapse onto the prior; 0: off")
     mask_weight: float = Field(1.0, ge=0)
     latent_prior: Literal["fitted", "standard"] = Field(
         "fitted", description="what synthesis draws the latent from: fitted (after training, a Gaussian per condition fitted "

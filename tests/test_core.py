@@ -293,7 +293,10 @@ def test_cvae_uses_its_latent_at_the_default_kl_weight(adrenal_32, tmp_path):
     p = Params()
 
     def diversity(kl_weight):
-        cfg = {**p.train.cvae.model_dump(), "steps": 60, "batch_size": 8, "base_channels": 4, "kl_weight": kl_weight}
+        # the standard prior: this is about the KL weighting (a 60-step encoder barely separates the cases yet,
+        # so the fitted prior would draw near-copies of its few codes either way)
+        cfg = {**p.train.cvae.model_dump(), "steps": 60, "batch_size": 8, "base_channels": 4, "kl_weight": kl_weight,
+               "latent_prior": "standard"}
         return train_model("cvae", cfg, p.train.model_copy(update={"checkpoint_every": 1000}), adrenal_32,
                            tmp_path / str(kl_weight), seed=0, progress=False)["final_diversity"]
 
@@ -430,6 +433,7 @@ def test_vaegan_mode_seeking_and_minibatch_std(preprocessed, tmp_path, monkeypat
                         lambda fa, fb, za, zb, w: seen.append((fa.shape, float((za - zb).abs().mean()))) or real(fa, fb, za, zb, w))
     s = train_tiny("vaegan", preprocessed, tmp_path / "ms", 2, extra={"mode_seeking": 0.001, "minibatch_std": True})
     assert s["steps"] == 2 and len(seen) == 2
+    assert set(s["latent_prior"]) == {"normal", "lesion"}  # the conv VAE-GAN fits its latent prior as the cVAE does
     assert all(shape[0] == 1 and dz > 0.1 for shape, dz in seen)  # batch 2 in the tiny config: half = 1 case, two draws
     seen.clear()
     train_tiny("vaegan", preprocessed, tmp_path / "plain", 1, extra={"mode_seeking": 0.0})
@@ -511,3 +515,23 @@ def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standar
     s = train_tiny("cvae", preprocessed, tmp_path / "standard", 1, extra={"latent_prior": "standard"})
     assert "latent_prior" not in s
     assert not any(k.startswith("prior.") for k in torch.load(tmp_path / "standard" / "model.pt", weights_only=True)["state_dict"])
+
+
+def test_cvae_free_bits_stop_the_kl_pushing_dimensions_below_the_floor():
+    """free_bits: the penalised KL is sum_d max(KL_d, free_bits) with KL_d the batch mean per latent
+    dimension, so a dimension under the floor gets no KL gradient; 0 (the default) is the plain KL."""
+    from medsynth.models.cvae import CVAEModule
+
+    info = {"conditions": ["normal", "lesion"], "n_mask_labels": 1, "roi_size": [16, 16, 16]}
+    x = torch.cat([torch.rand(4, 1, 16, 16, 16) * 2 - 1, (torch.rand(4, 1, 16, 16, 16) > 0.7).float()], 1)
+    y, eps = torch.tensor([0, 1, 0, 1]), torch.randn(4, 8)
+    for free_bits in (0.0, 1e6):
+        torch.manual_seed(0)
+        m = CVAEModule({**Params().train.cvae.model_dump(), "base_channels": 4, "latent_dim": 8, "free_bits": free_bits}, info)
+        out = m.losses(x, y, eps)
+        if free_bits == 0:
+            assert torch.equal(out["kl_penalised"], out["kl"])
+        else:
+            assert float(out["kl_penalised"]) == pytest.approx(8 * free_bits) and float(out["kl"]) < 8 * free_bits
+            out["kl_penalised"].backward()
+            assert m.encoder.mu.weight.grad is None or float(m.encoder.mu.weight.grad.abs().max()) == 0.0

@@ -87,8 +87,11 @@ class CVAEModule(GenerativeModule):
         img, logits = self.decoder(z, y)
         rec = F.l1_loss(img, x[:, :1])
         seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels))
-        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
-        return {"rec": rec, "seg": seg, "kl": kl, "img": img, "logits": logits}
+        kl_dim = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)  # per latent dimension, batch mean
+        kl = kl_dim.sum()
+        # free bits (Kingma et al. 2016): a dimension carrying less than free_bits nats is not pushed further
+        penalised = kl_dim.clamp(min=self.cfg.free_bits).sum() if self.cfg.free_bits > 0 else kl
+        return {"rec": rec, "seg": seg, "kl": kl, "kl_penalised": penalised, "img": img, "logits": logits}
 
     def step(self):
         cfg = self.cfg
@@ -96,7 +99,7 @@ class CVAEModule(GenerativeModule):
         eps = self.noise(len(y), cfg.latent_dim)
         out = self.losses(x, y, eps)
         beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
-        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] / self.voxels
+        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl_penalised"] / self.voxels
         self.check_finite(loss=loss)
         self.log_scalars(loss=loss.detach(), rec=out["rec"].detach(), seg=out["seg"].detach(), kl=out["kl"].detach(), beta=beta)
         return loss

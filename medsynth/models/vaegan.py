@@ -198,7 +198,7 @@ class VAEGANModule(CVAEModule):
         if prior is not None:
             adv = adv + F.mse_loss(self.discriminator(prior, y), torch.ones_like(d_fake))
         perc = self.perceptual(out["img"], x) if self.perceptual is not None else torch.zeros((), device=self.device)
-        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl"] / self.voxels + cfg.adv_weight * adv + cfg.perceptual_weight * perc
+        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out.get("kl_penalised", out["kl"]) / self.voxels + cfg.adv_weight * adv + cfg.perceptual_weight * perc
         sensitivity = None
         h = len(y) // 2
         if cfg.mode_seeking > 0 and h:
