@@ -19,7 +19,6 @@ from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
 from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels
 
 Decoder = ConditionalDecoder  # latent + class -> image + mask
-LOGVAR_INIT = -4.0
 
 
 class Encoder(nn.Module):
@@ -35,12 +34,6 @@ class Encoder(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.mu = nn.Linear(cin * 64, latent)
         self.logvar = nn.Linear(cin * 64, latent)
-        # the posterior starts narrow (sigma = e^-2, 0.14, for every case): with the default init sigma is
-        # about 1, the decoder's input is mostly noise in the first steps, it learns to ignore it and the
-        # encoder, whose gradient comes through the decoder, never recovers -- posterior collapse in two of
-        # four seeds on AdrenalMNIST3D (docs/benchmarks.md)
-        nn.init.zeros_(self.logvar.weight)
-        nn.init.constant_(self.logvar.bias, LOGVAR_INIT)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cond = F.one_hot(y, self.n_classes).float()[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
