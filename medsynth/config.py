@@ -133,7 +133,9 @@ class CVAEConfig(_Section):
     batch_size: int = Field(8, ge=1)
     latent_dim: int = Field(64, ge=2)
     base_channels: int = Field(16, ge=4)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(
+        3e-4, gt=0, description="Adam learning rate of encoder and decoder; 1e-3 let the encoder collapse (every case "
+        "encoded to one point) in two of four seeds on AdrenalMNIST3D, 3e-4 in none of three (docs/benchmarks.md)")
     kl_weight: float = Field(
         0.02, ge=0, description="beta of a per-voxel ELBO: the KL (nats per case) is divided by the voxels per case, so the "
         "weight means the same at 16^3 and 128^3; too large and the decoder ignores its latent (every sample alike: 0.1 "
