@@ -487,6 +487,10 @@ def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standar
         assert v["cases"] == s["train_by_condition"][c] and (v["prior"] == "fitted") == (v["cases"] >= 2)
     assert s["latent_prior"]["normal"]["prior"] == "fitted" and s["latent_prior"]["lesion"]["prior"].startswith("standard")
     assert "diversity_standard_prior" in s
+    # the alarm also judges what synthesis draws: the fitted prior's diversity at export
+    fitted_alarms = [a for a in s["diversity_alarms"] if a.get("prior") == "fitted"]
+    assert bool(fitted_alarms) == (s["final_diversity"] < Params().train.diversity_alarm)
+    assert all(a["diversity"] == s["final_diversity"] and a["step"] == 2 for a in fitted_alarms)
     blob = torch.load(tmp_path / "fitted" / "model.pt", weights_only=True)
     assert blob["config"]["latent_prior"] == "fitted" and not blob["state_dict"]["prior.mean"].eq(0).all()
     sampler = load_sampler(tmp_path / "fitted")

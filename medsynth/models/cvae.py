@@ -11,6 +11,7 @@ temperature either way.
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn import functional as F
 
@@ -113,6 +114,12 @@ class CVAEModule(GenerativeModule):
             for i in range(0, len(self.bank_y), 32)
         ])
         fitted = prior.fit(codes, self.bank_y, self.cfg.prior_shrinkage, self.cfg.prior_min_cases)
+        after = self.diversity()
+        if after < self.diversity_alarm:  # what synthesis will draw barely varies: the alarm, as during training
+            self.diversity_alarms.append({"step": int(self._step), "diversity": round(float(after), 4), "prior": "fitted"})
+            rank_zero_warn(f"{self.name}: samples from the fitted latent prior are {after:.2f}x as diverse as real pairs "
+                           f"(alarm below train.diversity_alarm = {self.diversity_alarm}): the encoder separates the "
+                           "training cases too little; train longer or with another seed")
         self.train(was_training)
         return {"latent_prior": {self.data_info["conditions"][c]: v for c, v in fitted.items()}, "diversity_standard_prior": before}
 
