@@ -295,8 +295,9 @@ def test_cvae_uses_its_latent_at_the_default_kl_weight(adrenal_32, tmp_path):
     def diversity(kl_weight):
         # the standard prior: this is about the KL weighting (a 60-step encoder barely separates the cases yet,
         # so the fitted prior would draw near-copies of its few codes either way)
+        # and lr 1e-3 (the default when this was found), at which the old weight collapses within 60 steps
         cfg = {**p.train.cvae.model_dump(), "steps": 60, "batch_size": 8, "base_channels": 4, "kl_weight": kl_weight,
-               "latent_prior": "standard"}
+               "latent_prior": "standard", "lr": 1e-3}
         return train_model("cvae", cfg, p.train.model_copy(update={"checkpoint_every": 1000}), adrenal_32,
                            tmp_path / str(kl_weight), seed=0, progress=False)["final_diversity"]
 
