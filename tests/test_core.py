@@ -526,3 +526,14 @@ def test_cvae_free_bits_stop_the_kl_pushing_dimensions_below_the_floor():
             assert float(out["kl_penalised"]) == pytest.approx(8 * free_bits) and float(out["kl"]) < 8 * free_bits
             out["kl_penalised"].backward()
             assert m.encoder.mu.weight.grad is None or float(m.encoder.mu.weight.grad.abs().max()) == 0.0
+
+
+def test_vaegan_autoencoderkl_backbone_trains_and_keeps_the_standard_prior(preprocessed, tmp_path):
+    """The MONAI-recipe backbone (spatial latent) goes through the same VAE step as the conv one (its KL is
+    penalised whole: free bits are per latent dimension of the conv encoder) and exports no fitted prior."""
+    s = train_tiny("vaegan", preprocessed, tmp_path / "akl", 2, extra={
+        "backbone": "autoencoderkl", "kl_channels": (8, 16), "attention_levels": (False, False), "norm_num_groups": 4,
+        "disc_channels": 8, "disc_layers": 1})
+    assert s["steps"] == 2 and "latent_prior" not in s and np.isfinite(s["final_diversity"])
+    blob = torch.load(tmp_path / "akl" / "model.pt", weights_only=True)
+    assert not any(k.startswith("prior.") for k in blob["state_dict"])

@@ -165,7 +165,8 @@ class VAEGANModule(CVAEModule):
         rec = F.l1_loss(img.float(), x[:, :1])
         seg = F.cross_entropy(logits.float(), x[:, 1].long().clamp(0, self.n_mask_labels))
         kl = gaussian_kl(mu, sigma).mean()
-        return {"rec": rec, "seg": seg, "kl": kl, "img": img, "logits": logits}
+        # free bits are a conv-encoder setting (per latent dimension): the spatial latent's KL is penalised whole
+        return {"rec": rec, "seg": seg, "kl": kl, "kl_penalised": kl, "img": img, "logits": logits}
 
     def step(self):
         opt_vae, opt_d = self.optimizers()
@@ -198,7 +199,7 @@ class VAEGANModule(CVAEModule):
         if prior is not None:
             adv = adv + F.mse_loss(self.discriminator(prior, y), torch.ones_like(d_fake))
         perc = self.perceptual(out["img"], x) if self.perceptual is not None else torch.zeros((), device=self.device)
-        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out.get("kl_penalised", out["kl"]) / self.voxels + cfg.adv_weight * adv + cfg.perceptual_weight * perc
+        loss = out["rec"] + cfg.mask_weight * out["seg"] + beta * out["kl_penalised"] / self.voxels + cfg.adv_weight * adv + cfg.perceptual_weight * perc
         sensitivity = None
         h = len(y) // 2
         if cfg.mode_seeking > 0 and h:
