@@ -139,8 +139,8 @@ class CVAEConfig(_Section):
     kl_weight: float = Field(
         0.02, ge=0, description="beta of a per-voxel ELBO: the KL (nats per case) is divided by the voxels per case, so the "
         "weight means the same at 16^3 and 128^3; too large and the decoder ignores its latent (every sample alike: 0.1 "
-        "and 0.05 on AdrenalMNIST3D by 1,000 steps), too small and prior samples fall between the cases it learnt "
-        "(stray blobs: 0.005); docs/benchmarks.md")
+        "and 0.05 on AdrenalMNIST3D by 1,000 steps), too small and N(0, I) samples fall between the cases it learnt "
+        "(stray blobs at 0.005 with latent_prior: standard; the fitted prior samples where the codes are); docs/benchmarks.md")
     kl_anneal_steps: int = Field(100, ge=0)
     free_bits: float = Field(
         0.0, ge=0, description="nats per latent dimension (batch mean) below which the KL is not penalised (free bits, "

@@ -238,7 +238,10 @@ def test_mode_collapse_alarm_warns_and_is_recorded(preprocessed, tmp_path, monke
     monkeypatch.setattr(GenerativeModule, "diversity", lambda self, n=8: 0.01)
     with pytest.warns(UserWarning, match="possible mode collapse at step 2"):
         s = train_tiny("cgan", preprocessed, tmp_path / "collapsed", 4)
-    assert [a["step"] for a in s["diversity_alarms"]] == [2, 4]
+    assert [a["step"] for a in s["diversity_alarms"]] == [2, 4]  # the last step's alarm is not repeated at export
+    with pytest.warns(UserWarning, match="what synthesis draws is 0.01x"):  # export judges the final weights too
+        s = train_tiny("cgan", preprocessed, tmp_path / "collapsed5", 5)
+    assert s["diversity_alarms"][-1] == {"step": 5, "diversity": 0.01, "at": "export"} and s["final_diversity"] == 0.01
     monkeypatch.setattr(GenerativeModule, "diversity", lambda self, n=8: 0.9)
     assert train_tiny("cgan", preprocessed, tmp_path / "healthy", 4)["diversity_alarms"] == []
 
@@ -489,7 +492,8 @@ def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standar
     assert s["latent_prior"]["normal"]["prior"] == "fitted" and s["latent_prior"]["lesion"]["prior"].startswith("standard")
     assert "diversity_standard_prior" in s
     # the alarm also judges what synthesis draws: the fitted prior's diversity at export
-    fitted_alarms = [a for a in s["diversity_alarms"] if a.get("prior") == "fitted"]
+    fitted_alarms = [a for a in s["diversity_alarms"] if a.get("at") == "export"]
+    assert all(a["prior"] == "fitted" for a in fitted_alarms)
     assert bool(fitted_alarms) == (s["final_diversity"] < Params().train.diversity_alarm)
     assert all(a["diversity"] == s["final_diversity"] and a["step"] == 2 for a in fitted_alarms)
     blob = torch.load(tmp_path / "fitted" / "model.pt", weights_only=True)

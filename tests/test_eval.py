@@ -91,6 +91,11 @@ def test_utility_gate_fails_on_useless_synthetic_data(adrenal):
     same = {**res, "arms": {**arms, "real+synthetic": arms["real"]}}
     assert utility_gate("m", same, cfg, 0.05)["state"] == "pass"
     assert utility_gate("m", {"measured": False, "reason": "x"}, cfg, 0.05)["state"] == "not measured"
+    # a second model's evaluation reuses the real arm (trained once) and its other arms are unchanged by it
+    marker = {**arms["real"], "per_seed": [0.123, 0.456]}
+    again = segmentation_utility(train, test, noise, 1, 1, cfg, seed=0, real_arm=marker)
+    assert again["arms"]["real"] is marker
+    assert again["arms"]["synthetic"] == arms["synthetic"] and again["arms"]["real+synthetic"] == arms["real+synthetic"]
 
 
 def test_privacy_in_learned_feature_space_flags_perturbed_copies(adrenal, encoder):

@@ -151,6 +151,8 @@ def test_dvc_repro_tiny(tiny_repo):
         assert len(list((repo / "data/synth" / m / "dicom").glob("*/image/*.dcm"))) == 6 * 16
     for f in ("metrics.json", "gates.json", "fidelity.json", "privacy.json", "utility.json"):
         json.loads((repo / "reports/eval" / f).read_text())  # finite numbers only (writer refuses NaN)
+    utility = json.loads((repo / "reports/eval/utility.json").read_text())
+    assert utility["cgan"]["measured"] and utility["cgan"]["arms"]["real"] == utility["cvae"]["arms"]["real"]  # one shared baseline
     gates = json.loads((repo / "reports/eval/gates.json").read_text())
     assert {g["state"] for g in gates["gates"]} <= {"pass", "warn", "fail"}
     html = (repo / "reports/report.html").read_text()

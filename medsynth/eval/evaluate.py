@@ -112,7 +112,7 @@ def evaluate_models(
         learned = {s: scale(v) for s, v in raw.items()}
     rare_index = info["conditions"].index(rare_condition) if rare_condition in info["conditions"] else len(info["conditions"]) - 1
     ms_ssim_real = ms_ssim_diversity(train_imgs, seed=seed)
-    utility_all = {}
+    utility_all, real_arm = {}, None  # the real-only utility arm: trained once, shared by every model
     for k, model in enumerate(models):
         sdir = Path(synth_root) / model
         rows = _read_rows(sdir / "synthetic_manifest.csv")
@@ -141,7 +141,9 @@ def evaluate_models(
         else:
             fid["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
         if cfg.utility.enabled:
-            util = _utility(info, banks, (s_img, s_mask, np.array([info["conditions"].index(c) for c in s_cond])), n_labels, rare_index, cfg, seed + k)
+            util = _utility(info, banks, (s_img, s_mask, np.array([info["conditions"].index(c) for c in s_cond])), n_labels, rare_index, cfg, seed,
+                            real_arm)
+            real_arm = util["arms"]["real"] if util.get("measured") else real_arm
         else:
             util = {"measured": False, "reason": "evaluate.utility.enabled is false"}
         utility_all[model] = util
@@ -181,12 +183,13 @@ def _load_encoder(path: Path | None, cfg: EvalConfig):
     return load_encoder(weights)
 
 
-def _utility(info: dict, banks: dict, synthetic: tuple, n_labels: int, rare_index: int, cfg: EvalConfig, seed: int) -> dict:
+def _utility(info: dict, banks: dict, synthetic: tuple, n_labels: int, rare_index: int, cfg: EvalConfig, seed: int,
+             real_arm: dict | None = None) -> dict:
     train = (banks["train"][0].float().numpy(), banks["train"][1].numpy())
     test = (banks["test"][0].float().numpy(), banks["test"][1].numpy())
     if info["modality"] != "SEG" and int(info["n_mask_labels"]) > 0:
-        return segmentation_utility(train, test, synthetic, n_labels, rare_index, cfg.utility, seed)
-    return classification_utility(train, test, synthetic, len(info["conditions"]), rare_index, cfg.utility, seed)
+        return segmentation_utility(train, test, synthetic, n_labels, rare_index, cfg.utility, seed, real_arm)
+    return classification_utility(train, test, synthetic, len(info["conditions"]), rare_index, cfg.utility, seed, real_arm)
 
 
 def _mid_slices(vol: np.ndarray) -> list[np.ndarray]:

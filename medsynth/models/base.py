@@ -191,6 +191,23 @@ class GenerativeModule(L.LightningModule):
             ratios.append(float(_mean_pairwise_l1(fake) / (_mean_pairwise_l1(real) + 1e-8)))
         return float(np.mean(ratios)) if ratios else 1.0
 
+    def final_diversity(self) -> float:
+        """The diversity of what synthesis will draw (called after :meth:`prepare_export`), judged by the
+        training-time alarm; an alarm raised here is recorded with ``"at": "export"`` unless training
+        already raised it at this step for the same sampler."""
+        d = round(self.diversity(), 4)
+        sampling = self.export_sampling()
+        last = self.diversity_alarms[-1] if self.diversity_alarms else None
+        if d < self.diversity_alarm and not (last and last["step"] == self._step and not sampling):
+            self.diversity_alarms.append({"step": int(self._step), "diversity": d, "at": "export", **sampling})
+            rank_zero_warn(f"{self.name}: what synthesis draws is {d:.2f}x as diverse as real pairs (alarm below "
+                           f"train.diversity_alarm = {self.diversity_alarm}); train longer or with another seed")
+        return d
+
+    def export_sampling(self) -> dict:
+        """How synthesis samples when it differs from training-time monitoring (e.g. ``{"prior": "fitted"}``)."""
+        return {}
+
     def monitoring_masks(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """For a mask-conditioned sampler: a fixed training mask of each requested class (the first case of
         that class in the bank), so monitoring samples stay comparable across steps; () otherwise."""

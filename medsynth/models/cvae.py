@@ -11,7 +11,6 @@ temperature either way.
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn import functional as F
 
@@ -101,8 +100,8 @@ class CVAEModule(GenerativeModule):
     @torch.no_grad()
     def prepare_export(self) -> dict:
         """Fit the latent prior (``latent_prior: fitted``) to the posterior means of the training cases; the
-        figures go to train.json. ``final_diversity`` is then that of what synthesis draws; the diversity of
-        the standard prior at the end of training is kept beside it."""
+        figures go to train.json. ``final_diversity`` (and its alarm) is then that of what synthesis draws;
+        the diversity of the standard prior at the end of training is kept beside it."""
         prior = getattr(self.sampler, "prior", None)
         if prior is None:
             return {}
@@ -114,14 +113,11 @@ class CVAEModule(GenerativeModule):
             for i in range(0, len(self.bank_y), 32)
         ])
         fitted = prior.fit(codes, self.bank_y, self.cfg.prior_shrinkage, self.cfg.prior_min_cases)
-        after = self.diversity()
-        if after < self.diversity_alarm:  # what synthesis will draw barely varies: the alarm, as during training
-            self.diversity_alarms.append({"step": int(self._step), "diversity": round(float(after), 4), "prior": "fitted"})
-            rank_zero_warn(f"{self.name}: samples from the fitted latent prior are {after:.2f}x as diverse as real pairs "
-                           f"(alarm below train.diversity_alarm = {self.diversity_alarm}): the encoder separates the "
-                           "training cases too little; train longer or with another seed")
         self.train(was_training)
         return {"latent_prior": {self.data_info["conditions"][c]: v for c, v in fitted.items()}, "diversity_standard_prior": before}
+
+    def export_sampling(self) -> dict:
+        return {"prior": "fitted"} if getattr(self.sampler, "prior", None) is not None else {}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.logging_step:

@@ -314,7 +314,7 @@ def train_model(
     summary.update(getattr(module, "summary_extras", dict)())
     summary.update(prepared)
     if hasattr(module, "diversity"):
-        summary["final_diversity"] = round(module.diversity(), 4)
+        summary["final_diversity"] = module.final_diversity()  # of what synthesis draws; may raise the alarm
         summary["diversity_alarms"] = list(getattr(module, "diversity_alarms", []))
     write_json_atomic(out_dir / "train.json", summary)
     return summary
