@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -201,7 +202,22 @@ class VAEGANConfig(CVAEConfig):
         return self
 
 
+class ModelSection(_Section):
+    """The settings every model section has. A plug-in model (``medsynth.models`` entry point) names its
+    own subclass as the ``config_class`` attribute of its module class to have its keys validated like the
+    built-in ones; without one, its other keys reach the module as they are written."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+BUILTIN_MODELS = ("cgan", "cvae", "vaegan")
+
+
 class TrainConfig(_Section):
+    # extra keys are plug-in models' sections, checked in _models_and_plugin_sections
+    model_config = ConfigDict(extra="allow", frozen=True)
     models: list[str] = ["cgan", "cvae"]
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     devices: int = Field(1, ge=1)
@@ -222,6 +238,41 @@ class TrainConfig(_Section):
     cgan: CGANConfig = CGANConfig()
     cvae: CVAEConfig = CVAEConfig()
     vaegan: VAEGANConfig = VAEGANConfig()
+
+    @model_validator(mode="after")
+    def _models_and_plugin_sections(self) -> TrainConfig:
+        """Every name in ``models`` is a registered model; every key beyond the settings above is the
+        section of a registered plug-in model, validated by its ``config_class`` (or :class:`ModelSection`)."""
+        from medsynth.models import registry  # reads entry points; a plug-in is imported only if it has a section
+
+        registered = registry.available()
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        problems = []
+        for name in self.models:
+            if name not in registered:
+                problems.append(f"train.models: {name!r} is not a registered model; registered: {', '.join(registered)}")
+            elif name not in BUILTIN_MODELS and name not in extra:
+                problems.append(f"train.{name}: missing: a plug-in model in train.models needs its own section (dvc.yaml "
+                                f"tracks train.<model>); write `{name}: {{}}` under train for its defaults")
+        for key, value in list(extra.items()):
+            if key not in registered:
+                problems.append(f"train.{key}: unknown key (value {value!r}); not a setting of train and no model of that "
+                                f"name is registered ({', '.join(registered)})")
+                continue
+            section = getattr(registry.get(key), "config_class", None) or ModelSection
+            try:
+                extra[key] = section.model_validate(value if value is not None else {})
+            except ValidationError as exc:
+                problems += [_describe_error({**e, "loc": ("train", key, *e["loc"])}) for e in exc.errors()]
+        if problems:
+            raise PydanticCustomError("medsynth_config", "{detail}", {"detail": "\n  ".join(problems)})
+        return self
+
+    def section(self, name: str) -> BaseModel | None:
+        """The settings of model ``name`` (built-in or plug-in); None if it has none."""
+        if name in BUILTIN_MODELS:
+            return getattr(self, name)
+        return (self.__pydantic_extra__ or {}).get(name)
 
 
 class SynthConfig(_Section):
@@ -294,6 +345,8 @@ def _describe_error(err: dict[str, Any]) -> str:
     value = err.get("input")
     msg = err["msg"]
     ctx = err.get("ctx") or {}
+    if err["type"] == "medsynth_config":  # already worded with its key(s)
+        return ctx["detail"]
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (value {value!r}); check the spelling against params.yaml docs"
     if err["type"] == "literal_error" and "expected" in ctx:

@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     name = argv[0]
     try:
         params = load_params("params.yaml")
-        model_cfg = getattr(params.train, name, None)
+        model_cfg = params.train.section(name)
         if model_cfg is None:
             raise ConfigError(f"train.{name}: no such model section; allowed: cgan, cvae, vaegan (or a plug-in's own section)")
         info = read_preprocess_info(Path("data/preprocess"))

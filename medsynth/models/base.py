@@ -43,6 +43,7 @@ class GenerativeModule(L.LightningModule):
     """Base LightningModule. Subclasses define ``sampler`` (an nn.Module with ``sample(y, z)``)."""
 
     name = "base"
+    config_class = None  # a pydantic model validating train.<name> (medsynth.config.ModelSection if None)
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
         super().__init__()

@@ -45,6 +45,7 @@ class Encoder(nn.Module):
 
 class CVAEModule(GenerativeModule):
     name = "cvae"
+    config_class = CVAEConfig  # validates train.cvae (and a plug-in subclass's section, unless it names its own)
     config_class = CVAEConfig
     compile_targets = ("encoder", "decoder")
 
