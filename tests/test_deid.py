@@ -289,3 +289,19 @@ def test_parallel_ingest_writes_exactly_what_a_single_process_writes(demo_cohort
     b = sorted(x.relative_to(out).as_posix() for x in out.rglob("*") if x.is_file())
     assert a == b and len(a) > 100
     assert all(filecmp.cmp(demo_ingested / f, out / f, shallow=False) for f in a)
+
+
+def test_demo_cohort_is_byte_identical_when_regenerated(demo_cohort, tmp_path):
+    """The ingest stage regenerates the demo on every run: the same seed must give the same bytes, or the
+    de-identified outputs (named after the UIDs) change between runs. pydicom's compress() draws a random
+    SOPInstanceUID unless told not to; the RLE cases once did."""
+    import filecmp
+
+    from medsynth.config import DemoConfig
+    from medsynth.data.demo import generate_demo_cohort
+
+    again = tmp_path / "raw"
+    generate_demo_cohort(again, DemoConfig(patients=12, rare_fraction=0.34, nifti_cases=2, compressed_cases=2), seed=7)  # as conftest
+    a = sorted(x.relative_to(demo_cohort).as_posix() for x in demo_cohort.rglob("*") if x.is_file())
+    assert a == sorted(x.relative_to(again).as_posix() for x in again.rglob("*") if x.is_file()) and len(a) > 100
+    assert [f for f in a if not filecmp.cmp(demo_cohort / f, again / f, shallow=False)] == []

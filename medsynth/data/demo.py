@@ -300,7 +300,7 @@ def generate_demo_cohort(out_dir: Path, cfg: DemoConfig, seed: int = 1234, progr
             for k in range(grid.slices):
                 ds = _slice_dataset(ident, DemoCase(i, "", "", condition, plane, fmt, "", ""), grid, k, stored[:, :, k], study_uid, series_uid, for_uid)
                 if fmt == "dicom-rle":
-                    ds.compress(RLELossless)
+                    ds.compress(RLELossless, generate_instance_uid=False)  # lossless: same instance; no random UID
                 name = f"IM{(k * 7919) % 100000:05d}"  # file names unrelated to slice order
                 ds.save_as(out_dir / img_rel / name, enforce_file_format=True)
         cases.append(DemoCase(i, ident["PatientID"], ident["PatientName"], condition, plane, fmt, str(img_rel), str(mask_rel)))
