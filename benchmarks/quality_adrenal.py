@@ -71,23 +71,12 @@ def mid_slices_figure(path: Path, rows: dict[str, np.ndarray], title: str) -> No
     plt.close(fig)
 
 
-def nearer_train_share(samples: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int) -> float:
-    """Share of samples whose nearest real case (voxel L1) is in a random train subset of the test set's
-    size rather than in the test set: about 0.5 when samples are no closer to the cases a model learnt
-    from than to unseen ones, towards 1 when they copy training cases (a distance-to-closest-record check
-    as in the evaluate stage's privacy report, here on raw voxels)."""
-    sub = train[np.random.default_rng(seed).choice(len(train), min(len(train), len(test)), replace=False)]
-    flat = lambda a: torch.from_numpy(np.asarray(a, np.float32)).flatten(1)  # noqa: E731
-    s = flat(samples)
-    d_train, d_test = torch.cdist(s, flat(sub), p=1).min(1).values, torch.cdist(s, flat(test), p=1).min(1).values
-    return float((d_train < d_test).float().mean())
-
-
 def main(argv=None) -> int:
     from medsynth.config import Params, UtilityConfig
     from medsynth.eval.encoder import embed, standardiser, train_encoder
     from medsynth.eval.features import volume_features
     from medsynth.eval.metrics import fid, ms_ssim_diversity
+    from medsynth.eval.privacy import dcr_share
     from medsynth.eval.stats import mmd2_unbiased
     from medsynth.eval.utility import _Classifier, _device, _train
     from medsynth.models.training import load_bank, train_model
@@ -143,7 +132,10 @@ def main(argv=None) -> int:
                 "fid_vs_test": float(fid(feats, te_feats)),
                 "ms_ssim": ms_ssim_diversity(imgs, seed=args.seed),
                 "classifier_accuracy": float(np.mean(predict(imgs) == ci)),
-                **({"nearer_train_share": nearer_train_share(imgs, real["train"][0][real["train"][2] == ci], te_img, args.seed)} if synthetic else {}),
+                # the evaluate stage's DCR share (train subsampled to the test set's size, 50 times; 0.5: samples
+                # no closer to the cases the model learnt from than to unseen ones), here on raw voxels
+                **({"dcr_share_voxels": dcr_share(imgs.reshape(len(imgs), -1), real["train"][0][real["train"][2] == ci].reshape(-1, imgs[0].size),
+                                                  te_img.reshape(len(te_img), -1), np.random.default_rng(args.seed))} if synthetic else {}),
             }
 
         results: dict = {"real_train_vs_test": {}, "models": {}}

@@ -157,7 +157,8 @@ class CVAEConfig(_Section):
         "it full rank when a condition has fewer cases than latent dimensions")
     prior_min_cases: int = Field(
         10, ge=2, description="fitted prior: a condition with fewer training cases keeps the standard prior (a mean of a "
-        "handful of codes is close to one patient's code)")
+        "handful of codes is close to one patient's code). Like prior_shrinkage, read at export only: changing it refits "
+        "the prior without retraining")
 
 
 class VAEGANConfig(CVAEConfig):

@@ -571,6 +571,15 @@ def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standar
     assert sampler.net.prior is not None and torch.equal(sampler.net.prior.mean, blob["state_dict"]["prior.mean"])
     imgs, _, _ = sample_arrays(sampler, "lesion", 2, seed=0)
     assert np.isfinite(imgs).all()
+    # the prior's settings are read at export only: changing one refits it from the same weights, no retraining
+    before = {k: v for k, v in blob["state_dict"].items() if not k.startswith("prior.")}
+    s2 = train_tiny("cvae", preprocessed, tmp_path / "fitted", 2, extra={"prior_min_cases": 2, "prior_shrinkage": 1.0})
+    assert "fresh_start" not in s2 and s2["steps"] == 2
+    blob2 = torch.load(tmp_path / "fitted" / "model.pt", weights_only=True)
+    assert all(torch.equal(v, blob2["state_dict"][k]) for k, v in before.items())
+    normal = sampler.conditions.index("normal")  # the fitted condition
+    tril = blob2["state_dict"]["prior.scale_tril"][normal]
+    assert torch.equal(tril, torch.diag(torch.diag(tril))) and not torch.equal(tril, blob["state_dict"]["prior.scale_tril"][normal])  # shrunk to its diagonal
     # an export from before latent_prior: no key in the config, no prior tensors
     old_cfg = {k: v for k, v in blob["config"].items() if k not in ("latent_prior", "prior_shrinkage", "prior_min_cases")}
     old = CVAEModule.build_sampler(old_cfg, blob["data_info"])

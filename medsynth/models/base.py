@@ -44,6 +44,7 @@ class GenerativeModule(L.LightningModule):
 
     name = "base"
     config_class = None  # a pydantic model validating train.<name> (medsynth.config.ModelSection if None)
+    export_settings: tuple[str, ...] = ()  # settings read only by prepare_export: not part of the run signature
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
         super().__init__()

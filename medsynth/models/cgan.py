@@ -75,7 +75,6 @@ def diff_augment(x: torch.Tensor, g: torch.Generator, p: torch.Tensor | float = 
 class CGANModule(GenerativeModule):
     name = "cgan"
     config_class = CGANConfig  # validates train.cgan (and a plug-in subclass's section, unless it names its own)
-    config_class = CGANConfig
     # the discriminator's spectral norm updates its power-iteration vector in place, which torch.compile
     # rejects under the R1 double backward: only the generator is compiled
     compile_targets = ("generator",)

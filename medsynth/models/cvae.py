@@ -45,8 +45,8 @@ class Encoder(nn.Module):
 
 class CVAEModule(GenerativeModule):
     name = "cvae"
+    export_settings = ("prior_shrinkage", "prior_min_cases")  # used at export only: a change refits, no retraining
     config_class = CVAEConfig  # validates train.cvae (and a plug-in subclass's section, unless it names its own)
-    config_class = CVAEConfig
     compile_targets = ("encoder", "decoder")
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100,

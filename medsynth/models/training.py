@@ -122,11 +122,13 @@ def build_module(name: str, model_cfg: dict, data_info: dict, seed: int, train_c
     return module
 
 
-def run_signature(name: str, model_cfg: dict, seed: int, info: dict, rows: list[dict]) -> dict:
+def run_signature(name: str, model_cfg: dict, seed: int, info: dict, rows: list[dict], export_settings: tuple[str, ...] = ()) -> dict:
     """What a checkpoint must share with this run to be resumed: the model, its settings except ``steps``
-    (raising steps continues a run), the seed, the preprocessing and the training cases."""
+    (raising steps continues a run) and those only export reads (``export_settings``, e.g. the VAEs'
+    prior_shrinkage: changing one refits at export), the seed, the preprocessing and the training cases."""
     cases = hashlib.sha256("\n".join(sorted(str(r.get("case_id", "")) for r in rows)).encode()).hexdigest()[:16]
-    return {"model": name, "config": {k: v for k, v in sorted(model_cfg.items()) if k != "steps"}, "seed": int(seed),
+    skip = {"steps", *export_settings}
+    return {"model": name, "config": {k: v for k, v in sorted(model_cfg.items()) if k not in skip}, "seed": int(seed),
             "transform_hash": info.get("transform_hash"), "train_cases": cases}
 
 
@@ -142,6 +144,8 @@ def discard_foreign_checkpoint(ckpt_dir: Path, module) -> str | None:
     try:
         blob = torch.load(last, map_location="cpu", weights_only=True)
         saved = blob.get("medsynth_run")
+        if saved and isinstance(saved.get("config"), dict):  # signatures written before a setting became export-only
+            saved = {**saved, "config": {k: v for k, v in saved["config"].items() if k not in getattr(module, "export_settings", ())}}
         state = blob.get("state_dict", {})
     except Exception as exc:  # noqa: BLE001 -- an unreadable checkpoint is not resumable, whatever the cause
         saved, state, reason = None, {}, f"unreadable ({type(exc).__name__})"
@@ -240,7 +244,7 @@ def train_model(
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if hasattr(module, "accelerate"):  # a GenerativeModule writes its run signature into its checkpoints
-        module.run_signature = run_signature(name, model_cfg, seed, info, rows)
+        module.run_signature = run_signature(name, model_cfg, seed, info, rows, tuple(getattr(module, "export_settings", ())))
     fresh_start = discard_foreign_checkpoint(ckpt_dir, module)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=train_cfg.checkpoint_every * n_opt, save_last=True, save_top_k=1, monitor=None)]
     logger = False

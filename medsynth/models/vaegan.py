@@ -95,7 +95,6 @@ class ConditionalPatchDiscriminator(nn.Module):
 class VAEGANModule(CVAEModule):
     name = "vaegan"
     config_class = VAEGANConfig  # validates train.vaegan (and a plug-in subclass's section, unless it names its own)
-    config_class = VAEGANConfig
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
         base = {k: v for k, v in config.items() if k in CVAEConfig.model_fields}
