@@ -10,6 +10,7 @@ import csv
 import gzip
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -164,9 +165,22 @@ def test_dvc_repro_tiny(tiny_repo):
     assert reasons.get("modality MR not selected", 0) >= 1  # the real GE MR volume (Philips: 4D)
     assert any(r.startswith("BurnedInAnnotation is YES") for r in reasons), reasons  # deid-data ultrasound
     out = _run(dvc + ["repro"], repo)
-    assert "Running stage" not in out  # second run: nothing reruns
+    assert re.findall(r"Running stage '([^']+)'", out) == ["fingerprint"]  # second run: only the input is looked at
     _run(dvc + ["metrics", "show"], repo)
     _run(dvc + ["params", "diff"], repo)
+    # the export changes behind the same path (a label edited in the CSV): ingest is stale, and DVC knows
+    labels = tiny_repo["raw"] / "labels.csv"
+    original, st = labels.read_text(), labels.stat()
+    rows = original.splitlines()
+    k = next(k for k, r in enumerate(rows) if k and ",normal" in r)
+    flipped = rows[:k] + [rows[k].replace(",normal", ",lesion", 1)] + rows[k + 1 :]
+    labels.write_text("\n".join(flipped) + "\n")
+    _run(dvc + ["repro", "fingerprint"], repo)
+    assert "data/input_fingerprint.json" in _run(dvc + ["status", "ingest"], repo)
+    labels.write_text(original)  # and back, as it was (same bytes, same time): nothing to do again
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _run(dvc + ["repro", "fingerprint"], repo)
+    assert "ingest" not in _run(dvc + ["status"], repo)
 
 
 @pytest.mark.integration

@@ -1,0 +1,84 @@
+"""A fingerprint of what the ingest stage reads, for DVC to compare between runs.
+
+``params.yaml`` names the raw input (a PACS export folder, a labels CSV, a site key file) by path, and
+DVC tracks a path, not what lies behind it: new files in the export folder, an edited labels CSV or
+another site key would leave ``dvc repro`` saying "didn't change" and the cohort stale. The
+``fingerprint`` stage runs on every ``dvc repro`` (``always_changed``) and writes this fingerprint; the
+ingest stage depends on it, so it reruns exactly when the input changed.
+
+What it holds, and what it must not: counts, total bytes and SHA-256 digests over the sorted
+(relative path, size, modification time) of every input file -- never a file name, a folder name or
+the input path, which in a PACS export carry patient names and record numbers -- the SHA-256 of the
+labels CSV's bytes, and a key id (an HMAC of a fixed text under the site key: which key, not the key).
+File contents are not read (a stat per file: a 100,000-file export takes about a second); a file
+rewritten with the same size and time is not noticed (``dvc repro -f ingest`` then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+from medsynth.config import DataConfig
+
+
+class InputError(RuntimeError):
+    """The raw input named in params.yaml is not there."""
+
+
+def _tree_digest(root: Path) -> dict[str, Any]:
+    """Files, bytes and one digest over (relative path, size, mtime) of every file under ``root``."""
+    h = hashlib.sha256()
+    files = size = 0
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            p = Path(dirpath) / name
+            try:
+                st = p.stat()
+            except OSError:  # a dangling link: ingest quarantines what it cannot read
+                continue
+            entries.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    for rel, n, mtime in sorted(entries):
+        h.update(f"{rel}\0{n}\0{mtime}\n".encode())
+        files += 1
+        size += n
+    return {"files": files, "bytes": size, "sha256": h.hexdigest()}
+
+
+def key_id(secret: bytes) -> str:
+    """Which site key is in use, without revealing it: the first 16 hex digits of HMAC-SHA256(key, text)."""
+    return hmac.new(secret, b"medsynth site key id", hashlib.sha256).hexdigest()[:16]
+
+
+def input_fingerprint(data: DataConfig, key_secret: bytes | None = None) -> dict[str, Any]:
+    """The fingerprint of ``data.input`` (folder, .npz file or the generated demo), ``data.labels`` and the
+    site key. Raises :class:`InputError` naming the missing path."""
+    if data.is_demo:
+        src: dict[str, Any] = {"kind": "demo"}  # generated from params.yaml's data.demo, which DVC tracks
+    else:
+        path = Path(data.input).expanduser()
+        if data.is_npz:
+            if not path.is_file():
+                raise InputError(f"data.input: {path}: no such .npz file")
+            st = path.stat()
+            src = {"kind": "npz", "files": 1, "bytes": st.st_size,
+                   "sha256": hashlib.sha256(f"{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()}
+        else:
+            if not path.is_dir():
+                raise InputError(f"data.input: {path}: no such folder (the raw export to ingest)")
+            src = {"kind": "folder", **_tree_digest(path)}
+    out: dict[str, Any] = {"version": 1, "input": src}
+    if data.labels:
+        labels = Path(data.labels).expanduser()
+        if not labels.is_file():
+            raise InputError(f"data.labels: {labels}: no such file")
+        out["labels"] = {"bytes": labels.stat().st_size, "sha256": hashlib.sha256(labels.read_bytes()).hexdigest()}
+    if key_secret is not None:
+        out["key_id"] = key_id(key_secret)
+    return out
+

@@ -1,0 +1,55 @@
+"""The input fingerprint that makes `dvc repro` notice a changed export folder, labels CSV or site key."""
+
+import json
+import os
+
+import pytest
+
+from medsynth.config import DataConfig
+from medsynth.io.fingerprint import InputError, input_fingerprint, key_id
+
+
+def _export(root):
+    (root / "KHAN_JANE_MRN4711000" / "CT_ABD").mkdir(parents=True)
+    for i in range(3):
+        (root / "KHAN_JANE_MRN4711000" / "CT_ABD" / f"IM{i:04d}").write_bytes(b"x" * (100 + i))
+    labels = root.parent / "labels.csv"
+    labels.write_text("case,condition\nKHAN_JANE_MRN4711000/CT_ABD,normal\n")
+    return DataConfig(input=str(root), labels=str(labels))
+
+
+def test_fingerprint_changes_with_the_export_the_labels_and_the_key_and_names_nothing(tmp_path):
+    raw = tmp_path / "export"
+    data = _export(raw)
+    key = b"k" * 32
+    first = input_fingerprint(data, key)
+    assert first == input_fingerprint(data, key)  # stable while nothing changes
+    assert first["input"]["files"] == 3 and first["input"]["bytes"] == 303
+    text = json.dumps(first)
+    assert not any(s in text for s in ("KHAN", "MRN4711", "CT_ABD", "IM0000", str(tmp_path)))
+    # a new file in the export
+    (raw / "KHAN_JANE_MRN4711000" / "CT_ABD" / "IM0003").write_bytes(b"y")
+    added = input_fingerprint(data, key)
+    assert added["input"]["sha256"] != first["input"]["sha256"] and added["input"]["files"] == 4
+    # a file rewritten in place (same name, new time and size)
+    f = raw / "KHAN_JANE_MRN4711000" / "CT_ABD" / "IM0000"
+    f.write_bytes(b"z" * 100)
+    os.utime(f, ns=(1, 1))
+    assert input_fingerprint(data, key)["input"]["sha256"] != added["input"]["sha256"]
+    # an edited label
+    (tmp_path / "labels.csv").write_text("case,condition\nKHAN_JANE_MRN4711000/CT_ABD,lesion\n")
+    relabelled = input_fingerprint(data, key)
+    assert relabelled["labels"] != first["labels"] and relabelled["input"] == input_fingerprint(data, key)["input"]
+    # another site key: another id, and the key itself is nowhere in it
+    other = input_fingerprint(data, b"m" * 32)
+    assert other["key_id"] != relabelled["key_id"] == key_id(key) and "kkkk" not in json.dumps(relabelled)
+
+
+def test_fingerprint_names_a_missing_input_and_the_demo_needs_no_folder(tmp_path):
+    with pytest.raises(InputError, match=r"data.input: .*nowhere: no such folder"):
+        input_fingerprint(DataConfig(input=str(tmp_path / "nowhere")))
+    with pytest.raises(InputError, match=r"data.labels: .*labels.csv: no such file"):
+        input_fingerprint(DataConfig(input=str(tmp_path), labels=str(tmp_path / "labels.csv")))
+    with pytest.raises(InputError, match=r"no such .npz file"):
+        input_fingerprint(DataConfig(input=str(tmp_path / "cohort.npz")))
+    assert input_fingerprint(DataConfig(input="demo"))["input"] == {"kind": "demo"}
