@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medsynth.io.writers import atomic_path
+from medsynth.io.writers import save_torch_atomic
 from medsynth.models.blocks import random_cutout, random_flip_shift
 
 
@@ -104,9 +104,8 @@ def standardise(features: dict[str, np.ndarray], reference: str = "train") -> di
 
 
 def save_encoder(enc: Encoder3d, path: Path, meta: dict) -> None:
-    with atomic_path(Path(path), suffix=".pt") as tmp:
-        torch.save({"state_dict": enc.state_dict(), "in_channels": enc.body[0].in_channels, "width": enc.body[0].out_channels,
-                    "dim": enc.out.out_features, "meta": meta}, tmp)
+    save_torch_atomic(Path(path), {"state_dict": enc.state_dict(), "in_channels": enc.body[0].in_channels, "width": enc.body[0].out_channels,
+                                   "dim": enc.out.out_features, "meta": meta})
 
 
 def load_encoder(path: Path) -> tuple[nn.Module, bool]:

@@ -47,6 +47,19 @@ def write_bytes_atomic(dest: str | Path, data: bytes) -> Path:
     return Path(dest)
 
 
+def save_torch_atomic(dest: str | Path, obj: Any) -> Path:
+    """``torch.save`` to ``dest`` atomically, and byte-reproducibly: saved to a path, torch names the
+    archive's records after the file -- here a random temporary name -- so identical weights would give
+    a different file (and DVC hash) on every run; saved to a buffer they are always named "archive"."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes_atomic(dest, buf.getvalue())
+
+
 def write_text_atomic(dest: str | Path, text: str) -> Path:
     return write_bytes_atomic(dest, text.encode("utf-8"))
 

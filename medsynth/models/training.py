@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from medsynth.config import TrainConfig
-from medsynth.io.writers import atomic_path, write_json_atomic
+from medsynth.io.writers import save_torch_atomic, write_json_atomic
 from medsynth.models import registry
 
 
@@ -294,8 +294,7 @@ def train_model(
         return {"stopped_at": int(module.iteration)}
     prepared = module.prepare_export() if hasattr(module, "prepare_export") else {}  # e.g. the VAEs fit their latent prior
     export = module.export()
-    with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
-        torch.save(export, tmp)
+    save_torch_atomic(out_dir / "model.pt", export)
     n_params = sum(p.numel() for p in module.parameters())
     summary = {
         "model": name,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from medsynth import __version__
-from medsynth.io.writers import atomic_path, write_json_atomic
+from medsynth.io.writers import save_torch_atomic, write_json_atomic
 from medsynth.models import registry
 from medsynth.synth.sampler import LoadedSampler, file_sha256, load_sampler, synthesize
 
@@ -54,8 +54,7 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, repo
     roi = [int(s) for s in info["roi_size"]]
     conditions = list(info["conditions"])
     model_pt = out_dir / "models" / "model.pt"
-    with atomic_path(model_pt, suffix=".pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in sampler.net.state_dict().items()}, tmp)
+    save_torch_atomic(model_pt, {k: v.detach().cpu() for k, v in sampler.net.state_dict().items()})
     write_json_atomic(out_dir / "configs" / "medsynth_model.json", {
         "kind": sampler.kind, "config": sampler.config, "data_info": info, "source_checkpoint_sha256": sampler.checkpoint_sha256,
     })
