@@ -39,7 +39,8 @@ class DataConfig(_Section):
     labels: str | None = Field(None, description="CSV with columns case,condition[,mask]")
     rare_condition: str = Field("lesion", description="the condition to augment")
     default_condition: str = Field("normal", description="condition of cases the labels CSV omits")
-    npz_max_cases: int | None = Field(None, ge=8, description="use at most this many cases of an .npz")
+    npz_max_cases: int | None = Field(None, ge=12, description="use this many cases of an .npz (30 % from its test split, "
+                                      "10 % from val, at least 4 each, the rest from train; each class in proportion, at least 2)")
     npz_class_names: list[str] = Field(["normal", "lesion"], min_length=2, description="condition name per npz label")
     nifti_modality: Literal["CT", "MR"] = Field("CT", description="modality assumed for NIfTI inputs")
     modality: Literal["CT", "MR"] | None = Field(

@@ -439,7 +439,7 @@ def ingest_npz(npz_path: Path, out_dir: Path, data_cfg: DataConfig, seed: int) -
     if missing:
         raise IngestError(f"{npz_path}: not a MedMNIST-style npz: missing arrays {missing}")
     names = list(data_cfg.npz_class_names)
-    for sub in ("images", "masks"):
+    for sub in ("images", "masks", "dicom"):  # dicom stays empty (an npz holds no DICOM) but exists: a DVC output
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -449,10 +449,11 @@ def ingest_npz(npz_path: Path, out_dir: Path, data_cfg: DataConfig, seed: int) -
             continue
         imgs, labs = z[f"{split}_images"], z[f"{split}_labels"].reshape(-1)
         idx = np.arange(len(imgs))
-        if data_cfg.npz_max_cases:
-            share = {"train": 0.6, "val": 0.1, "test": 0.3}[split]
-            keep = max(4, int(round(share * data_cfg.npz_max_cases)))
-            idx = _stratified_take(labs, keep, rng)
+        if data_cfg.npz_max_cases:  # 30 % test, 10 % val (at least 4 each), the rest train: n in all
+            n = data_cfg.npz_max_cases
+            keep = {"test": max(4, round(0.3 * n)), "val": max(4, round(0.1 * n))}
+            keep["train"] = n - keep["test"] - keep["val"]
+            idx = _stratified_take(labs, keep[split], rng)
         holdout = set()
         if split == "test":
             for c in np.unique(labs[idx]):
@@ -493,12 +494,15 @@ def ingest_npz(npz_path: Path, out_dir: Path, data_cfg: DataConfig, seed: int) -
 
 
 def _stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """About ``n`` cases in the classes' proportions, at least 2 of each, never more than ``n`` in all
+    (rounding and the minimum of 2 once gave 61 of "at most 60")."""
     out = []
     classes, counts = np.unique(labels, return_counts=True)
-    for c, cnt in zip(classes, counts):
-        take = max(2, int(round(n * cnt / len(labels))))
-        members = np.flatnonzero(labels == c)
-        out.extend(rng.choice(members, size=min(take, len(members)), replace=False).tolist())
+    takes = [min(max(2, int(round(n * cnt / len(labels)))), cnt) for cnt in counts]
+    while sum(takes) > n and max(takes) > 2:
+        takes[int(np.argmax(takes))] -= 1  # the largest class gives way
+    for c, take in zip(classes, takes):
+        out.extend(rng.choice(np.flatnonzero(labels == c), size=take, replace=False).tolist())
     return np.array(sorted(out))
 
 
