@@ -1,6 +1,7 @@
 """Splits, models (resume, divergence, registry) and gates that can fail, on real data where it matters."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -298,9 +299,10 @@ def test_vaegan_perceptual_loss_from_a_local_network_only(preprocessed, tmp_path
     save_encoder(enc, tmp_path / "encoder.pt", {})
     ts = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, stride=2), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
     torch.jit.trace(ts.eval(), torch.zeros(1, 1, 16, 16, 16)).save(str(tmp_path / "net.ts"))
+    shutil.copy(tmp_path / "net.ts", tmp_path / "traced.pt")  # TorchScript is told by content, not by suffix
     train_tiny("vaegan", preprocessed, tmp_path / "plain", 3)
     plain = _weights(tmp_path / "plain" / "model.pt")
-    for net in ("encoder.pt", "net.ts"):
+    for net in ("encoder.pt", "net.ts", "traced.pt"):
         out = tmp_path / net.replace(".", "_")
         train_tiny("vaegan", preprocessed, out, 3, extra={"perceptual_weight": 1.0, "perceptual_network": str(tmp_path / net)})
         w = _weights(out / "model.pt")

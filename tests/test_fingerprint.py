@@ -53,3 +53,16 @@ def test_fingerprint_names_a_missing_input_and_the_demo_needs_no_folder(tmp_path
     with pytest.raises(InputError, match=r"no such .npz file"):
         input_fingerprint(DataConfig(input=str(tmp_path / "cohort.npz")))
     assert input_fingerprint(DataConfig(input="demo"))["input"] == {"kind": "demo"}
+
+
+def test_weights_fingerprint_sees_a_swapped_file_and_writes_no_path(tmp_path):
+    from medsynth.io.fingerprint import weights_fingerprint
+
+    w = tmp_path / "medicalnet10.pt"
+    w.write_bytes(b"a" * 10)
+    paths = {"evaluate.encoder.weights": str(w), "train.vaegan.perceptual_network": None, "train.x.perceptual_network": str(tmp_path / "later.pt")}
+    first = weights_fingerprint(paths)
+    assert set(first) == {"evaluate.encoder.weights", "train.x.perceptual_network"} and first["train.x.perceptual_network"] == {"missing": True}
+    assert first == weights_fingerprint(paths) and "medicalnet" not in json.dumps(first) and str(tmp_path) not in json.dumps(first)
+    w.write_bytes(b"b" * 11)  # another network at the same path
+    assert weights_fingerprint(paths)["evaluate.encoder.weights"] != first["evaluate.encoder.weights"]

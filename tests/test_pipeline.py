@@ -159,7 +159,7 @@ def test_dvc_repro_of_a_medmnist_npz_input(tmp_path):
     out = _run([sys.executable, "-m", "dvc", "repro", "preprocess"], repo)
     assert re.findall(r"Running stage '([^']+)'", out) == ["fingerprint", "ingest", "preprocess"]
     assert (repo / "data/ingest/dicom").is_dir() and not any((repo / "data/ingest/dicom").iterdir())
-    assert json.loads((repo / "data/input_fingerprint.json").read_text())["input"]["kind"] == "npz"
+    assert json.loads((repo / "data/fingerprints/input.json").read_text())["input"]["kind"] == "npz"
     assert json.loads((repo / "data/preprocess/preprocess.json").read_text())["cases"] == 60
 
 
@@ -200,7 +200,7 @@ def test_dvc_repro_tiny(tiny_repo):
     flipped = rows[:k] + [rows[k].replace(",normal", ",lesion", 1)] + rows[k + 1 :]
     labels.write_text("\n".join(flipped) + "\n")
     _run(dvc + ["repro", "fingerprint"], repo)
-    assert "data/input_fingerprint.json" in _run(dvc + ["status", "ingest"], repo)
+    assert "data/fingerprints/input.json" in _run(dvc + ["status", "ingest"], repo)
     labels.write_text(original)  # and back, as it was (same bytes, same time): nothing to do again
     os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns))
     _run(dvc + ["repro", "fingerprint"], repo)

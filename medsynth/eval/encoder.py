@@ -108,12 +108,23 @@ def save_encoder(enc: Encoder3d, path: Path, meta: dict) -> None:
                                    "dim": enc.out.out_features, "meta": meta})
 
 
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive, by content: a traced MedicalNet is often saved as
+    ``.pt`` like a state dict. TorchScript zips hold ``constants.pkl`` and ``code/``; torch.save's do not."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
 def load_encoder(path: Path) -> tuple[nn.Module, bool]:
     """medsynth's own encoder.pt, or a user's TorchScript file (image channel only) -> (module, image_only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder weights not found")
-    if path.suffix in (".ts", ".torchscript", ".jit"):
+    if is_torchscript(path):
         return torch.jit.load(str(path), map_location="cpu").eval(), True
     blob = torch.load(path, map_location="cpu", weights_only=True)
     enc = Encoder3d(blob["in_channels"], blob["width"], blob["dim"])

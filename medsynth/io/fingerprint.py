@@ -12,6 +12,9 @@ the input path, which in a PACS export carry patient names and record numbers --
 labels CSV's bytes, and a key id (an HMAC of a fixed text under the site key: which key, not the key).
 File contents are not read (a stat per file: a 100,000-file export takes about a second); a file
 rewritten with the same size and time is not noticed (``dvc repro -f ingest`` then).
+
+:func:`weights_fingerprint` does the same for weights files that params.yaml names by path (a
+TorchScript feature encoder, a perceptual network), for the stages that load them.
 """
 
 from __future__ import annotations
@@ -48,6 +51,24 @@ def _tree_digest(root: Path) -> dict[str, Any]:
         files += 1
         size += n
     return {"files": files, "bytes": size, "sha256": h.hexdigest()}
+
+
+def weights_fingerprint(paths: dict[str, str | None]) -> dict[str, Any]:
+    """Size and modification time of each weights file a stage loads from a path in params.yaml
+    (``evaluate.encoder.weights``, a VAE-GAN's ``perceptual_network``): swapping the file at the same
+    path reruns the stages that use it. Keys are the params keys; no path is written. A path that does
+    not exist (yet: the encoder stage's own encoder.pt on a first run) is recorded as missing."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(paths.items()):
+        if not value:
+            continue
+        p = Path(value).expanduser()
+        if p.is_file():
+            st = p.stat()
+            out[key] = {"bytes": st.st_size, "sha256": hashlib.sha256(f"{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()}
+        else:
+            out[key] = {"missing": True}
+    return out
 
 
 def key_id(secret: bytes) -> str:
