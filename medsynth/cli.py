@@ -146,7 +146,8 @@ def synth(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="also write a DICOM series + SEG per case (CT/MR models)"),
     batch_size: int = typer.Option(8, help="cases sampled per batch"),
-    masks: Optional[Path] = typer.Option(None, help="mask-conditioned models: folder of label maps on the model grid to paint images for"),
+    masks: Optional[Path] = typer.Option(None, help="mask-conditioned models: folder of label maps on the model grid to paint images for "
+                                         "(with a manifest beside it, e.g. data/synth/cvae/masks, only the condition's masks)"),
 ) -> None:
     """Sample N synthetic image + mask pairs of one condition from a trained model, without the pipeline."""
     from medsynth.synth.sampler import load_sampler, needs_masks, read_mask_folder, synthesize
@@ -162,7 +163,7 @@ def synth(
         if masks is None:
             _fail(f"{model}: this model paints images for given masks (conditioning: mask); pass --masks FOLDER", 2)
         try:
-            given = {condition: read_mask_folder(masks, s.data_info["roi_size"])}
+            given = {condition: read_mask_folder(masks, s.data_info["roi_size"], condition)}
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc), 2)
     with Progress(console=console, transient=True) as progress:

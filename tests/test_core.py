@@ -278,6 +278,20 @@ def test_pipeline_synthesize_stage_paints_train_masks_for_a_mask_conditioned_cga
     import nibabel as nib
 
     assert all(bytes(np.asarray(nib.load(f).dataobj).astype(np.uint8)) in train_lesion for f in written)
+    # medsynth synth --masks: another model's synthetic masks (here this stage's); only the asked condition's
+    from typer.testing import CliRunner
+
+    from medsynth.cli import app
+
+    res = CliRunner().invoke(app, ["synth", str(tmp_path / "models" / "cgan"), str(tmp_path / "painted"), "-c", "lesion", "-n", "4", "--masks", str(out / "masks")])
+    assert res.exit_code == 0, res.output
+    lesion_masks = {bytes(np.asarray(nib.load(f).dataobj).astype(np.uint8)) for f in written}
+    painted = sorted((tmp_path / "painted" / "masks").glob("*.nii.gz"))
+    assert len(painted) == 4 and all(bytes(np.asarray(nib.load(f).dataobj).astype(np.uint8)) in lesion_masks for f in painted)
+    for f in written:
+        f.unlink()  # only normal masks left beside the manifest: nothing to paint a lesion case for
+    res = CliRunner().invoke(app, ["synth", str(tmp_path / "models" / "cgan"), str(tmp_path / "p2"), "-c", "lesion", "-n", "1", "--masks", str(out / "masks")])
+    assert res.exit_code == 2 and "no mask of condition 'lesion'" in " ".join(res.output.split())
     shutil.rmtree(out)
 
 

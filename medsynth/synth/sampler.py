@@ -92,12 +92,26 @@ def needs_masks(sampler: LoadedSampler) -> bool:
     return bool(getattr(sampler.net, "needs_mask", False))
 
 
-def read_mask_folder(folder: Path, roi: tuple[int, ...] | list[int]) -> np.ndarray:
+def read_mask_folder(folder: Path, roi: tuple[int, ...] | list[int], condition: str | None = None) -> np.ndarray:
     """Label maps (NIfTI) on the model grid, e.g. ``data/synth/cvae/masks`` of another model's synthetic
-    cases -> (m, D, H, W) uint8. A file of another shape is an error that names it."""
+    cases -> (m, D, H, W) uint8. A file of another shape is an error that names it. With ``condition``
+    and a manifest beside the folder (``synthetic_manifest.csv`` or ``manifest.csv``: case_id,
+    condition), only that condition's masks are read -- a normal case's mask is not painted as a lesion
+    case; without a manifest every mask is used."""
     files = sorted(Path(folder).glob("*.nii*"))
     if not files:
         raise FileNotFoundError(f"{folder}: no NIfTI mask found")
+    manifest = next((m for m in (Path(folder).parent / "synthetic_manifest.csv", Path(folder).parent / "manifest.csv") if m.is_file()), None)
+    if condition is not None and manifest is not None:
+        import csv
+
+        with open(manifest, newline="") as fh:
+            of_case = {r["case_id"]: r.get("condition") for r in csv.DictReader(fh) if r.get("case_id")}
+        case = lambda f: f.name.removesuffix(".gz").removesuffix(".nii")  # noqa: E731
+        files = [f for f in files if of_case.get(case(f)) == condition]
+        if not files:
+            raise FileNotFoundError(f"{folder}: no mask of condition {condition!r} ({manifest.name} lists "
+                                    f"{sorted({c for c in of_case.values() if c})})")
     out = []
     for f in files:
         arr = np.asarray(nib.load(f).dataobj)
