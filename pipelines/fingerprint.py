@@ -26,8 +26,9 @@ def main() -> int:
     console = Console(stderr=True)
     try:
         params = load_params("params.yaml")
-        secret = None if params.data.is_npz else load_key(params.deid, demo=params.data.is_demo).secret
-        fp = input_fingerprint(params.data, secret)
+        key = None if params.data.is_npz else load_key(params.deid, demo=params.data.is_demo)
+        # a throw-away key (deid.ephemeral_key) is new on every run: tracking it would re-ingest and retrain every time
+        fp = input_fingerprint(params.data, key.secret if key is not None and key.stable else None)
     except (ConfigError, DeidKeyError, InputError) as exc:
         console.print(f"[red]fingerprint failed:[/red] {exc}")
         return 1
