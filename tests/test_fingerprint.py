@@ -66,3 +66,30 @@ def test_weights_fingerprint_sees_a_swapped_file_and_writes_no_path(tmp_path):
     assert first == weights_fingerprint(paths) and "medicalnet" not in json.dumps(first) and str(tmp_path) not in json.dumps(first)
     w.write_bytes(b"b" * 11)  # another network at the same path
     assert weights_fingerprint(paths)["evaluate.encoder.weights"] != first["evaluate.encoder.weights"]
+
+
+def test_fingerprint_stage_tracks_a_stable_key_but_not_a_throw_away_one(tmp_path, monkeypatch):
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    data = _export(tmp_path / "export")
+    params = {"data": {"input": data.input, "labels": data.labels}, "deid": {"ephemeral_key": True}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT / "pipelines"))
+    sys.modules.pop("fingerprint", None)
+    import fingerprint as stage
+
+    out = tmp_path / "data" / "fingerprints" / "input.json"
+    assert stage.main() == 0
+    first = out.read_text()
+    assert stage.main() == 0 and out.read_text() == first and "key_id" not in first  # a new throw-away key each run
+    (tmp_path / "site.key").write_text("s" * 64)
+    params["deid"] = {"key_file": str(tmp_path / "site.key")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage.main() == 0 and json.loads(out.read_text())["key_id"] == key_id(b"s" * 64)
+    assert {p.name for p in out.parent.iterdir()} == {"input.json", "encoder_weights.json", "perceptual_network.json"}
