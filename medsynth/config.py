@@ -11,15 +11,25 @@ The library takes these objects; only ``pipelines/`` reads params.yaml (through
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
     """A params value is missing or not allowed. The message names key, value and what is allowed."""
+
+
+def _yaml11_switch(v: Any) -> Any:
+    """YAML 1.1 (PyYAML, which reads params.yaml) parses a bare on / off / yes / no as a boolean, and
+    ``dvc exp run -S`` rewrites params.yaml in YAML 1.2, which drops the quotes around "off": both mean
+    the switch's on / off."""
+    return ("on" if v else "off") if isinstance(v, bool) else v
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml11_switch)]
 
 
 class _Section(BaseModel):
@@ -229,8 +239,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0)
-    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the networks (auto: on a GPU)")
-    channels_last: Literal["auto", "on", "off"] = Field(
+    compile: Switch = Field("auto", description="torch.compile the networks (auto: on a GPU)")
+    channels_last: Switch = Field(
         "off", description="channels-last 3D memory format (auto: on a GPU). Off by default: on an H100 it gave no gain for "
         "the VAE-GAN at 96x96x64 and was 12% slower at 64^3 (docs/benchmarks.md)")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward to save GPU memory")

@@ -32,3 +32,19 @@ def test_roi_and_splits_validation():
 def test_defaults_round_trip():
     p = Params()
     assert parse_params(p.model_dump(mode="json")) == p
+
+
+def test_params_rewritten_by_dvc_exp_run_set_still_load(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml in YAML 1.2 and drops the quotes of "off", which
+    YAML 1.1 (PyYAML) then reads as a boolean; a bare on / off written by hand does the same."""
+    import shutil
+
+    from dvc.utils.serialize import modify_yaml  # what `dvc exp run -S` uses
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    with modify_yaml(tmp_path / "params.yaml") as data:
+        data["train"]["cgan"]["steps"] = 8
+    assert "channels_last: off " in (tmp_path / "params.yaml").read_text()  # unquoted now
+    p = load_params(tmp_path / "params.yaml")
+    assert p.train.channels_last == "off" and p.train.cgan.steps == 8
+    assert parse_params({"train": {"compile": True, "channels_last": False}}).train.compile == "on"
