@@ -38,7 +38,16 @@ def main(argv: list[str]) -> int:
     device = "cuda" if params.train.accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
     total = sum(params.synthesize.per_condition.values())
     out = Path("data/synth") / name
-    sampler = load_sampler(Path("models") / name / "model.pt", device)
+    try:
+        sampler = load_sampler(Path("models") / name / "model.pt", device)
+    except FileNotFoundError as exc:
+        console.print(f"[red]synthesize failed:[/red] {exc}")
+        return 1
+    unknown = sorted(set(params.synthesize.per_condition) - set(sampler.conditions))
+    if unknown:
+        console.print(f"[red]synthesize failed:[/red] synthesize.per_condition: {', '.join(map(repr, unknown))} is not a condition "
+                      f"of this model; it knows {sampler.conditions}")
+        return 1
     masks = None
     if needs_masks(sampler):  # a mask-conditioned generator paints images for the train split's masks
         x, y, _ = load_bank(Path("data/preprocess"), ("train",))

@@ -266,6 +266,10 @@ def test_pipeline_synthesize_stage_paints_train_masks_for_a_mask_conditioned_cga
     sys.modules.pop("synthesize", None)
     import synthesize as stage
 
+    typo = {**params, "synthesize": {**params["synthesize"], "per_condition": {"normal": 1, "lesions": 2}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(typo))
+    assert stage.main(["cgan"]) == 1 and not (tmp_path / "data" / "synth").exists()  # named before any sampling
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert stage.main(["cgan"]) == 0
     out = tmp_path / "data" / "synth" / "cgan"
     written = sorted((out / "masks").glob("*lesion*.nii.gz"))
