@@ -40,6 +40,8 @@ def main() -> int:
         console.print(f"[red]ingest failed:[/red] {exc}")
         return 1
     s = res.summary
+    for warning in s.get("warnings", []):
+        console.print(f"[yellow]ingest warning:[/yellow] {warning}")
     console.print(f"ingest: wrote {s['cases']} cases ({s['by_condition']}) from {s['patients']} patients to {OUT}; "
                   f"{s['quarantined']} item(s) quarantined (see {OUT / 'quarantine.csv'})")
     return 0

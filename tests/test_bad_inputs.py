@@ -140,3 +140,12 @@ def test_gantry_tilt_is_quarantined_with_that_reason(good_series, tmp_path):
     rows, reasons = _convert(tmp_path)
     assert rows == []
     assert any(r.startswith("slices are sheared by 15.00 degrees (gantry tilt") for r in reasons), reasons
+
+
+def test_condition_names_that_differ_only_in_case_are_flagged():
+    from medsynth.io.ingest import condition_spelling_warnings
+
+    (w,) = condition_spelling_warnings({"Normal": 1, "lesion": 6, "normal": 33, "lesion ": 2, "rare": 3})[:1]
+    assert "'Normal' (1 case(s)) and 'normal' (33 case(s))" in w and "typo in the labels CSV" in w
+    assert len(condition_spelling_warnings({"Normal": 1, "normal": 33, "lesion ": 2, "lesion": 6})) == 2
+    assert condition_spelling_warnings({"normal": 33, "lesion": 6}) == []

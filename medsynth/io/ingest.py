@@ -402,6 +402,7 @@ def ingest(
             "nifti_header_fields_cleared": ["descrip", "aux_file", "db_name", "intent_name", "extensions"],
         },
     }
+    summary["warnings"] = condition_spelling_warnings(summary["by_condition"])
     # every output written so far is searched for the original identifiers; ingest.json (which records
     # the result) is searched as well, after it is written
     summary["deid"]["self_check"] = self_check(out_dir, tree.identifiers, INGEST_OUTPUTS)
@@ -409,6 +410,16 @@ def ingest(
     write_json_atomic(out_dir / "ingest.json", summary)
     self_check(out_dir, tree.identifiers, INGEST_OUTPUTS, only=[out_dir / "ingest.json"])
     return IngestResult(cases, quarantine, summary)
+
+
+def condition_spelling_warnings(by_condition: dict[str, int]) -> list[str]:
+    """Conditions that differ only in case or spaces ("Normal" beside "normal"): a labels CSV typo that
+    would otherwise surface as a tiny extra condition, or as preprocess refusing to split it."""
+    groups: dict[str, list[str]] = {}
+    for name in by_condition:
+        groups.setdefault(" ".join(name.split()).casefold(), []).append(name)
+    return [f"conditions {' and '.join(f'{n!r} ({by_condition[n]} case(s))' for n in sorted(names))} differ only in case "
+            "or spaces: a typo in the labels CSV?" for names in groups.values() if len(names) > 1]
 
 
 def _codes(deid: Deidentifier) -> list[dict]:
