@@ -281,6 +281,25 @@ def test_no_identifier_in_any_file_the_pipeline_writes(tiny_repo):
 
 
 @pytest.mark.integration
+def test_report_escapes_text_from_params_and_inputs(tiny_repo, tmp_path):
+    """Text that comes from the user's params or data (a title, a condition name in a labels CSV warning)
+    is HTML-escaped: the template is report.html.j2, which select_autoescape(["html"]) once left raw."""
+    from medsynth.report.build import build_report
+
+    repo = tiny_repo["repo"]
+    ingest = json.loads((repo / "data/ingest/ingest.json").read_text())
+    ingest["warnings"] = ["conditions '<img src=x onerror=alert(1)>' and 'normal' differ only in case"]
+    (tmp_path / "ingest").mkdir()
+    (tmp_path / "ingest" / "ingest.json").write_text(json.dumps(ingest))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    out = build_report(tmp_path / "ingest", repo / "data/preprocess", repo / "models", repo / "reports/eval", tmp_path / "r.html",
+                       params["train"]["models"], "<script>alert(1)</script> & co", params, repo_root=repo, live_root=repo / "dvclive")
+    html = Path(out).read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+@pytest.mark.integration
 def test_report_in_headless_chromium_and_pdf_pages(tiny_repo, tmp_path):
     chromium = shutil.which("chromium")
     pdftoppm = shutil.which("pdftoppm")

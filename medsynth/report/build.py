@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 
 from medsynth import __version__
 from medsynth.io.writers import write_text_atomic
@@ -183,7 +183,7 @@ def build_report(
     all_gates = list(gates.get("gates", [])) + [deid_gate]
     states = {g["state"] for g in all_gates}
     verdict = "fail" if "fail" in states else ("warn" if states & {"warn", "not measured"} else "pass")
-    env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=select_autoescape(["html"]))
+    env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=True)  # the template is report.html.j2: select_autoescape(["html"]) left it unescaped
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
         title=title, verdict=verdict, gates=all_gates, ingest=ingest, pre=pre, cards=cards, ranges=cohort_ranges(Path(ingest_dir) / "manifest.csv"),
