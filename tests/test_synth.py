@@ -155,7 +155,7 @@ def test_mix_synthetic_ratio_oversampling_and_a_monai_unet_step(trained_cvae, de
     assert len(real) == 10
     mixed = mix_synthetic(real, synth, ratio=1.0, oversample={"lesion": 3.0}, seed=0)
     syn = [m for m in mixed if m["synthetic"]]
-    assert mixed[:10] == [dict(r, synthetic=False) for r in real] and len(syn) == 10
+    assert mixed[:10] == [dict(r, synthetic=False, condition="unknown", case_id="") for r in real] and len(syn) == 10
     assert sum(m["condition"] == "lesion" for m in syn) == 8  # 10 * 24/32 = 7.5 -> largest remainder
     assert len({m["case_id"] for m in syn if m["condition"] == "lesion"}) == 8  # no repeat before the pool is used up
     assert mixed == mix_synthetic(real, synth, ratio=1.0, oversample={"lesion": 3.0}, seed=0)
@@ -165,10 +165,12 @@ def test_mix_synthetic_ratio_oversampling_and_a_monai_unet_step(trained_cvae, de
     # the three lines of the docs, in a user's own MONAI loop
     keys = ["image", "label"]
     tf = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), ResizeWithPadOrCropd(keys, (16, 16, 16))])
-    loader = DataLoader(Dataset(mix_synthetic(real, synth, ratio=0.5), transform=tf), batch_size=4, shuffle=True)
+    mixed = mix_synthetic(real, synth, ratio=0.5)
+    loader = DataLoader(Dataset(mixed[-2:] + mixed[:2], transform=tf), batch_size=4)  # synthetic first: MONAI's collate takes its keys
     net = UNet(3, 1, 2, channels=(4, 8), strides=(2,))
     opt = torch.optim.Adam(net.parameters())
     batch = next(iter(loader))
+    assert batch["synthetic"].tolist() == [True, True, False, False] and batch["condition"][2:] == ["unknown", "unknown"]
     loss = torch.nn.functional.cross_entropy(net(batch["image"].float()), batch["label"][:, 0].long().clamp(0, 1))
     loss.backward()
     opt.step()

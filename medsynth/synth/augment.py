@@ -11,8 +11,11 @@ their own transforms::
 Rule: ``round(ratio * len(real))`` synthetic cases are added. They are shared out over the conditions
 in proportion to ``oversample[condition] * available[condition]`` (largest remainder, so the counts
 sum exactly), then drawn per condition without replacement (cycling through a shuffled pool when more
-are asked for than exist), deterministically from ``seed``. Each item keeps ``synthetic`` (bool) and
-``condition`` so a loop can weight or report them separately.
+are asked for than exist), deterministically from ``seed``. Every item, real or synthetic, carries
+``synthetic`` (bool), ``condition`` and ``case_id`` so a loop can weight or report them separately --
+and so MONAI's collate, which takes a batch's keys from its first item, batches real and synthetic
+items together (real items without them get ``condition`` "unknown" and ``case_id`` ""). Synthetic
+items carry no other key: drop extra keys of your real items before batching (``DeleteItemsd``).
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def mix_synthetic(
     oversample: dict[str, float] | None = None,
     seed: int = 0,
 ) -> list[dict]:
-    """Real datalist + synthetic cases (see the module rule). Real items are returned unchanged, first."""
+    """Real datalist + synthetic cases (see the module rule). Real items come first, unchanged but for
+    ``synthetic``/``condition``/``case_id`` (added where missing)."""
     if ratio < 0:
         raise ValueError(f"ratio = {ratio}: must be >= 0 (synthetic cases per real case)")
     dirs = [synth_dirs] if isinstance(synth_dirs, (str, Path)) else list(synth_dirs)
@@ -85,4 +89,6 @@ def mix_synthetic(
         while len(order) < counts[c]:
             order += rng.permutation(len(items)).tolist()
         chosen += [dict(items[i]) for i in order[: counts[c]]]
-    return [dict(r, synthetic=r.get("synthetic", False)) for r in real] + chosen
+    real_items = [{**r, "synthetic": r.get("synthetic", False), "condition": r.get("condition", "unknown"), "case_id": r.get("case_id", "")}
+                  for r in real]
+    return real_items + chosen
