@@ -41,8 +41,10 @@ def test_resumed_training_reaches_the_same_weights(name, preprocessed, tmp_path)
     _train(name, preprocessed, tmp_path / "full", 4)
     _train(name, preprocessed, tmp_path / "cut", 4, stop_after=2)  # interrupted after 2 steps (checkpoint kept)
     assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").is_file()
+    before = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)["medsynth_train_seconds"]
     s = _train(name, preprocessed, tmp_path / "cut", 4)  # the rerun resumes
     assert s["steps"] == 4
+    assert before > 0 and s["train_seconds"] > before  # the time of the interrupted run counts (report: "s of training")
     a, b = _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "cut" / "model.pt")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 
 import lightning as L
 import numpy as np
@@ -60,6 +61,8 @@ class GenerativeModule(L.LightningModule):
         self._step = 0  # host mirror of ``iteration``: reading the buffer on a GPU would sync every step
         self._nonfinite: torch.Tensor | None = None  # device flag, checked every log_every steps on GPU
         self._channels_last = False
+        self.train_seconds_before = 0.0  # training time of the runs this one resumes (from the checkpoint)
+        self._train_t0: float | None = None
         self.bank_x: torch.Tensor | None = None  # (N, 2, D, H, W)
         self.bank_y: torch.Tensor | None = None
         self.diversity_alarm = 0.0  # train.diversity_alarm: below this relative diversity, warn (mode collapse)
@@ -121,6 +124,11 @@ class GenerativeModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._step = int(self.iteration)  # after a resume the buffer holds the checkpoint's counter
+        self._train_t0 = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Training time of this run plus that of the runs it resumed: what the model cost to train."""
+        return self.train_seconds_before + (time.perf_counter() - self._train_t0 if self._train_t0 is not None else 0.0)
 
     def noise(self, n: int, dim: int, purpose: int = 2) -> torch.Tensor:
         return to_device(torch.randn(n, dim, generator=self.step_generator(purpose)), self.device)
@@ -269,9 +277,11 @@ class GenerativeModule(L.LightningModule):
         checkpoint["medsynth_config"] = json.loads(json.dumps(self.config))
         checkpoint["medsynth_run"] = json.loads(json.dumps(getattr(self, "run_signature", None)))
         checkpoint["medsynth_diversity_alarms"] = list(self.diversity_alarms)
+        checkpoint["medsynth_train_seconds"] = float(self.train_seconds())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.diversity_alarms = list(checkpoint.get("medsynth_diversity_alarms", []))
+        self.train_seconds_before = float(checkpoint.get("medsynth_train_seconds", 0.0))
 
     def summary_extras(self) -> dict:
         """Model-specific figures for train.json (e.g. the cGAN's final augmentation probability)."""

@@ -304,7 +304,8 @@ def train_model(
         "train_cases": len(rows),
         "train_patients": len({r["patient"] for r in rows}),
         "train_by_condition": {c: int((y == i).sum()) for i, c in enumerate(data_info["conditions"])},
-        "wall_seconds": round(wall, 2),
+        "wall_seconds": round(wall, 2),  # this run (a resume with nothing left to train: under a second)
+        "train_seconds": round(module.train_seconds(), 2) if hasattr(module, "train_seconds") else round(wall, 2),  # all runs
         "device": str(module.device),
         "precision": resolve_precision(train_cfg),
         "processes": int(trainer.world_size),
