@@ -53,6 +53,12 @@ def _tree_digest(root: Path) -> dict[str, Any]:
     return {"files": files, "bytes": size, "sha256": h.hexdigest()}
 
 
+def _stat_digest(path: Path) -> dict[str, Any]:
+    """One file's size and a digest of (size, modification time): what DVC cannot see behind a path."""
+    st = path.stat()
+    return {"bytes": st.st_size, "sha256": hashlib.sha256(f"{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()}
+
+
 def weights_fingerprint(paths: dict[str, str | None]) -> dict[str, Any]:
     """Size and modification time of each weights file a stage loads from a path in params.yaml
     (``evaluate.encoder.weights``, a VAE-GAN's ``perceptual_network``): swapping the file at the same
@@ -63,11 +69,7 @@ def weights_fingerprint(paths: dict[str, str | None]) -> dict[str, Any]:
         if not value:
             continue
         p = Path(value).expanduser()
-        if p.is_file():
-            st = p.stat()
-            out[key] = {"bytes": st.st_size, "sha256": hashlib.sha256(f"{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()}
-        else:
-            out[key] = {"missing": True}
+        out[key] = _stat_digest(p) if p.is_file() else {"missing": True}
     return out
 
 
@@ -86,9 +88,7 @@ def input_fingerprint(data: DataConfig, key_secret: bytes | None = None) -> dict
         if data.is_npz:
             if not path.is_file():
                 raise InputError(f"data.input: {path}: no such .npz file")
-            st = path.stat()
-            src = {"kind": "npz", "files": 1, "bytes": st.st_size,
-                   "sha256": hashlib.sha256(f"{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()}
+            src = {"kind": "npz", "files": 1, **_stat_digest(path)}
         else:
             if not path.is_dir():
                 raise InputError(f"data.input: {path}: no such folder (the raw export to ingest)")
