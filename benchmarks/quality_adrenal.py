@@ -6,7 +6,7 @@ condition, and scores the samples against the real **test** split of the same co
 * MMD^2 on the weight-free volume features (as the evaluate stage), with its real train-vs-test baseline;
 * FID on a contrastive 3D encoder trained on the real train split only (features as the evaluate stage);
 * diversity: MS-SSIM between random pairs of one condition (lower = more diverse), real vs synthetic;
-* conditional fidelity: a 3D classifier trained on real train cases is asked which condition each
+* conditional fidelity: the evaluate stage's condition classifier (image + one-hot mask), trained on real train cases, is asked which condition each
   synthetic case shows; accuracy per condition beside its accuracy on the real test split.
 
 Sample images (mid slices, one row per condition) go to ``--figures``. Run on a GPU at 64^3::
@@ -30,7 +30,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
@@ -72,13 +71,13 @@ def mid_slices_figure(path: Path, rows: dict[str, np.ndarray], title: str) -> No
 
 
 def main(argv=None) -> int:
-    from medsynth.config import Params, UtilityConfig
+    from medsynth.config import ConditionalConfig, Params
+    from medsynth.eval.conditional import fit_condition_classifier, predict_conditions
     from medsynth.eval.encoder import embed, standardiser, train_encoder
     from medsynth.eval.features import volume_features
     from medsynth.eval.metrics import fid, ms_ssim_diversity
     from medsynth.eval.privacy import dcr_share
     from medsynth.eval.stats import mmd2_unbiased
-    from medsynth.eval.utility import _Classifier, _device, _train
     from medsynth.models.training import load_bank, train_model
     from medsynth.synth.sampler import load_sampler, sample_arrays
 
@@ -110,16 +109,12 @@ def main(argv=None) -> int:
         # the judges, trained on real train cases only
         enc, _ = train_encoder(banks["train"][0].float(), steps=args.encoder_steps, batch_size=16, dim=32, width=8, seed=args.seed)
         scale = standardiser(embed(enc, banks["train"][0].float().numpy()))
-        ucfg = UtilityConfig(steps=args.classifier_steps, batch_size=16, channels=(8, 16, 32))
-        counts = np.bincount(real["train"][2], minlength=len(conditions)).astype(np.float32)
-        weight = torch.tensor(counts.sum() / (len(conditions) * np.maximum(counts, 1)), device=_device())  # the rare class counts as much
-        clf = _train(_Classifier(len(conditions), ucfg.channels), real["train"][0][:, None], real["train"][2].astype(np.int64),
-                     lambda out, y: torch.nn.functional.cross_entropy(out, y, weight=weight), ucfg, args.seed)
+        ccfg = ConditionalConfig(classifier_steps=args.classifier_steps, classifier_batch_size=16, classifier_channels=(8, 16, 32))
+        train_x = np.stack([real["train"][0], real["train"][1]], 1)
+        clf = fit_condition_classifier(train_x, real["train"][2], np.ones(len(train_x), bool), len(conditions), 1, ccfg, args.seed)
 
-        def predict(vols: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return np.concatenate([clf(torch.from_numpy(vols[i:i + 32, None].astype(np.float32)).to(_device())).argmax(1).cpu().numpy()
-                                       for i in range(0, len(vols), 32)])
+        def predict(imgs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+            return predict_conditions(clf, np.stack([imgs, masks.astype(np.float32)], 1), 1)
 
         def score(imgs: np.ndarray, masks: np.ndarray, ci: int, test_sel: np.ndarray, synthetic: bool = True) -> dict:
             te_img, te_mask = real["test"][0][test_sel], real["test"][1][test_sel]
@@ -131,7 +126,7 @@ def main(argv=None) -> int:
                 "mmd2_vs_test": float(mmd2_unbiased(fv(imgs, masks), fv(te_img, te_mask))),
                 "fid_vs_test": float(fid(feats, te_feats)),
                 "ms_ssim": ms_ssim_diversity(imgs, seed=args.seed),
-                "classifier_accuracy": float(np.mean(predict(imgs) == ci)),
+                "classifier_accuracy": float(np.mean(predict(imgs, masks) == ci)),
                 # the evaluate stage's DCR share (train subsampled to the test set's size, 50 times; 0.5: samples
                 # no closer to the cases the model learnt from than to unseen ones), here on raw voxels
                 **({"dcr_share_voxels": dcr_share(imgs.reshape(len(imgs), -1), real["train"][0][real["train"][2] == ci].reshape(-1, imgs[0].size),
@@ -144,7 +139,7 @@ def main(argv=None) -> int:
             te = real["test"][2] == ci
             results["real_train_vs_test"][cond] = score(real["train"][0][tr][: max(args.samples, 2)], real["train"][1][tr][: max(args.samples, 2)], ci, te,
                                                         synthetic=False)
-            results["real_train_vs_test"][cond]["classifier_accuracy_on_test"] = float(np.mean(predict(real["test"][0][te]) == ci))
+            results["real_train_vs_test"][cond]["classifier_accuracy_on_test"] = float(np.mean(predict(real["test"][0][te], real["test"][1][te]) == ci))
         p = Params()
         train_cfg = p.train.model_copy(update={"accelerator": args.accelerator, "checkpoint_every": max(10, args.steps // 4)})
         figures = {}

@@ -26,6 +26,8 @@ def main() -> int:
     except (ConfigError, PreprocessError, SplitError) as exc:
         console.print(f"[red]preprocess failed:[/red] {exc}")
         return 1
+    for w in stats["warnings"]:
+        console.print(f"[yellow]preprocess warning:[/yellow] {w}")
     console.print(f"preprocess: wrote {stats['cases']} cached tensors {stats['roi_size']} to {OUT / 'tensors'}; splits {stats['counts']}")
     return 0
 

@@ -553,7 +553,8 @@ def test_cgan_upsamples_trilinearly_and_old_exports_keep_nearest():
 
 def test_latent_prior_fits_each_condition_and_keeps_rare_ones_standard():
     """The fitted prior reproduces a condition's code distribution (mean, covariance shrunk towards its
-    diagonal); a condition with fewer than min_cases keeps N(0, I); sampling maps noise through it."""
+    diagonal); a condition with fewer than min_cases gets the fit of all codes (pooled), and N(0, I) only when
+    all codes together are fewer than min_cases; sampling maps noise through it."""
     from medsynth.models.blocks import LatentPrior
 
     g = torch.Generator().manual_seed(0)
@@ -564,15 +565,19 @@ def test_latent_prior_fits_each_condition_and_keeps_rare_ones_standard():
     y = torch.tensor([0] * 4000 + [1] * 5)
     prior = LatentPrior(2, 4)
     report = prior.fit(codes, y, shrinkage=0.1, min_cases=10)
-    assert report[0]["prior"] == "fitted" and report[0]["cases"] == 4000 and report[1]["prior"].startswith("standard")
+    assert report[0]["prior"] == "fitted" and report[0]["cases"] == 4000
+    assert report[1]["prior"].startswith("pooled") and report[1]["cases"] == 5
     assert torch.allclose(prior.mean[0], codes0.mean(0), atol=1e-5)
     fitted_cov = prior.scale_tril[0] @ prior.scale_tril[0].T
     emp = torch.cov(codes0.T)
     assert torch.allclose(fitted_cov, 0.9 * emp + 0.1 * torch.diag(torch.diag(emp)), rtol=1e-3, atol=1e-3)
-    assert prior.mean[1].eq(0).all() and torch.equal(prior.scale_tril[1], torch.eye(4))
+    assert torch.allclose(prior.mean[1], codes.mean(0), atol=1e-5)  # the rare condition: all codes' distribution
     e = torch.randn(20000, 4, generator=g)
     z = prior(e, torch.zeros(20000, dtype=torch.long))
     assert torch.allclose(torch.cov(z.T), fitted_cov, rtol=0.1, atol=0.1)
+    report = prior.fit(codes, y, shrinkage=0.1, min_cases=5000)  # fewer codes than min_cases in all: N(0, I)
+    assert all(r["prior"].startswith("standard") for r in report.values())
+    assert prior.mean.eq(0).all() and torch.equal(prior.scale_tril[1], torch.eye(4))
     assert torch.equal(prior(e[:3], torch.ones(3, dtype=torch.long)), e[:3])  # standard: the noise itself
     prior.fit(codes, y, shrinkage=1.0, min_cases=10)  # full shrinkage: independent dimensions
     off = prior.scale_tril[0] - torch.diag(torch.diag(prior.scale_tril[0]))
@@ -590,7 +595,7 @@ def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standar
     assert set(s["latent_prior"]) == set(s["train_by_condition"])
     for c, v in s["latent_prior"].items():  # the demo's training split: 4 normal cases, 1 lesion case
         assert v["cases"] == s["train_by_condition"][c] and (v["prior"] == "fitted") == (v["cases"] >= 2)
-    assert s["latent_prior"]["normal"]["prior"] == "fitted" and s["latent_prior"]["lesion"]["prior"].startswith("standard")
+    assert s["latent_prior"]["normal"]["prior"] == "fitted" and s["latent_prior"]["lesion"]["prior"].startswith("pooled")
     assert "diversity_standard_prior" in s
     # the alarm also judges what synthesis draws: the fitted prior's diversity at export
     fitted_alarms = [a for a in s["diversity_alarms"] if a.get("at") == "export"]

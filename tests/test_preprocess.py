@@ -137,3 +137,22 @@ def test_npz_source_adrenalmnist3d_28(tmp_path):
     assert x.shape == (2, 32, 32, 32) and x.dtype == np.float16 and x.min() >= -1 and x.max() <= 1
     assert set(np.unique(x[1])) <= {0.0, 1.0}
     assert torch.from_numpy(x.astype(np.float32))[0][x[1] > 0].mean() > 0.5  # the shape is bright where its mask is
+
+
+def test_preprocess_reports_label_sizes_and_warns_when_the_rare_structure_is_too_small(preprocessed, demo_ingested, tmp_path):
+    """The demo's lesion (radius 9-13 mm) is a handful of voxels at 8 mm: preprocess.json says so per label and
+    warns; at 4 mm it is large enough and the warning is gone."""
+    from medsynth.config import Params
+    from medsynth.data.preprocess import preprocess_cohort
+
+    info = json.loads((preprocessed / "preprocess.json").read_text())
+    lesion, normal = info["label_voxels"]["lesion"], info["label_voxels"]["normal"]
+    assert lesion["2"]["present_share"] == 1.0 and normal["2"]["present_share"] == 0.0
+    assert 0 < lesion["2"]["median_voxels"] < 20
+    assert normal["1"]["median_voxels"] > lesion["2"]["median_voxels"]
+    assert any("label 2 of condition 'lesion'" in w for w in info["warnings"]), info["warnings"]
+    assert info["spacing_fitting_roi"][0] > 3  # the phantoms span ~14 cm: 16 voxels fit it at ~9 mm
+    cfg = Params().preprocess.model_copy(update={"roi_size": (32, 32, 32), "spacing": (4.0, 4.0, 4.0)})
+    fine = preprocess_cohort(demo_ingested, tmp_path / "pre4", cfg, 1, "lesion")
+    assert fine["label_voxels"]["lesion"]["2"]["median_voxels"] >= 20
+    assert not any("label 2" in w for w in fine["warnings"]), fine["warnings"]

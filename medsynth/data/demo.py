@@ -63,7 +63,7 @@ class Phantom:
             organ_center=organ_c,
             organ_radii=organ_r,
             lesion_center=lesion_c,
-            lesion_radius=float(rng.uniform(6, 10)),
+            lesion_radius=float(rng.uniform(9, 13)),  # 2-3 voxels at the demo's 4 mm grid: visible, learnable
             lesion_hu=float(rng.choice([130.0, 5.0])),
         )
 

@@ -76,6 +76,7 @@ def preprocess_cohort(
     n_labels = 0
     affine = None
     fg_fraction = []
+    label_counts: dict[str, list[np.ndarray]] = {}
     for c in cases:
         c["split"] = split_of[c["patient"]]
         item = {"image": str(ingest_dir / "images" / f"{c['case_id']}.nii.gz")}
@@ -88,6 +89,7 @@ def preprocess_cohort(
         mask = out["mask"].numpy()[0] if has_masks else np.zeros_like(img)
         mask = np.rint(mask).astype(np.int16)
         n_labels = max(n_labels, int(mask.max()))
+        label_counts.setdefault(c["condition"], []).append(np.bincount(mask.clip(0).ravel()))
         if affine is None:
             affine = np.asarray(out["image"].affine, dtype=np.float64)
         fg_fraction.append(float((img > -0.98).mean()))
@@ -116,5 +118,60 @@ def preprocess_cohort(
         "transform_hash": transform_hash(cfg, modality),
         "transform_settings": transform_settings(cfg, modality),
     }
+    stats["label_voxels"] = label_voxel_summary(label_counts, n_labels)
+    stats["cohort_extent_mm"], stats["spacing_fitting_roi"] = cohort_extent(cases, cfg.roi_size)
+    stats["warnings"] = grid_warnings(stats["label_voxels"], rare_condition, cfg, stats["spacing_fitting_roi"])
     write_json_atomic(out_dir / "preprocess.json", stats)
     return stats
+
+
+MIN_STRUCTURE_VOXELS = 20  # below this median size on the model grid a structure is a few blurred voxels
+
+
+def label_voxel_summary(counts: dict[str, list[np.ndarray]], n_labels: int) -> dict:
+    """Per condition and label on the model grid: share of cases holding the label, median / min / max voxels
+    among cases that hold it."""
+    out = {}
+    for cond, rows in sorted(counts.items()):
+        vox = np.array([[int(r[k]) if k < len(r) else 0 for k in range(1, n_labels + 1)] for r in rows]).reshape(len(rows), n_labels)
+        out[cond] = {}
+        for k in range(n_labels):
+            held = vox[:, k][vox[:, k] > 0]
+            out[cond][str(k + 1)] = {"present_share": round(float((vox[:, k] > 0).mean()), 4),
+                                     "median_voxels": float(np.median(held)) if held.size else 0.0,
+                                     "min_voxels": int(held.min()) if held.size else 0, "max_voxels": int(held.max()) if held.size else 0}
+    return out
+
+
+def cohort_extent(cases: list[dict], roi: tuple[int, ...]) -> tuple[list[float] | None, list[float] | None]:
+    """90th percentile physical extent (mm) of the ingested images per axis and the isotropic spacing at which
+    it fits the ROI (from the manifest's shape and spacing)."""
+    try:
+        ext = np.array([[float(n) * float(s) for n, s in zip(c["shape"].split("x"), c["spacing"].split("x"))] for c in cases])
+    except (KeyError, ValueError):
+        return None, None
+    if ext.ndim != 2 or ext.shape[1] != len(roi):
+        return None, None
+    p90 = np.percentile(ext, 90, axis=0)
+    fit = float(np.max(p90 / np.array(roi)))
+    return [round(float(v), 1) for v in p90], [round(fit, 2)] * len(roi)
+
+
+def grid_warnings(label_voxels: dict, rare_condition: str, cfg: PreprocessConfig, fitting: list[float] | None) -> list[str]:
+    """What a user should know about the chosen grid before training: a rare-condition structure too small to
+    learn, or a spacing far from the one at which the images fit the ROI."""
+    warn = []
+    for label, s in label_voxels.get(rare_condition, {}).items():
+        if s["present_share"] >= 0.5 and s["median_voxels"] < MIN_STRUCTURE_VOXELS:
+            warn.append(f"label {label} of condition {rare_condition!r} has a median of {s['median_voxels']:.0f} voxels on the "
+                        f"{'x'.join(f'{v:g}' for v in cfg.spacing)} mm grid (< {MIN_STRUCTURE_VOXELS}): too small to learn or to see; "
+                        "use a finer preprocess.spacing or a larger roi_size")
+    if fitting:
+        ratio = max(cfg.spacing) / fitting[0]
+        if ratio > 2:
+            warn.append(f"preprocess.spacing {list(cfg.spacing)} is {ratio:.1f}x coarser than the {fitting[0]:g} mm at which the "
+                        f"cohort's images fit roi_size {list(cfg.roi_size)}: fine structures are lost")
+        elif ratio < 0.5:
+            warn.append(f"preprocess.spacing {list(cfg.spacing)} is {1 / ratio:.1f}x finer than the {fitting[0]:g} mm at which the "
+                        f"cohort's images fit roi_size {list(cfg.roi_size)}: most of each image is cropped away")
+    return warn

@@ -145,7 +145,9 @@ class LatentPrior(nn.Module):
     cases (ex-post density estimation, Ghosh et al. 2020): a VAE's aggregate posterior rarely fills N(0, I)
     -- on AdrenalMNIST3D it is about three times wider -- so standard-prior draws land near its centre and
     decode to near-copies of one typical case. The fitted statistics are aggregates of >= ``min_cases``
-    training cases; a condition with fewer keeps the standard prior."""
+    training cases; a condition with fewer (a rare condition of a few patients) gets the distribution fitted
+    to the codes of all training cases (the condition enters the decoder through its class embedding), and
+    the standard prior only when the whole train split has fewer than ``min_cases``."""
 
     def __init__(self, n_classes: int, z_dim: int):
         super().__init__()
@@ -164,17 +166,20 @@ class LatentPrior(nn.Module):
         report = {}
         for c in range(len(self.mean)):
             rows = codes[y == c]
+            kind = "fitted"
             if len(rows) < max(min_cases, 2):
-                self.mean[c].zero_()
-                self.scale_tril[c].copy_(torch.eye(codes.shape[1]))
-                report[c] = {"cases": len(rows), "prior": "standard (too few cases to fit)"}
-                continue
+                if len(codes) < max(min_cases, 2):
+                    self.mean[c].zero_()
+                    self.scale_tril[c].copy_(torch.eye(codes.shape[1]))
+                    report[c] = {"cases": len(rows), "prior": "standard (too few cases to fit)"}
+                    continue
+                rows, kind = codes, f"pooled (fitted to all {len(codes)} training cases: too few of this condition)"
             cov = torch.cov(rows.T)
             cov = (1.0 - shrinkage) * cov + shrinkage * torch.diag(torch.diag(cov))
             cov = cov + 1e-6 * torch.eye(len(cov), dtype=cov.dtype, device=cov.device) * float(torch.diag(cov).mean())
             self.mean[c].copy_(rows.mean(0))
             self.scale_tril[c].copy_(torch.linalg.cholesky(cov))
-            report[c] = {"cases": len(rows), "prior": "fitted", "spread": round(float(torch.diag(cov).mean().sqrt()), 4)}
+            report[c] = {"cases": int((y == c).sum()), "prior": kind, "spread": round(float(torch.diag(cov).mean().sqrt()), 4)}
         return report
 
 

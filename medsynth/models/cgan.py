@@ -10,6 +10,10 @@
   so a few dozen rare cases are not memorised by the discriminator, with an adaptive probability
   (ADA): augmentation on a cohort the discriminator does not memorise only slows learning, so it is
   only as strong as needed.
+* Label volumes (``label_volume_weight``, class conditioning): the generator also pays the distance between
+  each label's volume distribution among its cases of a condition and among real cases of that condition
+  (:func:`~medsynth.models.losses.label_volume_loss`): a discriminator shown a lesion of a few dozen voxels
+  in a few rare cases otherwise lets the generator leave it out.
 * Mode seeking (MSGAN): the generator pays 1 / (how much its samples of one condition change with the
   noise); without it the generator drew one case per condition on AdrenalMNIST3D (docs/benchmarks.md).
 """
@@ -22,6 +26,7 @@ from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
 from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, mode_seeking_loss, to_device
+from medsynth.models.losses import label_volume_loss
 from medsynth.models.blocks import (
     ConditionalDecoder,
     MaskConditionalDecoder,
@@ -182,6 +187,7 @@ class CGANModule(GenerativeModule):
         opt_d.step()
         # ---- generator
         h = len(y) // 2 if cfg.mode_seeking > 0 else 0
+        y_real = y
         if h:  # the second half repeats the first half's conditions (and masks) with other noise
             y = torch.cat([y[:h], y[:h], y[2 * h :]])
             given = tuple(torch.cat([g[:h], g[:h], g[2 * h :]]) for g in given)
@@ -189,6 +195,10 @@ class CGANModule(GenerativeModule):
         fake = compose_sample(img, logits)
         d_fake_g = self.discriminator(self._augment(fake, 12), y)
         loss_g = self._g_loss(d_fake_g)
+        volume = torch.zeros((), device=self.device)
+        if cfg.label_volume_weight > 0 and cfg.conditioning == "class":
+            volume = label_volume_loss(logits, y, x[:, 1], y_real, self.n_mask_labels)
+            loss_g = loss_g + cfg.label_volume_weight * volume
         sensitivity = torch.zeros((), device=self.device)
         if h:
             seek, sensitivity = mode_seeking_loss(fake[:h], fake[h : 2 * h], z[:h], z[h : 2 * h], cfg.mode_seeking)
@@ -204,6 +214,7 @@ class CGANModule(GenerativeModule):
             d_real=d_real.mean().detach(), d_fake=d_fake.mean().detach(), dg_balance=(d_real.mean() - d_fake.mean()).detach(),
             **({"augment_p": self.augment_p, "ada_rt": self.ada_rt} if cfg.diffaugment else {}),
             **({"noise_sensitivity": sensitivity.detach()} if h else {}),
+            **({"label_volume": volume.detach()} if cfg.label_volume_weight > 0 and cfg.conditioning == "class" else {}),
         )
 
     @torch.no_grad()

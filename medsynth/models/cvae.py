@@ -1,7 +1,8 @@
 """3D conditional VAE: the condition enters at the encoder input (one-hot channels) and at the
 bottleneck (class embedding with the latent); image and mask are decoded together.
 
-Loss: L1 image reconstruction + mask cross-entropy (``mask_weight``) + KL with linear annealing
+Loss: L1 image reconstruction + label-aware mask loss (``mask_weight``: cross-entropy weighted by label
+rarity + soft Dice per label, :mod:`medsynth.models.losses`) + KL with linear annealing
 (``kl_weight``, ``kl_anneal_steps``). Sampling draws the latent from the prior: by default
 (``latent_prior: fitted``) a Gaussian per condition fitted after training to the encoder's codes of the
 training cases (:class:`~medsynth.models.blocks.LatentPrior`), else N(0, I); the noise is scaled by the
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 from medsynth.config import CVAEConfig
 from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
 from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels
+from medsynth.models.losses import label_rarity_weights, mask_loss
 
 Decoder = ConditionalDecoder  # latent + class -> image + mask
 
@@ -74,13 +76,22 @@ class CVAEModule(GenerativeModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, fused=torch.cuda.is_available())
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.label_weights = (label_rarity_weights(self.bank_x[:, 1], self.n_mask_labels)
+                              if self.cfg.mask_label_weighting == "rarity" else None)
+
+    def mask_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The training mask loss of label maps ``x[:, 1]`` (weights from the training bank, set at fit start)."""
+        return mask_loss(logits, x[:, 1], self.n_mask_labels, getattr(self, "label_weights", None), self.cfg.mask_dice_weight)
+
     def losses(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
         inp = self.joint(x)
         mu, logvar = self.encoder(inp, y)
         z = mu + eps * torch.exp(0.5 * logvar)
         img, logits = self.decoder(z, y)
         rec = F.l1_loss(img, x[:, :1])
-        seg = F.cross_entropy(logits, x[:, 1].long().clamp(0, self.n_mask_labels))
+        seg = self.mask_loss(logits, x)
         kl_dim = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)  # per latent dimension, batch mean
         kl = kl_dim.sum()
         # free bits (Kingma et al. 2016): a dimension carrying less than free_bits nats is not pushed further

@@ -163,7 +163,7 @@ class VAEGANModule(CVAEModule):
         z = mu + eps.view_as(mu).to(mu.dtype) * sigma
         img, logits = self.kl.decode(z, y)
         rec = F.l1_loss(img.float(), x[:, :1])
-        seg = F.cross_entropy(logits.float(), x[:, 1].long().clamp(0, self.n_mask_labels))
+        seg = self.mask_loss(logits, x)
         kl = gaussian_kl(mu, sigma).mean()
         # free bits are a conv-encoder setting (per latent dimension): the spatial latent's KL is penalised whole
         return {"rec": rec, "seg": seg, "kl": kl, "kl_penalised": kl, "img": img, "logits": logits}
