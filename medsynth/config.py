@@ -37,8 +37,8 @@ class _Section(BaseModel):
 
 
 class DemoConfig(_Section):
-    patients: int = Field(40, ge=8, le=2000, description="number of phantom patients")
-    rare_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of patients with a lesion")
+    patients: int = Field(60, ge=8, le=2000, description="number of phantom patients")
+    rare_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of patients with a lesion")
     nifti_cases: int = Field(3, ge=0, description="cases written as NIfTI instead of DICOM")
     compressed_cases: int = Field(4, ge=0, description="DICOM series written RLE-compressed")
     bad_files: bool = Field(True, description="add a few broken inputs that must be quarantined")
@@ -134,6 +134,10 @@ class CGANConfig(_Section):
     upsample: Literal["nearest", "trilinear"] = Field(
         "trilinear", description="x2 upsampling in the generator: trilinear (smooth background) or nearest (the old "
         "generator: faint checkerboard speckle in the background; docs/benchmarks.md)")
+    label_volume_weight: float = Field(
+        1.0, ge=0, description="conditioning: class. Weight of a term matching each label's volume distribution among "
+        "generated cases of a condition to that among real cases of the condition (1-D Wasserstein of log volumes): the "
+        "rare condition's defining structure is drawn, at its size and frequency; 0: off")
     conditioning: Literal["class", "mask"] = Field(
         "class", description="class: generate image + mask from noise and the condition; mask: SPADE generator that "
         "paints an image for a given label map (synthesis then needs masks)"
@@ -158,7 +162,14 @@ class CVAEConfig(_Section):
         0.0, ge=0, description="nats per latent dimension (batch mean) below which the KL is not penalised (free bits, "
         "Kingma et al. 2016; conv encoder): once the decoder ignores a dimension, Adam otherwise follows the tiny KL "
         "gradient alone and the encoder's codes collapse onto the prior; 0: off")
-    mask_weight: float = Field(1.0, ge=0)
+    mask_weight: float = Field(1.0, ge=0, description="weight of the mask loss against the image reconstruction")
+    mask_label_weighting: Literal["none", "rarity"] = Field(
+        "none", description="cross-entropy weight per label: none, or rarity (1 / sqrt of the label's voxel share in the "
+        "training masks, capped at 50); rarity draws every label too large (hippocampus: 1.4-1.6x the real volume, "
+        "docs/benchmarks.md): the Dice term alone already gives a small label its full weight")
+    mask_dice_weight: float = Field(
+        1.0, ge=0, description="weight of a soft Dice per foreground label (batch Dice) added to the mask cross-entropy: every "
+        "label counts the same whatever its size; 0: cross-entropy only")
     latent_prior: Literal["fitted", "standard"] = Field(
         "fitted", description="what synthesis draws the latent from: fitted (after training, a Gaussian per condition fitted "
         "to the encoder's codes of that condition's training cases; AdrenalMNIST3D: MMD^2 0.26 -> 0.01 and samples as "
@@ -167,9 +178,11 @@ class CVAEConfig(_Section):
         0.1, ge=0, le=1, description="fitted prior: weight of the covariance's diagonal (1: independent dimensions); keeps "
         "it full rank when a condition has fewer cases than latent dimensions")
     prior_min_cases: int = Field(
-        10, ge=2, description="fitted prior: a condition with fewer training cases keeps the standard prior (a mean of a "
-        "handful of codes is close to one patient's code). Like prior_shrinkage, read at export only: changing it refits "
-        "the prior without retraining")
+        5, ge=2, description="fitted prior: a condition with fewer training cases samples the distribution fitted to all "
+        "training cases (a mean of two or three codes is close to one patient's code; the privacy gates judge the "
+        "result either way); with 5 the demo's 7 lesion cases get their own fit and the samples hold the lesion, "
+        "pooled they mostly do not (docs/benchmarks.md). Like prior_shrinkage, read at export only: changing it "
+        "refits the prior without retraining")
 
 
 class VAEGANConfig(CVAEConfig):
@@ -301,6 +314,27 @@ class GatesConfig(_Section):
     copies_max: int = Field(0, ge=0)
     nn_distance_ratio_max: float = Field(1.5, gt=0, description="median synthetic->train NN distance / test->train")
     warn_margin: float = Field(0.05, ge=0, le=1)
+    condition_min_real_cases: int = Field(
+        3, ge=1, description="condition-fidelity gate: fewer real cases of the rare condition than this (all splits; outside "
+        "the train split for the classifier check) and the check is inconclusive")
+    condition_presence_gap_max: float = Field(
+        0.5, gt=0, le=1, description="condition-fidelity gate: fail when the share of synthetic rare cases that contain a label "
+        "differs from the share among real rare cases by more than this (a missing lesion: 0 of 8 against 6 of 6 is 1.0)")
+    condition_volume_ratio_min: float = Field(
+        0.5, gt=0, lt=1, description="condition-fidelity gate: lowest allowed median volume of a label in synthetic rare cases, "
+        "as a multiple of the real rare cases' median; for a label that defines the condition by its volume the range is "
+        "narrowed to half way (log scale) to the other conditions' median")
+    condition_volume_ratio_max: float = Field(
+        2.0, gt=1, description="condition-fidelity gate: highest allowed median volume ratio, synthetic / real rare cases")
+    condition_classifier_balanced_accuracy_min: float = Field(
+        0.7, ge=0.5, le=1, description="condition-fidelity gate: the real-only classifier must reach this balanced accuracy on "
+        "real held-out cases for its verdict on synthetic cases to count; below it the classifier check is inconclusive")
+    condition_classifier_recall_drop_max: float = Field(
+        0.3, ge=0, le=1, description="condition-fidelity gate: the classifier's recall on synthetic rare cases may be at most "
+        "this much below its recall on real held-out rare cases")
+    condition_classifier_failure: Literal["warn", "fail"] = Field(
+        "warn", description="condition-fidelity gate: state when the classifier recall drops by more than allowed (the "
+        "structural checks always fail)")
 
 
 class EncoderConfig(_Section):
@@ -312,13 +346,59 @@ class EncoderConfig(_Section):
 
 
 class UtilityConfig(_Section):
-    enabled: bool = Field(True, description="train downstream models on real / real+synthetic / synthetic data")
-    steps: int = Field(60, ge=1, description="training steps per downstream model")
-    seeds: int = Field(2, ge=1, le=20, description="repeats per arm (different seeds) for the confidence interval")
-    batch_size: int = Field(8, ge=1)
-    synthetic_ratio: float = Field(1.0, gt=0, description="synthetic cases per real case in the real+synthetic arm")
+    enabled: bool = Field(True, description="train downstream models on real, real+augmentation, real+synthetic, "
+                          "real+synthetic_rare and synthetic data, and score them on the real test split")
+    steps: int = Field(200, ge=1, description="most training steps per downstream model (every arm and seed the same budget)")
+    eval_every: int = Field(25, ge=1, description="score the model on the real val split every this many steps; the best "
+                            "weights are kept")
+    patience: int = Field(2, ge=1, description="stop after this many val scorings without improvement")
+    lr: float = Field(3e-3, gt=0, le=1, description="Adam learning rate of the downstream models")
+    seeds: int = Field(3, ge=1, le=20, description="repeats per arm (different initial weights); each test case's score is "
+                       "averaged over them")
+    batch_size: int = Field(4, ge=1)
+    synthetic_ratio: float = Field(1.0, gt=0, description="synthetic cases per real case in the real+synthetic and "
+                                   "real+synthetic_rare arms")
     channels: tuple[int, ...] = Field((8, 16, 32), min_length=2, description="UNet / classifier channels per level")
-    max_dice_drop: float = Field(0.05, ge=0, le=1, description="utility gate: real+synthetic may lose at most this much Dice (or AUC)")
+    max_dice_drop: float = Field(0.05, ge=0, le=1, description="utility gate: real+synthetic may lose at most this much Dice (or AUC) "
+                                 "against real alone (paired mean over test cases; warn when its 95% CI reaches beyond)")
+    min_baseline: dict[Literal["dice", "auc"], float] = Field(
+        {"dice": 0.5, "auc": 0.7}, description="the real-only model must reach this on the real test split, else the utility "
+        "gate is inconclusive (never pass): a comparison with a baseline that learned nothing measures noise. Dice 0.5 is far "
+        "above what an untrained or background-only model scores on a small structure (about 0.03 at 3% foreground) and "
+        "below what a working small UNet reaches on a learnable task (0.8 on hippocampus MR); ROC AUC 0.7 is the usual "
+        "floor of acceptable discrimination, 0.5 being chance")
+
+    @field_validator("min_baseline", mode="before")
+    @classmethod
+    def _baseline_defaults(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise ValueError("min_baseline must be a mapping like {dice: 0.5, auc: 0.7} (Dice floor for segmentation, "
+                             "ROC AUC floor for classification)")
+        v = {"dice": 0.5, "auc": 0.7, **v}
+        for key, val in v.items():
+            if isinstance(val, (int, float)) and not 0 <= val <= 1:
+                raise ValueError(f"min_baseline.{key} must be in [0, 1], got {val}")
+        return v
+
+
+class ConditionalConfig(_Section):
+    """evaluate.conditional: per-condition, per-label fidelity and the real-only condition classifier."""
+
+    label_names: dict[int, str] = Field({}, description="name per mask label for tables and gate sentences, e.g. {1: organ, 2: lesion}")
+    defining_presence_gap: float = Field(
+        0.5, gt=0, le=1, description="a label defines the rare condition by its presence (or absence) when the share of real "
+        "rare train cases that contain it exceeds (falls short of) the other conditions' share by this much")
+    defining_volume_ratio: float = Field(
+        1.15, gt=1, description="a label defines the rare condition by its volume when its median volume in real rare train "
+        "cases is at least this multiple of the other conditions' median, or at most its inverse ...")
+    defining_volume_separation: float = Field(
+        0.75, gt=0.5, lt=1, description="... and the volumes separate the conditions: ROC AUC of the rare cases' volumes against "
+        "the others' at least this, or at most 1 minus it")
+    classifier: bool = Field(True, description="train the real-only condition classifier (image + one-hot mask)")
+    classifier_steps: int = Field(150, ge=1, description="training steps of the condition classifier")
+    classifier_batch_size: int = Field(16, ge=2, description="condition classifier batch size (class-balanced)")
+    classifier_channels: tuple[int, ...] = Field((8, 16, 32), min_length=2, description="condition classifier channels per level")
+    figure_cases: int = Field(3, ge=1, le=8, description="cases per condition and source in the overlay figure")
 
 
 class EvalConfig(_Section):
@@ -328,6 +408,7 @@ class EvalConfig(_Section):
     gates: GatesConfig = GatesConfig()
     encoder: EncoderConfig = EncoderConfig()
     utility: UtilityConfig = UtilityConfig()
+    conditional: ConditionalConfig = ConditionalConfig()
 
 
 class ReportConfig(_Section):

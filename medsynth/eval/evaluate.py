@@ -14,13 +14,21 @@ import torch  # noqa: E402
 
 from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
 from medsynth.data.transforms import to_model_space  # noqa: E402
+from medsynth.eval.conditional import (  # noqa: E402
+    classifier_check,
+    condition_fidelity_gate,
+    conditional_fidelity,
+    fit_condition_classifier,
+    label_keys,
+    label_measures,
+)
 from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E402
 from medsynth.eval.features import cached_features, volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
 from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
 from medsynth.eval.privacy import privacy_metrics, whitebox_membership  # noqa: E402
-from medsynth.eval.utility import classification_utility, segmentation_utility, utility_gate  # noqa: E402
+from medsynth.eval.utility import classification_utility, segmentation_utility, shared_part, utility_gate, utility_sentence  # noqa: E402
 from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
 from medsynth.models import registry  # noqa: E402
 from medsynth.models.training import data_info_from, load_bank, read_preprocess_info  # noqa: E402
@@ -112,7 +120,7 @@ def evaluate_models(
         learned = {s: scale(v) for s, v in raw.items()}
     rare_index = info["conditions"].index(rare_condition) if rare_condition in info["conditions"] else len(info["conditions"]) - 1
     ms_ssim_real = ms_ssim_diversity(train_imgs, seed=seed)
-    utility_all, real_arm = {}, None  # the real-only utility arm: trained once, shared by every model
+    utility_all, shared_arms = {}, None  # the utility arms without synthetic data (real, real+augmentation): trained once, shared by every model
     for k, model in enumerate(models):
         sdir = Path(synth_root) / model
         rows = _read_rows(sdir / "synthetic_manifest.csv")
@@ -141,9 +149,9 @@ def evaluate_models(
         else:
             fid["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
         if cfg.utility.enabled:
-            util = _utility(info, banks, (s_img, s_mask, np.array([info["conditions"].index(c) for c in s_cond])), n_labels, rare_index, cfg, seed,
-                            real_arm)
-            real_arm = util["arms"]["real"] if util.get("measured") else real_arm
+            util = _utility(model, preprocess_dir, info, banks, (s_img, s_mask, np.array([info["conditions"].index(c) for c in s_cond])), n_labels,
+                            rare_index, cfg, seed, shared_arms)
+            shared_arms = shared_part(util) or shared_arms
         else:
             util = {"measured": False, "reason": "evaluate.utility.enabled is false"}
         utility_all[model] = util
@@ -162,6 +170,17 @@ def evaluate_models(
         _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv)
         _closest_pairs_figure(model, fig_dir, s_img, f_syn, feats["train"], train_imgs, priv.get("copy_threshold"))
         _distributions_figure(model, fig_dir, s_img, s_mask, train_imgs, train_masks)
+        if k == 0:  # every real case and the real-only condition classifier, built once and shared by every model
+            cond_real = _conditional_reference(preprocess_dir, info, banks, n_labels, cfg, seed)
+        cond = conditional_fidelity(s_mask, s_cond, cond_real["x"][:, 1], cond_real["y"], cond_real["is_train"], info["conditions"], rare_index,
+                                    n_labels, cfg.conditional, seed + k, cfg.bootstrap)
+        cond["classifier"] = (classifier_check(cond_real["net"], cond_real["x"], cond_real["y"], cond_real["is_train"], np.stack([s_img, s_mask], 1),
+                                               s_cond, info["conditions"], n_labels, cfg.conditional.classifier_steps)
+                              if cfg.conditional.classifier else {"measured": False, "reason": "evaluate.conditional.classifier is false"})
+        fid["conditional"] = cond
+        gates.append(condition_fidelity_gate(model, cond, cond["classifier"], cfg.gates))
+        _conditional_overlay_figure(model, fig_dir, s_img, s_mask, s_cond, cond_real, info["conditions"], cond, cfg.conditional)
+        _label_volume_figure(model, fig_dir, s_mask, s_cond, cond_real, info["conditions"], cond, n_labels)
     verdict = overall(gates)
     write_json_atomic(out_dir / "fidelity.json", fidelity_all)
     write_json_atomic(out_dir / "privacy.json", privacy_all)
@@ -183,13 +202,23 @@ def _load_encoder(path: Path | None, cfg: EvalConfig):
     return load_encoder(weights)
 
 
-def _utility(info: dict, banks: dict, synthetic: tuple, n_labels: int, rare_index: int, cfg: EvalConfig, seed: int,
-             real_arm: dict | None = None) -> dict:
+def _utility(model: str, preprocess_dir: Path, info: dict, banks: dict, synthetic: tuple, n_labels: int, rare_index: int, cfg: EvalConfig,
+             seed: int, shared_arms: dict | None = None) -> dict:
+    """Utility arms of one model's synthetic set, model selection on the real val split (without one,
+    the utility functions hold back part of the train split and say so), and its one-sentence answer."""
     train = (banks["train"][0].float().numpy(), banks["train"][1].numpy())
     test = (banks["test"][0].float().numpy(), banks["test"][1].numpy())
+    try:
+        vb = load_bank(preprocess_dir, ("val",), info)
+        val = (vb[0].float().numpy(), vb[1].numpy())
+    except ValueError:  # no case in the val split
+        val = None
     if info["modality"] != "SEG" and int(info["n_mask_labels"]) > 0:
-        return segmentation_utility(train, test, synthetic, n_labels, rare_index, cfg.utility, seed, real_arm)
-    return classification_utility(train, test, synthetic, len(info["conditions"]), rare_index, cfg.utility, seed, real_arm)
+        util = segmentation_utility(train, test, synthetic, n_labels, rare_index, cfg.utility, seed, shared_arms, val)
+    else:
+        util = classification_utility(train, test, synthetic, len(info["conditions"]), rare_index, cfg.utility, seed, shared_arms, val)
+    util["sentence"] = utility_sentence(model, util, cfg.utility)
+    return util
 
 
 def _mid_slices(vol: np.ndarray) -> list[np.ndarray]:
@@ -279,3 +308,109 @@ def _distributions_figure(model, fig_dir, s_img, s_mask, train_imgs, train_masks
     axes[1].legend(fontsize=7)
     fig.suptitle(f"{model}: intensities and mask volumes, real vs synthetic", fontsize=9)
     _savefig(fig, fig_dir / f"{model}_distributions.png")
+
+
+def _conditional_reference(preprocess_dir: Path, info: dict, banks: dict, n_labels: int, cfg: EvalConfig, seed: int) -> dict:
+    """Every real case (val included) with its condition and whether it is in the train split, and the
+    condition classifier trained on the real train split only."""
+    parts = [("train", banks["train"])]
+    for s in ("val", "test", "holdout"):
+        if s in banks:
+            parts.append((s, banks[s]))
+            continue
+        try:
+            parts.append((s, load_bank(preprocess_dir, (s,), info)))
+        except ValueError:  # a split without cases
+            pass
+    x = np.concatenate([b[0].numpy() for _, b in parts])  # float16 as cached: labels and [-1, 1] images are exact enough
+    y = np.concatenate([b[1].numpy() for _, b in parts])
+    is_train = np.concatenate([np.full(len(b[1]), s == "train") for s, b in parts])
+    net = fit_condition_classifier(x, y, is_train, len(info["conditions"]), n_labels, cfg.conditional, seed) if cfg.conditional.classifier else None
+    return {"x": x, "y": y, "is_train": is_train, "net": net}
+
+
+LABEL_COLOURS = plt.get_cmap("tab10").colors
+
+
+def _overlay(ax, img: np.ndarray, mask: np.ndarray, z: int, title: str) -> None:
+    """Axial slice ``z`` of the image in grey with each mask label in its own colour."""
+    ax.imshow(np.asarray(img[z], np.float32).T[::-1], cmap="gray", vmin=-1, vmax=1)
+    lab = np.rint(mask[z].T[::-1]).astype(int)
+    rgba = np.zeros((*lab.shape, 4))
+    for v in range(1, lab.max(initial=0) + 1):
+        rgba[lab == v] = (*LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)], 0.55)
+    ax.imshow(rgba)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=6)
+
+
+def _slice_through(mask: np.ndarray, key: str | None) -> int:
+    """The axial slice with the most voxels of label ``key`` (else of any label, else the middle)."""
+    m = np.rint(mask).astype(int)
+    for sel in ([m == int(key)] if key and key != "all" else []) + [m > 0]:
+        area = sel.reshape(len(sel), -1).sum(1)
+        if area.max() > 0:
+            return int(area.argmax())
+    return len(m) // 2
+
+
+def _conditional_overlay_figure(model, fig_dir, s_img, s_mask, s_cond, ref, conditions, cond, ccfg) -> None:
+    """Per condition (the rare one first): synthetic cases beside real ones, the mask over the image, on
+    the axial slice through the most voxels of the rare condition's (first) defining label."""
+    n = ccfg.figure_cases
+    defining = [d["label"] for d in cond["defining_labels"] if d["defined_by"] in ("presence", "volume")]
+    key = defining[0] if defining else None
+    order = cond["conditions"]
+    fig, axes = plt.subplots(len(order), 2 * n, figsize=(1.7 * 2 * n, 1.95 * len(order)), squeeze=False)
+    for row, c in enumerate(order):
+        syn = [i for i, sc in enumerate(s_cond) if sc == c][:n]
+        real = np.flatnonzero(ref["y"] == conditions.index(c))[:n]
+        cases = [(s_img[i], s_mask[i], f"synthetic {c}") for i in syn] + [None] * (n - len(syn))
+        cases += [(ref["x"][i, 0], ref["x"][i, 1], f"real {c}") for i in real] + [None] * (n - len(real))
+        for j, case in enumerate(cases):
+            ax = axes[row, j]
+            if case is None:
+                ax.axis("off")
+                continue
+            z = _slice_through(case[1], key)
+            _overlay(ax, case[0], case[1], z, f"{case[2]} (slice {z})")
+    names = cond.get("label_names", {})
+    handles = [plt.Rectangle((0, 0), 1, 1, color=LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)], alpha=0.7) for v in range(1, cond["n_labels"] + 1)]
+    fig.legend(handles, [f"label {v}" + (f" ({names[str(v)]})" if str(v) in names else "") for v in range(1, cond["n_labels"] + 1)],
+               loc="lower center", ncol=min(6, cond["n_labels"]), fontsize=7, frameon=False)
+    fig.suptitle(f"{model}: synthetic (left) and real (right) cases per condition, {cond['rare_condition']} first; mask labels in colour",
+                 fontsize=9)
+    _savefig(fig, fig_dir / f"{model}_conditional_overlay.png")
+
+
+def _label_volume_figure(model, fig_dir, s_mask, s_cond, ref, conditions, cond, n_labels) -> None:
+    """Per condition (rows, the rare one first) and label (columns): volumes of the cases that contain
+    the label, synthetic vs real, with how many cases contain it."""
+    keys = label_keys(n_labels)
+    m_syn, m_real = label_measures(s_mask, n_labels), label_measures(ref["x"][:, 1], n_labels)
+    order = cond["conditions"]
+    fig, axes = plt.subplots(len(order), len(keys), figsize=(2.6 * len(keys), 2.3 * len(order)), squeeze=False)
+    rng = np.random.default_rng(0)
+    for row, c in enumerate(order):
+        s_sel = np.array([sc == c for sc in s_cond], bool)
+        r_sel = ref["y"] == conditions.index(c)
+        for col, key in enumerate(keys):
+            ax = axes[row, col]
+            vals = [m_real[key]["volume"][r_sel & m_real[key]["present"]], m_syn[key]["volume"][s_sel & m_syn[key]["present"]]]
+            for x, v in enumerate(vals):
+                if len(v):
+                    ax.boxplot(v, positions=[x], widths=0.5, showfliers=False)
+                    ax.scatter(x + rng.uniform(-0.12, 0.12, len(v)), v, s=8, alpha=0.6, color=f"C{x}")
+                else:
+                    ax.text(x, 0.5, "in no case", transform=ax.get_xaxis_transform(), ha="center", fontsize=7, color="0.4")
+            p = cond["per_condition"][c]["labels"][key]["presence"]
+            ax.set_xticks([0, 1], [f"real\n{p['real']}/{p['real_n']}", f"synthetic\n{p['synthetic']}/{p['synthetic_n']}"], fontsize=7)
+            ax.set_xlim(-0.6, 1.6)
+            ax.tick_params(axis="y", labelsize=6)
+            ax.set_title(f"{c}: {cond['per_condition'][c]['labels'][key]['name']}", fontsize=7)
+            if col == 0:
+                ax.set_ylabel("voxels (cases with the label)", fontsize=7)
+    fig.suptitle(f"{model}: volume per label when present, real vs synthetic (under each: cases that contain it)", fontsize=9)
+    fig.tight_layout()
+    _savefig(fig, fig_dir / f"{model}_label_volumes.png")

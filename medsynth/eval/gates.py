@@ -1,10 +1,16 @@
-"""Gates: a measured value, a threshold the user set, and a verdict (pass / warn / fail)."""
+"""Gates: a measured value, a threshold the user set, and a verdict.
+
+States, worst first: ``fail`` (the threshold is crossed), ``inconclusive`` (the measurement could not
+say anything, e.g. the real-only utility model did not learn: never read as a pass), ``warn`` (near the
+threshold, or the interval reaches beyond it), ``not measured`` (switched off or no data; counts as a
+warn in the overall verdict), ``pass``."""
 
 from __future__ import annotations
 
 from medsynth.config import GatesConfig
 
-STATES = ("pass", "warn", "fail", "not measured")
+STATES = ("pass", "warn", "fail", "not measured", "inconclusive")
+RANK = {"pass": 0, "not measured": 1, "warn": 1, "inconclusive": 2, "fail": 3}  # overall(): the worst gate decides
 
 
 def upper_gate(name: str, value: float | None, threshold: float, margin: float, sentence: str, area: str) -> dict:
@@ -35,9 +41,9 @@ def evaluate_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig) 
 
 
 def overall(gates: list[dict]) -> str:
-    states = {g["state"] for g in gates}
-    if "fail" in states:
-        return "fail"
-    if "warn" in states or "not measured" in states:
-        return "warn"
-    return "pass"
+    """fail > inconclusive > warn (a gate not measured counts as warn) > pass; no gate: pass."""
+    unknown = [g["gate"] for g in gates if g["state"] not in RANK]
+    if unknown:
+        raise ValueError(f"gate(s) {unknown} have a state outside {list(RANK)}")
+    worst = max((RANK[g["state"]] for g in gates), default=0)
+    return {0: "pass", 1: "warn", 2: "inconclusive", 3: "fail"}[worst]

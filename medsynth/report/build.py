@@ -20,6 +20,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader
 
 from medsynth import __version__
+from medsynth.eval.gates import overall
 from medsynth.io.writers import write_text_atomic
 
 PACKAGES = ["medsynth", "torch", "monai", "lightning", "nibabel", "pydicom", "numpy", "dvc", "dvclive"]
@@ -150,6 +151,90 @@ def training_curves(live_dir: Path, model: str) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _share(k, n, ci) -> str:
+    if not n:
+        return "-"
+    return f"{k} of {n} ({k / n:.0%}; {ci[0]:.0%}–{ci[1]:.0%})" if ci else f"{k} of {n}"
+
+
+def _median(v: dict) -> str:
+    if v.get("median") is None:
+        return "-"
+    ci = v.get("median_ci")
+    return f"{v['median']:.0f}" + (f" ({ci[0]:.0f}–{ci[1]:.0f})" if ci else "")
+
+
+def _vs(value, baseline, digits: int = 2) -> str:
+    return f"{fmt(value, digits)} (real {fmt(baseline, digits)})" if value is not None else "-"
+
+
+def conditional_rows(cond: dict) -> dict:
+    """fidelity.json's ``conditional`` block as table rows, the rare condition first (its order there)."""
+    if not cond:
+        return {}
+    defining = {d["label"]: d["defined_by"] for d in cond.get("defining_labels", []) if d.get("defined_by")}
+    rows = []
+    for c in cond["conditions"]:
+        pc = cond["per_condition"][c]
+        for key, lab in pc["labels"].items():
+            p, v, loc = lab["presence"], lab["volume"], lab["centroid"]
+            rows.append({
+                "condition": c, "rare": c == cond["rare_condition"], "label": lab["name"],
+                "defining": defining.get(key) if c == cond["rare_condition"] else None,
+                "real_presence": _share(p["real"], p["real_n"], p["real_ci"]),
+                "syn_presence": _share(p["synthetic"], p["synthetic_n"], p["synthetic_ci"]),
+                "real_median": _median(v["real"]), "syn_median": _median(v["synthetic"]),
+                "ratio": _vs(v["median_ratio"], v["median_ratio_real_baseline"]),
+                "wasserstein": _vs(v["wasserstein"], v["wasserstein_real_baseline"]),
+                "centroid": _vs(loc["distance_relative"], loc["distance_relative_real_baseline"]),
+            })
+    clf = cond.get("classifier", {})
+    classifier = []
+    if clf.get("measured"):
+        for c in cond["conditions"]:
+            r, s = clf["real_heldout"], clf["synthetic"]
+            classifier.append({"condition": c, "real": _recall(r, c), "synthetic": _recall(s, c)})
+        classifier.append({"condition": "balanced accuracy", "real": fmt(clf["real_heldout"]["balanced_accuracy"], 2),
+                           "synthetic": fmt(clf["synthetic"]["balanced_accuracy"], 2)})
+    return {"rare": cond["rare_condition"], "rows": rows, "classifier": classifier, "classifier_reason": clf.get("reason"),
+            "classifier_steps": clf.get("steps")}
+
+
+def _recall(block: dict, c: str) -> str:
+    n, r, ci = block["n"].get(c, 0), block["recall"].get(c), block["recall_ci"].get(c)
+    if not n:
+        return "-"
+    return f"{r:.0%} of {n}" + (f" ({ci[0]:.0%}–{ci[1]:.0%})" if ci else "")
+
+
+def _with_ci(value, ci, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f.format(value) + (f" ({f.format(ci[0])} to {f.format(ci[1])})" if ci else "")
+
+
+def utility_rows(util: dict) -> dict:
+    """utility.json's block of one model as table rows: per arm the score overall and for the rare
+    condition with 95% CIs, and each arm's paired difference to real and to real+augmentation."""
+    if not util.get("measured"):
+        return {}
+    key = util["score"]
+    arms = []
+    for name, a in util["arms"].items():
+        row = {"arm": name, "train_cases": a.get("train_cases"), "overall": _with_ci(a[key], a.get(f"{key}_ci95")),
+               "val": fmt(a.get(f"val_{key}", a.get("val_neg_cross_entropy"))), "best_steps": ", ".join(str(s) for s in a.get("best_step_per_seed", [])),
+               "per_seed": ", ".join(fmt(v) for v in a.get(f"{key}_per_seed", []))}
+        if key == "dice":
+            row["rare"] = _with_ci(a.get("rare_dice"), a.get("rare_dice_ci95"))
+            row["labels"] = ", ".join(f"{k}: {fmt(v)}" for k, v in a.get("per_label_dice", {}).items())
+        arms.append(row)
+    diffs = [{"pair": pair, "overall": _with_ci(d["overall"]["mean"], d["overall"]["ci95"], True),
+              "rare": _with_ci(d["rare"]["mean"], d["rare"]["ci95"], True) if d.get("rare") else "-"}
+             for pair, d in util.get("differences", {}).items()]
+    return {"arms": arms, "differences": diffs, "segmentation": key == "dice"}
+
+
 def build_report(
     ingest_dir: Path,
     preprocess_dir: Path,
@@ -176,13 +261,17 @@ def build_report(
             "name": m, "train": t,
             "slices": _img(figs / f"{m}_slices.png"), "dcr": _img(figs / f"{m}_dcr.png"), "roc": _img(figs / f"{m}_membership_roc.png"),
             "pairs": _img(figs / f"{m}_closest_pairs.png"), "dists": _img(figs / f"{m}_distributions.png"),
+            "overlay": _img(figs / f"{m}_conditional_overlay.png"), "label_volumes": _img(figs / f"{m}_label_volumes.png"),
+            "conditional": conditional_rows(fidelity.get(m, {}).get("conditional", {})),
+            "condition_gate": next((g for g in gates.get("gates", []) if g.get("gate") == f"{m}: condition fidelity"), None),
+            "utility_rows": utility_rows(utility.get(m, {})),
+            "utility_gate": next((g for g in gates.get("gates", []) if g.get("area") == "utility" and g.get("gate", "").startswith(f"{m}: ")), None),
             "curves": training_curves(Path(live_root or "dvclive") / m, m),
             "fidelity": fidelity.get(m, {}), "privacy": privacy.get(m, {}), "utility": utility.get(m, {}),
         })
     deid_gate = _deid_gate(ingest)
     all_gates = list(gates.get("gates", [])) + [deid_gate]
-    states = {g["state"] for g in all_gates}
-    verdict = "fail" if "fail" in states else ("warn" if states & {"warn", "not measured"} else "pass")
+    verdict = overall(all_gates)  # the evaluate stage's ranking: fail > inconclusive > warn (or not measured) > pass
     env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=True)  # the template is report.html.j2: select_autoescape(["html"]) left it unescaped
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
