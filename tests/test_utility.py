@@ -133,6 +133,8 @@ def test_a_baseline_that_did_not_learn_is_inconclusive_never_pass(hippo, erased)
     assert overall([passing, gate, {"gate": "w", "state": "warn"}, {"gate": "n", "state": "not measured"}]) == "inconclusive"
     assert overall([gate, {"gate": "f", "state": "fail"}]) == "fail"
     assert overall([passing, {"gate": "n", "state": "not measured"}]) == "warn"
+    off = utility_gate("off", {"measured": False, "reason": "evaluate.utility.enabled is false"}, one, 0.05)
+    assert off["state"] == "not measured" and overall([passing, off]) == "warn"
     # a floor the learned baseline does not reach turns the same result inconclusive too
     strict = CFG.model_copy(update={"min_baseline": {"dice": 0.99, "auc": 0.7}})
     assert utility_gate("erased", erased, strict, 0.05)["state"] == "inconclusive"

@@ -46,6 +46,7 @@ is then inconclusive, never pass.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -181,8 +182,8 @@ def label_dice(pred: np.ndarray, gt: np.ndarray, n_labels: int) -> np.ndarray:
 
 def case_dice(per_label: np.ndarray) -> np.ndarray:
     """Per case: the mean over the labels present in prediction or ground truth."""
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a case with no label anywhere: NaN
         return np.nanmean(per_label, axis=1)
 
 
@@ -324,8 +325,8 @@ def segmentation_utility(train: tuple, test: tuple, synthetic: tuple, n_labels: 
         per_label = np.stack([run["test"] for run in r["runs"]])  # (seeds, cases, labels)
         per_case = np.stack([case_dice(p) for p in per_label])  # (seeds, cases)
         mean_case = per_case.mean(0)
-        with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-            sup.filter(RuntimeWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a label in no test case: NaN
             lab = np.nanmean(per_label, axis=(0, 1))
             lab_rare = np.nanmean(per_label[:, rare], axis=(0, 1)) if rare.any() else np.full(n_labels, np.nan)
         arms[arm] = {
