@@ -135,6 +135,10 @@ def test_a_baseline_that_did_not_learn_is_inconclusive_never_pass(hippo, erased)
     assert overall([passing, {"gate": "n", "state": "not measured"}]) == "warn"
     off = utility_gate("off", {"measured": False, "reason": "evaluate.utility.enabled is false"}, one, 0.05)
     assert off["state"] == "not measured" and overall([passing, off]) == "warn"
+    # learned overall but not on the rare cases: the rare-class answer is inconclusive, not "no clear gain"
+    no_rare = {**erased, "arms": {**erased["arms"], "real": {**erased["arms"]["real"], "rare_dice": 0.2,
+                                                            "rare_per_label_dice": {"1": 0.4, "2": 0.0}}}}
+    assert utility_sentence("m", no_rare, CFG).startswith("Rare class inconclusive: the real-only model scores rare-class Dice 0.20 < floor 0.50")
     # a floor the learned baseline does not reach turns the same result inconclusive too
     strict = CFG.model_copy(update={"min_baseline": {"dice": 0.99, "auc": 0.7}})
     assert utility_gate("erased", erased, strict, 0.05)["state"] == "inconclusive"

@@ -445,29 +445,36 @@ def _not_learned(util: dict, cfg: UtilityConfig) -> str:
             f"arms would measure noise, not the synthetic data; {fix}.")
 
 
+def _verdict(d: dict) -> str:
+    ci = d["ci95"]
+    if ci is None:
+        return "no conclusion"
+    return "a gain" if ci[0] > 0 else ("a loss" if ci[1] < 0 else "no clear gain")
+
+
 def utility_sentence(model: str, util: dict, cfg: UtilityConfig) -> str:
-    """One sentence: did adding the model's synthetic cases help the rare condition, with the interval."""
+    """One sentence: did adding the model's synthetic cases help the rare condition, with the interval.
+    When the real-only model learned the task overall but not on the rare cases (segmentation: rare-class
+    Dice below the floor, e.g. a lesion label it never segments), the rare class is called inconclusive
+    and the sentence falls back on all test cases."""
     if not util.get("measured"):
         return "Utility not measured: " + util.get("reason", "evaluate.utility.enabled is false")
     if not baseline_learned(util, cfg):
         return _not_learned(util, cfg)
     d = util["differences"]["real+synthetic - real"]
+    aug = util["differences"]["real+synthetic - real+augmentation"]
+    real, floor = util["arms"]["real"], baseline_floor(util, cfg)
+    cases = f"{util.get('rare_test_cases', 0)} rare of {util['test_cases']} real test cases, {util['seeds']} seeds"
+    if d.get("rare") and real.get("rare_dice") is not None and real["rare_dice"] < floor:
+        labels = ", ".join(f"label {k} {v:.2f}" for k, v in real["rare_per_label_dice"].items() if v is not None)
+        return (f"Rare class inconclusive: the real-only model scores rare-class Dice {real['rare_dice']:.2f} < floor {floor:.2f} "
+                f"({labels}), so a rare-class difference would measure noise; over all test cases, adding {model}'s synthetic "
+                f"cases changed Dice by {_fmt_diff(d['overall'])} against real data alone: {_verdict(d['overall'])} ({cases}).")
     which = d.get("rare") or d["overall"]
     what = f"rare-class {_short(util)}" if d.get("rare") else util["metric"]
-    ci = which["ci95"]
-    if ci is None:
-        verdict = "no conclusion"
-    elif ci[0] > 0:
-        verdict = "a gain"
-    elif ci[1] < 0:
-        verdict = "a loss"
-    else:
-        verdict = "no clear gain"
-    aug = util["differences"]["real+synthetic - real+augmentation"]
     aw = aug.get("rare") or aug["overall"]
-    return (f"Adding {model}'s synthetic cases changed {what} by {_fmt_diff(which)} against real data alone: {verdict} "
-            f"(against real data with standard augmentation: {_fmt_diff(aw)}; {util.get('rare_test_cases', 0)} rare of "
-            f"{util['test_cases']} real test cases, {util['seeds']} seeds).")
+    return (f"Adding {model}'s synthetic cases changed {what} by {_fmt_diff(which)} against real data alone: {_verdict(which)} "
+            f"(against real data with standard augmentation: {_fmt_diff(aw)}; {cases}).")
 
 
 def utility_gate(model: str, util: dict, cfg: UtilityConfig, margin: float) -> dict:
