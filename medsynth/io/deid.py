@@ -5,6 +5,10 @@
 * Every action (D, Z, X, K, C, U and the combined codes) is applied, recursively inside sequences.
   Combined codes take the choice that keeps the object valid without keeping the value:
   X/Z -> Z, X/D, Z/D and X/Z/D -> D, X/Z/U* -> U on the contained UIDs.
+* Standard attributes the table does not list are removed unless on :data:`SAFE_UNLISTED` (geometry,
+  pixel description, acquisition parameters), or kept with ``unlisted_attributes: keep``. Either way,
+  free text outside the table (UT, LT, ST), names, dates and UN go, and short text (LO, SH, UC) that is
+  not coded vocabulary is cleaned; a CodeMeaning becomes the standard meaning of its code, or is cleaned.
 * UIDs become ``2.25.<int>`` from an HMAC of the site key and the original UID: the same key gives the
   same UID in every file and run, so references between objects still resolve.
 * Dates shift by a per-patient offset derived from the key (option "modified dates"); otherwise the
@@ -84,6 +88,52 @@ DESCRIPTOR_VOCABULARY = set(
     calibration cal sense grappa asset arc ipat dynamic dyn dce series image images volume vol mm s ms
     sequential interleaved ascending descending i to s p a l r""".split()
 )
+
+# words kept in a cleaned Manufacturer besides the descriptor vocabulary (conversion reads the vendor)
+VENDOR_VOCABULARY = DESCRIPTOR_VOCABULARY | set(
+    """siemens healthineers philips ge gems general electric medical systems healthcare toshiba canon hitachi
+    fujifilm fuji samsung united imaging uih neusoft hologic agfa carestream bruker esaote mindray""".split()
+)
+
+# Retain Patient Characteristics keeps these by default (deid.retain_patient_characteristics: true);
+# "all" keeps every attribute of the option (ethnic group, smoking status, pregnancy status...).
+PATIENT_CHARACTERISTICS = {"00100040", "00101010", "00101020", "00101030"}  # sex, age, size, weight
+
+# Standard attributes outside Table E.1-1 that are kept (deid.unlisted_attributes: remove): what the
+# conversion, the SEG reader and a viewer read. UIDs and sequences are not listed: UIDs are replaced or
+# kept as the table's U action does, sequences are walked and their items treated like the top level.
+SAFE_UNLISTED = frozenset(
+    # the object and its pixels
+    """SpecificCharacterSet ImageType Modality SeriesNumber InstanceNumber AcquisitionNumber SamplesPerPixel
+    PhotometricInterpretation Rows Columns BitsAllocated BitsStored HighBit PixelRepresentation PlanarConfiguration
+    PixelAspectRatio NumberOfFrames FrameIncrementPointer SmallestImagePixelValue LargestImagePixelValue PixelPaddingValue
+    PixelPaddingRangeLimit FloatPixelData DoubleFloatPixelData ExtendedOffsetTable ExtendedOffsetTableLengths
+    RescaleIntercept RescaleSlope RescaleType WindowCenter WindowWidth VOILUTFunction PresentationLUTShape
+    LossyImageCompression LossyImageCompressionRatio LossyImageCompressionMethod BurnedInAnnotation
+    RecognizableVisualFeatures PixelIntensityRelationship PixelIntensityRelationshipSign"""
+    # geometry and slice order
+    """ ImagePositionPatient ImageOrientationPatient PixelSpacing ImagerPixelSpacing SliceThickness SpacingBetweenSlices
+    SliceLocation PatientPosition PatientOrientation GantryDetectorTilt EchoNumbers TemporalPositionIdentifier
+    NumberOfTemporalPositions TriggerTime ImagesInAcquisition"""
+    # enhanced multi-frame: frame types, stacks, dimensions
+    """ FrameType PixelPresentation VolumetricProperties VolumeBasedCalculationTechnique ComplexImageComponent
+    AcquisitionContrast StackID InStackPositionNumber TemporalPositionIndex FrameAcquisitionNumber DimensionIndexValues
+    DimensionIndexPointer FunctionalGroupPointer DimensionOrganizationType EffectiveEchoTime"""
+    # segmentations and codes
+    """ SegmentationType SegmentationFractionalType MaximumFractionalValue SegmentsOverlap SegmentNumber SegmentLabel
+    SegmentAlgorithmType SegmentAlgorithmName AlgorithmName AlgorithmVersion ReferencedSegmentNumber ReferencedFrameNumber
+    ContentLabel CodeValue CodingSchemeDesignator CodingSchemeVersion CodeMeaning LongCodeValue"""
+    # acquisition parameters (image contrast and dose)
+    """ Manufacturer ScanningSequence SequenceVariant ScanOptions MRAcquisitionType RepetitionTime EchoTime InversionTime
+    FlipAngle EchoTrainLength MagneticFieldStrength ImagingFrequency NumberOfAverages PixelBandwidth AcquisitionMatrix
+    InPlanePhaseEncodingDirection PercentSampling PercentPhaseFieldOfView DiffusionBValue DiffusionGradientOrientation
+    DiffusionDirectionality KVP XRayTubeCurrent ExposureTime Exposure ReconstructionDiameter""".split()
+)
+# short text kept as it is: coded vocabulary and identifiers of stacks / units that conversion groups by
+VERBATIM_TEXT = frozenset("CodeValue CodingSchemeDesignator CodingSchemeVersion LongCodeValue StackID RescaleType".split())
+# removed wherever the table does not list them, in either mode: free text, names, dates, unknown bytes
+_REMOVED_UNLISTED_VRS = {"UT", "LT", "ST", "PN", "DA", "DT", "UN"}
+_SHORT_TEXT_VRS = {"LO", "SH", "UC"}
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
@@ -222,13 +272,13 @@ def _dummy(elem: DataElement, pseudo: Pseudonymizer) -> Any:
     return "ANONYMIZED"
 
 
-def clean_descriptor(value: str) -> str:
-    """Keep only imaging vocabulary and small numbers; every other word becomes '*'."""
+def clean_descriptor(value: str, vocabulary: set[str] = DESCRIPTOR_VOCABULARY) -> str:
+    """Keep only ``vocabulary`` words and small numbers; every other word becomes '*'."""
     out = []
     for tok in re.split(r"(\s+|[_\-/\\,;:()\[\]+=])", str(value)):
         if not tok or re.fullmatch(r"\s+|[_\-/\\,;:()\[\]+=]", tok):
             out.append(tok)
-        elif tok.lower() in DESCRIPTOR_VOCABULARY or re.fullmatch(r"\d{1,3}(\.\d{1,2})?", tok):
+        elif tok.lower() in vocabulary or re.fullmatch(r"\d{1,3}(\.\d{1,2})?", tok):
             out.append(tok)
         else:
             out.append("*")
@@ -269,8 +319,11 @@ class Deidentifier:
         if row is None:
             return None
         basic, opts = row
-        for name in self.options:
+        for name in sorted(self.options):
             col = OPTION_COLUMNS[name]
+            if name == "retain_patient_characteristics" and self.cfg.retain_patient_characteristics != "all" \
+                    and tag_id not in PATIENT_CHARACTERISTICS:
+                continue
             if col in opts:
                 return opts[col]
         return {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U"}.get(basic, basic)
@@ -312,7 +365,8 @@ class Deidentifier:
         ds.PatientName = patient
         ds.PatientIdentityRemoved = "YES"
         # LO is at most 64 characters a value: the profile, then one value per option (VM 1-n)
-        ds.DeidentificationMethod = [f"medsynth {self.version} PS3.15 E.1-1 Basic Profile"[:64]] + [o[:64] for o in sorted(self.options)]
+        ds.DeidentificationMethod = [f"medsynth {self.version} PS3.15 E.1-1 Basic Profile"[:64]] + [o[:64] for o in sorted(self.options)] \
+            + [f"unlisted attributes: {self.cfg.unlisted_attributes}"]
         codes = Sequence()
         for name in ["basic"] + sorted(self.options):
             item = Dataset()
@@ -371,18 +425,37 @@ class Deidentifier:
                 continue
             if t == 0x7FE00010:
                 continue
-            tag_id = f"{t:08x}"
-            action = self.action_for(tag_id)
-            if action is None:
-                if elem.VR == "SQ":
-                    for item in elem.value:
-                        self._walk(item, shift, actions)
-                elif elem.VR == "UI" and elem.value and all(_is_instance_uid(str(v)) for v in element_values(elem)):
-                    # an instance UID the table does not list: replace it the same keyed way
-                    elem.value = self._uid_value(elem.value)
-                    actions["U"] += 1
+            if t.element == 0:  # group length: no content, and wrong once the group changes
+                del ds[tag]
                 continue
-            self._apply(ds, tag, elem, action, shift, actions)
+            action = self.action_for(f"{t:08x}")
+            if action is None:
+                self._unlisted(ds, tag, elem, shift, actions)
+            else:
+                self._apply(ds, tag, elem, action, shift, actions)
+
+    def _unlisted(self, ds: Dataset, tag, elem: DataElement, shift: int, actions: Counter) -> None:
+        """A standard attribute Table E.1-1 does not list."""
+        if elem.VR == "SQ":
+            for item in elem.value:
+                self._walk(item, shift, actions)
+        elif elem.VR == "UI":
+            if elem.value and all(_is_instance_uid(str(v)) for v in element_values(elem)):
+                # an instance UID: replaced the same keyed way
+                elem.value = self._uid_value(elem.value)
+                actions["U"] += 1
+        elif elem.VR in _REMOVED_UNLISTED_VRS or (self.cfg.unlisted_attributes == "remove" and elem.keyword not in SAFE_UNLISTED):
+            del ds[tag]
+            actions["unlisted"] += 1
+        elif elem.VR in _SHORT_TEXT_VRS and elem.keyword not in VERBATIM_TEXT and elem.value:
+            if elem.keyword == "CodeMeaning":
+                meaning = standard_code_meaning(str(ds.get("CodingSchemeDesignator", "")), str(ds.get("CodeValue", "")))
+                elem.value = meaning or clean_descriptor(str(elem.value))
+            else:
+                vocabulary = VENDOR_VOCABULARY if elem.keyword == "Manufacturer" else DESCRIPTOR_VOCABULARY
+                elem.value = [clean_descriptor(str(v), vocabulary) for v in element_values(elem)] if elem.VM > 1 \
+                    else clean_descriptor(str(elem.value), vocabulary)
+            actions["C"] += 1
 
     def _apply(self, ds: Dataset, tag, elem: DataElement, action: str, shift: int, actions: Counter) -> None:
         actions[action] += 1
@@ -427,6 +500,21 @@ class Deidentifier:
             elem.value = "ANONYMOUS"
             return
         del ds[tag]
+
+
+_CODE_MEANINGS: dict[tuple[str, str], str] = {}
+
+
+def standard_code_meaning(scheme: str, code: str) -> str | None:
+    """The meaning pydicom's code dictionary (DCM, SCT, LOINC, UCUM...) gives a code, or None."""
+    if not _CODE_MEANINGS:
+        from pydicom.sr._concepts_dict import concepts
+
+        for sch, by_name in concepts.items():
+            for codes in by_name.values():
+                for value, (meaning, _cids) in codes.items():
+                    _CODE_MEANINGS[(sch, value)] = meaning
+    return _CODE_MEANINGS.get((scheme.strip(), code.strip()))
 
 
 def element_values(elem: DataElement) -> list:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -33,13 +34,14 @@ from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonymizer
 from medsynth.io.dicom import QuarantineEntry, SeriesError, discover_files, is_nifti, read_image_dataset
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
-from medsynth.io.phi_scan import IdentifierSet, identifiers_of, kept_values_of, scan_outputs
+from medsynth.io.phi_scan import IdentifierSet, identifiers_of, scan_outputs
 from medsynth.io.seg import SegMask, mask_on_image
 from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
 
 MANIFEST_FIELDS = ["case_id", "patient", "condition", "modality", "shape", "spacing", "source", "has_mask", "split"]
 QUARANTINE_FIELDS = ["file_id", "kind", "reason"]
-DEID_LOG_FIELDS = ["patient", "study", "series", "instance", "removed", "emptied", "dummied", "cleaned", "uids_replaced", "kept"]
+DEID_LOG_FIELDS = ["patient", "study", "series", "instance", "removed", "emptied", "dummied", "cleaned", "uids_replaced", "kept",
+                   "unlisted_removed"]
 
 
 class IngestError(RuntimeError):
@@ -82,9 +84,21 @@ def read_labels(path: Path) -> dict[str, LabelRow]:
     return out
 
 
-def _sanitize_reason(reason: str, roots: list[Path]) -> str:
+def _sanitize_reason(reason: str, roots: list[Path], file: Path | None = None) -> str:
+    """A quarantine reason that names no input path: the file's path, any path under a root (also one a
+    message cut short) and the file's name become <file>; a root becomes <input>."""
+    if file is not None:
+        f = Path(file).resolve()
+        forms = {str(file), str(f)} | {str(f.relative_to(r.resolve())) for r in roots if f.is_relative_to(r.resolve())}
+        for form in sorted(forms, key=len, reverse=True):  # the longest first: a path before its tail
+            reason = reason.replace(form, "<file>")
     for r in roots:
-        reason = reason.replace(str(r), "<input>")
+        for form in {str(Path(r).resolve()), str(r)}:
+            reason = re.sub(r"(?<![\w.-])" + re.escape(form.rstrip("/") + "/") + r"[^\s'\"]*", "<file>", reason)
+    if file is not None and len(Path(file).name) >= 4:
+        reason = reason.replace(Path(file).name, "<file>")
+    for r in roots:
+        reason = reason.replace(str(Path(r).resolve()), "<input>")
     return reason
 
 
@@ -167,9 +181,8 @@ def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentif
             orig_series = str(ds.get("SeriesInstanceUID", "") or "")
             before = identifiers_of(ds)
             res = deid.deidentify(ds)
-            kept = kept_values_of(res.dataset)
         except (SeriesError, BurnedInTextError) as exc:
-            out.append({"rel": rel, "reason": _sanitize_reason(str(exc), [input_dir])})
+            out.append({"rel": rel, "reason": _sanitize_reason(str(exc), [input_dir], path)})
             continue
         except Exception as exc:
             out.append({"rel": rel, "reason": f"cannot de-identify: {type(exc).__name__}"})
@@ -182,9 +195,10 @@ def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentif
         a = res.actions
         out.append({
             "rel": rel, "series_uid": str(res.dataset.get("SeriesInstanceUID", "")), "orig_pid": orig_pid, "orig_series": orig_series,
-            "patient": res.patient, "originals": before, "kept": kept,
+            "patient": res.patient, "originals": before,
             "log": {"patient": res.patient, "study": res.study, "series": res.series, "instance": res.instance,
-                    "removed": a["X"], "emptied": a["Z"], "dummied": a["D"], "cleaned": a["C"], "uids_replaced": a["U"], "kept": a["K"]},
+                    "removed": a["X"], "emptied": a["Z"], "dummied": a["D"], "cleaned": a["C"], "uids_replaced": a["U"], "kept": a["K"],
+                    "unlisted_removed": a["unlisted"]},
         })
     return out
 
@@ -205,9 +219,12 @@ def deidentify_tree(
     quarantine: list[dict] = []
     log: list[dict] = []
     niftis: list[Path] = []
-    originals, kept = IdentifierSet(), IdentifierSet()
+    originals = IdentifierSet()
+    for root in {str(input_dir.absolute()), str(input_dir.resolve())}:
+        originals.add(root, "input path")
     rels: list[str] = []
     for path in discover_files(input_dir):
+        originals.add_path(str(path.relative_to(input_dir)))
         if skip and path.resolve() in skip:
             continue
         if is_nifti(path):
@@ -237,9 +254,7 @@ def deidentify_tree(
         k.rel_files.add(r["rel"])
         k.patient_id, k.series_uid, k.patient = r["orig_pid"], r["orig_series"], r["patient"]
         originals.update(r["originals"])
-        kept.update(r["kept"])
         log.append(r["log"])
-    originals.discard_present_in(kept)
     return DeidTree(dict(keys), quarantine, log, niftis, originals)
 
 
@@ -324,7 +339,9 @@ def ingest(
             elif seg is not None:
                 mask_arr = mask_on_image(seg, img)
         except SeriesError as exc:
-            quarantine.append({"file_id": case_id, "kind": "mask", "reason": f"mask unusable: {exc}"})
+            mask_path = input_dir / label[1].mask if label is not None and label[1].mask else None
+            reason = _sanitize_reason(f"mask unusable: {exc}", [input_dir], mask_path)
+            quarantine.append({"file_id": case_id, "kind": "mask", "reason": reason})
             return
         write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
         if mask_arr is not None:
@@ -364,7 +381,7 @@ def ingest(
         try:
             img = load_nifti_checked(path)
         except SeriesError as exc:
-            quarantine.append({"file_id": pseudo.file_id(rel), "kind": "file", "reason": str(exc)})
+            quarantine.append({"file_id": pseudo.file_id(rel), "kind": "file", "reason": _sanitize_reason(str(exc), [input_dir], path)})
             continue
         label = _match_label(labels, [rel])
         patient_key = (label[1].patient if label and label[1].patient else None) or f"nifti:{rel}"
