@@ -136,7 +136,7 @@ def demo(
 
 @app.command()
 def synth(
-    model: Path = typer.Argument(..., help="a trained model: model.pt or its folder (models/cgan)"),
+    model: Path = typer.Argument(..., help="a trained model: model.pt or its folder (models/cgan); with --bundle, a MONAI bundle folder"),
     output: Path = typer.Argument(..., help="output folder"),
     condition: str = typer.Option(..., "--condition", "-c", help="condition to sample"),
     n: int = typer.Option(4, "-n", help="number of cases"),
@@ -148,13 +148,19 @@ def synth(
     batch_size: int = typer.Option(8, help="cases sampled per batch"),
     masks: Optional[Path] = typer.Option(None, help="mask-conditioned models: folder of label maps on the model grid to paint images for "
                                          "(with a manifest beside it, e.g. data/synth/cvae/masks, only the condition's masks)"),
+    bundle: bool = typer.Option(False, "--bundle", help="MODEL is a bundle from export-bundle: its weights and medsynth_model.json "
+                                "are read, its config is never run, and a bundle whose configs differ from what export-bundle "
+                                "writes is refused"),
 ) -> None:
-    """Sample N synthetic image + mask pairs of one condition from a trained model, without the pipeline."""
+    """Sample N synthetic image + mask pairs of one condition from a trained model or a bundle, without the pipeline."""
+    from medsynth.synth.bundle import BundleError, check_bundle, load_bundle
     from medsynth.synth.sampler import load_sampler, needs_masks, read_mask_folder, synthesize
 
     try:
-        s = load_sampler(model, device)
-    except FileNotFoundError as exc:
+        if bundle:
+            check_bundle(model)
+        s = load_bundle(model, device) if bundle else load_sampler(model, device)
+    except (FileNotFoundError, BundleError) as exc:
         _fail(str(exc), 2)
     if condition not in s.conditions:
         _fail(f"condition {condition!r} unknown to this model; it knows {s.conditions}", 2)
@@ -190,8 +196,9 @@ def export_bundle_cmd(
     except FileNotFoundError as exc:
         _fail(str(exc), 2)
     console.print(f"export-bundle: wrote {out}. Check it: python -m monai.bundle verify_metadata "
-                  f"--meta_file {out}/configs/metadata.json --filepath {SCHEMA_PATH}; sample: python -m monai.bundle run "
-                  f"--config_file {out}/configs/inference.json")
+                  f"--meta_file {out}/configs/metadata.json --filepath {SCHEMA_PATH}; sample: medsynth synth --bundle {out} OUT "
+                  f"-c CONDITION (never runs the bundle's config) or python -m monai.bundle run --config_file {out}/configs/inference.json "
+                  "(runs it: a bundle's config is code)")
 
 
 @app.command()

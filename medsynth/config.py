@@ -72,11 +72,15 @@ class DeidConfig(_Section):
     key_env: str = "MEDSYNTH_DEID_KEY"
     ephemeral_key: bool = Field(False, description="throw-away key: pseudonyms NOT stable across runs")
     retain_longitudinal_modified_dates: bool = True
-    retain_patient_characteristics: bool = True
+    retain_patient_characteristics: Literal[True, False, "all"] = Field(
+        True, description="true: keep sex, age, size, weight; 'all': also ethnic group, smoking and pregnancy status...")
     clean_descriptors: bool = True
     retain_safe_private: bool = False
     quarantine_burned_in: bool = True
     max_date_shift_days: int = Field(365, ge=1, le=3650)
+    unlisted_attributes: Literal["remove", "keep"] = Field(
+        "remove", description="standard attributes outside Table E.1-1: remove all but a safe list, or keep them "
+        "(free text, names and dates outside the table go either way)")
 
 
 class PreprocessConfig(_Section):
@@ -214,6 +218,8 @@ class VAEGANConfig(CVAEConfig):
     perceptual_network: str | None = Field(
         None, description="local path of the perceptual loss's feature network: models/encoder/encoder.pt or a TorchScript "
         "file (e.g. MedicalNet traced, docs/user-guide.md); nothing is downloaded")
+    perceptual_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of perceptual_network; TorchScript "
+                                          "is code and is loaded only when its digest equals this (docs/privacy.md)")
 
     @model_validator(mode="after")
     def _kl_shape(self) -> VAEGANConfig:
@@ -343,6 +349,14 @@ class EncoderConfig(_Section):
     dim: int = Field(64, ge=8, description="feature dimension")
     width: int = Field(16, ge=4, description="channels of the first level")
     weights: str | None = Field(None, description="local TorchScript encoder (N,1,D,H,W)->(N,F) to use instead (e.g. MedicalNet)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the weights file; TorchScript is code and "
+                               "is loaded only when its digest equals this (docs/privacy.md)")
+
+    @model_validator(mode="after")
+    def _pin_needs_weights(self) -> EncoderConfig:
+        if self.sha256 and not self.weights:
+            raise ValueError("sha256 is set but weights is not: the digest pins the file named by evaluate.encoder.weights")
+        return self
 
 
 class UtilityConfig(_Section):

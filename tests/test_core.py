@@ -1,5 +1,6 @@
 """Splits, models (resume, divergence, registry) and gates that can fail, on real data where it matters."""
 
+import hashlib
 import json
 import shutil
 
@@ -322,9 +323,12 @@ def test_vaegan_perceptual_loss_from_a_local_network_only(preprocessed, tmp_path
     shutil.copy(tmp_path / "net.ts", tmp_path / "traced.pt")  # TorchScript is told by content, not by suffix
     train_tiny("vaegan", preprocessed, tmp_path / "plain", 3)
     plain = _weights(tmp_path / "plain" / "model.pt")
+    pin = hashlib.sha256((tmp_path / "net.ts").read_bytes()).hexdigest()  # TorchScript is code: loaded only when pinned
     for net in ("encoder.pt", "net.ts", "traced.pt"):
         out = tmp_path / net.replace(".", "_")
-        train_tiny("vaegan", preprocessed, out, 3, extra={"perceptual_weight": 1.0, "perceptual_network": str(tmp_path / net)})
+        extra = {"perceptual_weight": 1.0, "perceptual_network": str(tmp_path / net),
+                 "perceptual_sha256": None if net == "encoder.pt" else pin}
+        train_tiny("vaegan", preprocessed, out, 3, extra=extra)
         w = _weights(out / "model.pt")
         assert any(not torch.allclose(w[k], plain[k]) for k in w), net
         ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)

@@ -6,11 +6,15 @@ map close together and away from the other cases of the batch. What it learns is
 one training case from another, which is what FID / KID / PRDC need from a feature space.
 
 Optionally a user's own encoder (e.g. MedicalNet converted to TorchScript) is loaded from a local path:
-a TorchScript module taking (N, 1, D, H, W) images in [-1, 1] and returning (N, F) features.
+a TorchScript module taking (N, 1, D, H, W) images in [-1, 1] and returning (N, F) features. TorchScript
+is code (its methods run on load and on every forward), so such a file is loaded only when its SHA-256
+equals the digest the user wrote in params.yaml (``evaluate.encoder.sha256``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medsynth.config import ConfigError
 from medsynth.io.writers import save_torch_atomic
 from medsynth.models.blocks import random_cutout, random_flip_shift
 
@@ -108,25 +113,38 @@ def save_encoder(enc: Encoder3d, path: Path, meta: dict) -> None:
                                    "dim": enc.out.out_features, "meta": meta})
 
 
-def is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript archive, by content: a traced MedicalNet is often saved as
+def is_torchscript(file: Path | io.BytesIO) -> bool:
+    """Whether ``file`` is a TorchScript archive, by content: a traced MedicalNet is often saved as
     ``.pt`` like a state dict. TorchScript zips hold ``constants.pkl`` and ``code/``; torch.save's do not."""
     import zipfile
 
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(file):
         return False
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(file) as z:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def load_encoder(path: Path) -> tuple[nn.Module, bool]:
-    """medsynth's own encoder.pt, or a user's TorchScript file (image channel only) -> (module, image_only)."""
+def load_encoder(path: Path, sha256: str | None = None, key: str = "evaluate.encoder.weights",
+                 sha256_key: str = "evaluate.encoder.sha256") -> tuple[nn.Module, bool]:
+    """medsynth's own encoder.pt, or a user's TorchScript file (image channel only) -> (module, image_only).
+
+    The file is read once; its bytes are checked against ``sha256`` when that is given, and TorchScript
+    is loaded only then (a state dict is loaded with ``weights_only=True`` either way). Errors name the
+    params keys (``key``: the path, ``sha256_key``: the digest), the file and the digest found."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder weights not found")
-    if is_torchscript(path):
-        return torch.jit.load(str(path), map_location="cpu").eval(), True
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{key}: {path} not found (a local encoder.pt or TorchScript file)")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 and digest != sha256.lower():
+        raise ConfigError(f"{key}: {path} has SHA-256 {digest}, not the {sha256_key} {sha256.lower()} written in params.yaml: "
+                          "the file changed since you pinned it, or the pin is wrong; nothing was loaded")
+    if is_torchscript(io.BytesIO(data)):
+        if not sha256:
+            raise ConfigError(f"{key}: {path} is TorchScript, which is code that runs when it is loaded and used; refused. "
+                              f"If you trust where it comes from, pin it: {sha256_key}: {digest} in params.yaml")
+        return torch.jit.load(io.BytesIO(data), map_location="cpu").eval(), True
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     enc = Encoder3d(blob["in_channels"], blob["width"], blob["dim"])
     enc.load_state_dict(blob["state_dict"])
     return enc.eval(), False

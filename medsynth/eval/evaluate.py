@@ -199,7 +199,7 @@ def _load_encoder(path: Path | None, cfg: EvalConfig):
     weights = Path(cfg.encoder.weights) if cfg.encoder.weights else path
     if weights is None or not Path(weights).is_file():
         return None
-    return load_encoder(weights)
+    return load_encoder(weights, cfg.encoder.sha256 if cfg.encoder.weights else None)
 
 
 def _utility(model: str, preprocess_dir: Path, info: dict, banks: dict, synthetic: tuple, n_labels: int, rare_index: int, cfg: EvalConfig,

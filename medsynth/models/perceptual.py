@@ -2,7 +2,8 @@
 
 Nothing is downloaded. The network is either medsynth's own feature encoder (``models/encoder/encoder.pt``
 of the encoder stage: image + mask channels) or a TorchScript file mapping (N, 1, D, H, W) images in
-[-1, 1] to (N, F) features -- e.g. MedicalNet traced as in docs/user-guide.md. It is frozen, kept out of
+[-1, 1] to (N, F) features -- e.g. MedicalNet traced as in docs/user-guide.md; TorchScript is code and is
+loaded only when its SHA-256 equals ``train.vaegan.perceptual_sha256``. It is frozen, kept out of
 the model's parameters and checkpoints, and compares the features of the reconstruction with those of
 the real case (squared distance, scaled by the real features' variance so the weight is comparable
 across networks).
@@ -20,13 +21,11 @@ class PerceptualLoss3d:
     """Frozen feature network -> loss(fake image, real case). Not an nn.Module on purpose: its weights
     never enter the generator's parameters, optimiser or checkpoints."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, sha256: str | None = None):
         from medsynth.eval.encoder import load_encoder
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"train.vaegan.perceptual_network: {path} not found (a local encoder.pt or TorchScript file)")
-        net, self.image_only = load_encoder(path)
+        net, self.image_only = load_encoder(path, sha256, "train.vaegan.perceptual_network", "train.vaegan.perceptual_sha256")
         for p in net.parameters():
             p.requires_grad_(False)
         self.net: nn.Module = net.eval()

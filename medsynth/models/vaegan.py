@@ -116,7 +116,7 @@ class VAEGANModule(CVAEModule):
         if self.vg.perceptual_weight > 0:
             from medsynth.models.perceptual import PerceptualLoss3d
 
-            self.perceptual = PerceptualLoss3d(self.vg.perceptual_network)
+            self.perceptual = PerceptualLoss3d(self.vg.perceptual_network, self.vg.perceptual_sha256)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

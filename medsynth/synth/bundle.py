@@ -12,6 +12,11 @@ The bundle holds the generator only: no training data, no discriminator or encod
 the AutoencoderKL backbone keeps its encoder inside the same network), no patient identifier. Running it
 needs medsynth installed (the network classes live there) and nothing from the network.
 
+A bundle's config is code: ``monai.bundle run`` executes its ``$`` expressions. ``medsynth synth
+--bundle`` never evaluates it: :func:`check_bundle` refuses configs that differ from what
+:func:`export_bundle` writes, then :func:`load_bundle` reads ``medsynth_model.json`` and the weights
+(``weights_only``).
+
 ``verify_metadata`` validates against a JSON schema shipped with medsynth
 (``bundle_metadata_schema.json``), written from the specification's mandatory keys, because MONAI's
 published schema is a download and medsynth never downloads at run time.
@@ -109,9 +114,18 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, repo
         },
     }
     write_json_atomic(out_dir / "configs" / "metadata.json", metadata)
-    inference = {
+    write_json_atomic(out_dir / "configs" / "inference.json", inference_config(str(out_dir.resolve()), conditions))
+    (out_dir / "docs").mkdir(parents=True, exist_ok=True)
+    (out_dir / "docs" / "README.md").write_text(_readme(metadata))
+    (out_dir / "docs" / "license.txt").write_text("Set by the training site before sharing.\n")
+    return out_dir
+
+
+def inference_config(bundle_root: str, conditions: list[str]) -> dict:
+    """``configs/inference.json`` as export writes it for a bundle at ``bundle_root``."""
+    return {
         "imports": ["$import torch", "$from medsynth.synth import bundle as medsynth_bundle"],
-        "bundle_root": str(out_dir.resolve()),
+        "bundle_root": bundle_root,
         "output_dir": "$@bundle_root + '/samples'",
         "condition": conditions[-1],
         "num_samples": 1,
@@ -121,11 +135,63 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, repo
         "sampler": "$medsynth_bundle.load_bundle(@bundle_root, @device)",
         "run": ["$medsynth_bundle.sample_bundle(@sampler, @output_dir, @condition, @num_samples, @seed, @temperature, @device)"],
     }
-    write_json_atomic(out_dir / "configs" / "inference.json", inference)
-    (out_dir / "docs").mkdir(parents=True, exist_ok=True)
-    (out_dir / "docs" / "README.md").write_text(_readme(metadata))
-    (out_dir / "docs" / "license.txt").write_text("Set by the training site before sharing.\n")
-    return out_dir
+
+
+class BundleError(ValueError):
+    """A bundle's configs are not what ``export_bundle`` writes; the message names the file and what differs."""
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (not a bundle written by medsynth export-bundle)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _monai_syntax(obj, where: str = "") -> str | None:
+    """The first place in a JSON value that MONAI's config parser would evaluate, reference or instantiate
+    (a string starting with $, @ or %, a _target_ key), or None."""
+    if isinstance(obj, str):
+        return (where or "/") if obj.startswith(("$", "@", "%")) else None
+    if isinstance(obj, dict):
+        if "_target_" in obj:
+            return f"{where}/_target_"
+        return next((w for k, v in obj.items() if (w := _monai_syntax(v, f"{where}/{k}"))), None)
+    if isinstance(obj, list):
+        return next((w for i, v in enumerate(obj) if (w := _monai_syntax(v, f"{where}/{i}"))), None)
+    return None
+
+
+def check_bundle(bundle_root: str | Path) -> None:
+    """Refuse a bundle whose configs are not exactly what :func:`export_bundle` writes for its own
+    ``medsynth_model.json``: ``inference.json`` equal to :func:`inference_config` (``bundle_root`` may
+    be any plain path), nothing evaluable in ``metadata.json``, no other file in ``configs/`` (MONAI
+    reads e.g. ``logging.conf``). Nothing of the bundle is evaluated here."""
+    configs = Path(bundle_root) / "configs"
+    names = ("inference.json", "medsynth_model.json", "metadata.json")
+    inference, spec, metadata = (_read_json(configs / n) for n in names)
+    extra = sorted(p.name for p in configs.iterdir() if p.name not in names)
+    if extra:
+        raise BundleError(f"{configs}: holds {extra}, which medsynth export-bundle does not write; refused")
+    try:
+        conditions = [str(c) for c in spec["data_info"]["conditions"]]
+    except (KeyError, TypeError):
+        conditions = []
+    if not conditions:
+        raise BundleError(f"{configs / 'medsynth_model.json'}: no data_info.conditions (not written by medsynth export-bundle)")
+    root = inference.get("bundle_root") if isinstance(inference, dict) else None
+    expected = inference_config(root if isinstance(root, str) and not _monai_syntax(root) else "<a plain path>", conditions)
+    if inference != expected:
+        found = inference if isinstance(inference, dict) else {}
+        keys = sorted(k for k in expected.keys() | found.keys() if found.get(k) != expected.get(k))
+        raise BundleError(f"{configs / 'inference.json'}: differs from what medsynth export-bundle writes for this model at "
+                          f"{keys}. A bundle's config is code (monai.bundle run executes it), so this bundle is refused and "
+                          "nothing in it was run; ask the sender for an unmodified export")
+    if where := _monai_syntax(metadata):
+        raise BundleError(f"{configs / 'metadata.json'}: {where} holds a MONAI expression, reference or component, which "
+                          "medsynth export-bundle never writes; refused")
 
 
 def load_bundle(bundle_root: str | Path, device: str = "cpu") -> LoadedSampler:
@@ -169,8 +235,14 @@ def _readme(meta: dict) -> str:
 
 ## Sample
 ```
-python -m monai.bundle run --config_file configs/inference.json --condition {meta['conditions'][-1]} --num_samples 4
+medsynth synth --bundle . samples -c {meta['conditions'][-1]} -n 4
 ```
-Writes NIfTI image + mask pairs marked SYNTHETIC, JSON sidecars and synthetic_manifest.csv to `samples/`.
-Needs medsynth {meta['required_packages_version']['medsynth']} installed; nothing is downloaded.
+reads the weights and `configs/medsynth_model.json` and never runs the bundle's config; it refuses a
+bundle whose configs differ from what medsynth export-bundle writes. Writes NIfTI image + mask pairs
+marked SYNTHETIC, JSON sidecars and synthetic_manifest.csv to `samples/`. Needs medsynth
+{meta['required_packages_version']['medsynth']} installed; nothing is downloaded.
+
+`python -m monai.bundle run --config_file configs/inference.json --condition {meta['conditions'][-1]} --num_samples 4`
+does the same through MONAI, but a bundle's config is code: MONAI executes its `$` expressions, so run
+it only on a bundle you exported yourself or got unchanged from someone you trust.
 """
