@@ -55,7 +55,8 @@ def deid(
     ephemeral_key: bool = typer.Option(False, "--ephemeral-key", help="throw-away key for trials: pseudonyms NOT stable"),
     no_dates: bool = typer.Option(False, "--no-dates", help="drop dates instead of shifting them"),
     drop_patient_characteristics: bool = typer.Option(False, help="remove sex, age, size, weight"),
-    keep_descriptors: bool = typer.Option(False, help="remove descriptions instead of cleaning them"),
+    clean_descriptors: bool = typer.Option(True, "--clean-descriptors/--remove-descriptors",
+                                           help="clean free-text descriptions to imaging vocabulary, or remove them"),
     retain_safe_private: bool = typer.Option(False, help="keep the documented safe private tags"),
     workers: Optional[int] = typer.Option(None, help="processes (default: all cores)"),
 ) -> None:
@@ -67,7 +68,7 @@ def deid(
 
     cfg = DeidConfig(
         retain_longitudinal_modified_dates=not no_dates, retain_patient_characteristics=not drop_patient_characteristics,
-        clean_descriptors=not keep_descriptors, retain_safe_private=retain_safe_private,
+        clean_descriptors=clean_descriptors, retain_safe_private=retain_safe_private,
     )
     try:
         key = load_key(cfg, key_file=str(key_file) if key_file else None, ephemeral=ephemeral_key)
@@ -75,6 +76,8 @@ def deid(
         _fail(str(exc), 2)
     if not input.is_dir():
         _fail(f"{input}: not a folder", 2)
+    if output.resolve().is_relative_to(input.resolve()):
+        _fail(f"{output}: the output folder lies inside the input {input}: the input is only read; write elsewhere", 2)
     d = Deidentifier(cfg, key, version=__version__)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("de-identifying", total=None)
@@ -91,6 +94,42 @@ def deid(
     note = "" if key.stable else " [yellow](throw-away key: pseudonyms are NOT stable)[/yellow]"
     console.print(f"deid: wrote {len(log)} de-identified file(s) to {output}; {len(quarantine)} quarantined{note}; "
                   f"self-check: {check['identifiers_searched']} original identifiers searched in {check['files_scanned']} files, none found")
+
+
+@app.command()
+def keygen(
+    path: Path = typer.Argument(..., help="key file to create, e.g. ~/.medsynth/site.key (keep it outside the repository)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing key: pseudonyms from the old key can no longer be reproduced"),
+) -> None:
+    """Write a new random site key (64 hex digits, mode 600) for deid --key-file / deid.key_file."""
+    import os
+    import secrets
+
+    def write_new(p: Path, data: bytes) -> None:  # creates p with mode 600, or fails if anything is there
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    path = path.expanduser()
+    if path.is_dir():
+        _fail(f"{path}: is a folder; give the key file's path", 2)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = (secrets.token_hex(32) + "\n").encode()
+    try:
+        if force:
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            write_new(tmp, key)
+            os.replace(tmp, path)
+        else:
+            write_new(path, key)
+    except FileExistsError:
+        _fail(f"{path}: a key file is already there; it is left as it is (--force replaces it, and the pseudonyms it gave change)", 2)
+    console.print(f"keygen: wrote a new site key to {path} (mode 600); back it up: the same key gives the same pseudonyms. "
+                  f"Use it with --key-file {path} or deid.key_file: {path} in params.yaml")
 
 
 @app.command()
@@ -125,12 +164,18 @@ def demo(
     seed: int = typer.Option(1234),
 ) -> None:
     """Write the embedded demo cohort: DICOM series with fake PHI, a few NIfTI, masks and labels.csv."""
-    from medsynth.config import DemoConfig
+    from pydantic import ValidationError
+
+    from medsynth.config import DemoConfig, _describe_error
     from medsynth.data.demo import generate_demo_cohort
 
+    try:
+        cfg = DemoConfig(patients=patients)
+    except ValidationError as exc:
+        _fail("; ".join(_describe_error({**e, "loc": tuple(f"--{p}" for p in e["loc"])}) for e in exc.errors()), 2)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("writing phantoms", total=patients)
-        cases = generate_demo_cohort(output, DemoConfig(patients=patients), seed=seed, progress=lambda _: progress.advance(task))
+        cases = generate_demo_cohort(output, cfg, seed=seed, progress=lambda _: progress.advance(task))
     console.print(f"demo: wrote {len(cases)} phantom patients ({sum(c.condition == 'lesion' for c in cases)} with a lesion) to {output}")
 
 
@@ -238,7 +283,7 @@ def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
         load_params(path)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    console.print(f"{path}: valid")
+    print(f"{path}: valid")
 
 
 if __name__ == "__main__":  # pragma: no cover

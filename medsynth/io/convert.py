@@ -6,7 +6,11 @@ de-identified input. Work runs one process per series; results come back in a st
 
 from __future__ import annotations
 
+import csv
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from medsynth.io.writers import write_csv_atomic, write_nifti_atomic
 
 SERIES_FIELDS = ["file", "modality", "series_number", "series_description", "shape", "spacing", "n_source_files", "notes"]
 QUARANTINE_FIELDS = ["path", "reason"]
+VOLUME_NAME = re.compile(r"series_\d{4,}(_seg)?\.nii\.gz")  # the names convert_folder gives its volumes
 
 
 @dataclass
@@ -185,11 +190,43 @@ def convert_folder(
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ConvertResult:
-    """``medsynth convert``: one RAS NIfTI per series + series.csv + quarantine.csv."""
+    """``medsynth convert``: one RAS NIfTI per series + series.csv + quarantine.csv.
+
+    The volumes are written into a hidden folder inside ``output_dir`` and moved into place when all are
+    written, so a failed run leaves the previous outputs as they were. In a reused folder, the volumes the
+    previous run listed in its series.csv that this run does not write are removed; no other file is touched.
+    """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.exists():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     output_dir.mkdir(parents=True, exist_ok=True)
+    previous = _listed_volumes(output_dir / "series.csv")
+    stage = Path(tempfile.mkdtemp(prefix=".convert-", dir=output_dir))
+    try:
+        rows, quarantine = _convert_into(input_dir, stage, workers, progress)
+        for r in rows:
+            os.replace(stage / r["file"], output_dir / r["file"])
+        for name in previous - {r["file"] for r in rows}:
+            (output_dir / name).unlink(missing_ok=True)
+        write_csv_atomic(output_dir / "series.csv", rows, SERIES_FIELDS + ["source"])
+        write_csv_atomic(output_dir / "quarantine.csv", [q.__dict__ for q in quarantine], QUARANTINE_FIELDS)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return ConvertResult(rows, quarantine)
+
+
+def _listed_volumes(series_csv: Path) -> set[str]:
+    """Volume file names an earlier run listed in its series.csv (only names convert_folder gives)."""
+    try:
+        with open(series_csv, newline="") as f:
+            return {r["file"] for r in csv.DictReader(f) if VOLUME_NAME.fullmatch(r.get("file") or "")}
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return set()
+
+
+def _convert_into(input_dir: Path, output_dir: Path, workers: int | None,
+                  progress: Callable[[str], None] | None) -> tuple[list[dict], list[QuarantineEntry]]:
+    """Write one NIfTI per volume and SEG mask into ``output_dir``; return the series.csv rows and the quarantine."""
     rows: list[dict] = []
     quarantine: list[QuarantineEntry] = []
     segs: list[SegMask] = []
@@ -237,6 +274,4 @@ def convert_folder(
             })
         if len(rows) == rows_before:
             quarantine.append(QuarantineEntry(seg.source, miss))  # mask_on_image's reason: no overlap
-    write_csv_atomic(output_dir / "series.csv", rows, SERIES_FIELDS + ["source"])
-    write_csv_atomic(output_dir / "quarantine.csv", [q.__dict__ for q in quarantine], QUARANTINE_FIELDS)
-    return ConvertResult(rows, quarantine)
+    return rows, quarantine
