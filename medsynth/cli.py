@@ -78,6 +78,8 @@ def deid(
         _fail(f"{input}: not a folder", 2)
     if output.resolve().is_relative_to(input.resolve()):
         _fail(f"{output}: the output folder lies inside the input {input}: the input is only read; write elsewhere", 2)
+    if input.resolve().is_relative_to(output.resolve()):
+        _fail(f"{output}: the output folder holds the input {input}: give the de-identified copies a folder of their own", 2)
     d = Deidentifier(cfg, key, version=__version__)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("de-identifying", total=None)

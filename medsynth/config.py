@@ -32,6 +32,10 @@ def _yaml11_switch(v: Any) -> Any:
 Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml11_switch)]
 
 
+# the most voxels one input file or series may hold (data.max_voxels): a 512 x 512 x 512 CT fits
+DEFAULT_MAX_VOXELS = 512**3
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,6 +60,10 @@ class DataConfig(_Section):
     modality: Literal["CT", "MR"] | None = Field(
         None, description="keep only volumes of this modality (others quarantined with the reason); null keeps all"
     )
+    max_voxels: int = Field(
+        DEFAULT_MAX_VOXELS, ge=64**3, description="the most voxels one input file or series may declare (all frames and time "
+        "points); larger ones are quarantined before they are decoded or inflated, so a small compressed file that "
+        "expands to gigabytes cannot exhaust memory")
     demo: DemoConfig = DemoConfig()
 
     @property

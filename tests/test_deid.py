@@ -23,7 +23,7 @@ def test_shipped_table_matches_standard_json():
 
 def test_refuses_without_key(monkeypatch):
     monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
-    with pytest.raises(DeidKeyError, match="(?s)refusing to run.*secrets.token_hex"):
+    with pytest.raises(DeidKeyError, match="(?s)refusing to run.*medsynth keygen ~/.medsynth/site.key"):
         load_key(DeidConfig())
     k = load_key(DeidConfig(), ephemeral=True)
     assert not k.stable and "secret" not in str(k)

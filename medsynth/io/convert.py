@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medsynth.config import DEFAULT_MAX_VOXELS
 from medsynth.io.dicom import (
     DicomVolume,
     QuarantineEntry,
@@ -77,20 +78,20 @@ def _series_source(paths: list[Path], root: Path) -> str:
     return _rel(Path(os.path.commonpath([str(p) for p in paths])), root)
 
 
-def _convert_series_worker(args: tuple[str, list[str]]) -> tuple[list[dict], list[QuarantineEntry]]:
+def _convert_series_worker(args: tuple[str, list[str], int]) -> tuple[list[dict], list[QuarantineEntry]]:
     """Process-pool worker: paths of one series -> serialisable volumes + quarantine entries."""
-    root, paths = Path(args[0]), [Path(p) for p in args[1]]
+    root, paths, max_voxels = Path(args[0]), [Path(p) for p in args[1]], args[2]
     files = []
     quarantine = []
     for p in paths:
         try:
-            files.append((p, read_image_dataset(p)))  # header and pixel bytes in one read
+            files.append((p, read_image_dataset(p, max_voxels)))  # header and pixel bytes in one read
         except SeriesError as exc:
             quarantine.append(QuarantineEntry(_rel(p, root), str(exc)))
     if not files:
         return [], quarantine
     try:
-        volumes, q = load_series(files)
+        volumes, q = load_series(files, max_voxels)
     except SeriesError as exc:
         return [], quarantine + [QuarantineEntry(_series_source(paths, root), str(exc))]
     except Exception as exc:  # an unexpected failure in one series never stops the batch
@@ -124,21 +125,22 @@ def iter_volumes(
     root: Path,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> Iterator[ConvertedVolume | SegMask | QuarantineEntry]:
     """Yield every volume under ``root``, every DICOM SEG mask and every quarantine entry, in a stable
     order: SEG masks come before the volumes, so a caller can match each volume as it arrives."""
     root = Path(root)
     n_cpu = os.cpu_count() or 1
-    scan = scan_folder(root, workers=workers if workers is not None else n_cpu)
+    scan = scan_folder(root, workers=workers if workers is not None else n_cpu, max_voxels=max_voxels)
     for q in scan.quarantine:
         yield q
     for seg_path in scan.segs:
         # SEG objects are masks, not images: the caller matches each to the series it references
         try:
-            yield read_seg_mask(seg_path, _rel(seg_path, root))
+            yield read_seg_mask(seg_path, _rel(seg_path, root), max_voxels)
         except SeriesError as exc:
             yield QuarantineEntry(_rel(seg_path, root), str(exc))
-    jobs = [(str(root), [str(p) for p in files]) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
+    jobs = [(str(root), [str(p) for p in files], max_voxels) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
     workers = workers if workers is not None else min(len(jobs), n_cpu)
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -151,7 +153,7 @@ def iter_volumes(
         if progress:
             progress(rel)
         try:
-            img = load_nifti_checked(path)
+            img = load_nifti_checked(path, max_voxels)
         except SeriesError as exc:
             yield QuarantineEntry(rel, str(exc))
             continue
@@ -169,7 +171,7 @@ def iter_volumes(
 
 
 def _emit(results, jobs, progress) -> Iterator[ConvertedVolume | QuarantineEntry]:
-    for (root, paths), (payloads, quarantine) in zip(jobs, results):
+    for (root, paths, _), (payloads, quarantine) in zip(jobs, results):
         if progress:
             progress(paths[0])
         yield from quarantine

@@ -174,7 +174,7 @@ class DeidKey:
 
 KEY_HELP = (
     "create a site key once and keep it outside the repository, e.g.\n"
-    "  python -c \"import secrets; print(secrets.token_hex(32))\" > ~/.medsynth/site.key && chmod 600 ~/.medsynth/site.key\n"
+    "  medsynth keygen ~/.medsynth/site.key\n"
     "then pass --key-file ~/.medsynth/site.key (pipeline: deid.key_file in params.yaml) "
     "or export MEDSYNTH_DEID_KEY=<hex>."
 )
@@ -187,7 +187,11 @@ def load_key(cfg: DeidConfig, *, key_file: str | None = None, demo: bool = False
         p = Path(path).expanduser()
         if not p.is_file():
             raise DeidKeyError(f"{p}: key file not found.\n{KEY_HELP}")
-        secret = p.read_bytes().strip()
+        try:
+            secret = p.read_bytes().strip()
+        except OSError as exc:
+            raise DeidKeyError(f"{p}: key file cannot be read ({exc.strerror or type(exc).__name__}): give the user running "
+                               "medsynth read access (chmod 600, owned by that user), or pass another --key-file / deid.key_file") from None
         if len(secret) < 16:
             raise DeidKeyError(f"{p}: key is too short ({len(secret)} bytes, at least 16 needed).\n{KEY_HELP}")
         return DeidKey(secret, "file", True)
@@ -214,7 +218,8 @@ class Pseudonymizer:
         self.max_shift_days = max_shift_days
 
     def _digest(self, purpose: str, value: str) -> bytes:
-        return hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+        # surrogateescape: a file name that is not valid UTF-8 is hashed as its bytes
+        return hmac.new(self._key, f"{purpose}\x00{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
 
     def uid(self, value: str) -> str:
         return "2.25." + str(int.from_bytes(self._digest("uid", value.strip())[:16], "big"))

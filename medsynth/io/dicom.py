@@ -12,8 +12,9 @@ Geometry rules (see docs/architecture.md, "DICOM geometry"):
 * one SeriesInstanceUID is split when it holds several orientations, image sizes, echoes or
   magnitude/phase images;
 * repeated positions with the same count per position make a 4D (time) series;
-* missing slices, uneven spacing, gantry tilt, single 2D images, objects without pixel data are
-  reported with a reason and never stop the batch.
+* missing slices, uneven spacing, gantry tilt, single 2D images, objects without pixel data, empty
+  images, NaN / Inf after rescaling and sizes over ``max_voxels`` (declared sizes, checked before
+  decoding or inflating) are reported with a reason and never stop the batch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import struct
 import warnings
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +33,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from medsynth.config import DEFAULT_MAX_VOXELS
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -115,18 +119,61 @@ def discover_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def _require_nonempty(path: Path) -> None:
+def error_text(exc: BaseException) -> str:
+    """An exception as a one-line reason: its message, or its class name when the message is empty."""
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
+def max_decoded_bytes(max_voxels: int) -> int:
+    """The most bytes one file may decode or inflate to: 4 bytes a voxel (32-bit samples) + 16 MiB of header."""
+    return 4 * max_voxels + (16 << 20)
+
+
+def _deflated_size_problem(path: Path, max_voxels: int) -> str | None:
+    """For a Deflated Explicit VR Little Endian file (which pydicom inflates whole, header reads too):
+    the reason when it inflates past :func:`max_decoded_bytes`, counted in a stream; else None."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    limit = max_decoded_bytes(max_voxels)
+    with open(path, "rb") as fh:
+        if pydicom.uid.DeflatedExplicitVRLittleEndian.encode() not in fh.read(4096):
+            return None
+        fh.seek(0)
+        try:
+            read_preamble(fh, force=True)
+            if _read_file_meta_info(fh).get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+                return None
+        except Exception:
+            return None  # the readers name what is wrong with the header
+        z = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while chunk := fh.read(1 << 20):
+                while chunk:
+                    total += len(z.decompress(chunk, 1 << 20))
+                    if total > limit:
+                        return (f"deflated data set inflates to more than {limit:,} bytes (from {path.stat().st_size:,}): over the "
+                                f"limit of {max_voxels:,} voxels (data.max_voxels); not decoded")
+                    chunk = z.unconsumed_tail
+        except zlib.error as exc:
+            return f"deflated data set is corrupt: {error_text(exc)}"
+    return None
+
+
+def _check_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
+    """A SeriesError with the reason for a file that is unreadable, empty or a deflate bomb."""
     try:
         size = path.stat().st_size
+        problem = "empty file (0 bytes)" if size == 0 else _deflated_size_problem(path, max_voxels)
     except OSError as exc:
-        raise SeriesError(f"cannot read file: {exc.strerror}") from None
-    if size == 0:
-        raise SeriesError("empty file (0 bytes)")
+        raise SeriesError(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
+    if problem:
+        raise SeriesError(problem)
 
 
 def read_header(path: Path) -> Dataset:
     """Read a DICOM header without pixels. Raises SeriesError with the reason if it is not usable."""
-    _require_nonempty(path)
+    _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -145,12 +192,13 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
-def read_dataset(path: Path) -> Dataset:
+def read_dataset(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Dataset:
     """Read a whole file once (header and raw pixel bytes, not decoded).
 
     The fast path is one ``dcmread``; only when it fails is the file read again to give the precise
     reason (empty, not DICOM, unreadable header, truncated pixel data) as a SeriesError.
     """
+    _check_file(path, max_voxels)
     try:
         ds = read_full_dataset(path)
         if "SOPClassUID" in ds and ("Rows" in ds or "Modality" in ds):
@@ -161,10 +209,11 @@ def read_dataset(path: Path) -> Dataset:
     return read_full_dataset(path)  # a file without preamble (read with force), or truncated pixel data
 
 
-def read_image_dataset(path: Path) -> Dataset:
-    """:func:`read_dataset`, and a SeriesError with the reason unless the file holds complete pixel data."""
-    ds = read_dataset(path)
-    problem = dataset_pixel_problem(ds, ds)
+def read_image_dataset(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Dataset:
+    """:func:`read_dataset`, and a SeriesError with the reason unless the file holds complete pixel data
+    of at most ``max_voxels`` voxels (Rows x Columns x NumberOfFrames, checked before anything is decoded)."""
+    ds = read_dataset(path, max_voxels)
+    problem = dataset_pixel_problem(ds, ds, max_voxels)
     if problem:
         raise SeriesError(problem)
     return ds
@@ -179,17 +228,32 @@ def read_full_dataset(path: Path) -> Dataset:
             for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
                 if t in ds:
                     ds[t].value  # noqa: B018 -- parse now, so truncation shows here
+    except OSError as exc:
+        raise SeriesError(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
     except Exception as exc:
         raise SeriesError(f"truncated or corrupt file: {type(exc).__name__}") from None
     return ds
 
 
-def dataset_pixel_problem(ds: Dataset, header: Dataset) -> str | None:
-    """None when a fully read dataset holds complete pixel data, else the reason."""
+def dataset_pixel_problem(ds: Dataset, header: Dataset, max_voxels: int = DEFAULT_MAX_VOXELS) -> str | None:
+    """None when a fully read dataset holds complete pixel data of a declared size (Rows x Columns x
+    NumberOfFrames) above zero and within ``max_voxels``, else the reason."""
     elem = next((ds[t] for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if t in ds), None)
     if elem is None:
         kind = getattr(header.get("SOPClassUID"), "name", "") or "unknown SOP class"
         return f"DICOM object without pixel data ({kind})"
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError):
+        return "Rows, Columns, NumberOfFrames or BitsAllocated is not a number"
+    if rows <= 0 or cols <= 0:
+        return f"Rows x Columns is {rows} x {cols}: no pixels"
+    if rows * cols * frames > max_voxels:
+        size = rows * cols * frames * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+        return (f"declared size {rows} x {cols} x {frames} frame(s) = {rows * cols * frames:,} voxels ({size:,} bytes decoded, "
+                f"{bits} bits allocated): over the limit of {max_voxels:,} voxels (data.max_voxels); not decoded")
     value = elem.value
     if value is None or len(value) == 0:
         return "pixel data element is empty (truncated file)"
@@ -333,7 +397,7 @@ def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
             fast = raw_little_endian_pixels(ds)
             return fast if fast is not None else ds.pixel_array
     except Exception as exc:
-        msg = str(exc).split("\n")[0][:160]
+        msg = error_text(exc)
         if "truncat" in msg.lower() or "buffer" in msg.lower() or "length" in msg.lower() or "expected" in msg.lower():
             raise SeriesError(f"truncated or corrupt pixel data: {msg}") from None
         raise SeriesError(f"pixel data cannot be decoded: {msg}") from None
@@ -366,6 +430,7 @@ def classic_slice(path: Path, ds: Dataset) -> Slice:
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
         slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
+    _check_rescale(slope, intercept)
     return Slice(
         path=path,
         frame=None,
@@ -380,6 +445,18 @@ def classic_slice(path: Path, ds: Dataset) -> Slice:
         time_key=time_key,
         loader=load,
     )
+
+
+def _check_rescale(slope: float, intercept: float, where: str = "") -> None:
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise SeriesError(f"{where}RescaleSlope {slope:g} / RescaleIntercept {intercept:g}: not finite")
+
+
+def _check_finite(data: np.ndarray) -> None:
+    """A SeriesError when the volume holds NaN or Inf (a float64 sum of float32 data cannot overflow)."""
+    if not math.isfinite(float(data.sum(dtype=np.float64))):
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise SeriesError(f"{bad} NaN/Inf voxel(s) after RescaleSlope / RescaleIntercept (overflow or non-finite pixel values)")
 
 
 def _fg_item(per_frame: Dataset, shared: Dataset | None, seq: str) -> Dataset | None:
@@ -415,6 +492,7 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
             priv = pf.get((0x2005, 0x140F))
             item = priv.value[0] if priv is not None and priv.VR == "SQ" and len(priv.value) else None
             slope, inter = philips_float_scaling(slope, inter, philips_scale_slope(item))
+        _check_rescale(slope, inter, f"frame {i + 1}: ")
         content = _fg_item(pf, None, "FrameContentSequence")
         echo_item = _fg_item(pf, shared, "MREchoSequence")
         echo = f"{float(echo_item.get('EffectiveEchoTime', 0)):.3f}" if echo_item is not None else ""
@@ -481,8 +559,10 @@ def _cluster_positions(d: np.ndarray, tol: float) -> list[np.ndarray]:
     return [np.array(c) for c in clusters]
 
 
-def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine."""
+def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels: int = DEFAULT_MAX_VOXELS
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine; a SeriesError for a
+    volume over ``max_voxels`` (before anything is decoded) or one holding NaN / Inf."""
     notes: list[str] = []
     ref = slices[0]
     normal = ref.normal
@@ -529,10 +609,15 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02) -> tuple[np
         group = sorted((slices[i] for i in c), key=lambda s: s.time_key)
         ordered.append(group)
     rows, cols = ref.rows, ref.cols
+    if cols * rows * n_pos * n_t > max_voxels:
+        raise SeriesError(f"{cols} x {rows} x {n_pos} x {n_t} = {cols * rows * n_pos * n_t:,} voxels: over the limit of "
+                          f"{max_voxels:,} voxels (data.max_voxels); not decoded")
     data = np.empty((cols, rows, n_pos, n_t), dtype=np.float32)
-    for k, group in enumerate(ordered):
-        for t, s in enumerate(group):
-            data[:, :, k, t] = s.pixels().T
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found and named just below
+        for k, group in enumerate(ordered):
+            for t, s in enumerate(group):
+                data[:, :, k, t] = s.pixels().T
+    _check_finite(data)
     aff = np.eye(4)
     aff[:3, 0] = ref.iop[:3] * ref.pixel_spacing[1]
     aff[:3, 1] = ref.iop[3:] * ref.pixel_spacing[0]
@@ -576,6 +661,7 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
             raise SeriesError("mosaic volumes in one series have different geometry")
     order = sorted(range(len(vols)), key=lambda i: keys[i])
     data = np.stack([vols[i] for i in order], axis=-1) if len(vols) > 1 else vols[0]
+    _check_finite(data)
     notes = [f"Siemens mosaic ({len(vols)} volume(s))"]
     return data, LPS_TO_RAS @ affs[0], notes
 
@@ -585,8 +671,8 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
 
 @dataclass
 class DicomScan:
-    """Every file under a folder, sorted into image series (by SeriesInstanceUID + SeriesNumber),
-    SEG masks, NIfTI files and quarantine."""
+    """Every file under a folder, sorted into image series (by SeriesInstanceUID, SeriesNumber, PatientID
+    and StudyInstanceUID), SEG masks, NIfTI files and quarantine."""
 
     series: dict[str, list[Path]]
     segs: list[Path]
@@ -598,12 +684,12 @@ def _past_group_0028(tag, vr, length) -> bool:
     return tag.group > 0x0028
 
 
-def read_scan_header(path: Path) -> Dataset:
+def read_scan_header(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Dataset:
     """The attributes up to group 0028 (SOP class, series, image size) -- not the large private groups
     (Siemens CSA, GE) nor the pixel data that follow. SeriesError with the reason if unusable."""
     from pydicom.filereader import read_partial
 
-    _require_nonempty(path)
+    _check_file(path, max_voxels)
     try:
         with warnings.catch_warnings(), open(path, "rb") as fh:
             warnings.simplefilter("ignore")
@@ -613,7 +699,7 @@ def read_scan_header(path: Path) -> Dataset:
     return ds
 
 
-def classify_file(path: Path) -> tuple[str, str]:
+def classify_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str]:
     """One file -> (kind, detail): ("nifti", ""), ("seg", ""), ("image", series key) or ("bad", reason).
 
     Reads only the attributes up to group 0028; whether the pixel data are complete is checked when the
@@ -622,7 +708,7 @@ def classify_file(path: Path) -> tuple[str, str]:
     if is_nifti(path):
         return "nifti", ""
     try:
-        ds = read_scan_header(path)
+        ds = read_scan_header(path, max_voxels)
     except SeriesError as exc:
         return "bad", str(exc)
     if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
@@ -633,7 +719,9 @@ def classify_file(path: Path) -> tuple[str, str]:
     if "Rows" not in ds or "Columns" not in ds:
         return "bad", f"DICOM object without pixel data ({getattr(sop, 'name', '') or 'unknown SOP class'})"
     uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
-    return "image", f"{uid}#{ds.get('SeriesNumber', '')}"  # PACS exports reuse one UID for several series numbers
+    # PACS exports reuse one UID for several series numbers, and anonymisers or broken exports one UID
+    # for several patients' series: a series is one UID and number of one patient's study
+    return "image", f"{uid}#{ds.get('SeriesNumber', '')}#{ds.get('PatientID', '')}#{ds.get('StudyInstanceUID', '')}"
 
 
 def scan_folder(
@@ -641,15 +729,17 @@ def scan_folder(
     files: Iterable[Path] | None = None,
     progress: Callable[[Path], None] | None = None,
     workers: int = 1,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> DicomScan:
-    """Classify every file under ``root`` (``workers`` processes); group image files into series."""
+    """Classify every file under ``root`` (``workers`` processes); group image files into series. A
+    deflated file that inflates past the limit for ``max_voxels`` is quarantined without being inflated."""
     root = Path(root)
     paths = list(files) if files is not None else discover_files(root)
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            kinds = list(pool.map(classify_file, paths, chunksize=max(8, len(paths) // (workers * 8))))
+            kinds = list(pool.map(classify_file, paths, [max_voxels] * len(paths), chunksize=max(8, len(paths) // (workers * 8))))
     else:
-        kinds = [classify_file(p) for p in paths]
+        kinds = [classify_file(p, max_voxels) for p in paths]
     series: dict[str, list[Path]] = defaultdict(list)
     segs: list[Path] = []
     quarantine: list[QuarantineEntry] = []
@@ -675,8 +765,8 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def load_series(files: list[tuple[Path, Dataset]]) -> tuple[list[DicomVolume], list[QuarantineEntry]]:
-    """Convert one SeriesInstanceUID's files into volumes (split where needed).
+def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[list[DicomVolume], list[QuarantineEntry]]:
+    """Convert one series' files into volumes (split where needed) of at most ``max_voxels`` each.
 
     Returns the volumes and the quarantine entries of sub-series or files that failed.
     """
@@ -713,7 +803,7 @@ def load_series(files: list[tuple[Path, Dataset]]) -> tuple[list[DicomVolume], l
         group = groups[key]
         paths = sorted({s.path for s in group})
         try:
-            data, aff, notes = stack_slices(group)
+            data, aff, notes = stack_slices(group, max_voxels=max_voxels)
         except SeriesError as exc:
             where = str(paths[0]) if len(paths) == 1 else _common_parent(paths)
             reason = str(exc)

@@ -29,7 +29,7 @@ from medsynth.config import DataConfig
 
 
 class InputError(RuntimeError):
-    """The raw input named in params.yaml is not there."""
+    """The raw input named in params.yaml is not there, or cannot be read."""
 
 
 def _tree_digest(root: Path) -> dict[str, Any]:
@@ -98,7 +98,10 @@ def input_fingerprint(data: DataConfig, key_secret: bytes | None = None) -> dict
         labels = Path(data.labels).expanduser()
         if not labels.is_file():
             raise InputError(f"data.labels: {labels}: no such file")
-        out["labels"] = {"bytes": labels.stat().st_size, "sha256": hashlib.sha256(labels.read_bytes()).hexdigest()}
+        try:
+            out["labels"] = {"bytes": labels.stat().st_size, "sha256": hashlib.sha256(labels.read_bytes()).hexdigest()}
+        except OSError as exc:
+            raise InputError(f"data.labels: {labels}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     if key_secret is not None:
         out["key_id"] = key_id(key_secret)
     return out

@@ -14,6 +14,7 @@ Order of work, so that nothing downstream ever sees identifying data:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import nibabel as nib
 import numpy as np
 
 from medsynth import __version__
-from medsynth.config import DataConfig, DeidConfig
+from medsynth.config import DEFAULT_MAX_VOXELS, DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonymizer
 from medsynth.io.dicom import QuarantineEntry, SeriesError, discover_files, is_nifti, read_image_dataset
@@ -53,6 +54,7 @@ class LabelRow:
     condition: str
     mask: str | None
     patient: str | None = None
+    line: int = 0  # line number in the labels CSV
 
 
 @dataclass
@@ -63,25 +65,54 @@ class IngestResult:
 
 
 def read_labels(path: Path) -> dict[str, LabelRow]:
-    """labels CSV: ``case`` (relative path, PatientID or SeriesInstanceUID), ``condition``, optional ``mask``."""
+    """labels CSV (UTF-8, with or without a byte-order mark): ``case`` (relative path, PatientID or
+    SeriesInstanceUID), ``condition``, optional ``mask``, ``patient``."""
     path = Path(path)
     if not path.is_file():
         raise IngestError(f"{path}: labels CSV not found (data.labels)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        if not {"case", "condition"} <= cols:
-            raise IngestError(f"{path}: labels CSV needs columns 'case' and 'condition' (optional 'mask', 'patient'); found {sorted(cols)}")
-        out: dict[str, LabelRow] = {}
-        for i, row in enumerate(reader, start=2):
-            key = (row.get("case") or "").strip().strip("/")
-            cond = (row.get("condition") or "").strip()
-            if not key or not cond:
-                raise IngestError(f"{path}:{i}: empty 'case' or 'condition'")
-            if key in out:
-                raise IngestError(f"{path}:{i}: case {key!r} listed twice")
-            out[key] = LabelRow(cond, (row.get("mask") or "").strip() or None, (row.get("patient") or "").strip() or None)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"{path}: labels CSV cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise IngestError(f"{path}:{line}: labels CSV is not UTF-8 (byte 0x{raw[exc.start]:02x}: Latin-1 or Windows-1252?): "
+                          "save it as UTF-8 (Excel: 'CSV UTF-8'; or iconv -f latin1 -t utf-8)") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    cols = set(reader.fieldnames or [])
+    if not {"case", "condition"} <= cols:
+        raise IngestError(f"{path}: labels CSV needs columns 'case' and 'condition' (optional 'mask', 'patient'); found {sorted(cols)}")
+    out: dict[str, LabelRow] = {}
+    for row in reader:
+        i = reader.line_num
+        key = (row.get("case") or "").strip().strip("/")
+        cond = (row.get("condition") or "").strip()
+        if not key or not cond:
+            raise IngestError(f"{path}:{i}: empty 'case' or 'condition'")
+        if key in out:
+            raise IngestError(f"{path}:{i}: case {key!r} listed twice (first on line {out[key].line})")
+        out[key] = LabelRow(cond, (row.get("mask") or "").strip() or None, (row.get("patient") or "").strip() or None, i)
     return out
+
+
+def check_mask_paths(labels: dict[str, LabelRow], input_dir: Path, labels_path: Path | None) -> set[Path]:
+    """The resolved paths of the masks the labels name; an IngestError with the line for a mask that is
+    absolute, lies outside ``input_dir`` (``../``, a link out) or is missing."""
+    root = Path(input_dir).resolve()
+    paths = set()
+    for r in labels.values():
+        if not r.mask:
+            continue
+        p = (root / r.mask).resolve()
+        if Path(r.mask).is_absolute() or not p.is_relative_to(root):
+            raise IngestError(f"{labels_path}:{r.line}: mask {r.mask!r} lies outside data.input: name masks by their path "
+                              "relative to data.input, inside it")
+        if not p.is_file():
+            raise IngestError(f"{labels_path}:{r.line}: mask file {r.mask!r} not found under data.input")
+        paths.add(p)
+    return paths
 
 
 def _sanitize_reason(reason: str, roots: list[Path], file: Path | None = None) -> str:
@@ -117,11 +148,11 @@ class _SeriesKeys:
 
 @dataclass
 class DeidTree:
-    """What :func:`deidentify_tree` found: series keys by de-identified SeriesInstanceUID, quarantine rows,
+    """What :func:`deidentify_tree` found: series keys by (patient pseudonym, de-identified SeriesInstanceUID), quarantine rows,
     de-identification log rows, NIfTI files, and the original identifiers (memory only) for the
     self-check of the outputs."""
 
-    keys: dict[str, _SeriesKeys]
+    keys: dict[tuple[str, str], _SeriesKeys]
     quarantine: list[dict]
     log: list[dict]
     niftis: list[Path]
@@ -165,7 +196,8 @@ def _init_worker(cfg: DeidConfig, key: DeidKey, version: str) -> None:
     _WORKER_DEID = Deidentifier(cfg, key, version=version)
 
 
-def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentifier | None = None) -> list[dict]:
+def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentifier | None = None,
+                max_voxels: int = DEFAULT_MAX_VOXELS) -> list[dict]:
     """De-identify and write each file of ``rels``; one result per file, in order (worker or in-process)."""
     deid = deid or _WORKER_DEID
     assert deid is not None
@@ -176,7 +208,7 @@ def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentif
             out.append({"rel": rel, "reason": f"not an image file ({path.suffix.lower()})"})
             continue
         try:
-            ds = read_image_dataset(path)  # the one full read: checked, then de-identified in memory
+            ds = read_image_dataset(path, max_voxels)  # the one full read: checked, then de-identified in memory
             orig_pid = str(ds.get("PatientID", "") or "")
             orig_series = str(ds.get("SeriesInstanceUID", "") or "")
             before = identifiers_of(ds)
@@ -210,12 +242,13 @@ def deidentify_tree(
     progress: Callable[[str], None] | None = None,
     skip: set[Path] | None = None,  # resolved paths to leave alone (masks, the labels CSV)
     workers: int | None = 1,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> DeidTree:
     """De-identify every DICOM file under ``input_dir`` into ``out_dir/<patient>/<study>/<series>/``,
     in ``workers`` processes (None: all cores); results are merged in file order, so the outputs do not
-    depend on the number of processes."""
+    depend on the number of processes. A file declaring more than ``max_voxels`` is quarantined unread."""
     input_dir, out_dir = Path(input_dir), Path(out_dir)
-    keys: dict[str, _SeriesKeys] = defaultdict(_SeriesKeys)
+    keys: dict[tuple[str, str], _SeriesKeys] = defaultdict(_SeriesKeys)
     quarantine: list[dict] = []
     log: list[dict] = []
     niftis: list[Path] = []
@@ -238,11 +271,12 @@ def deidentify_tree(
     def results():  # in file order, as the chunks complete
         if workers > 1 and len(chunks) > 1:
             with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(deid.cfg, deid.key, deid.version)) as pool:
-                for part in pool.map(_deid_files, [input_dir] * len(chunks), [out_dir] * len(chunks), chunks):
+                n = len(chunks)
+                for part in pool.map(_deid_files, [input_dir] * n, [out_dir] * n, chunks, [None] * n, [max_voxels] * n):
                     yield from part
         else:
             for c in chunks:
-                yield from _deid_files(input_dir, out_dir, c, deid)
+                yield from _deid_files(input_dir, out_dir, c, deid, max_voxels)
 
     for r in results():
         if progress:
@@ -250,7 +284,7 @@ def deidentify_tree(
         if "reason" in r:
             quarantine.append({"file_id": deid.pseudo.file_id(r["rel"]), "kind": "file", "reason": r["reason"]})
             continue
-        k = keys[r["series_uid"]]
+        k = keys[(r["patient"], r["series_uid"])]  # one UID reused for two patients' series: two series
         k.rel_files.add(r["rel"])
         k.patient_id, k.series_uid, k.patient = r["orig_pid"], r["orig_series"], r["patient"]
         originals.update(r["originals"])
@@ -261,12 +295,37 @@ def deidentify_tree(
 # --------------------------------------------------------------------------- label matching
 
 
-def _match_label(labels: dict[str, LabelRow], candidates: list[str]) -> tuple[str, LabelRow] | None:
-    for c in candidates:
-        c = c.strip("/")
-        if c in labels:
-            return c, labels[c]
-    return None
+class LabelConflict(Exception):
+    """Rows of the labels CSV that name one case under different keys and disagree; the message gives their lines."""
+
+    def __init__(self, lines: list[int]):
+        super().__init__(f"labels CSV lines {' and '.join(map(str, lines))} name this series under different keys (path, "
+                         "PatientID, SeriesInstanceUID) with a different condition, mask or patient: keep one row")
+
+
+def _match_label(labels: dict[str, LabelRow], candidates: list[str], used: set[str]) -> tuple[str, LabelRow] | None:
+    """The row of the first candidate (the most specific first) the labels name; a :class:`LabelConflict`
+    when another candidate's row disagrees with it. Every matching key is added to ``used``."""
+    found = {c.strip("/"): labels[c.strip("/")] for c in candidates if c.strip("/") in labels}
+    used.update(found)
+    if not found:
+        return None
+    (key, row), *others = found.items()
+    clash = [(k, r) for k, r in others if (r.condition, r.mask, r.patient) != (row.condition, row.mask, row.patient)]
+    if clash:
+        raise LabelConflict([row.line] + [r.line for _, r in clash])
+    return key, row
+
+
+_MASK_NAME = re.compile(r"(^|[_.\-])(mask|masks|seg|segmentation|label|labels|labelmap)([_.\-]|$)", re.IGNORECASE)
+
+
+def _looks_like_mask(path: Path, img: nib.Nifti1Image) -> bool:
+    """A NIfTI file named like a mask (``segmentation_mask.nii.gz``) that holds at most 32 integer labels."""
+    if not _MASK_NAME.search(path.name):
+        return False
+    data = np.asarray(img.dataobj)
+    return bool(np.all(data == np.round(data))) and np.unique(data).size <= 32
 
 
 def _dicom_candidates(k: _SeriesKeys) -> list[str]:
@@ -301,11 +360,11 @@ def ingest(
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise IngestError(f"{input_dir}: data.input folder not found")
+    if out_dir.resolve().is_relative_to(input_dir.resolve()) or input_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise IngestError(f"{out_dir}: the output folder lies inside data.input {input_dir} (or holds it): the raw input is "
+                          "only read, never written")
     labels = read_labels(labels_path) if labels_path else {}
-    mask_paths = {(input_dir / r.mask).resolve() for r in labels.values() if r.mask}
-    for r in labels.values():
-        if r.mask and not (input_dir / r.mask).is_file():
-            raise IngestError(f"{labels_path}: mask file {r.mask!r} not found under data.input")
+    mask_paths = check_mask_paths(labels, input_dir, labels_path)
     deid = Deidentifier(deid_cfg, key, version=__version__)
     pseudo: Pseudonymizer = deid.pseudo
     for sub in ("images", "masks", "dicom"):
@@ -313,7 +372,7 @@ def ingest(
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     tree = deidentify_tree(
         input_dir, out_dir / "dicom", deid, progress=progress, skip=mask_paths | ({Path(labels_path).resolve()} if labels_path else set()),
-        workers=workers,
+        workers=workers, max_voxels=data_cfg.max_voxels,
     )
     series_keys, quarantine, deid_log, niftis = tree.keys, tree.quarantine, tree.log, tree.niftis
     cases: list[dict] = []
@@ -330,11 +389,10 @@ def ingest(
         condition = data_cfg.default_condition
         mask_arr = None
         if label is not None:
-            used_labels.add(label[0])
             condition = label[1].condition
         try:
             if label is not None and label[1].mask:  # a mask named in the labels CSV wins over a DICOM SEG
-                mask_img = load_nifti_checked(input_dir / label[1].mask)
+                mask_img = load_nifti_checked(input_dir / label[1].mask, data_cfg.max_voxels)
                 mask_arr = resample_mask_to(nib.as_closest_canonical(mask_img), img)
             elif seg is not None:
                 mask_arr = mask_on_image(seg, img)
@@ -357,7 +415,7 @@ def ingest(
     # series it references (the keyed UID replacement keeps those references intact).
     segs: dict[str, SegMask] = {}
     matched_segs: set[str] = set()
-    for item in iter_volumes(out_dir / "dicom", workers=workers, progress=progress):
+    for item in iter_volumes(out_dir / "dicom", workers=workers, progress=progress, max_voxels=data_cfg.max_voxels):
         if isinstance(item, QuarantineEntry):
             quarantine.append({"file_id": pseudo.file_id(item.path), "kind": "series", "reason": _sanitize_reason(item.reason, [out_dir])})
             continue
@@ -366,24 +424,33 @@ def ingest(
                 segs.setdefault(uid, item)
             continue
         assert isinstance(item, ConvertedVolume)
-        k = series_keys.get(item.series_uid, _SeriesKeys())
+        k = series_keys.get((item.patient_id, item.series_uid), _SeriesKeys())
         patient = item.patient_id or k.patient
         case_id = f"{patient}-{pseudo.short_id('case', item.series_uid + item.source, 8)}"
         seg = segs.get(item.series_uid)
         if seg is not None:
             matched_segs.add(seg.source)
-        add_case(item.image, patient, case_id, item.modality or "OT", _match_label(labels, _dicom_candidates(k)), "dicom", seg)
+        try:
+            label = _match_label(labels, _dicom_candidates(k), used_labels)
+        except LabelConflict as exc:
+            quarantine.append({"file_id": case_id, "kind": "label", "reason": str(exc)})
+            continue
+        add_case(item.image, patient, case_id, item.modality or "OT", label, "dicom", seg)
     for source in sorted({s.source for s in segs.values()} - matched_segs):
         quarantine.append({"file_id": pseudo.file_id(source), "kind": "mask", "reason": "DICOM SEG: the image series it references is not in the input"})
     # NIfTI
     for path in niftis:
         rel = str(path.relative_to(input_dir))
         try:
-            img = load_nifti_checked(path)
+            img = load_nifti_checked(path, data_cfg.max_voxels)
         except SeriesError as exc:
             quarantine.append({"file_id": pseudo.file_id(rel), "kind": "file", "reason": _sanitize_reason(str(exc), [input_dir], path)})
             continue
-        label = _match_label(labels, [rel])
+        label = _match_label(labels, [rel], used_labels)
+        if label is None and _looks_like_mask(path, img):  # a mask no row names must not become a patient
+            quarantine.append({"file_id": pseudo.file_id(rel), "kind": "mask", "reason": "looks like a mask (named so, at most 32 "
+                               "integer labels) that no labels CSV row names in 'mask': name it there, or move it out of data.input"})
+            continue
         patient_key = (label[1].patient if label and label[1].patient else None) or f"nifti:{rel}"
         patient = pseudo.patient("id:" + patient_key if label and label[1].patient else patient_key)
         ras = make_ras_image(np.asarray(img.dataobj), img.affine)

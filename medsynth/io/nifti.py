@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from medsynth.io.dicom import SeriesError
+from medsynth.config import DEFAULT_MAX_VOXELS
+from medsynth.io.dicom import SeriesError, error_text
 
 
 def compact_dtype(data: np.ndarray) -> np.ndarray:
@@ -50,12 +52,13 @@ def clean_header(img: nib.Nifti1Image, descrip: str = "") -> nib.Nifti1Image:
     return img
 
 
-def load_nifti_checked(path: Path) -> nib.Nifti1Image:
-    """Load a NIfTI file and check it can be a volume. Raises SeriesError naming the reason."""
+def load_nifti_checked(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> nib.Nifti1Image:
+    """Load a NIfTI file and check it can be a volume of at most ``max_voxels`` voxels (the header's
+    dimensions, checked before the voxels are read). Raises SeriesError naming the reason."""
     try:
         img = nib.load(str(path))
     except Exception as exc:
-        raise SeriesError(f"unreadable NIfTI: {str(exc)[:120]}") from None
+        raise SeriesError(f"unreadable NIfTI: {error_text(exc)}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise SeriesError(f"not a NIfTI-1/2 image ({type(img).__name__})")
     aff = img.affine
@@ -66,10 +69,17 @@ def load_nifti_checked(path: Path) -> nib.Nifti1Image:
         raise SeriesError(f"broken affine: singular (determinant {det:.2e})")
     if img.ndim not in (3, 4):
         raise SeriesError(f"{img.ndim}D image: expected 3D (or 4D, split into 3D volumes)")
+    shape, dtype = tuple(int(n) for n in img.shape), img.get_data_dtype()
+    voxels = math.prod(shape)
+    if voxels == 0:
+        raise SeriesError(f"empty image: shape {shape}")
+    if voxels > max_voxels:
+        raise SeriesError(f"header declares {' x '.join(map(str, shape))} = {voxels:,} voxels ({voxels * dtype.itemsize:,} bytes of "
+                          f"{dtype}): over the limit of {max_voxels:,} voxels (data.max_voxels); not decoded")
     try:
         data = np.asarray(img.dataobj)
     except Exception as exc:
-        raise SeriesError(f"truncated or corrupt voxel data: {str(exc)[:120]}") from None
+        raise SeriesError(f"truncated or corrupt voxel data ({' x '.join(map(str, shape))} {dtype} declared): {error_text(exc)}") from None
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise SeriesError(f"{bad} NaN/Inf voxel(s)")

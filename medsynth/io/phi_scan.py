@@ -108,8 +108,9 @@ class IdentifierSet:
         """The identifier-like parts of an input file's path (relative to the input folder)."""
         for part in Path(rel).parts:
             stem = re.sub(r"(\.(dcm|ima|nii|gz|img|hdr))+$", "", part, flags=re.IGNORECASE)
-            if len(stem) >= 8 and re.search(r"[A-Za-z]", stem) and re.search(r"\d", stem) and _WORD.fullmatch(stem.lower().encode()):
-                self.tokens.setdefault(stem.lower().encode(), "input path")
+            b = stem.lower().encode("utf-8", "surrogateescape")  # a name that is not valid UTF-8: its bytes
+            if len(stem) >= 8 and re.search(r"[A-Za-z]", stem) and re.search(r"\d", stem) and _WORD.fullmatch(b):
+                self.tokens.setdefault(b, "input path")
 
     def update(self, other: IdentifierSet) -> None:
         self.tokens.update(other.tokens)

@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medsynth.config import DEFAULT_MAX_VOXELS
 from medsynth.io.dicom import SeriesError
 from medsynth.io.nifti import resample_mask_to
 
@@ -40,8 +41,9 @@ def _referenced_series(seg) -> set[str]:
     return {r for r in refs if r}
 
 
-def read_seg_mask(path: Path, source: str | None = None) -> SegMask:
-    """Decode a DICOM SEG file into a :class:`SegMask`; :class:`SeriesError` with the reason if it cannot."""
+def read_seg_mask(path: Path, source: str | None = None, max_voxels: int = DEFAULT_MAX_VOXELS) -> SegMask:
+    """Decode a DICOM SEG file of at most ``max_voxels`` (Rows x Columns x NumberOfFrames, checked before
+    decoding) into a :class:`SegMask`; :class:`SeriesError` with the reason if it cannot."""
     import highdicom as hd
 
     path = Path(path)
@@ -51,6 +53,10 @@ def read_seg_mask(path: Path, source: str | None = None) -> SegMask:
             seg = hd.seg.segread(str(path))
     except Exception as exc:
         raise SeriesError(f"DICOM SEG cannot be read: {type(exc).__name__}: {str(exc)[:160]}") from exc
+    voxels = int(seg.get("Rows", 0) or 0) * int(seg.get("Columns", 0) or 0) * int(seg.get("NumberOfFrames", 1) or 1)
+    if voxels > max_voxels:
+        raise SeriesError(f"DICOM SEG declares {voxels:,} voxels (Rows x Columns x NumberOfFrames): over the limit of "
+                          f"{max_voxels:,} voxels (data.max_voxels); not decoded")
     refs = _referenced_series(seg)
     if not refs:
         raise SeriesError("DICOM SEG references no image series: it cannot be matched to an image")

@@ -60,8 +60,20 @@ def save_torch_atomic(dest: str | Path, obj: Any) -> Path:
     return write_bytes_atomic(dest, buf.getvalue())
 
 
+def utf8_text(text: str) -> bytes:
+    """``text`` as UTF-8; a file name that is not valid UTF-8 (its bytes held as surrogates, ``M\udcfcller``)
+    is written with its bytes escaped (``M\\xfcller``), so one odd name never stops an output."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace")
+
+
 def write_text_atomic(dest: str | Path, text: str) -> Path:
-    return write_bytes_atomic(dest, text.encode("utf-8"))
+    return write_bytes_atomic(dest, utf8_text(text))
 
 
 def _json_default(obj: Any) -> Any:
