@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -64,7 +65,7 @@ def deid(
     from medsynth.config import DeidConfig
     from medsynth.io.deid import Deidentifier, DeidKeyError, load_key
     from medsynth.io.ingest import DEID_LOG_FIELDS, QUARANTINE_FIELDS, DeidSelfCheckError, deidentify_tree, self_check
-    from medsynth.io.writers import write_csv_atomic
+    from medsynth.io.writers import remove_stale_temps, write_csv_atomic
 
     cfg = DeidConfig(
         retain_longitudinal_modified_dates=not no_dates, retain_patient_characteristics=not drop_patient_characteristics,
@@ -81,6 +82,7 @@ def deid(
     if input.resolve().is_relative_to(output.resolve()):
         _fail(f"{output}: the output folder holds the input {input}: give the de-identified copies a folder of their own", 2)
     d = Deidentifier(cfg, key, version=__version__)
+    remove_stale_temps(output)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("de-identifying", total=None)
         tree = deidentify_tree(input, output, d, progress=lambda _: progress.advance(task), workers=workers)
@@ -134,29 +136,66 @@ def keygen(
                   f"Use it with --key-file {path} or deid.key_file: {path} in params.yaml")
 
 
+def _print_path(path: str) -> None:
+    """A path on stdout; one that is not valid UTF-8 as its bytes, ready to paste into a shell."""
+    try:
+        print(path)
+    except UnicodeEncodeError:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(os.fsencode(path) + b"\n")
+        sys.stdout.flush()
+
+
 @app.command()
 def locate(
-    input: Path = typer.Argument(..., help="the raw input folder"),
-    file_id: str = typer.Argument(..., help="a file_id from quarantine.csv"),
+    input: Path = typer.Argument(..., help="the raw input folder (data.input)"),
+    file_id: str = typer.Argument(..., help="an id from quarantine.csv: F... a file, S... a series, L... a labels CSV row"),
     key_file: Optional[Path] = typer.Option(None, "--key-file"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="the labels CSV (data.labels): needed for L... ids"),
     demo: bool = typer.Option(False, help="the id came from the demo key"),
 ) -> None:
-    """Map a quarantine file_id back to its path (runs only where the raw data and the key are)."""
+    """Map a quarantine id back to what it names (runs only where the raw data and the key are): a file's
+    path; a series' files, one per line; a labels CSV row as CSV:LINE: CASE."""
     from medsynth.config import DeidConfig
     from medsynth.io.deid import DeidKeyError, Pseudonymizer, load_key
-    from medsynth.io.dicom import discover_files
+    from medsynth.io.dicom import classify_file, discover_files
 
     try:
         key = load_key(DeidConfig(), key_file=str(key_file) if key_file else None, demo=demo)
     except DeidKeyError as exc:
         _fail(str(exc), 2)
+    if not input.is_dir():
+        _fail(f"{input}: not a folder", 2)
     p = Pseudonymizer(key)
-    for path in discover_files(input):
+    if file_id.startswith("L"):
+        from medsynth.io.ingest import IngestError, read_labels
+
+        if labels is None:
+            _fail(f"{file_id} names a labels CSV row: give the labels CSV with --labels", 2)
+        try:
+            rows = read_labels(labels)
+        except IngestError as exc:
+            _fail(str(exc), 2)
+        for case, row in rows.items():
+            if p.label_id(case) == file_id:
+                print(f"{labels}:{row.line}: {case}")
+                return
+        _fail(f"no row of {labels} has id {file_id}", 3)
+    paths = discover_files(input)
+    for path in paths:
         rel = str(path.relative_to(input))
         if p.file_id(rel) == file_id:
-            print(rel)
+            _print_path(rel)
             return
-    _fail(f"no file under {input} has id {file_id}", 3)
+        if p.series_id(rel) == file_id:
+            # the id names a series by its first file: list every file of that series (the same
+            # SeriesInstanceUID, SeriesNumber, PatientID and StudyInstanceUID)
+            kind, series = classify_file(path)
+            members = [q for q in paths if q == path or kind == "image" and classify_file(q) == (kind, series)]
+            for q in sorted(members, key=str):
+                _print_path(str(q.relative_to(input)))
+            return
+    _fail(f"nothing under {input} has id {file_id}", 3)
 
 
 @app.command()

@@ -305,3 +305,102 @@ def test_demo_cohort_is_byte_identical_when_regenerated(demo_cohort, tmp_path):
     a = sorted(x.relative_to(demo_cohort).as_posix() for x in demo_cohort.rglob("*") if x.is_file())
     assert a == sorted(x.relative_to(again).as_posix() for x in again.rglob("*") if x.is_file()) and len(a) > 100
     assert [f for f in a if not filecmp.cmp(demo_cohort / f, again / f, shallow=False)] == []
+
+
+def _identifying_values(ds: pydicom.Dataset) -> set[str]:
+    """Patient name parts (4+ characters), PatientID, other patient IDs, accession number, institution
+    name and the birth date in several renderings, read at every depth of the sequences."""
+    import datetime as dt
+    import re
+
+    from medsynth.io.deid import VENDOR_VOCABULARY
+
+    out: set[str] = set()
+    for _, elem in walk_elements(ds):
+        if elem.value in (None, "", b""):
+            continue
+        for v in (elem.value if isinstance(elem.value, pydicom.multival.MultiValue) else [elem.value]):
+            v = str(v).strip()
+            if elem.keyword == "PatientName":
+                out |= set(re.split(r"[\^= ,.]+", v))
+            elif elem.keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName"):
+                out.add(v)
+            elif elem.keyword == "PatientBirthDate" and re.fullmatch(r"\d{8}", v):
+                out.add(v)
+                try:
+                    d = dt.date(int(v[:4]), int(v[4:6]), int(v[6:8]))
+                except ValueError:
+                    continue
+                out |= {d.strftime(f) for f in ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y",
+                                                "%d-%m-%Y", "%d %b %Y", "%d %B %Y", "%B %d, %Y", "%b %d %Y")}
+    # what the de-identifier writes itself (ANONYMOUS, 19000101) identifies nobody, nor does a value made
+    # only of vendor names, which the cleaned Manufacturer keeps by design (InstitutionName "TOSHIBA"
+    # beside Manufacturer "TOSHIBA_MEC", kept as "TOSHIBA_*")
+    return {v for v in out if len(v) >= 4 and v.lower() not in ("anonymous", "anonymized", "19000101")
+            and not set(re.split(r"[\s_\-]+", v.lower())) <= VENDOR_VOCABULARY}
+
+
+def _bytes_outside_pixel_data(path) -> bytes:
+    """An output file's bytes; of a DICOM file, the header (inflated if deflated) without the pixel data."""
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    data = path.read_bytes()
+    if path.suffix != ".dcm":
+        return data
+    ds = pydicom.dcmread(path)
+    if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # after (0002,0000) and the group it counts
+        data = data[:meta_end] + zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
+    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if kw in ds:
+            at = data.find(ds[kw].value)
+            assert at > 0, (path, kw)
+            data = data[:at] + data[at + len(ds[kw].value):]
+    return data
+
+
+@pytest.mark.integration
+def test_deid_cli_leaves_no_identifying_value_in_the_shared_and_pypi_test_files(tmp_path, monkeypatch):
+    """`medsynth deid` on real test files -- pydicom's own with a patient name or ID, a few of every
+    shared dcm_qa folder and every deid-data file -- one input file at a time: no patient name part,
+    patient or accession ID, institution name or birth date of the input, read at any depth of its
+    sequences, appears in any byte of that run's outputs (pixel data excepted), ignoring case."""
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from medsynth.cli import app
+
+    # pydicom's bundled test files, listed from the package folder: get_testdata_files() would also try
+    # to download pydicom-data's
+    pydicom_files = []
+    for f in sorted((Path(pydicom.__file__).parent / "data" / "test_files").rglob("*")):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True) if f.is_file() else None
+        except Exception:
+            continue
+        if ds is not None and (str(ds.get("PatientName", "") or "").strip("^ ") or str(ds.get("PatientID", "") or "").strip()):
+            pydicom_files.append(f)
+    files = pydicom_files + real_dicom_files(per_folder=3)
+    monkeypatch.setenv("MEDSYNTH_DEID_KEY", "deid-all-test-files-0123456789")
+    searched = written = 0
+    hits = []
+    for i, f in enumerate(files):
+        ids = {v.lower().encode("utf-8", "ignore") for v in _identifying_values(pydicom.dcmread(f, force=True))}
+        inp, out = tmp_path / f"in{i}", tmp_path / f"out{i}"
+        inp.mkdir()
+        shutil.copy(f, inp / "file.dcm")
+        res = CliRunner().invoke(app, ["deid", str(inp), str(out), "--workers", "1"])
+        assert res.exit_code == 0, (f, res.output)
+        for p in sorted(q for q in out.rglob("*") if q.is_file()):
+            data = _bytes_outside_pixel_data(p).lower()
+            written += p.suffix == ".dcm"
+            hits += [(f.name, p.name, v) for v in ids if v in data]
+        searched += bool(ids)
+        shutil.rmtree(inp)
+        shutil.rmtree(out)
+    assert hits == []
+    assert len(pydicom_files) >= 100 and searched >= 150 and written >= 75, (len(pydicom_files), searched, written)

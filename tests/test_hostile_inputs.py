@@ -351,3 +351,132 @@ def test_data_max_voxels_bounds_a_series_of_small_slices_in_ingest(tmp_path):
     assert len(ing.cases) == 1
     assert [q["reason"] for q in ing.quarantine] == [
         "16 x 4096 x 8 x 1 = 524,288 voxels: over the limit of 262,144 voxels (data.max_voxels); not decoded"]
+
+
+# --------------------------------------------------------------------------- 7. medsynth locate
+
+
+def _into(folder: Path, prefix: str, src: Path) -> list[str]:
+    """Move the files of ``src`` into ``folder`` as ``<prefix><name>``; their paths relative to folder's parent."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for f in sorted(src.iterdir()):
+        f.rename(folder / f"{prefix}{f.name}")
+        names.append(f"{folder.name}/{prefix}{f.name}")
+    src.rmdir()
+    return names
+
+
+def test_locate_finds_every_kind_of_quarantine_id_ingest_writes(tmp_path):
+    """Files, series (quarantined in conversion, which reads only the de-identified copies, or as a
+    case), masks and labels CSV rows: each id in quarantine.csv leads back to what it names."""
+    inp = tmp_path / "in"
+    _series(inp / "P7" / "ct", patient="PAT0007")  # the one good case
+    _series(inp / "P1" / "ct", patient="PAT0001")  # its labels row names a corrupt mask
+    (inp / "P1" / "lesion.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI")
+    _series(inp / "P4" / "ct", patient="PAT0004")  # two labels rows disagree on it
+    # two series in one folder: one over data.max_voxels (quarantined in conversion), one MR (not selected)
+    _series(inp / "_tall", patient="PAT0002", rows=4096)
+    _series(inp / "_mr", patient="PAT0003", Modality="MR")
+    tall, mr = _into(inp / "flat", "t", inp / "_tall"), _into(inp / "flat", "m", inp / "_mr")
+    (inp / "notes.txt").write_text("not an image")
+    _nifti(inp / "P5" / "seg_mask.nii.gz", np.zeros((8, 8, 8), np.uint8))  # a mask no row names
+    labels = tmp_path / "labels.csv"
+    labels.write_text("case,condition,mask\nP1/ct,lesion,P1/lesion.nii.gz\nP4/ct,lesion,\nPAT0004,normal,\nNOSUCHCASE,normal,\n")
+    data = P.data.model_copy(update={"max_voxels": 64**3, "modality": "CT"})
+    ing = _ingest(inp, tmp_path / "ingest", labels, data=data)
+    assert len(ing.cases) == 1
+    expected = {  # (kind, start of the reason) -> what locate prints
+        ("file", "not an image file"): ["notes.txt"],
+        ("mask", "looks like a mask"): ["P5/seg_mask.nii.gz"],
+        ("mask", "mask unusable"): ["P1/lesion.nii.gz"],
+        ("series", "16 x 4096 x 8 x 1"): tall,
+        ("series", "modality MR not selected"): mr,
+        ("label", "labels CSV lines 3 and 4"): [f"P4/ct/{k:02d}.dcm" for k in range(8)],
+        ("label", "labels CSV row matched no"): [f"{labels}:5: NOSUCHCASE"],
+    }
+    rows = list(csv.DictReader(open(tmp_path / "ingest" / "quarantine.csv")))
+    assert sorted((r["kind"], next(s for k, s in expected if r["reason"].startswith(s))) for r in rows) == sorted(expected)
+    key_file = tmp_path / "site.key"
+    key_file.write_bytes(KEY.secret)
+    for r in rows:
+        res = CliRunner().invoke(app, ["locate", str(inp), r["file_id"], "--key-file", str(key_file), "--labels", str(labels)])
+        want = next(v for (kind, s), v in expected.items() if kind == r["kind"] and r["reason"].startswith(s))
+        assert res.exit_code == 0 and res.stdout.splitlines() == want, (r, res.output)
+    label_row = next(r for r in rows if r["reason"].startswith("labels CSV row"))
+    res = CliRunner().invoke(app, ["locate", str(inp), label_row["file_id"], "--key-file", str(key_file)])
+    assert res.exit_code == 2 and "--labels" in res.output
+    res = CliRunner().invoke(app, ["locate", str(inp), "S000000000000", "--key-file", str(key_file)])
+    assert res.exit_code == 3 and "nothing under" in " ".join(res.output.split())
+
+
+# --------------------------------------------------------------------------- 8. kill -9 of ingest
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its parent (here init) has not reaped it yet
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_ingest_leaves_no_worker_and_a_rerun_no_temporary_file(tmp_path):
+    import signal
+    import time
+
+    inp, out = tmp_path / "in", tmp_path / "ingest"
+    for i in range(30):
+        _series(inp / f"P{i:02d}", patient=f"PAT{i:04d}")
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from medsynth.config import Params
+        from medsynth.io.deid import DeidKey
+        from medsynth.io.ingest import ingest
+        p = Params()
+        ingest(Path({str(inp)!r}), Path({str(out)!r}), p.data, p.deid, DeidKey({KEY.secret!r}, "file", True), workers=2)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 20
+        while len(workers) < 2 and parent.poll() is None and time.monotonic() < deadline:
+            workers |= _children(parent.pid)
+            time.sleep(0.02)
+        assert len(workers) >= 2 and parent.poll() is None, "the pool never started"
+        time.sleep(0.2)  # the workers are busy de-identifying
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(w) for w in workers), "pool workers outlived the killed ingest"
+    finally:
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
+    # a run killed while writing a CSV leaves the writer's temporary file beside it
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os
+        from medsynth.io.writers import atomic_path
+        with atomic_path({str(out / 'manifest.csv')!r}) as tmp:
+            tmp.write_text("case_id,half a row")
+            os.kill(os.getpid(), 9)
+    """)], cwd=ROOT)
+    assert killed.returncode == -9 and [p.name[:14] for p in out.glob(".*.tmp")] == [".manifest.csv."]
+    (out / "notes.txt.abcdefgh.tmp").write_text("not the writer's: kept")
+    assert len(_ingest(inp, out).cases) == 30
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*tmp*")] == ["notes.txt.abcdefgh.tmp"]

@@ -12,7 +12,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from medsynth.io.dicom import (
     scan_folder,
 )
 from medsynth.io.nifti import load_nifti_checked, make_ras_image, nifti_on_grid, split_4d
+from medsynth.io.pool import process_pool
 from medsynth.io.seg import SegMask, mask_on_image, read_seg_mask
-from medsynth.io.writers import write_csv_atomic, write_nifti_atomic
+from medsynth.io.writers import remove_stale_temps, write_csv_atomic, write_nifti_atomic
 
 SERIES_FIELDS = ["file", "modality", "series_number", "series_description", "shape", "spacing", "n_source_files", "notes"]
 QUARANTINE_FIELDS = ["path", "reason"]
@@ -143,7 +143,7 @@ def iter_volumes(
     jobs = [(str(root), [str(p) for p in files], max_voxels) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
     workers = workers if workers is not None else min(len(jobs), n_cpu)
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             results = pool.map(_convert_series_worker, jobs, chunksize=1)
             yield from _emit(results, jobs, progress)
     else:
@@ -196,12 +196,14 @@ def convert_folder(
 
     The volumes are written into a hidden folder inside ``output_dir`` and moved into place when all are
     written, so a failed run leaves the previous outputs as they were. In a reused folder, the volumes the
-    previous run listed in its series.csv that this run does not write are removed; no other file is touched.
+    previous run listed in its series.csv that this run does not write are removed, and so are temporary files
+    a killed run left (:func:`remove_stale_temps`); no other file is touched.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.exists():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(output_dir)
     previous = _listed_volumes(output_dir / "series.csv")
     stage = Path(tempfile.mkdtemp(prefix=".convert-", dir=output_dir))
     try:

@@ -235,7 +235,16 @@ class Pseudonymizer:
         return -(1 + int.from_bytes(self._digest("date-shift", patient_key)[:4], "big") % self.max_shift_days)
 
     def file_id(self, relpath: str) -> str:
+        """The quarantine id of a file of the input (``relpath``: relative to the input folder)."""
         return "F" + self.short_id("file", relpath, 12)
+
+    def series_id(self, first_relpath: str) -> str:
+        """The quarantine id of a series (or part of one), named by the first of its files in the input."""
+        return "S" + self.short_id("series", first_relpath, 12)
+
+    def label_id(self, case_key: str) -> str:
+        """The quarantine id of a labels CSV row, by its ``case`` value."""
+        return "L" + self.short_id("label", case_key, 12)
 
 
 # --------------------------------------------------------------------------- value helpers

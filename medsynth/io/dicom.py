@@ -25,7 +25,6 @@ import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medsynth.config import DEFAULT_MAX_VOXELS
+from medsynth.io.pool import process_pool
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -736,7 +736,7 @@ def scan_folder(
     root = Path(root)
     paths = list(files) if files is not None else discover_files(root)
     if workers > 1 and len(paths) > 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             kinds = list(pool.map(classify_file, paths, [max_voxels] * len(paths), chunksize=max(8, len(paths) // (workers * 8))))
     else:
         kinds = [classify_file(p, max_voxels) for p in paths]

@@ -7,8 +7,8 @@ Order of work, so that nothing downstream ever sees identifying data:
 3. NIfTI inputs get their free-text header fields cleared;
 4. labels (condition, mask) are matched to cases by the original relative path, PatientID or
    SeriesInstanceUID -- that look-up lives in memory only and is never written;
-5. outputs name cases by keyed pseudonyms; quarantine rows name files by keyed file ids
-   (``medsynth locate`` maps an id back to a path on the machine that holds the raw data).
+5. outputs name cases by keyed pseudonyms; quarantine rows name input files, series and labels CSV
+   rows by keyed ids (``medsynth locate`` maps an id back on the machine that holds the raw data).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +35,9 @@ from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonym
 from medsynth.io.dicom import QuarantineEntry, SeriesError, discover_files, is_nifti, read_image_dataset
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
 from medsynth.io.phi_scan import IdentifierSet, identifiers_of, scan_outputs
+from medsynth.io.pool import process_pool
 from medsynth.io.seg import SegMask, mask_on_image
-from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
+from medsynth.io.writers import remove_stale_temps, write_csv_atomic, write_json_atomic, write_nifti_atomic
 
 MANIFEST_FIELDS = ["case_id", "patient", "condition", "modality", "shape", "spacing", "source", "has_mask", "split"]
 QUARANTINE_FIELDS = ["file_id", "kind", "reason"]
@@ -149,14 +149,21 @@ class _SeriesKeys:
 @dataclass
 class DeidTree:
     """What :func:`deidentify_tree` found: series keys by (patient pseudonym, de-identified SeriesInstanceUID), quarantine rows,
-    de-identification log rows, NIfTI files, and the original identifiers (memory only) for the
-    self-check of the outputs."""
+    de-identification log rows, NIfTI files, the original identifiers (memory only) for the
+    self-check of the outputs, and ``origins`` (memory only): for each de-identified file and each folder
+    above it (relative to the output folder), the first input file (relative to the input folder) it holds."""
 
     keys: dict[tuple[str, str], _SeriesKeys]
     quarantine: list[dict]
     log: list[dict]
     niftis: list[Path]
     identifiers: IdentifierSet
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def first_original(self, deid_paths: list[str]) -> str | None:
+        """The first input file behind the de-identified files or folders ``deid_paths``; None if none is known."""
+        found = [self.origins[p] for p in deid_paths if p in self.origins]
+        return min(found) if found else None
 
 
 class DeidSelfCheckError(IngestError):
@@ -226,7 +233,8 @@ def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentif
             res.dataset.save_as(dest, enforce_file_format=True)
         a = res.actions
         out.append({
-            "rel": rel, "series_uid": str(res.dataset.get("SeriesInstanceUID", "")), "orig_pid": orig_pid, "orig_series": orig_series,
+            "rel": rel, "dest": str(dest.relative_to(out_dir)),
+            "series_uid": str(res.dataset.get("SeriesInstanceUID", "")), "orig_pid": orig_pid, "orig_series": orig_series,
             "patient": res.patient, "originals": before,
             "log": {"patient": res.patient, "study": res.study, "series": res.series, "instance": res.instance,
                     "removed": a["X"], "emptied": a["Z"], "dummied": a["D"], "cleaned": a["C"], "uids_replaced": a["U"], "kept": a["K"],
@@ -253,6 +261,7 @@ def deidentify_tree(
     log: list[dict] = []
     niftis: list[Path] = []
     originals = IdentifierSet()
+    origins: dict[str, str] = {}
     for root in {str(input_dir.absolute()), str(input_dir.resolve())}:
         originals.add(root, "input path")
     rels: list[str] = []
@@ -270,7 +279,7 @@ def deidentify_tree(
 
     def results():  # in file order, as the chunks complete
         if workers > 1 and len(chunks) > 1:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(deid.cfg, deid.key, deid.version)) as pool:
+            with process_pool(workers, initializer=_init_worker, initargs=(deid.cfg, deid.key, deid.version)) as pool:
                 n = len(chunks)
                 for part in pool.map(_deid_files, [input_dir] * n, [out_dir] * n, chunks, [None] * n, [max_voxels] * n):
                     yield from part
@@ -284,12 +293,16 @@ def deidentify_tree(
         if "reason" in r:
             quarantine.append({"file_id": deid.pseudo.file_id(r["rel"]), "kind": "file", "reason": r["reason"]})
             continue
+        dest = Path(r["dest"])
+        for d in (dest, *dest.parents[:-1]):  # the file and every folder above it, up to the output folder
+            if str(d) not in origins or r["rel"] < origins[str(d)]:
+                origins[str(d)] = r["rel"]
         k = keys[(r["patient"], r["series_uid"])]  # one UID reused for two patients' series: two series
         k.rel_files.add(r["rel"])
         k.patient_id, k.series_uid, k.patient = r["orig_pid"], r["orig_series"], r["patient"]
         originals.update(r["originals"])
         log.append(r["log"])
-    return DeidTree(dict(keys), quarantine, log, niftis, originals)
+    return DeidTree(dict(keys), quarantine, log, niftis, originals, origins)
 
 
 # --------------------------------------------------------------------------- label matching
@@ -370,6 +383,7 @@ def ingest(
     for sub in ("images", "masks", "dicom"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)  # left by a run killed while writing manifest.csv, ingest.json, ...
     tree = deidentify_tree(
         input_dir, out_dir / "dicom", deid, progress=progress, skip=mask_paths | ({Path(labels_path).resolve()} if labels_path else set()),
         workers=workers, max_voxels=data_cfg.max_voxels,
@@ -378,13 +392,24 @@ def ingest(
     cases: list[dict] = []
     used_labels: set[str] = set()
 
+    # Quarantine ids name what medsynth locate finds in the input with the key: a file by its path
+    # (file_id), a series by the path of its first file (series_id), a labels CSV row by its case
+    # (label_id). Conversion sees only the de-identified copies; tree.origins leads back to the input.
+    def series_qid(deid_paths: list[str]) -> str:
+        first = tree.first_original(deid_paths)
+        return pseudo.series_id(first) if first is not None else pseudo.file_id(deid_paths[0])
+
+    def file_qid(deid_path: str) -> str:
+        first = tree.first_original([deid_path])
+        return pseudo.file_id(first if first is not None else deid_path)
+
     def add_case(img: nib.Nifti1Image, patient: str, case_id: str, modality: str, label: tuple[str, LabelRow] | None, source: str,
-                 seg: SegMask | None = None) -> None:
+                 qid: str, seg: SegMask | None = None) -> None:
         if img.ndim != 3:
-            quarantine.append({"file_id": case_id, "kind": "series", "reason": f"{img.ndim}D volume {img.shape}: the cohort takes 3D volumes only"})
+            quarantine.append({"file_id": qid, "kind": "series", "reason": f"{img.ndim}D volume {img.shape}: the cohort takes 3D volumes only"})
             return
         if data_cfg.modality and modality != data_cfg.modality:
-            quarantine.append({"file_id": case_id, "kind": "series", "reason": f"modality {modality} not selected (data.modality: {data_cfg.modality})"})
+            quarantine.append({"file_id": qid, "kind": "series", "reason": f"modality {modality} not selected (data.modality: {data_cfg.modality})"})
             return
         condition = data_cfg.default_condition
         mask_arr = None
@@ -399,7 +424,8 @@ def ingest(
         except SeriesError as exc:
             mask_path = input_dir / label[1].mask if label is not None and label[1].mask else None
             reason = _sanitize_reason(f"mask unusable: {exc}", [input_dir], mask_path)
-            quarantine.append({"file_id": case_id, "kind": "mask", "reason": reason})
+            mask_qid = pseudo.file_id(os.path.normpath(label[1].mask)) if mask_path is not None else file_qid(seg.source) if seg else qid
+            quarantine.append({"file_id": mask_qid, "kind": "mask", "reason": reason})
             return
         write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
         if mask_arr is not None:
@@ -417,7 +443,7 @@ def ingest(
     matched_segs: set[str] = set()
     for item in iter_volumes(out_dir / "dicom", workers=workers, progress=progress, max_voxels=data_cfg.max_voxels):
         if isinstance(item, QuarantineEntry):
-            quarantine.append({"file_id": pseudo.file_id(item.path), "kind": "series", "reason": _sanitize_reason(item.reason, [out_dir])})
+            quarantine.append({"file_id": series_qid([item.path]), "kind": "series", "reason": _sanitize_reason(item.reason, [out_dir])})
             continue
         if isinstance(item, SegMask):
             for uid in item.referenced_series:
@@ -430,14 +456,15 @@ def ingest(
         seg = segs.get(item.series_uid)
         if seg is not None:
             matched_segs.add(seg.source)
+        qid = series_qid(item.source_files or [item.source])
         try:
             label = _match_label(labels, _dicom_candidates(k), used_labels)
         except LabelConflict as exc:
-            quarantine.append({"file_id": case_id, "kind": "label", "reason": str(exc)})
+            quarantine.append({"file_id": qid, "kind": "label", "reason": str(exc)})
             continue
-        add_case(item.image, patient, case_id, item.modality or "OT", label, "dicom", seg)
+        add_case(item.image, patient, case_id, item.modality or "OT", label, "dicom", qid, seg)
     for source in sorted({s.source for s in segs.values()} - matched_segs):
-        quarantine.append({"file_id": pseudo.file_id(source), "kind": "mask", "reason": "DICOM SEG: the image series it references is not in the input"})
+        quarantine.append({"file_id": file_qid(source), "kind": "mask", "reason": "DICOM SEG: the image series it references is not in the input"})
     # NIfTI
     for path in niftis:
         rel = str(path.relative_to(input_dir))
@@ -454,9 +481,9 @@ def ingest(
         patient_key = (label[1].patient if label and label[1].patient else None) or f"nifti:{rel}"
         patient = pseudo.patient("id:" + patient_key if label and label[1].patient else patient_key)
         ras = make_ras_image(np.asarray(img.dataobj), img.affine)
-        add_case(ras, patient, f"{patient}-{pseudo.short_id('case', rel, 8)}", data_cfg.nifti_modality, label, "nifti")
+        add_case(ras, patient, f"{patient}-{pseudo.short_id('case', rel, 8)}", data_cfg.nifti_modality, label, "nifti", pseudo.file_id(rel))
     for key_ in sorted(set(labels) - used_labels):
-        quarantine.append({"file_id": pseudo.file_id(key_), "kind": "label", "reason": "labels CSV row matched no converted case"})
+        quarantine.append({"file_id": pseudo.label_id(key_), "kind": "label", "reason": "labels CSV row matched no converted case"})
     cases.sort(key=lambda c: c["case_id"])
     if not cases:
         raise IngestError(f"{input_dir}: no usable volume found ({len(quarantine)} item(s) quarantined; see quarantine.csv)")
@@ -537,6 +564,7 @@ def ingest_npz(npz_path: Path, out_dir: Path, data_cfg: DataConfig, seed: int) -
     for sub in ("images", "masks", "dicom"):  # dicom stays empty (an npz holds no DICOM) but exists: a DVC output
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
     rng = np.random.default_rng(seed)
     cases = []
     for split in ("train", "val", "test"):

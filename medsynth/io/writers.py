@@ -1,7 +1,9 @@
 """Atomic output writers: a crash never leaves a half-written file behind.
 
 Each writer writes to a temporary file in the destination folder, flushes it, then renames it
-into place (``os.replace`` is atomic on POSIX within one file system).
+into place (``os.replace`` is atomic on POSIX within one file system). A temporary file is named
+``.<name>.<8 random characters>.tmp[<extension>]``; one left by a process killed mid-write is removed by
+:func:`remove_stale_temps` when the stage next writes that folder.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,12 +25,33 @@ import nibabel as nib
 import numpy as np
 
 
+# what atomic_path names its temporary files: tempfile's 8 random characters, then .tmp and the
+# extension a writer needs to pick the format (.nii.gz, .npy, .png, .dcm)
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*")
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` leaves when its process is killed mid-write (only
+    names of its pattern) from ``folder`` (and the folders below it, with ``recursive``); the paths removed.
+    Call it where a stage starts writing a folder that no other process is writing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"):
+        if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 @contextmanager
 def atomic_path(dest: str | Path, suffix: str = ""):
-    """Yield a temporary path next to ``dest``; on success it replaces ``dest``."""
+    """Yield a temporary path next to ``dest`` ending in ``suffix`` (e.g. ``.nii.gz``); on success it
+    replaces ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or ".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + suffix, dir=dest.parent)
     os.close(fd)
     try:
         yield Path(tmp)
