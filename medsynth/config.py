@@ -323,9 +323,11 @@ class SynthConfig(_Section):
 
 
 class GatesConfig(_Section):
-    mia_auc_max: float = Field(0.6, ge=0.5, le=1)
+    mia_auc_max: float = Field(0.6, ge=0.5, le=1, description="membership gates: highest allowed AUC of the strongest attack the "
+                               "audience allows, on all cases and on the rare condition's (which fails only when its 95% "
+                               "interval also clears 0.5; above the threshold otherwise it warns)")
     dcr_share_max: float = Field(0.55, ge=0, le=1)
-    copies_max: int = Field(0, ge=0)
+    copies_max: int = Field(0, ge=0, description="most near-copies of training patients allowed (evaluate.copy_distance_factor)")
     nn_distance_ratio_max: float = Field(1.5, gt=0, description="median synthetic->train NN distance / test->train")
     warn_margin: float = Field(0.05, ge=0, le=1)
     condition_min_real_cases: int = Field(
@@ -425,7 +427,14 @@ class ConditionalConfig(_Section):
 
 class EvalConfig(_Section):
     bootstrap: int = Field(200, ge=10)
-    copy_percentile: float = Field(1.0, gt=0, lt=50)
+    audience: Literal["internal", "share"] = Field(
+        "share", description="who gets the synthetic data: share (outside the hospital; whoever gets a model can run it, so "
+        "the membership gates take the strongest of the black-box and the white-box attacks) or internal (the models stay "
+        "inside; black-box attacks on the synthetic cases only). share is the safe default")
+    copy_distance_factor: float = Field(
+        0.5, gt=0, lt=1, description="a synthetic case is a near-copy when its aligned distance to a training patient (flips, "
+        "shifts and intensity changes undone; image and label map together or either alone) is below this fraction of the "
+        "smallest distance between two different real patients. An average of two patients sits near 0.7 of it")
     strict: bool = False
     gates: GatesConfig = GatesConfig()
     encoder: EncoderConfig = EncoderConfig()

@@ -70,7 +70,7 @@ def test_ms_ssim_diversity_drops_for_a_collapsed_generator(adrenal):
 
 def test_privacy_in_learned_feature_space_flags_perturbed_copies(adrenal, encoder):
     """The second-opinion privacy tests on the encoder's features: lightly perturbed training cases are
-    found (copies, membership AUC), unseen real cases are not."""
+    found (closer to training than unseen patients are, membership AUC), unseen real cases are not."""
     from medsynth.eval.encoder import embed, standardiser
     from medsynth.eval.privacy import privacy_metrics
 
@@ -82,7 +82,7 @@ def test_privacy_in_learned_feature_space_flags_perturbed_copies(adrenal, encode
     leak = np.clip(adrenal["train"][:60] + rng.normal(0, 0.02, adrenal["train"][:60].shape), -1, 1).astype(np.float32)
     p_leak = privacy_metrics(scale(f(leak)), train, holdout, 0, 50)
     p_fair = privacy_metrics(scale(f(adrenal["test"][:60])), train, holdout, 0, 50)
-    assert p_leak["copies"] > 30 and p_fair["copies"] <= 3
+    assert np.median(p_leak["dcr_values"]["synthetic_to_train"]) < np.percentile(p_fair["dcr_values"]["holdout_to_train"], 5)
     assert p_leak["membership_auc_blackbox"] > 0.6 > p_fair["membership_auc_blackbox"] - 0.05
     assert p_leak["dcr_share"] > p_fair["dcr_share"]
 

@@ -27,7 +27,7 @@ from medsynth.eval.features import cached_features, volume_features  # noqa: E40
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
 from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
-from medsynth.eval.privacy import privacy_metrics, whitebox_membership  # noqa: E402
+from medsynth.eval.privacy import audit_privacy, privacy_metrics, privacy_reference  # noqa: E402
 from medsynth.eval.utility import classification_utility, segmentation_utility, shared_part, utility_gate, utility_sentence  # noqa: E402
 from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
 from medsynth.models import registry  # noqa: E402
@@ -39,8 +39,8 @@ class GateFailure(RuntimeError):
     pass
 
 
-LEARNED_PRIVACY_KEYS = ("membership_auc_blackbox", "membership_auc_blackbox_ci", "dcr_share", "dcr_share_ci", "copies",
-                        "copy_threshold", "authenticity", "nndr_mean", "dcr_synthetic_to_train", "dcr_holdout_to_train")
+LEARNED_PRIVACY_KEYS = ("membership_auc_blackbox", "membership_auc_blackbox_ci", "dcr_share", "dcr_share_ci",
+                        "authenticity", "nndr_mean", "dcr_synthetic_to_train", "dcr_holdout_to_train")
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -54,25 +54,25 @@ def _savefig(fig, dest: Path) -> None:
     plt.close(fig)
 
 
-def _whitebox(model: str, ckpt: Path, info: dict, members: tuple, nonmembers: tuple, seed: int, n_boot: int) -> dict:
-    """Load the full checkpoint (weights only) and score real cases with D (GAN) or the ELBO (VAE)."""
+def _whitebox(model: str, ckpt: Path, info: dict, members: tuple, nonmembers: tuple) -> dict | None:
+    """Load the full checkpoint (weights only) and score real cases with D (GAN) or the ELBO (VAE):
+    the white-box attack's scores of members and non-members (None: no checkpoint or no score)."""
     if not ckpt.is_file():
-        return {}
+        return None
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
     if not blob.get("medsynth_config"):
-        return {}
+        return None
     module = registry.get(model)(blob["medsynth_config"], data_info_from(info))
     module.load_state_dict(blob["state_dict"], strict=False)
     module.eval()
     score = getattr(module, "discriminator_score", None) or getattr(module, "elbo_score", None)
     if score is None:
-        return {}
+        return None
     with torch.no_grad():
         s_m = score(members[0].float(), members[1]).float().numpy()
         s_n = score(nonmembers[0].float(), nonmembers[1]).float().numpy()
-    out = whitebox_membership(s_m, s_n, seed, n_boot)
-    out["whitebox_signal"] = "discriminator score" if hasattr(module, "discriminator_score") else "negative ELBO loss"
-    return out
+    signal = "discriminator score" if hasattr(module, "discriminator_score") else "negative ELBO loss"
+    return {"signal": signal, "members": s_m, "nonmembers": s_n}
 
 
 def evaluate_models(
@@ -119,12 +119,16 @@ def evaluate_models(
         scale = standardiser(raw["train"])
         learned = {s: scale(v) for s, v in raw.items()}
     rare_index = info["conditions"].index(rare_condition) if rare_condition in info["conditions"] else len(info["conditions"]) - 1
+    # the real side of the privacy audit (aligned vectors, real-to-real baseline), shared by every model
+    priv_ref = privacy_reference(banks["train"][0].float().numpy(), banks["train"][1].numpy(), banks["holdout"][0].float().numpy(),
+                                 banks["holdout"][1].numpy(), feats["train"], feats["holdout"], rare_index)
     ms_ssim_real = ms_ssim_diversity(train_imgs, seed=seed)
     utility_all, shared_arms = {}, None  # the utility arms without synthetic data (real, real+augmentation): trained once, shared by every model
     for k, model in enumerate(models):
         sdir = Path(synth_root) / model
         rows = _read_rows(sdir / "synthetic_manifest.csv")
         s_img, s_mask, s_cond = model_space_arrays(sdir, rows, to_model)
+        s_y = np.array([info["conditions"].index(c) for c in s_cond])
         f_syn = volume_features(s_img, s_mask, n_labels)
         fid = fidelity_metrics(f_syn, feats["train"], feats["test"], s_img, train_imgs, s_mask, train_masks, seed + k, cfg.bootstrap)
         l_syn = scale(embed(encoder[0], np.stack([s_img, s_mask.astype(np.float32)], 1), image_only=encoder[1])) if learned else None
@@ -149,26 +153,26 @@ def evaluate_models(
         else:
             fid["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
         if cfg.utility.enabled:
-            util = _utility(model, preprocess_dir, info, banks, (s_img, s_mask, np.array([info["conditions"].index(c) for c in s_cond])), n_labels,
-                            rare_index, cfg, seed, shared_arms)
+            util = _utility(model, preprocess_dir, info, banks, (s_img, s_mask, s_y), n_labels, rare_index, cfg, seed, shared_arms)
             shared_arms = shared_part(util) or shared_arms
         else:
             util = {"measured": False, "reason": "evaluate.utility.enabled is false"}
         utility_all[model] = util
-        priv = privacy_metrics(f_syn, feats["train"], feats["holdout"], seed + k, cfg.bootstrap, cfg.copy_percentile)
-        if learned is not None:  # second opinion: the same black-box tests in the encoder's feature space
-            lp = privacy_metrics(l_syn, learned["train"], learned["holdout"], seed + k, max(20, cfg.bootstrap // 4), cfg.copy_percentile)
+        whitebox = _whitebox(model, Path(models_root) / model / "checkpoints" / "last.ckpt", info,
+                             (banks["train"][0], banks["train"][1]), (banks["holdout"][0], banks["holdout"][1]))
+        priv = audit_privacy(priv_ref, np.stack([s_img, s_mask.astype(np.float32)], 1), f_syn, s_y, cfg.audience, cfg.copy_distance_factor,
+                             seed + k, cfg.bootstrap, whitebox)
+        if learned is not None:  # second opinion: the same distance tests in the encoder's feature space
+            lp = privacy_metrics(l_syn, learned["train"], learned["holdout"], seed + k, max(20, cfg.bootstrap // 4))
             priv["learned"] = {key: lp[key] for key in LEARNED_PRIVACY_KEYS}
         else:
             priv["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
-        priv.update(_whitebox(model, Path(models_root) / model / "checkpoints" / "last.ckpt", info,
-                              (banks["train"][0], banks["train"][1]), (banks["holdout"][0], banks["holdout"][1]), seed + k, cfg.bootstrap))
         fidelity_all[model] = fid
         privacy_all[model] = priv
         gates += evaluate_gates(model, fid, priv, cfg.gates)
         gates.append(utility_gate(model, util, cfg.utility, cfg.gates.warn_margin))
         _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv)
-        _closest_pairs_figure(model, fig_dir, s_img, f_syn, feats["train"], train_imgs, priv.get("copy_threshold"))
+        _closest_pairs_figure(model, fig_dir, s_img, train_imgs, priv["copy_detection"])
         _distributions_figure(model, fig_dir, s_img, s_mask, train_imgs, train_masks)
         if k == 0:  # every real case and the real-only condition classifier, built once and shared by every model
             cond_real = _conditional_reference(preprocess_dir, info, banks, n_labels, cfg, seed)
@@ -187,7 +191,10 @@ def evaluate_models(
     write_json_atomic(out_dir / "utility.json", utility_all)
     write_json_atomic(out_dir / "gates.json", {"overall": verdict, "gates": gates, "strict": cfg.strict})
     summary = {m: {"nn_distance_ratio": fidelity_all[m]["nn_distance_ratio"], "mmd2": fidelity_all[m]["mmd2"], "dcr_share": privacy_all[m]["dcr_share"],
-                   "membership_auc": privacy_all[m]["membership_auc_blackbox"], "copies": privacy_all[m]["copies"]} for m in models}
+                   "membership_auc": privacy_all[m]["membership_auc_blackbox"],
+                   "membership_auc_strongest": privacy_all[m]["strongest"]["all"].get("auc"),
+                   "membership_auc_strongest_rare_condition": privacy_all[m]["strongest"]["rare_condition"].get("auc"),
+                   "copies": privacy_all[m]["copies"]} for m in models}
     write_json_atomic(out_dir / "metrics.json", {"overall": verdict, **summary})
     failed = [g["gate"] for g in gates if g["state"] == "fail"]
     if cfg.strict and failed:
@@ -244,20 +251,32 @@ def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
                 ax.set_title(f"{title} {cond} ({'axial sagittal coronal'.split()[v]})", fontsize=7)
     fig.suptitle(f"{model}: real (left) vs synthetic (right), orthogonal mid-slices per condition", fontsize=9)
     _savefig(fig, fig_dir / f"{model}_slices.png")
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     v = priv["dcr_values"]
     bins = np.linspace(0, max(max(v["synthetic_to_train"]), max(v["holdout_to_train"])) * 1.05, 20)
-    ax.hist(v["holdout_to_train"], bins=bins, alpha=0.6, label="unseen real patients -> training (baseline)", density=True)
-    ax.hist(v["synthetic_to_train"], bins=bins, alpha=0.6, label="synthetic -> training", density=True)
-    ax.axvline(priv["copy_threshold"], color="red", ls="--", label="copy threshold")
-    ax.set_xlabel("distance to the closest training patient (feature space)")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=6)
-    ax.set_title(f"{model}: distance to closest record", fontsize=9)
+    axes[0].hist(v["holdout_to_train"], bins=bins, alpha=0.6, label="unseen real patients -> training (baseline)", density=True)
+    axes[0].hist(v["synthetic_to_train"], bins=bins, alpha=0.6, label="synthetic -> training", density=True)
+    axes[0].set_xlabel("distance to the closest training patient (weight-free features)")
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize=6)
+    axes[0].set_title("distance to closest record", fontsize=9)
+    c = priv["copy_detection"]["channels"]["combined"]
+    bins = np.linspace(0, max(max(c["synthetic_to_train"]), max(c["real_to_real"])) * 1.05, 24)
+    axes[1].hist(c["real_to_real"], bins=bins, alpha=0.6, label="real patient -> other training patient (baseline)", density=True)
+    axes[1].hist(c["synthetic_to_train"], bins=bins, alpha=0.6, label="synthetic -> training", density=True)
+    if c["threshold"] is not None:
+        axes[1].axvline(c["threshold"], color="red", ls="--", label="copy threshold")
+    axes[1].set_xlabel("aligned distance (flips, shifts, intensity undone)")
+    axes[1].legend(fontsize=6)
+    axes[1].set_title("copy test: image and label map", fontsize=9)
+    fig.suptitle(f"{model}: distance to the closest training patient", fontsize=9)
     _savefig(fig, fig_dir / f"{model}_dcr.png")
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     r = priv["membership_roc_blackbox"]
-    ax.plot(r["fpr"], r["tpr"], label=f"distance attack (AUC {priv['membership_auc_blackbox']:.2f})")
+    ax.plot(r["fpr"], r["tpr"], label=f"distance, features (AUC {priv['membership_auc_blackbox']:.2f})")
+    if "membership_roc_aligned" in priv:
+        a = priv["membership_roc_aligned"]
+        ax.plot(a["fpr"], a["tpr"], label=f"distance, aligned images (AUC {priv['attacks']['distance_aligned']['all']['auc']:.2f})")
     if "membership_roc_whitebox" in priv:
         w = priv["membership_roc_whitebox"]
         ax.plot(w["fpr"], w["tpr"], label=f"white-box (AUC {priv['membership_auc_whitebox']:.2f})")
@@ -269,23 +288,19 @@ def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
     _savefig(fig, fig_dir / f"{model}_membership_roc.png")
 
 
-def _closest_pairs_figure(model, fig_dir, s_img, f_syn, f_train, train_imgs, copy_threshold, n: int = 4) -> None:
-    """The synthetic cases closest to a training patient, each beside that patient (mid axial slices)."""
-    from medsynth.eval.features import nearest, nearest_index
-
-    dist = nearest(f_syn, f_train)[:, 0]  # chunked: no synthetic x training matrix at cohort scale
-    nearest_train = nearest_index(f_syn, f_train)
-    order = np.argsort(dist)[: min(n, len(f_syn))]
-    fig, axes = plt.subplots(2, len(order), figsize=(2.2 * len(order), 4.6), squeeze=False)
-    for j, i in enumerate(order):
-        for row, (vol, label) in enumerate([(s_img[i], "synthetic"), (train_imgs[nearest_train[i]], "closest training case")]):
+def _closest_pairs_figure(model, fig_dir, s_img, train_imgs, detection: dict, n: int = 4) -> None:
+    """The synthetic cases nearest to being a copy (aligned space), each beside that training patient."""
+    pairs = detection["closest_pairs"][:n]
+    fig, axes = plt.subplots(2, max(1, len(pairs)), figsize=(2.2 * max(1, len(pairs)), 4.6), squeeze=False)
+    for j, p in enumerate(pairs):
+        for row, (vol, label) in enumerate([(s_img[p["synthetic"]], "synthetic"), (train_imgs[p["train"]], "closest training case")]):
             ax = axes[row, j]
             ax.imshow(_mid_slices(vol)[0], cmap="gray", vmin=-1, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{label}\ndistance {dist[i]:.2f}" if row == 0 else label, fontsize=7)
-    thr = f" (copy threshold {copy_threshold:.2f})" if copy_threshold is not None else ""
-    fig.suptitle(f"{model}: the {len(order)} synthetic cases closest to a training patient{thr}", fontsize=9)
+            ax.set_title(f"{label}\n{p['channel']}: {p['ratio_to_real_min']:.2f} x real min" if row == 0 else label, fontsize=7)
+    fig.suptitle(f"{model}: the {len(pairs)} synthetic cases nearest to a training patient (copy below "
+                 f"{detection['distance_factor']:g} x the closest real pair)", fontsize=9)
     _savefig(fig, fig_dir / f"{model}_closest_pairs.png")
 
 

@@ -1,15 +1,33 @@
 """Privacy leakage of synthetic data, measured against real patients the generator never saw.
 
 Members are the real train split; non-members the ``holdout`` split. Every synthetic-to-real number
-is shown next to its real-to-real baseline.
+is shown next to its real-to-real baseline. Three parts:
+
+* distance tests in the weight-free feature space: DCR share, NNDR, authenticity (``privacy_metrics``);
+* membership attacks, each scored by ROC AUC and TPR at FPR 1% and 0.1% with bootstrap intervals, on
+  all cases and on the rare condition alone: nearest distance in the weight-free features, nearest
+  similarity in the aligned image space, and the model's own score of real cases (white-box);
+* copy detection in the aligned image space, where a flipped, shifted, intensity-scaled, noisy or
+  blended copy is still next to its source; its threshold is calibrated on real-to-real pairs.
+
+``privacy_reference`` holds the real side (computed once per cohort), ``audit_privacy`` audits one
+synthetic set against it; the evaluate stage calls both.
 """
 
 from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
 from medsynth.eval.features import nearest, nearest_index
 from medsynth.eval.stats import bootstrap_ci, roc_auc, roc_curve
+
+LOW_FPRS = (0.01, 0.001)
+FLIPS = tuple(itertools.product((False, True), repeat=3))
+ALIGNED_MAX_VOXELS = 16384  # per channel, after pooling: a 24x32x24 window stays at full resolution
+MIN_SUBSET_CASES = 5  # members and non-members each: fewer give AUCs of 0 or 1 by chance and degenerate intervals
 
 
 def dcr_share(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, rng: np.random.Generator, repeats: int = 50) -> float:
@@ -27,15 +45,13 @@ def dcr_share(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, rng: np.r
     return float(np.mean(shares))
 
 
-def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, seed: int, n_boot: int = 200, copy_percentile: float = 1.0) -> dict:
+def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, seed: int, n_boot: int = 200) -> dict:
+    """Distance tests in one feature space (rows are cases): DCR and its share, NNDR, authenticity and
+    the nearest-distance membership attack's AUC."""
     rng = np.random.default_rng(seed)
     d_syn_train = nearest(syn, train, k=2)
     d_hold_train = nearest(holdout, train)[:, 0]
     d_train_train = nearest(train, train, k=1, exclude_self=True)[:, 0]
-    # copy detection: closer to a training case than (almost) any real patient is to another
-    real_nn = np.concatenate([d_hold_train, d_train_train])
-    threshold = float(np.percentile(real_nn, copy_percentile))
-    copies = np.flatnonzero(d_syn_train[:, 0] < threshold)
     # nearest-neighbour distance ratio and authenticity (Alaa et al. 2022)
     nndr = d_syn_train[:, 0] / np.maximum(d_syn_train[:, 1], 1e-12)
     nn_idx = nearest_index(syn, train)
@@ -54,10 +70,6 @@ def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, see
         "dcr_synthetic_to_train": {"median": float(np.median(d_syn_train[:, 0])), "p05": float(np.percentile(d_syn_train[:, 0], 5))},
         "dcr_holdout_to_train": {"median": float(np.median(d_hold_train)), "p05": float(np.percentile(d_hold_train, 5))},
         "dcr_values": {"synthetic_to_train": d_syn_train[:, 0].tolist(), "holdout_to_train": d_hold_train.tolist()},
-        "copy_threshold": threshold,
-        "copies": int(len(copies)),
-        "copy_indices": copies.tolist(),
-        "copy_pairs": [[int(i), int(nn_idx[i])] for i in copies],
         "nndr_mean": float(np.mean(nndr)),
         "authenticity": float(np.mean(authentic)),
         "membership_auc_blackbox": auc,
@@ -75,3 +87,288 @@ def whitebox_membership(scores_members: np.ndarray, scores_nonmembers: np.ndarra
     ci = bootstrap_ci(lambda r: roc_auc(r.choice(scores_members, len(scores_members)), r.choice(scores_nonmembers, len(scores_nonmembers))), n_boot, seed)
     fpr, tpr = roc_curve(scores_members, scores_nonmembers)
     return {"membership_auc_whitebox": auc, "membership_auc_whitebox_ci": list(ci), "membership_roc_whitebox": {"fpr": fpr, "tpr": tpr}}
+
+
+# ---- membership attacks: AUC and TPR at low FPR -------------------------------------------------
+
+def _auc(s_mem: np.ndarray, non_sorted: np.ndarray) -> float:
+    """Mann-Whitney AUC (ties half): P(member score > non-member score); non-member scores sorted."""
+    below = np.searchsorted(non_sorted, s_mem, "left") + np.searchsorted(non_sorted, s_mem, "right")
+    return float(below.sum() / (2 * len(s_mem) * len(non_sorted)))
+
+
+def _tpr_at(s_mem: np.ndarray, non_sorted: np.ndarray, fpr: float) -> float:
+    """TPR at the threshold that flags at most ``floor(fpr * n)`` non-members (fpr 0: none)."""
+    k = int(np.floor(fpr * len(non_sorted) + 1e-9))
+    return float(np.mean(s_mem > non_sorted[len(non_sorted) - 1 - k]))
+
+
+def attack_report(s_mem: np.ndarray, s_non: np.ndarray, seed: int, n_boot: int) -> dict:
+    """ROC AUC, TPR at FPR 1% and 0.1% and TPR with no non-member flagged, each with a percentile
+    bootstrap interval (members and non-members resampled separately). TPR at FPR ``a`` is reported
+    only with at least ``1/a`` non-members: with fewer, the lowest FPR a threshold can reach is
+    ``1/n`` and a value at ``a`` would be an extrapolation."""
+    s_mem, s_non = np.asarray(s_mem, float), np.asarray(s_non, float)
+    m, n = len(s_mem), len(s_non)
+    if m < MIN_SUBSET_CASES or n < MIN_SUBSET_CASES:
+        return {"measured": False, "reason": f"{m} members and {n} non-members: at least {MIN_SUBSET_CASES} of each are needed",
+                "n_members": m, "n_nonmembers": n}
+    fprs = [a for a in LOW_FPRS if n >= round(1 / a)]
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        bm, bn = s_mem[rng.integers(0, m, m)], np.sort(s_non[rng.integers(0, n, n)])
+        boot.append([_auc(bm, bn), _tpr_at(bm, bn, 0.0), *(_tpr_at(bm, bn, a) for a in fprs)])
+    s_non = np.sort(s_non)
+    point = [_auc(s_mem, s_non), _tpr_at(s_mem, s_non, 0.0), *(_tpr_at(s_mem, s_non, a) for a in fprs)]
+    lo, hi = np.quantile(np.array(boot), [0.025, 0.975], axis=0)
+    # a resampled holdout's highest score is never above the full one's, so TPRs at the lowest FPRs
+    # skew upwards under the bootstrap: the interval is widened to hold its point estimate
+    ci = [[float(min(lo[j], p)), float(max(hi[j], p))] for j, p in enumerate(point)]
+    low = []
+    for a in LOW_FPRS:
+        if a in fprs:
+            j = 2 + fprs.index(a)
+            low.append({"fpr": a, "tpr": point[j], "ci": ci[j], "reason": None})
+        else:
+            low.append({"fpr": a, "tpr": None, "ci": None,
+                        "reason": f"{n} non-members resolve FPR down to {1 / n:.3g} only; FPR {a:g} needs at least {round(1 / a)}"})
+    return {
+        "measured": True,
+        "auc": point[0], "auc_ci": ci[0],
+        "tpr_at_low_fpr": low,
+        "tpr_with_no_false_positive": {"tpr": point[1], "ci": ci[1], "fpr_resolution": 1 / n},
+        "n_members": m, "n_nonmembers": n,
+    }
+
+
+def membership_attack(kind: str, signal: str, s_mem: np.ndarray, s_non: np.ndarray, rare_mem: np.ndarray, rare_non: np.ndarray,
+                      seed: int, n_boot: int) -> dict:
+    """One attack (higher score = guessed member) on all cases and on the rare condition's cases alone."""
+    return {"kind": kind, "signal": signal, "all": attack_report(s_mem, s_non, seed, n_boot),
+            "rare_condition": attack_report(s_mem[rare_mem], s_non[rare_non], seed + 1, n_boot)}
+
+
+def strongest_attacks(attacks: dict, audience: str) -> dict:
+    """The attack with the highest AUC, on all cases and on the rare condition, among those the
+    audience allows: black-box only for ``internal``, white-box too for ``share``."""
+    allowed = {k: a for k, a in attacks.items() if audience == "share" or a["kind"] == "black-box"}
+    out = {}
+    for subset in ("all", "rare_condition"):
+        measured = {k: a[subset] for k, a in allowed.items() if a[subset].get("measured")}
+        if not measured:
+            reasons = sorted({a[subset].get("reason", "") for a in allowed.values()})
+            out[subset] = {"measured": False, "reason": "; ".join(reasons) or "no attack ran"}
+            continue
+        name = max(measured, key=lambda k: measured[k]["auc"])
+        best = measured[name]
+        out[subset] = {"measured": True, "attack": name, "kind": allowed[name]["kind"], "auc": best["auc"], "auc_ci": best["auc_ci"],
+                       "tpr_at_low_fpr": best["tpr_at_low_fpr"], "tpr_with_no_false_positive": best["tpr_with_no_false_positive"],
+                       "n_members": best["n_members"], "n_nonmembers": best["n_nonmembers"]}
+    out["attacks_considered"] = sorted(allowed)
+    return out
+
+
+# ---- aligned image space: copies that a disguise does not hide ------------------------------------
+
+CHANNELS = ("combined", "image", "label map")
+
+
+def _window(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """The compared window (the volume less an eighth at each border, so shifted-in borders and
+    filled voxels stay outside) and the pooling factor that keeps it within ALIGNED_MAX_VOXELS."""
+    w = [n - 2 * max(1, n // 8) for n in shape]
+    k = 1
+    while np.prod([v // k for v in w]) > ALIGNED_MAX_VOXELS:
+        k += 1
+    return tuple(v // k * k for v in w), k
+
+
+def _unit(ch: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Zero-mean unit-norm vector of one channel and whether it varies (a constant channel: the
+    constant unit vector, equal for all constant channels and orthogonal to the others)."""
+    v = ch.ravel() - ch.mean()
+    norm = np.linalg.norm(v)
+    if norm > 1e-6 * np.sqrt(v.size):
+        return v / norm, True
+    return np.full(v.size, 1 / np.sqrt(v.size)), False
+
+
+@dataclass
+class Aligned:
+    """Per case and flip, unit vectors of the image and the label map in the window centred on the
+    label map, and of the image in the window centred on the image: (N, F, 3, L); and whether each
+    of the three varies (N, 3)."""
+
+    vectors: np.ndarray
+    informative: np.ndarray
+
+
+def _centre_of_mass(weight: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
+    total = weight.sum()
+    return np.array([(g * weight).sum() / total for g in grids]) if total > 0 else (np.array(weight.shape) - 1) / 2
+
+
+def aligned_vectors(x: np.ndarray, flips: bool) -> Aligned:
+    """(N, 2, D, H, W) image + label map -> vectors for F = 8 flips, or 1 (as is).
+
+    Each case (each flip of it) is cut to a window centred on the centre of mass of its label map
+    (of the image where the label map is empty), and its image also to a window centred on the
+    image's own centre of mass (voxels above the case mean, weighted by the excess), so that an image
+    copied under another label map is still aligned. Windows are average-pooled when large and
+    standardised (zero mean, unit norm): a dot product is a normalised correlation, blind to shifts,
+    affine intensity changes and, with ``flips``, to mirroring."""
+    x = np.asarray(x, np.float32)
+    shape = np.array(x.shape[2:])
+    w, k = _window(tuple(shape))
+    pad = [v // 2 + 2 for v in w]
+    flip_set = FLIPS if flips else FLIPS[:1]
+    vec = np.empty((len(x), len(flip_set), 3, int(np.prod([v // k for v in w]))), np.float32)
+    informative = np.zeros((len(x), 3), bool)
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    for i, case in enumerate(x):
+        z = (case[0] - case[0].mean()) / (case[0].std() + 1e-6)
+        com_image = _centre_of_mass(np.clip(z, 0, None), grids)
+        com_label = _centre_of_mass((case[1] > 0).astype(np.float64), grids) if (case[1] > 0).any() else com_image
+        padded = np.pad(case, [(0, 0)] + [(p, p) for p in pad], mode="edge")
+        for j, flip in enumerate(flip_set):
+            for slot, (ch, com) in enumerate(((0, com_label), (1, com_label), (0, com_image))):
+                view = padded[(ch, *(slice(None, None, -1) if f else slice(None) for f in flip))]
+                start = np.rint(np.where(flip, shape - 1 - com, com) - (np.array(w) - 1) / 2).astype(int) + pad
+                crop = view[tuple(slice(s, s + v) for s, v in zip(start, w))]
+                if k > 1:
+                    crop = crop.reshape(w[0] // k, k, w[1] // k, k, w[2] // k, k).mean((1, 3, 5))
+                vec[i, j, slot], informative[i, slot] = _unit(crop)
+    return Aligned(vec, informative)
+
+
+def aligned_similarity(x: np.ndarray, refs: tuple[Aligned, ...], chunk: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+    """Normalised correlations of every case of ``x`` (N, 2, D, H, W), each the maximum over its 8 flips,
+    with every case of each reference set: one (3, N, M) array per set, for CHANNELS (combined: mean of
+    image and label map in the label map's window, same flip; image: the better of its two windows;
+    label map alone); and whether each of the case's vectors varies (N, 3). Built ``chunk`` cases at a time."""
+    out = [np.empty((3, len(x), len(r.vectors)), np.float32) for r in refs]
+    informative = np.zeros((len(x), 3), bool)
+    for i in range(0, len(x), chunk):
+        q = aligned_vectors(x[i : i + chunk], True)
+        informative[i : i + chunk] = q.informative
+        v = q.vectors
+        for o, ref in zip(out, refs):
+            r = ref.vectors[:, 0]
+            per = np.stack([(v[:, :, c].reshape(-1, v.shape[-1]) @ r[:, c].T).reshape(len(v), v.shape[1], len(r)) for c in range(3)])
+            o[0, i : i + chunk] = (0.5 * (per[0] + per[1])).max(1)
+            o[1, i : i + chunk] = np.maximum(per[0], per[2]).max(1)
+            o[2, i : i + chunk] = per[1].max(1)
+    return out, informative
+
+
+def _distance(sim: np.ndarray) -> np.ndarray:
+    """L2 distance between unit vectors: 0 for a disguised copy, sqrt(2) for unrelated cases."""
+    return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sim))
+
+
+@dataclass
+class PrivacyReference:
+    """The real side of the audit, computed once per cohort and shared by every model."""
+
+    train_features: np.ndarray
+    holdout_features: np.ndarray
+    train_aligned: Aligned
+    holdout_aligned: Aligned
+    train_y: np.ndarray
+    holdout_y: np.ndarray
+    rare_index: int
+    real_nn: np.ndarray  # (3, holdout + train): each real case's aligned distance to its nearest other train patient, per CHANNELS
+    real_informative: np.ndarray  # (3, holdout + train): the channel varies (a constant label map identifies nobody)
+
+
+def privacy_reference(train_x: np.ndarray, train_y: np.ndarray, holdout_x: np.ndarray, holdout_y: np.ndarray,
+                      train_features: np.ndarray, holdout_features: np.ndarray, rare_index: int) -> PrivacyReference:
+    """Real cases' vectors and the real-to-real baseline of the copy test: each holdout case's and each
+    train case's (itself left out) aligned distance to its nearest train patient, flips included."""
+    train_al, hold_al = aligned_vectors(train_x, False), aligned_vectors(holdout_x, False)
+    (sim_hold,), inf_hold = aligned_similarity(holdout_x, (train_al,))
+    (sim_train,), inf_train = aligned_similarity(train_x, (train_al,))
+    sim_train[:, np.arange(len(train_x)), np.arange(len(train_x))] = -np.inf  # each train case against the others
+    real_nn = _distance(np.concatenate([sim_hold, sim_train], 1).max(2))
+    inf = np.concatenate([inf_hold, inf_train])
+    real_informative = np.stack([np.ones(len(inf), bool), inf[:, 0], inf[:, 1]])
+    return PrivacyReference(np.asarray(train_features), np.asarray(holdout_features), train_al, hold_al, np.asarray(train_y),
+                            np.asarray(holdout_y), int(rare_index), real_nn, real_informative)
+
+
+def copy_detection(sim_syn_train: np.ndarray, syn_informative: np.ndarray, ref: PrivacyReference, syn_y: np.ndarray, factor: float) -> dict:
+    """Near-copies: synthetic cases whose aligned distance to a training patient, on image and label map
+    together or on either alone, is below ``factor`` times the smallest such distance between two
+    different real patients. 0.5 keeps an average of two patients (at about 0.7 of that distance)
+    from counting as a copy of either."""
+    d = _distance(sim_syn_train.max(2))  # (3, N)
+    nn = sim_syn_train.argmax(2)
+    informative = np.stack([np.ones(d.shape[1], bool), syn_informative[:, 0], syn_informative[:, 1]])
+    channels, flagged = {}, np.zeros(d.shape[1], bool)
+    for c, name in enumerate(CHANNELS):
+        real = ref.real_nn[c][ref.real_informative[c]]
+        real_min = float(real.min()) if len(real) else None
+        hit = (d[c] < factor * real_min) & informative[c] if real_min is not None else np.zeros(d.shape[1], bool)
+        flagged |= hit
+        channels[name] = {"threshold": None if real_min is None else factor * real_min, "real_to_real_min": real_min,
+                          "real_to_real_median": float(np.median(real)) if len(real) else None, "copies": int(hit.sum()),
+                          "synthetic_to_train": d[c].tolist(), "real_to_real": ref.real_nn[c].tolist()}
+    copies = np.flatnonzero(flagged)
+    # how near each synthetic case comes to being a copy: its smallest distance over the channels,
+    # as a fraction of that channel's real-to-real minimum (a copy: below the factor)
+    mins = np.array([channels[n]["real_to_real_min"] or np.inf for n in CHANNELS])[:, None]
+    ratio = np.where(informative, d / mins, np.inf)
+    channel = ratio.argmin(0)
+    closeness = ratio[channel, np.arange(d.shape[1])]
+    return {
+        "space": "aligned image and label map: windows centred on the label map's (and the image's) centre of mass, 8 flips, "
+                 "each channel standardised per case; distance = L2 between unit vectors",
+        "distance_factor": factor,
+        "copies": int(len(copies)),
+        "copies_rare_condition": int((syn_y[copies] == ref.rare_index).sum()),
+        "copy_pairs": [{"synthetic": int(i), "train": int(nn[channel[i], i]), "channel": CHANNELS[channel[i]]} for i in copies],
+        "closest_pairs": [{"synthetic": int(i), "train": int(nn[channel[i], i]), "channel": CHANNELS[channel[i]],
+                           "distance": float(d[channel[i], i]), "ratio_to_real_min": float(closeness[i])}
+                          for i in np.argsort(closeness)[:8]],
+        "channels": channels,
+    }
+
+
+def audit_privacy(ref: PrivacyReference, syn_x: np.ndarray, syn_features: np.ndarray, syn_y: np.ndarray, audience: str,
+                  copy_distance_factor: float, seed: int, n_boot: int = 200, whitebox: dict | None = None) -> dict:
+    """Every privacy measurement of one synthetic set (``syn_x`` (N, 2, D, H, W) in model space, its
+    weight-free features and condition indices) against the real reference.
+
+    ``whitebox``: ``{"signal": str, "members": scores, "nonmembers": scores}``, the model's own score
+    of the train and holdout cases in their order in ``ref`` (higher = better explained)."""
+    syn_y = np.asarray(syn_y)
+    out = privacy_metrics(syn_features, ref.train_features, ref.holdout_features, seed, n_boot)
+    (sim_train, sim_hold), informative = aligned_similarity(syn_x, (ref.train_aligned, ref.holdout_aligned))
+    det = copy_detection(sim_train, informative, ref, syn_y, copy_distance_factor)
+    rare_m, rare_n = ref.train_y == ref.rare_index, ref.holdout_y == ref.rare_index
+    s_aligned = (sim_train[0].max(0), sim_hold[0].max(0))
+    attacks = {
+        "distance_features": membership_attack("black-box", "nearest synthetic case, weight-free features",
+                                               -nearest(ref.train_features, syn_features)[:, 0],
+                                               -nearest(ref.holdout_features, syn_features)[:, 0],
+                                               rare_m, rare_n, seed + 3, n_boot),
+        "distance_aligned": membership_attack("black-box", "nearest synthetic case, aligned image and label map",
+                                              *s_aligned, rare_m, rare_n, seed + 5, n_boot),
+    }
+    fpr, tpr = roc_curve(*s_aligned)
+    out["membership_roc_aligned"] = {"fpr": fpr, "tpr": tpr}
+    if whitebox:
+        s_m, s_n = np.asarray(whitebox["members"], float), np.asarray(whitebox["nonmembers"], float)
+        attacks["whitebox"] = membership_attack("white-box", whitebox["signal"], s_m, s_n, rare_m, rare_n, seed + 7, n_boot)
+        out.update(whitebox_membership(s_m, s_n, seed + 9, n_boot))
+        out["whitebox_signal"] = whitebox["signal"]
+    out.update({
+        "audience": audience,
+        "attacks": attacks,
+        "attacks_not_run": {} if whitebox else {"whitebox": "the model has no white-box score, or its checkpoint was not found"},
+        "strongest": strongest_attacks(attacks, audience),
+        "copy_detection": det,
+        "copies": det["copies"],
+    })
+    return out

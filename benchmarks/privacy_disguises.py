@@ -1,0 +1,130 @@
+"""Which disguised copies does the privacy audit find? Real hippocampus MR cases (MSD Task04 at 2 mm, the
+cohort and split of tests/test_privacy_audit.py) returned by a "generator" under a disguise, at several
+strengths, through the evaluate stage's audit and privacy gates with the default params.
+
+Two settings: ``all`` -- 60 of the 142 training patients returned, every one disguised (the test's
+matrix); ``hidden`` -- 10 disguised training patients among 50 real patients the audit never saw, where
+only the copy test can see them. Per row: copies found of those planted (and by the image alone, as
+if the label map had been disguised too), unseen patients wrongly flagged, the privacy gates that fail,
+the strongest membership attack's AUC (all cases, rare condition) and the DCR share. Disguises past
+the issue's list (rotation, zoom, smoothing) show where the copy test stops. Prints a markdown table and writes ``--out``::
+
+    OMP_NUM_THREADS=1 python benchmarks/privacy_disguises.py --out benchmarks/results/privacy-disguises-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+from tests.test_privacy_audit import CFG, RARE, audit, disguise, load_cohort  # noqa: E402
+
+MATRIX = [("noise", s) for s in (0.02, 0.05, 0.1)] + [("flip", a) for a in (0, 1, 2)] + [("shift", s) for s in (1, 2, 4)] + \
+    [("scale", s) for s in (0.8, 1.25, 1.5)] + [("blend", a) for a in (0.9, 0.7, 0.5)] + [("label_swap", 0)] + \
+    [("rotate", d) for d in (3, 6, 10)] + [("zoom", z) for z in (1.05, 1.1)] + [("smooth", s) for s in (0.5, 1.0)]
+
+
+def disguised(kind: str, strength: float, src: np.ndarray, partner: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The test's disguises, and three it does not plant: in-plane rotation (degrees), zoom about the
+    centre, Gaussian smoothing of the image (sigma in voxels)."""
+    from scipy import ndimage
+
+    if kind not in ("rotate", "zoom", "smooth"):
+        return disguise(kind, strength, src, partner, rng)
+    out = src.copy()
+    for i, case in enumerate(src):
+        if kind == "rotate":
+            out[i, 0] = ndimage.rotate(case[0], strength, axes=(0, 1), reshape=False, order=1, mode="nearest")
+            out[i, 1] = ndimage.rotate(case[1], strength, axes=(0, 1), reshape=False, order=0)
+        elif kind == "zoom":
+            off = (np.array(case[0].shape) - 1) / 2 * (1 - 1 / strength)
+            out[i, 0] = ndimage.affine_transform(case[0], np.eye(3) / strength, offset=off, order=1, mode="nearest")
+            out[i, 1] = ndimage.affine_transform(case[1], np.eye(3) / strength, offset=off, order=0)
+        else:
+            out[i, 0] = ndimage.gaussian_filter(case[0], strength)
+    return out.astype(np.float32)
+
+
+def row(cohort: dict, setting: str, kind: str, strength, syn: np.ndarray, syn_y: np.ndarray, planted: np.ndarray) -> dict:
+    t = time.perf_counter()
+    priv, gates = audit(cohort, syn, syn_y)
+    flagged = {p["synthetic"] for p in priv["copy_detection"]["copy_pairs"]}
+    image = priv["copy_detection"]["channels"]["image"]
+    by_image = np.array(image["synthetic_to_train"]) < image["threshold"]
+    st = priv["strongest"]
+    return {
+        "setting": setting, "disguise": kind, "strength": strength,
+        "synthetic_cases": len(syn), "planted_copies": int(planted.sum()),
+        "copies_found": int(sum(1 for i in flagged if planted[i])),
+        "unseen_flagged_as_copies": int(sum(1 for i in flagged if not planted[i])),
+        "copies_found_by_image_alone": int((by_image & planted).sum()),
+        "detection_rate": round(sum(1 for i in flagged if planted[i]) / planted.sum(), 3) if planted.sum() else None,
+        "privacy_gates_failed": sorted(g for g, s in gates.items() if s == "fail"),
+        "privacy_gates_warned": sorted(g for g, s in gates.items() if s == "warn"),
+        "membership_auc_strongest_all": round(st["all"]["auc"], 3),
+        "membership_auc_strongest_rare_condition": round(st["rare_condition"]["auc"], 3) if st["rare_condition"].get("measured") else None,
+        "dcr_share": round(priv["dcr_share"], 3),
+        "seconds": round(time.perf_counter() - t, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/privacy-disguises-cpu.json")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    cohort = load_cohort()
+    x, y = cohort["train"]
+    ux, uy = cohort["unseen"]
+    rows = [row(cohort, "control", "unseen real patients", None, ux, uy, np.zeros(len(ux), bool))]
+    for kind, strength in MATRIX:
+        rng = np.random.default_rng(1)
+        partner = ux[:60] if kind == "label_swap" else x[60:120]
+        syn = disguised(kind, strength, x[:60], partner, rng)
+        rows.append(row(cohort, "all", kind, strength, syn, y[:60], np.ones(60, bool)))
+        rows.append(row(cohort, "hidden", kind, strength, np.concatenate([syn[:10], ux[10:60]]), np.r_[y[:10], uy[10:60]],
+                        np.r_[np.ones(10, bool), np.zeros(50, bool)]))
+    rare = np.flatnonzero(y == RARE)
+    syn = np.concatenate([disguised("noise", 0.02, x[rare], x[rare], np.random.default_rng(2)), ux[uy != RARE]])
+    rows.append(row(cohort, "rare only", "noise", 0.02, syn, np.r_[y[rare], uy[uy != RARE]],
+                    np.r_[np.ones(len(rare), bool), np.zeros((uy != RARE).sum(), bool)]))
+    result = {
+        "benchmark": "privacy audit against disguised copies",
+        "machine": machine(),
+        "cohort": {"name": "MSD Task04 hippocampus, 2 mm, 24x32x24",
+                   **{f"{s}_cases": int(len(cohort[s][1])) for s in ("train", "holdout", "unseen")},
+                   "rare_condition": "small", "train_rare_cases": int((y == RARE).sum())},
+        "params": {"audience": CFG.audience, "copy_distance_factor": CFG.copy_distance_factor, "mia_auc_max": CFG.gates.mia_auc_max,
+                   "dcr_share_max": CFG.gates.dcr_share_max, "copies_max": CFG.gates.copies_max, "bootstrap": CFG.bootstrap},
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    short = {"membership inference AUC, all cases": "MIA all", "membership inference AUC, rare condition": "MIA rare",
+             "share closer to training than to unseen patients": "DCR share", "near-copies of training patients": "copies"}
+    print("| setting | disguise | strength | copies found / planted | by the image alone | unseen flagged | gates failed | "
+          "MIA AUC all / rare | DCR share |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        failed = ", ".join(short[g] for g in r["privacy_gates_failed"]) or "none"
+        rare_auc = "-" if r["membership_auc_strongest_rare_condition"] is None else f"{r['membership_auc_strongest_rare_condition']:.2f}"
+        strength = "" if r["strength"] is None else r["strength"]
+        print(f"| {r['setting']} | {r['disguise']} | {strength} | {r['copies_found']} / {r['planted_copies']} | "
+              f"{r['copies_found_by_image_alone']} | "
+              f"{r['unseen_flagged_as_copies']} | {failed} | {r['membership_auc_strongest_all']:.2f} / {rare_auc} | {r['dcr_share']:.2f} |")
+    print(f"wrote {args.out} ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
