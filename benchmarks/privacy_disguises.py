@@ -77,10 +77,32 @@ def row(cohort: dict, setting: str, kind: str, strength, syn: np.ndarray, syn_y:
     }
 
 
+def markdown(result: dict) -> str:
+    """The docs/benchmarks.md table of a results file."""
+    rows, out = result["rows"], []
+    short = {"membership inference AUC, all cases": "MIA all", "membership inference AUC, rare condition": "MIA rare",
+             "share closer to training than to unseen patients": "DCR share", "near-copies of training patients": "copies"}
+    out.append("| setting | disguise | strength | copies found / planted | by the image alone | unseen flagged | gates failed | "
+               "MIA AUC all / rare | DCR share |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        failed = ", ".join(short[g] for g in r["privacy_gates_failed"]) or "none"
+        rare_auc = "-" if r["membership_auc_strongest_rare_condition"] is None else f"{r['membership_auc_strongest_rare_condition']:.2f}"
+        strength = "" if r["strength"] is None else r["strength"]
+        out.append(f"| {r['setting']} | {r['disguise']} | {strength} | {r['copies_found']} / {r['planted_copies']} | "
+                   f"{r['copies_found_by_image_alone']} | "
+                   f"{r['unseen_flagged_as_copies']} | {failed} | {r['membership_auc_strongest_all']:.2f} / {rare_auc} | {r['dcr_share']:.2f} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/privacy-disguises-cpu.json")
+    ap.add_argument("--markdown", type=Path, metavar="RESULTS", help="print the table of a results file and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     t0 = time.perf_counter()
     cohort = load_cohort()
     x, y = cohort["train"]
@@ -110,18 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    short = {"membership inference AUC, all cases": "MIA all", "membership inference AUC, rare condition": "MIA rare",
-             "share closer to training than to unseen patients": "DCR share", "near-copies of training patients": "copies"}
-    print("| setting | disguise | strength | copies found / planted | by the image alone | unseen flagged | gates failed | "
-          "MIA AUC all / rare | DCR share |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        failed = ", ".join(short[g] for g in r["privacy_gates_failed"]) or "none"
-        rare_auc = "-" if r["membership_auc_strongest_rare_condition"] is None else f"{r['membership_auc_strongest_rare_condition']:.2f}"
-        strength = "" if r["strength"] is None else r["strength"]
-        print(f"| {r['setting']} | {r['disguise']} | {strength} | {r['copies_found']} / {r['planted_copies']} | "
-              f"{r['copies_found_by_image_alone']} | "
-              f"{r['unseen_flagged_as_copies']} | {failed} | {r['membership_auc_strongest_all']:.2f} / {rare_auc} | {r['dcr_share']:.2f} |")
+    print(markdown(result))
     print(f"wrote {args.out} ({result['seconds']} s)")
     return 0
 

@@ -6,7 +6,6 @@ that a generator could get wrong)."""
 
 from __future__ import annotations
 
-import csv
 
 import numpy as np
 import pytest
@@ -19,23 +18,10 @@ from medsynth.eval.conditional import (
     fit_condition_classifier,
     wilson_interval,
 )
-from tests.conftest import shared
+from tests.hippocampus import load_hippocampus
 
 CONDITIONS = ["small", "typical"]
 NAMES = {1: "anterior hippocampus", 2: "posterior hippocampus"}
-SIZE = (24, 32, 24)  # every case's hippocampus at 2 mm fits in this box
-
-
-def _fit(a: np.ndarray, fill: float) -> np.ndarray:
-    """Centre-pad / crop to SIZE."""
-    out = np.full(SIZE, fill, a.dtype)
-    src, dst = [], []
-    for n, s in zip(a.shape, SIZE):
-        lo = abs(n - s) // 2
-        src.append(slice(lo, lo + s) if n >= s else slice(0, n))
-        dst.append(slice(0, s) if n >= s else slice(lo, lo + n))
-    out[tuple(dst)] = a[tuple(src)]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +29,7 @@ def cohort():
     """All 260 cases at 2 mm in model space: image in [-1, 1] (1-99th percentile per case), label map.
     Split per condition (seeded): half real train, a quarter real test, a quarter kept aside as stand-in
     "synthetic" cases that neither the real reference nor the classifier sees."""
-    import nibabel as nib
-    from scipy import ndimage
-
-    root = shared("hippocampus")
-    with open(root / "labels.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    x = np.empty((len(rows), 2, *SIZE), np.float32)
-    for i, r in enumerate(rows):
-        lab = np.asarray(nib.load(str(root / r["mask"])).dataobj).astype(np.int16)
-        img = np.asarray(nib.load(str(root / r["case"])).dataobj).astype(np.float32)
-        lo, hi = np.percentile(img, [1, 99])
-        img = np.clip((img - lo) / (hi - lo + 1e-6), 0, 1) * 2 - 1
-        x[i, 0] = _fit(ndimage.zoom(img, 0.5, order=1), -1.0)
-        x[i, 1] = _fit(ndimage.zoom(lab, 0.5, order=0), 0)
-    y = np.array([CONDITIONS.index(r["condition"]) for r in rows])
+    x, y = load_hippocampus(CONDITIONS)
     split = np.empty(len(y), object)
     rng = np.random.default_rng(0)
     for c in range(len(CONDITIONS)):

@@ -9,7 +9,6 @@ is the evaluate stage's own: ``privacy_reference`` once per cohort, ``audit_priv
 
 from __future__ import annotations
 
-import csv
 
 import numpy as np
 import pytest
@@ -18,25 +17,12 @@ from medsynth.config import Params
 from medsynth.eval.features import volume_features
 from medsynth.eval.gates import privacy_gates
 from medsynth.eval.privacy import attack_report, audit_privacy, privacy_reference
-from tests.conftest import shared
+from tests.hippocampus import load_hippocampus
 
-SIZE = (24, 32, 24)  # every case's hippocampus at 2 mm fits in this box
 CONDITIONS = ("typical", "small")
 RARE = 1
 N_LABELS = 2
 CFG = Params().evaluate
-
-
-def _fit(a: np.ndarray, fill: float) -> np.ndarray:
-    """Centre-pad / crop to SIZE."""
-    out = np.full(SIZE, fill, a.dtype)
-    src, dst = [], []
-    for n, s in zip(a.shape, SIZE):
-        lo = abs(n - s) // 2
-        src.append(slice(lo, lo + s) if n >= s else slice(0, n))
-        dst.append(slice(0, s) if n >= s else slice(lo, lo + n))
-    out[tuple(dst)] = a[tuple(src)]
-    return out
 
 
 def load_cohort(seed: int = 0) -> dict:
@@ -44,20 +30,7 @@ def load_cohort(seed: int = 0) -> dict:
     case), label map. Split per condition (seeded, one case per patient): train 55% (the members),
     holdout 20% (the audit's non-members), unseen 25% (cases neither the audit nor any "generator"
     trained on: the control)."""
-    import nibabel as nib
-    from scipy import ndimage
-
-    root = shared("hippocampus")
-    with open(root / "labels.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    x = np.empty((len(rows), 2, *SIZE), np.float32)
-    for i, r in enumerate(rows):
-        img = np.asarray(nib.load(str(root / r["case"])).dataobj).astype(np.float32)
-        lab = np.asarray(nib.load(str(root / r["mask"])).dataobj).astype(np.int16)
-        lo, hi = np.percentile(img, [1, 99])
-        x[i, 0] = _fit(ndimage.zoom(np.clip((img - lo) / (hi - lo + 1e-6), 0, 1) * 2 - 1, 0.5, order=1), -1.0)
-        x[i, 1] = _fit(ndimage.zoom(lab, 0.5, order=0), 0)
-    y = np.array([CONDITIONS.index(r["condition"]) for r in rows])
+    x, y = load_hippocampus(CONDITIONS)
     rng = np.random.default_rng(seed)
     split = np.empty(len(y), object)
     for c in range(len(CONDITIONS)):
