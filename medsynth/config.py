@@ -461,7 +461,29 @@ class Params(_Section):
     def _cross_checks(self) -> Params:
         if self.data.rare_condition == self.data.default_condition:
             raise ValueError("data.rare_condition and data.default_condition must differ")
+        problems = roi_problems(self.preprocess.roi_size, self.train)
+        if problems:
+            raise PydanticCustomError("medsynth_config", "{detail}", {"detail": "\n  ".join(problems)})
         return self
+
+
+def roi_problems(roi: tuple[int, int, int], train: TrainConfig) -> list[str]:
+    """What keeps each built-in model in ``train.models`` from taking ROI ``roi`` (plug-ins check their own).
+    The conv networks grow from a 4^3 seed by doubling one size for all three axes (cgan.py, cvae.py); the
+    AutoencoderKL halves each axis once per kl_channels level after the first."""
+    conv = [m for m in train.models if m in ("cgan", "cvae") or (m == "vaegan" and train.vaegan.backbone == "conv")]
+    problems = []
+    if conv and not (len(set(roi)) == 1 and roi[0] & (roi[0] - 1) == 0):
+        side = 1 << (max(roi) - 1).bit_length()
+        problems.append(f"preprocess.roi_size: {list(roi)} is not allowed for train.models {', '.join(conv)}: the three sides "
+                        f"must be equal and a power of two (16, 32, 64, 128, ...), e.g. {[side] * 3}; only vaegan with "
+                        "train.vaegan.backbone: autoencoderkl takes a non-cubic ROI")
+    if "vaegan" in train.models and train.vaegan.backbone == "autoencoderkl":
+        down = 2 ** (len(train.vaegan.kl_channels) - 1)
+        if any(s % down for s in roi):
+            problems.append(f"preprocess.roi_size: {list(roi)} is not allowed for train.vaegan.backbone autoencoderkl with "
+                            f"kl_channels {list(train.vaegan.kl_channels)}: each side must be a multiple of {down}")
+    return problems
 
 
 def _describe_error(err: dict[str, Any]) -> str:

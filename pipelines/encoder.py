@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medsynth.config import ConfigError, load_params
 from medsynth.eval.encoder import save_encoder, train_encoder
@@ -23,7 +24,7 @@ def main() -> int:
     try:
         params = load_params("params.yaml")
     except ConfigError as exc:
-        console.print(f"[red]encoder failed:[/red] {exc}")
+        console.print(f"[red]encoder failed:[/red] {escape(str(exc))}")
         return 1
     cfg = params.evaluate.encoder
     info = read_preprocess_info(Path("data/preprocess"))

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medsynth.config import ConfigError, load_params
 from medsynth.eval.evaluate import GateFailure, evaluate_models
@@ -21,7 +22,7 @@ def main() -> int:
                                   encoder_path=Path("models/encoder/encoder.pt"), rare_condition=params.data.rare_condition,
                                   cache_dir=Path("data/features"))
     except (ConfigError, GateFailure) as exc:
-        console.print(f"[red]evaluate failed:[/red] {exc}")
+        console.print(f"[red]evaluate failed:[/red] {escape(str(exc))}")
         return 1
     states = ", ".join(f"{g['gate']}={g['state']}" for g in res["gates"])
     console.print(f"evaluate: overall {res['overall'].upper()} -> reports/eval/gates.json ({states})")

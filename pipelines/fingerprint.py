@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medsynth.config import ConfigError, load_params
 from medsynth.io.deid import DeidKeyError, load_key
@@ -30,7 +31,7 @@ def main() -> int:
         # a throw-away key (deid.ephemeral_key) is new on every run: tracking it would re-ingest and retrain every time
         fp = input_fingerprint(params.data, key.secret if key is not None and key.stable else None)
     except (ConfigError, DeidKeyError, InputError) as exc:
-        console.print(f"[red]fingerprint failed:[/red] {exc}")
+        console.print(f"[red]fingerprint failed:[/red] {escape(str(exc))}")
         return 1
     # weights named by path: evaluate depends on the first, the train stages on the second
     write_json_atomic(FOLDER / "encoder_weights.json", weights_fingerprint({"evaluate.encoder.weights": params.evaluate.encoder.weights}))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from medsynth.config import ConfigError, load_params
@@ -37,7 +38,7 @@ def main() -> int:
                     labels = Path(params.data.labels) if params.data.labels else None
                     res = ingest(Path(params.data.input), OUT, params.data, params.deid, key, labels_path=labels, progress=tick)
     except (ConfigError, DeidKeyError, IngestError) as exc:
-        console.print(f"[red]ingest failed:[/red] {exc}")
+        console.print(f"[red]ingest failed:[/red] {escape(str(exc))}")
         return 1
     s = res.summary
     for warning in s.get("warnings", []):

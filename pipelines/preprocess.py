@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from medsynth.config import ConfigError, load_params
@@ -24,7 +25,7 @@ def main() -> int:
             stats = preprocess_cohort(Path("data/ingest"), OUT, params.preprocess, params.seed, params.data.rare_condition,
                                       progress=lambda _: progress.advance(task))
     except (ConfigError, PreprocessError, SplitError) as exc:
-        console.print(f"[red]preprocess failed:[/red] {exc}")
+        console.print(f"[red]preprocess failed:[/red] {escape(str(exc))}")
         return 1
     for w in stats["warnings"]:
         console.print(f"[yellow]preprocess warning:[/yellow] {w}")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medsynth.config import ConfigError, load_params
 from medsynth.report.build import build_report
@@ -17,7 +18,7 @@ def main() -> int:
     try:
         params = load_params("params.yaml")
     except ConfigError as exc:
-        console.print(f"[red]report failed:[/red] {exc}")
+        console.print(f"[red]report failed:[/red] {escape(str(exc))}")
         return 1
     out = build_report(Path("data/ingest"), Path("data/preprocess"), Path("models"), Path("reports/eval"), Path("reports/report.html"),
                        params.train.models, params.report.title, params.model_dump(mode="json"), repo_root=Path.cwd())

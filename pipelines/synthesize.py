@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from medsynth.config import ConfigError, load_params
@@ -31,7 +32,7 @@ def main(argv: list[str]) -> int:
     try:
         params = load_params("params.yaml")
     except ConfigError as exc:
-        console.print(f"[red]synthesize failed:[/red] {exc}")
+        console.print(f"[red]synthesize failed:[/red] {escape(str(exc))}")
         return 1
     info = json.loads(Path("data/preprocess/preprocess.json").read_text())
     params_hash = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> int:
     try:
         sampler = load_sampler(Path("models") / name / "model.pt", device)
     except FileNotFoundError as exc:
-        console.print(f"[red]synthesize failed:[/red] {exc}")
+        console.print(f"[red]synthesize failed:[/red] {escape(str(exc))}")
         return 1
     unknown = sorted(set(params.synthesize.per_condition) - set(sampler.conditions))
     if unknown:

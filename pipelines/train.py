@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import transform_hash
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> int:
             expected_hash=transform_hash(params.preprocess, info["modality"]), live_dir=Path("dvclive") / name,
         )
     except (ConfigError, StaleCacheError, UnknownModelError, DivergenceError, FileNotFoundError) as exc:
-        console.print(f"[red]train {name} failed:[/red] {exc}")
+        console.print(f"[red]train {name} failed:[/red] {escape(str(exc))}")
         return 1
     console.print(f"train {name}: {summary['steps']} steps in {summary['wall_seconds']} s on {summary['device']}; "
                   f"wrote models/{name}/model.pt and models/{name}/checkpoints/last.ckpt")

@@ -65,6 +65,16 @@ def test_check_params_prints_valid_to_stdout_and_errors_to_stderr(tmp_path):
     assert res.exit_code == 2 and not res.stdout and "data.demo.patients" in res.stderr
 
 
+def test_error_messages_keep_square_brackets(tmp_path):
+    # rich reads [..] as markup: an error naming a list or a path with brackets must print it whole
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  models: [cgan, nosuchmodel]\n")
+    res = _run("check-params", bad)
+    assert res.exit_code == 2 and "nosuchmodel" in res.stderr
+    res = _run("synth", tmp_path / "run[old]", tmp_path / "out", "-c", "lesion")
+    assert res.exit_code == 2 and "run[old]" in "".join(res.stderr.split())
+
+
 def test_demo_names_the_option_value_and_minimum_instead_of_a_traceback(tmp_path):
     res = _run("demo", tmp_path / "d", "--patients", "3")
     assert res.exit_code == 2

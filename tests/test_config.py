@@ -29,6 +29,23 @@ def test_roi_and_splits_validation():
         parse_params({"preprocess": {"splits": {"train": 0.5, "val": 0.1, "test": 0.1, "holdout": 0.1}}})
 
 
+def test_roi_the_models_cannot_take_is_rejected_at_load():
+    with pytest.raises(ConfigError) as e:
+        parse_params({"preprocess": {"roi_size": [32, 32, 16]}})  # cgan, cvae: cubic only
+    msg = str(e.value)
+    assert "preprocess.roi_size: [32, 32, 16]" in msg and "train.models cgan, cvae" in msg and "[32, 32, 32]" in msg
+    with pytest.raises(ConfigError, match=r"train.models cvae: .*power of two.*\[32, 32, 32\]"):
+        parse_params({"preprocess": {"roi_size": [24, 24, 24]}, "train": {"models": ["cvae"]}})
+    with pytest.raises(ConfigError, match=r"train.models vaegan:"):  # the conv backbone is cubic too
+        parse_params({"preprocess": {"roi_size": [64, 64, 32]}, "train": {"models": ["vaegan"]}})
+    kl = {"models": ["vaegan"], "vaegan": {"backbone": "autoencoderkl"}}
+    assert parse_params({"preprocess": {"roi_size": [96, 96, 64]}, "train": kl}).preprocess.roi_size == (96, 96, 64)
+    deep = {**kl, "vaegan": {**kl["vaegan"], "kl_channels": [16, 16, 32, 32, 32], "attention_levels": [False] * 5}}
+    with pytest.raises(ConfigError, match=r"kl_channels \[16, 16, 32, 32, 32\]: each side must be a multiple of 16"):
+        parse_params({"preprocess": {"roi_size": [96, 96, 40]}, "train": deep})
+    assert parse_params({"preprocess": {"roi_size": [16, 16, 16]}}).preprocess.roi_size == (16, 16, 16)
+
+
 def test_defaults_round_trip():
     p = Params()
     assert parse_params(p.model_dump(mode="json")) == p

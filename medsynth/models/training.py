@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -185,9 +186,38 @@ def _check_replicas(trainer, module) -> bool | None:
     return True
 
 
+def _git_without_commit() -> bool:
+    """The working directory is in a git repository whose HEAD names no commit yet."""
+    from scmrepo.exceptions import SCMError
+    from scmrepo.git import Git
+
+    try:
+        scm = Git()
+    except SCMError:
+        return False
+    try:
+        return scm.no_commits
+    finally:
+        scm.close()
+
+
+@contextlib.contextmanager
+def _no_dvc_repo():
+    """DVCLive sees no DVC repository (it then logs plain files, as outside git)."""
+    import dvclive.live
+
+    found = dvclive.live.get_dvc_repo
+    dvclive.live.get_dvc_repo = lambda: None
+    try:
+        yield
+    finally:
+        dvclive.live.get_dvc_repo = found
+
+
 def _dvclive_logger(live_dir: Path, resume: bool):
-    """DVCLive's Lightning logger, with one row per step in every curve. Two mends, both found by the
-    resume test in tests/test_pipeline.py:
+    """DVCLive's Lightning logger, with one row per step in every curve. In a git repository without a
+    commit DVCLive would fail asking for the HEAD revision: there it logs as outside git, with a warning.
+    Two mends, both found by the resume test in tests/test_pipeline.py:
 
     * dvclive 3.x reads ``step=0`` as "no step given" (``if step:`` in ``dvclive.fabric``) and files it
       under the previous step + 1: steps 0 and 1 both appeared as step 1;
@@ -198,8 +228,20 @@ def _dvclive_logger(live_dir: Path, resume: bool):
       resumable (tests/test_core.py), so those rows hold the same values."""
     from dvclive.lightning import DVCLiveLogger
 
+    without_commit = _git_without_commit()
+    if without_commit:
+        rank_zero_warn("git repository without a commit: DVCLive logs without a baseline revision (commit to compare runs "
+                       "with dvc exp show)")
+
     class _Logger(DVCLiveLogger):
         _last_step: int | None = None
+
+        @property
+        def experiment(self):
+            if self._experiment is None and without_commit:
+                with _no_dvc_repo():  # DVCLive asks git for the HEAD revision, which an empty repository lacks
+                    return super().experiment
+            return super().experiment
 
         def log_metrics(self, metrics, step=None, sync=False):
             if self._last_step is None:
