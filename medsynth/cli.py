@@ -272,20 +272,31 @@ def export_bundle_cmd(
     model: Path = typer.Argument(..., help="a trained model: model.pt or its folder (models/cgan)"),
     output: Path = typer.Argument(..., help="bundle folder to write"),
     name: Optional[str] = typer.Option(None, help="bundle name shown in metadata.json"),
-    report: Optional[Path] = typer.Option(None, help="metrics/gates.json of the evaluate stage, embedded as the evaluation"),
+    report: Optional[Path] = typer.Option(None, help="gates.json of the evaluate stage (reports/eval/gates.json): this model's "
+                                          "gates are embedded with its checkpoint's SHA-256 (privacy.json beside it gives the audience)"),
+    model_name: Optional[str] = typer.Option(None, help="the model's name in gates.json (default: the model's folder name)"),
+    force: bool = typer.Option(False, "--force", help="export a model that failed a privacy gate; the bundle says so"),
 ) -> None:
-    """Export a trained generator as a MONAI bundle (metadata with intended use and limits, inference config, weights)."""
-    from medsynth.synth.bundle import SCHEMA_PATH, export_bundle
+    """Export a trained generator as a MONAI bundle (metadata with intended use, limits, contents and this model's gates;
+    inference config; weights). Refuses a model that failed a privacy gate unless --force."""
+    from medsynth.synth.bundle import SCHEMA_PATH, ExportRefused, export_bundle
 
     try:
-        evaluation = json.loads(report.read_text()) if report else None
-        out = export_bundle(model, output, name, evaluation)
-    except FileNotFoundError as exc:
+        gates = json.loads(report.read_text()) if report else None
+        privacy = report.with_name("privacy.json") if report else None
+        privacy = json.loads(privacy.read_text()) if privacy and privacy.is_file() else {}
+        name_in_gates = model_name or (model.parent.name if model.suffix == ".pt" else model.name)
+        out = export_bundle(model, output, name, gates, name_in_gates, force, privacy.get(name_in_gates, {}).get("audience"))
+    except (FileNotFoundError, ExportRefused) as exc:
         _fail(str(exc), 2)
-    console.print(f"export-bundle: wrote {out}. Check it: python -m monai.bundle verify_metadata "
-                  f"--meta_file {out}/configs/metadata.json --filepath {SCHEMA_PATH}; sample: medsynth synth --bundle {out} OUT "
-                  f"-c CONDITION (never runs the bundle's config) or python -m monai.bundle run --config_file {out}/configs/inference.json "
-                  "(runs it: a bundle's config is code)")
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    ev = meta["evaluation"]
+    if ev.get("forced"):
+        console.print(escape(f"export-bundle: FORCED past failed privacy gate(s) {ev['privacy_gates_failed']}; the bundle says so"))
+    console.print(escape(f"export-bundle: wrote {out} (recommendation: {ev['recommendation']}). Check it: python -m monai.bundle "
+                         f"verify_metadata --meta_file {out}/configs/metadata.json --filepath {SCHEMA_PATH}; sample: medsynth synth "
+                         f"--bundle {out} OUT -c CONDITION (never runs the bundle's config) or python -m monai.bundle run --config_file "
+                         f"{out}/configs/inference.json (runs it: a bundle's config is code)"))
 
 
 @app.command()

@@ -70,7 +70,7 @@ def test_synth_bundle_never_runs_the_config_and_refuses_a_changed_one(trained_cv
     from medsynth.synth.bundle import export_bundle
 
     export_bundle(trained_cvae, tmp_path / "exported")
-    bundle = shutil.copytree(tmp_path / "exported", tmp_path / "received")  # bundle_root still names the sender's path
+    bundle = shutil.copytree(tmp_path / "exported", tmp_path / "received")
     res = CliRunner().invoke(app, ["synth", "--bundle", str(bundle), str(tmp_path / "out"), "-c", "lesion", "-n", "2", "--no-dicom"])
     assert res.exit_code == 0, res.output
     imgs = sorted((tmp_path / "out" / "images").glob("*.nii.gz"))

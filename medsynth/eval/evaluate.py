@@ -274,9 +274,10 @@ def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     r = priv["membership_roc_blackbox"]
     ax.plot(r["fpr"], r["tpr"], label=f"distance, features (AUC {priv['membership_auc_blackbox']:.2f})")
-    if "membership_roc_aligned" in priv:
+    aligned = priv.get("attacks", {}).get("distance_aligned", {}).get("all", {})
+    if "membership_roc_aligned" in priv and aligned.get("auc") is not None:  # not measured on too few cases
         a = priv["membership_roc_aligned"]
-        ax.plot(a["fpr"], a["tpr"], label=f"distance, aligned images (AUC {priv['attacks']['distance_aligned']['all']['auc']:.2f})")
+        ax.plot(a["fpr"], a["tpr"], label=f"distance, aligned images (AUC {aligned['auc']:.2f})")
     if "membership_roc_whitebox" in priv:
         w = priv["membership_roc_whitebox"]
         ax.plot(w["fpr"], w["tpr"], label=f"white-box (AUC {priv['membership_auc_whitebox']:.2f})")

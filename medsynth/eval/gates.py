@@ -79,3 +79,34 @@ def overall(gates: list[dict]) -> str:
         raise ValueError(f"gate(s) {unknown} have a state outside {list(RANK)}")
     worst = max((RANK[g["state"]] for g in gates), default=0)
     return {0: "pass", 1: "warn", 2: "inconclusive", 3: "fail"}[worst]
+
+
+VERDICT_RULE = (
+    "Fit to share: the privacy audit was run for sharing (evaluate.audience: share, white-box attacks included) and every "
+    "privacy gate of the model passes, and it is fit for internal augmentation. Fit for internal augmentation: no gate of "
+    "the model (privacy, fidelity, utility) fails or is inconclusive, and its utility gate was measured (pass or warn). "
+    "Neither: otherwise."
+)
+
+
+def model_gates(model: str, gates: list[dict]) -> list[dict]:
+    """The gates of one model: those named ``"<model>: ..."``."""
+    return [g for g in gates if str(g.get("gate", "")).startswith(f"{model}: ")]
+
+
+def model_verdict(model: str, gates: list[dict], audience: str | None) -> dict:
+    """One model's verdict (the worst of its gates) and recommendation by :data:`VERDICT_RULE`; ``reasons``
+    say what keeps it from the next better recommendation."""
+    mine = model_gates(model, gates)
+    bad = [f"{g['gate']}: {g['state']}" for g in mine if g["state"] in ("fail", "inconclusive")]
+    if not any(g.get("area") == "utility" and g["state"] in ("pass", "warn") for g in mine):
+        bad.append(f"{model}: utility not measured")
+    if bad:
+        return {"model": model, "state": overall(mine), "recommendation": "neither", "reasons": bad}
+    reasons = [f"{g['gate']}: {g['state']}" for g in mine if g.get("area") == "privacy" and g["state"] != "pass"]
+    if not any(g.get("area") == "privacy" for g in mine):
+        reasons.append(f"{model}: no privacy gate")
+    if audience != "share":
+        reasons.append(f"privacy audited for {audience or 'an unrecorded audience'}, not for sharing (evaluate.audience: share)")
+    return {"model": model, "state": overall(mine), "recommendation": "fit for internal augmentation" if reasons else "fit to share",
+            "reasons": reasons}

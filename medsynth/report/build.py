@@ -20,7 +20,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader
 
 from medsynth import __version__
-from medsynth.eval.gates import overall
+from medsynth.eval.gates import VERDICT_RULE, model_verdict, overall
 from medsynth.io.writers import write_text_atomic
 
 PACKAGES = ["medsynth", "torch", "monai", "lightning", "nibabel", "pydicom", "numpy", "dvc", "dvclive"]
@@ -272,10 +272,11 @@ def build_report(
     deid_gate = _deid_gate(ingest)
     all_gates = list(gates.get("gates", [])) + [deid_gate]
     verdict = overall(all_gates)  # the evaluate stage's ranking: fail > inconclusive > warn (or not measured) > pass
+    verdicts = [model_verdict(m, all_gates, privacy.get(m, {}).get("audience")) for m in models]
     env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=True)  # the template is report.html.j2: select_autoescape(["html"]) left it unescaped
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
-        title=title, verdict=verdict, gates=all_gates, ingest=ingest, pre=pre, cards=cards, ranges=cohort_ranges(Path(ingest_dir) / "manifest.csv"),
+        title=title, verdict=verdict, verdicts=verdicts, verdict_rule=VERDICT_RULE, gates=all_gates, ingest=ingest, pre=pre, cards=cards, ranges=cohort_ranges(Path(ingest_dir) / "manifest.csv"),
         params="\n".join(f"{k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(redact_params(params).items())), versions=_versions(),
         commit=_git_commit(repo_root or Path.cwd()), lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), version=__version__,

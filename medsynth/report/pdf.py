@@ -1,4 +1,7 @@
-"""HTML -> PDF with a local headless Chromium (Debian's ``chromium``). Nothing is downloaded."""
+"""HTML -> PDF with a local headless Chromium (Debian's ``chromium``). Nothing is downloaded.
+
+Chromium's own header and footer are off (they print the file's URL, a local path); page numbers come
+from the report's CSS (``@page`` ``@bottom-center`` with ``counter(page)``/``counter(pages)``)."""
 
 from __future__ import annotations
 

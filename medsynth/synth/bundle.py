@@ -2,15 +2,19 @@
 
 Layout (MONAI Bundle Specification)::
 
-    <name>/configs/metadata.json      intended use, limits, versions, network_data_format
+    <name>/configs/metadata.json      intended use, limits, versions, network_data_format, contents,
+                                      evaluation (this model's gates, tied to the checkpoint's SHA-256)
     <name>/configs/inference.json     `python -m monai.bundle run` samples synthetic cases
     <name>/configs/medsynth_model.json the architecture (model kind, config, data info)
     <name>/models/model.pt            state_dict of the sampler network (tensors only)
     <name>/docs/README.md, docs/license.txt
 
 The bundle holds the generator only: no training data, no discriminator or encoder (a VAE-GAN with
-the AutoencoderKL backbone keeps its encoder inside the same network), no patient identifier. Running it
-needs medsynth installed (the network classes live there) and nothing from the network.
+the AutoencoderKL backbone keeps its encoder inside the same network), no patient identifier; a VAE's
+fitted latent prior (per-condition statistics of training codes) is part of the weights and stated in
+``contents``. No file names a path: ``bundle_root`` is found at run time (:func:`running_bundle_root`),
+so a copied bundle runs anywhere. Running it needs medsynth installed (the network classes live there)
+and nothing from the network.
 
 A bundle's config is code: ``monai.bundle run`` executes its ``$`` expressions. ``medsynth synth
 --bundle`` never evaluates it: :func:`check_bundle` refuses configs that differ from what
@@ -25,12 +29,14 @@ published schema is a download and medsynth never downloads at run time.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medsynth import __version__
+from medsynth.eval.gates import VERDICT_RULE, model_gates, model_verdict, overall
 from medsynth.io.writers import save_torch_atomic, write_json_atomic
 from medsynth.models import registry
 from medsynth.synth.sampler import LoadedSampler, file_sha256, load_sampler, synthesize
@@ -51,9 +57,22 @@ LIMITS = [
 ]
 
 
-def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, report: dict | None = None) -> Path:
-    """Write a MONAI bundle for the exported model ``model_path`` (model.pt or its folder) into ``out_dir``."""
+class ExportRefused(ValueError):
+    """The model failed a privacy gate (and export was not forced), or the gates name no such model."""
+
+
+def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, gates: dict | None = None,
+                  model_name: str | None = None, force: bool = False, audience: str | None = None) -> Path:
+    """Write a MONAI bundle for the exported model ``model_path`` (model.pt or its folder) into ``out_dir``.
+
+    ``gates`` is the evaluate stage's gates.json; the gates of ``model_name`` (default: the model's folder
+    name) are embedded with the SHA-256 of the model file. A failed privacy gate refuses the export
+    (:class:`ExportRefused`) unless ``force``; a forced bundle says so in its metadata and README.
+    ``audience`` (privacy.json's, share or internal) decides whether "fit to share" can be recommended."""
+    model_path = Path(model_path)
     sampler = load_sampler(model_path)
+    model_name = model_name or (model_path.parent.name if model_path.suffix == ".pt" else model_path.name)
+    evaluation = _evaluation(model_name, sampler.checkpoint_sha256, gates, force, audience)
     out_dir = Path(out_dir)
     info = sampler.data_info
     roi = [int(s) for s in info["roi_size"]]
@@ -80,12 +99,14 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, repo
         "authors": "medsynth users (the site that trained this checkpoint)",
         "copyright": "Copyright (c) the training site; synthetic outputs carry the same sharing terms as this bundle",
         "intended_use": INTENDED_USE,
-        "limitations": LIMITS,
+        "limitations": ([f"EXPORTED DESPITE FAILED PRIVACY GATES (--force): {'; '.join(evaluation['privacy_gates_failed'])}. "
+                         "Do not share it outside the training site."] if evaluation.get("forced") else []) + LIMITS,
         "data_source": "the site's de-identified training cohort (not included in the bundle)",
         "data_type": "nifti",
         "synthetic_data": True,
         "conditions": conditions,
-        "evaluation": report or {},
+        "contents": _contents(sampler, model_path),
+        "evaluation": evaluation,
         "network_data_format": {
             "inputs": {
                 "latent": {
@@ -114,25 +135,93 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, repo
         },
     }
     write_json_atomic(out_dir / "configs" / "metadata.json", metadata)
-    write_json_atomic(out_dir / "configs" / "inference.json", inference_config(str(out_dir.resolve()), conditions))
+    write_json_atomic(out_dir / "configs" / "inference.json", inference_config(conditions))
     (out_dir / "docs").mkdir(parents=True, exist_ok=True)
     (out_dir / "docs" / "README.md").write_text(_readme(metadata))
     (out_dir / "docs" / "license.txt").write_text("Set by the training site before sharing.\n")
     return out_dir
 
 
-def inference_config(bundle_root: str, conditions: list[str]) -> dict:
-    """``configs/inference.json`` as export writes it for a bundle at ``bundle_root``."""
+def _evaluation(model: str, sha256: str, gates: dict | None, force: bool, audience: str | None) -> dict:
+    """metadata.json's ``evaluation``: the gates of ``model`` only, the checkpoint they belong to, the
+    verdict and recommendation, and whether export was forced past a failed privacy gate."""
+    if gates is None:
+        return {"model": model, "checkpoint_sha256": sha256, "evaluated": False, "gates": [],
+                "recommendation": "not evaluated: exported without the evaluate stage's gates.json (--report)"}
+    mine = model_gates(model, gates.get("gates", []))
+    if not mine:
+        known = sorted({g["gate"].split(":")[0] for g in gates.get("gates", []) if ":" in g.get("gate", "")})
+        raise ExportRefused(f"gates.json holds no gate of model {model!r} (it has {known}); pass --model-name")
+    failed = [g["gate"] for g in mine if g.get("area") == "privacy" and g["state"] == "fail"]
+    if failed and not force:
+        raise ExportRefused(f"{model} failed privacy gate(s) {failed}: a shared bundle would leak what they measured. "
+                            "Export refused; --force exports it anyway and marks the bundle as such")
+    verdict = model_verdict(model, mine, audience)
+    return {"model": model, "checkpoint_sha256": sha256, "evaluated": True, "audience": audience, "overall": overall(mine),
+            "recommendation": verdict["recommendation"], "recommendation_reasons": verdict["reasons"], "rule": VERDICT_RULE,
+            "privacy_gates_failed": failed, "forced": bool(failed), "gates": mine}
+
+
+def _contents(sampler: LoadedSampler, model_path: Path) -> dict:
+    """metadata.json's ``contents``: what models/model.pt holds, the fitted latent statistics named apart."""
+    sd = sampler.net.state_dict()
+    modules: dict[str, int] = {}
+    for key, t in sd.items():
+        modules[key.split(".")[0]] = modules.get(key.split(".")[0], 0) + t.numel()
+    stats = {k: list(t.shape) for k, t in sd.items() if k.startswith("prior.")}
+    out = {"weights": f"state_dict of the {sampler.kind} sampler network; values per top-level module: {modules}",
+           "training_data": "none: no image, mask, identifier or per-case value of a training patient"}
+    if stats:
+        train = model_path.parent if model_path.suffix == ".pt" else model_path
+        fitted = json.loads((train / "train.json").read_text()).get("latent_prior") if (train / "train.json").is_file() else None
+        out["latent_statistics"] = {
+            "tensors": stats,
+            "what": ("the fitted latent prior synthesis draws from: per condition, the mean (prior.mean) and the Cholesky factor of "
+                     "the covariance, shrunk towards its diagonal (prior.scale_tril), of the encoder's codes of that condition's "
+                     f"training cases; a condition with fewer than prior_min_cases ({sampler.config.get('prior_min_cases')}) gets "
+                     "the statistics of all training cases pooled. Aggregates, not per-patient records"),
+            "per_condition": fitted or "not recorded (no train.json beside the model)",
+        }
+    else:
+        out["latent_statistics"] = "none: the generator samples standard normal noise"
+    return out
+
+
+def running_bundle_root() -> str:
+    """The folder of the bundle ``monai.bundle run`` is running: the parent of the ``configs/`` folder of
+    its config file (the running ``ConfigWorkflow``'s ``config_root_path``, found on the call stack)."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        wf = frame.f_locals.get("self")
+        if isinstance(wf, ConfigWorkflow):
+            root = Path(wf.config_root_path)
+            return str((root.parent if root.name == "configs" else root).resolve())
+        frame = frame.f_back
+    raise RuntimeError("bundle_root: not run by monai.bundle run's ConfigWorkflow; pass --bundle_root DIR")
+
+
+def network_def(bundle_root: str | Path):
+    """The bundle's sampler network, untrained (MONAI's ``network_def``; ``models/model.pt`` holds its state_dict)."""
+    spec = json.loads((Path(bundle_root) / "configs" / "medsynth_model.json").read_text())
+    return registry.get(spec["kind"]).build_sampler(spec["config"], spec["data_info"])
+
+
+def inference_config(conditions: list[str]) -> dict:
+    """``configs/inference.json`` as export writes it. It names no path: ``bundle_root`` is the folder
+    of the running config (``--bundle_root DIR`` overrides it)."""
     return {
         "imports": ["$import torch", "$from medsynth.synth import bundle as medsynth_bundle"],
-        "bundle_root": bundle_root,
+        "bundle_root": "$medsynth_bundle.running_bundle_root()",
         "output_dir": "$@bundle_root + '/samples'",
         "condition": conditions[-1],
         "num_samples": 1,
         "seed": 0,
         "temperature": 1.0,
         "device": "$'cuda' if torch.cuda.is_available() else 'cpu'",
-        "sampler": "$medsynth_bundle.load_bundle(@bundle_root, @device)",
+        "network_def": "$medsynth_bundle.network_def(@bundle_root)",
+        "sampler": "$medsynth_bundle.load_bundle(@bundle_root, @device, @network_def)",
         "run": ["$medsynth_bundle.sample_bundle(@sampler, @output_dir, @condition, @num_samples, @seed, @temperature, @device)"],
     }
 
@@ -166,9 +255,9 @@ def _monai_syntax(obj, where: str = "") -> str | None:
 
 def check_bundle(bundle_root: str | Path) -> None:
     """Refuse a bundle whose configs are not exactly what :func:`export_bundle` writes for its own
-    ``medsynth_model.json``: ``inference.json`` equal to :func:`inference_config` (``bundle_root`` may
-    be any plain path), nothing evaluable in ``metadata.json``, no other file in ``configs/`` (MONAI
-    reads e.g. ``logging.conf``). Nothing of the bundle is evaluated here."""
+    ``medsynth_model.json``: ``inference.json`` equal to :func:`inference_config`, nothing evaluable in
+    ``metadata.json``, no other file in ``configs/`` (MONAI reads e.g. ``logging.conf``). Nothing of the
+    bundle is evaluated here."""
     configs = Path(bundle_root) / "configs"
     names = ("inference.json", "medsynth_model.json", "metadata.json")
     inference, spec, metadata = (_read_json(configs / n) for n in names)
@@ -181,8 +270,7 @@ def check_bundle(bundle_root: str | Path) -> None:
         conditions = []
     if not conditions:
         raise BundleError(f"{configs / 'medsynth_model.json'}: no data_info.conditions (not written by medsynth export-bundle)")
-    root = inference.get("bundle_root") if isinstance(inference, dict) else None
-    expected = inference_config(root if isinstance(root, str) and not _monai_syntax(root) else "<a plain path>", conditions)
+    expected = inference_config(conditions)
     if inference != expected:
         found = inference if isinstance(inference, dict) else {}
         keys = sorted(k for k in expected.keys() | found.keys() if found.get(k) != expected.get(k))
@@ -194,11 +282,12 @@ def check_bundle(bundle_root: str | Path) -> None:
                           "medsynth export-bundle never writes; refused")
 
 
-def load_bundle(bundle_root: str | Path, device: str = "cpu") -> LoadedSampler:
-    """The bundle's generator, ready for :func:`sample_bundle` (or ``medsynth.synth.sampler``)."""
+def load_bundle(bundle_root: str | Path, device: str = "cpu", net: torch.nn.Module | None = None) -> LoadedSampler:
+    """The bundle's generator (``net``: its :func:`network_def`, built here when None), ready for
+    :func:`sample_bundle` (or ``medsynth.synth.sampler``)."""
     root = Path(bundle_root)
     spec = json.loads((root / "configs" / "medsynth_model.json").read_text())
-    net = registry.get(spec["kind"]).build_sampler(spec["config"], spec["data_info"])
+    net = network_def(root) if net is None else net
     net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
     net.eval().to(device)
     return LoadedSampler(spec["kind"], net, spec["config"], spec["data_info"], file_sha256(root / "models" / "model.pt"))
@@ -223,8 +312,26 @@ def _version(package: str) -> str:
 
 def _readme(meta: dict) -> str:
     limits = "\n".join(f"- {x}" for x in meta["limitations"])
+    ev, contents = meta["evaluation"], meta["contents"]
+    stats = contents["latent_statistics"]
+    if isinstance(stats, dict):
+        stats = (f"{stats['what']}. Tensors: " + ", ".join(f"`{k}` {v}" for k, v in stats["tensors"].items())
+                 + f". Training cases per condition: {stats['per_condition']}.")
+    forced = (f"\n**Exported despite failed privacy gates (--force): {'; '.join(ev['privacy_gates_failed'])}.** "
+              "Do not share this bundle outside the training site.\n" if ev.get("forced") else "")
+    if ev.get("evaluated"):
+        num = lambda v: f"{v:.4g}" if isinstance(v, float) else v  # noqa: E731
+        rows = "\n".join(f"| {g['gate']} | {g['state']} | {num(g.get('value'))} | {g.get('rule', '')} {g.get('threshold')} |"
+                         for g in ev["gates"])
+        evaluation = (f"Gates of model `{ev['model']}` measured by the evaluate stage (audit for: {ev.get('audience') or 'not recorded'}); "
+                      f"they belong to the checkpoint with SHA-256 `{ev['checkpoint_sha256']}` (of the exported model.pt). Overall: "
+                      f"**{ev['overall']}**. Recommendation: **{ev['recommendation']}**"
+                      + (f" ({'; '.join(ev['recommendation_reasons'])})" if ev["recommendation_reasons"] else "")
+                      + f".\n\n| Gate | State | Measured | Threshold |\n|---|---|---|---|\n{rows}\n\nRule: {ev['rule']}")
+    else:
+        evaluation = f"Not evaluated: {ev['recommendation']}. Checkpoint SHA-256 `{ev['checkpoint_sha256']}`."
     return f"""# {meta['name']}
-
+{forced}
 {meta['description']}
 
 ## Intended use
@@ -232,6 +339,14 @@ def _readme(meta: dict) -> str:
 
 ## Limits
 {limits}
+
+## What this bundle holds
+- Weights (`models/model.pt`): {contents['weights']}.
+- Fitted latent statistics: {stats}
+- Training data: {contents['training_data']}.
+
+## Evaluation
+{evaluation}
 
 ## Sample
 ```
@@ -243,6 +358,7 @@ marked SYNTHETIC, JSON sidecars and synthetic_manifest.csv to `samples/`. Needs 
 {meta['required_packages_version']['medsynth']} installed; nothing is downloaded.
 
 `python -m monai.bundle run --config_file configs/inference.json --condition {meta['conditions'][-1]} --num_samples 4`
-does the same through MONAI, but a bundle's config is code: MONAI executes its `$` expressions, so run
-it only on a bundle you exported yourself or got unchanged from someone you trust.
+does the same through MONAI (from any folder; `bundle_root` is the folder holding `configs/`, and
+`--output_dir DIR` writes elsewhere than `samples/` in it), but a bundle's config is code: MONAI executes
+its `$` expressions, so run it only on a bundle you exported yourself or got unchanged from someone you trust.
 """
