@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def cohort_params(cohort: str, args) -> dict:
                      "default_condition": "typical", "nifti_modality": "MR"},
             "preprocess": {"spacing": [args.spacing or 1.5] * 3, "roi_size": [args.roi] * 3},
             "synthesize": {"per_condition": {"typical": args.samples, "small": args.samples}, "formats": ["nifti"]},
+            "evaluate": {"conditional": {"label_names": {1: "anterior hippocampus", 2: "posterior hippocampus"}}},
         }
     npz = Path(args.npz) if args.npz else SHARED / "shapes" / "adrenalmnist3d_28.npz"
     return {
@@ -78,7 +80,10 @@ def scratch_project(work: Path) -> Path:
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, repo / f)
     (repo / "dvc.lock").unlink(missing_ok=True)
+    git = ["git", "-c", "user.name=medsynth-benchmark", "-c", "user.email=benchmark@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "scratch copy"], cwd=repo, check=True)  # DVCLive needs a commit to compare against
     return repo
 
 
@@ -97,8 +102,57 @@ def summarise(reports: Path, models: list[str]) -> list[dict]:
     return rows
 
 
+def _ci(v) -> str:
+    return f" [{v[0]:+.3f}, {v[1]:+.3f}]" if v else " [no CI]"
+
+
+def markdown(results: dict) -> str:
+    """The docs/benchmarks.md tables of one results file: conditional fidelity of the rare condition per
+    label, the utility arms and paired differences, the privacy gates (numbers as the run wrote them)."""
+    lines, util0 = [], next((r["utility"] for r in results["rows"] if r["utility"]), None)
+    score = util0["score"] if util0 else "dice"
+    rare = results["rows"][0]["conditional"]["rare_condition"] if results["rows"][0]["conditional"] else "rare"
+    lines += ["| model | condition, label | synthetic: present, median volume | real: present, median volume | ratio (real-vs-real range) |",
+              "|---|---|---|---|---|"]
+    for r in results["rows"]:
+        cond = r["conditional"] or {}
+        for c in cond.get("conditions", []):
+            for k, lab in cond["per_condition"][c]["labels"].items():
+                p, v = lab["presence"], lab["volume"]
+                rng = v["median_ratio_real_range"]
+                fmt = lambda n, sh, med: f"{n}/{sh} ({100 * n / sh:.0f}%), {med:.0f}" if sh and med is not None else f"{n}/{sh}"  # noqa: E731
+                lines.append(f"| {r['model']} | {c}, {lab['name']} | {fmt(p['synthetic'], p['synthetic_n'], v['synthetic']['median'])} | "
+                             f"{fmt(p['real'], p['real_n'], v['real']['median'])} | "
+                             + (f"{v['median_ratio']:.2f}" if v["median_ratio"] is not None else "-")
+                             + (f" ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "") + " |")
+    lines += ["", f"| arm | overall {score} (95% CI) | {rare} {score} (95% CI) | val score |", "|---|---|---|---|"]
+    for r in results["rows"]:
+        u = r["utility"] or {}
+        for arm, a in (u.get("arms") or {}).items():
+            if arm in ("real", "real+augmentation") and r is not results["rows"][0]:
+                continue
+            name = arm if arm in ("real", "real+augmentation") else f"{arm} ({r['model']})"
+            rv = a.get(f"rare_{score}")
+            lines.append(f"| {name} | {a[score]:.3f}{_ci(a.get(f'{score}_ci95'))} | "
+                         + (f"{rv:.3f}{_ci(a.get(f'rare_{score}_ci95'))}" if rv is not None else "-")
+                         + f" | {a.get('val_' + score, a.get('val_neg_cross_entropy', float('nan'))):.3f} |")
+    lines += ["", f"| model | difference (paired, 95% CI) | overall | {rare} |", "|---|---|---|---|"]
+    for r in results["rows"]:
+        for name, d in ((r["utility"] or {}).get("differences") or {}).items():
+            if "synthetic" not in name:
+                continue
+            rr = d.get("rare")
+            lines.append(f"| {r['model']} | {name} | {d['overall']['mean']:+.3f}{_ci(d['overall']['ci95'])} | "
+                         + (f"{rr['mean']:+.3f}{_ci(rr['ci95'])}" if rr else "-") + " |")
+    lines += ["", "| gate | state | sentence |", "|---|---|---|"]
+    for r in results["rows"]:
+        lines += [f"| {g['gate']} | {g['state']} | {g['sentence'].replace('|', '/')} |" for g in r["gates"]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--markdown", metavar="RESULTS", help="print the docs/benchmarks.md tables of a results file and exit")
     ap.add_argument("--cohort", choices=["hippocampus", "adrenal"], default="hippocampus")
     ap.add_argument("--npz", help="adrenal: the MedMNIST .npz (default: the 28^3 file in ../shared)")
     ap.add_argument("--max-cases", type=int, default=None, help="adrenal: cases taken from the npz (default: all)")
@@ -110,12 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--utility-seeds", type=int, default=None)
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--work", help="keep the scratch project here (default: a temporary folder)")
+    ap.add_argument("--resume", action="store_true", help="rerun dvc repro in the --work project as it is (stages done stay done)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     models = args.models.split(",")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="medsynth-utility-"))
     work.mkdir(parents=True, exist_ok=True)
-    repo = scratch_project(work)
+    repo = work / "project"
+    if not args.resume:
+        scratch_project(work)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     over = merge(cohort_params(args.cohort, args), {"train": {"models": models, "accelerator": args.accelerator},
                                                      "deid": {"ephemeral_key": True}})
@@ -125,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.utility_seeds:
         over.setdefault("evaluate", {}).setdefault("utility", {})["seeds"] = args.utility_seeds
     params = merge(params, over)
+    params["synthesize"]["per_condition"] = over["synthesize"]["per_condition"]  # this cohort's conditions only
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     t0 = time.time()
-    run = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, capture_output=True, text=True)
+    # the stages import the scratch copy of medsynth, not an installed (editable) one that may have moved on
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, capture_output=True, text=True, env=env)
     seconds = round(time.time() - t0, 1)
     (work / "dvc-repro.log").write_text(run.stdout + run.stderr)
     if run.returncode != 0:
