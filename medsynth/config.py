@@ -144,8 +144,8 @@ class CGANConfig(_Section):
         "one condition change with the noise), against the collapse where every noise gives the same case; 0: off")
     minibatch_std: bool = Field(True, description="minibatch standard deviation channel in the discriminator (against mode collapse)")
     upsample: Literal["nearest", "trilinear"] = Field(
-        "trilinear", description="x2 upsampling in the generator: trilinear (smooth background) or nearest (the old "
-        "generator: faint checkerboard speckle in the background; docs/benchmarks.md)")
+        "trilinear", description="x2 upsampling in the generator: trilinear (smooth background) or nearest (a faint "
+        "checkerboard speckle in the background; docs/benchmarks.md)")
     label_volume_weight: float = Field(
         1.0, ge=0, description="conditioning: class. Weight of a term matching each label's volume distribution among "
         "generated cases of a condition to that among real cases of the condition (1-D Wasserstein of log volumes): the "
