@@ -258,6 +258,18 @@ def _split_val(train: tuple, val: tuple | None, seed: int) -> tuple[tuple, tuple
             f"{int(held.sum())} cases held back from the train split (the val split is empty); the arms train on the other {int((~held).sum())}")
 
 
+def _differences(arms: dict, per_case: str, difference) -> dict:
+    """``"<arm> - <baseline>"`` -> ``difference(arm, baseline)`` on the per-case scores averaged over seeds:
+    against real every other arm, against real+augmentation the synthetic ones."""
+    diffs = {}
+    for base in BASELINES:
+        b = np.mean(arms[base][per_case], 0)
+        for arm in ARMS:
+            if arm not in BASELINES[: BASELINES.index(base) + 1]:
+                diffs[f"{arm} - {base}"] = difference(np.mean(arms[arm][per_case], 0), b)
+    return diffs
+
+
 def _run_arms(shared_arms, real, syn, cfg, seed, rare_index, make_net, loss_fn, score_val, predict_test) -> dict:
     """Every arm's runs (seeds), or the summary of a shared arm as given."""
     out = {}
@@ -339,15 +351,8 @@ def segmentation_utility(train: tuple, test: tuple, synthetic: tuple, n_labels: 
             **_fit_summary(r["runs"]), "seconds": r["seconds"],
             "per_case_dice": [[round(float(v), 5) for v in row] for row in per_case],  # (seeds, test cases): the pairing of differences
         }
-    diffs = {}
-    for base in BASELINES:
-        b = np.mean(arms[base]["per_case_dice"], 0)
-        for arm in ARMS:
-            if arm in BASELINES[: BASELINES.index(base) + 1]:  # vs real: every other arm; vs real+augmentation: the synthetic ones
-                continue
-            a = np.mean(arms[arm]["per_case_dice"], 0)
-            diffs[f"{arm} - {base}"] = {"overall": paired_difference(a, b, seed),
-                                        "rare": paired_difference(a[rare], b[rare], seed) if rare.any() else None}
+    diffs = _differences(arms, "per_case_dice", lambda a, b: {
+        "overall": paired_difference(a, b, seed), "rare": paired_difference(a[rare], b[rare], seed) if rare.any() else None})
     return {"task": "segmentation", "measured": True, "metric": "Dice", "score": "dice", "test_cases": int(len(test_y)),
             "rare_test_cases": int(rare.sum()), "val_cases": int(len(val_x)), "val_source": val_source, "seeds": cfg.seeds,
             "labels": n_labels, "arms": arms, "differences": diffs}
@@ -394,14 +399,7 @@ def classification_utility(train: tuple, test: tuple, synthetic: tuple, n_classe
             **_fit_summary(r["runs"]), "seconds": r["seconds"],
             "per_case_score": [[round(float(v), 5) for v in row] for row in scores],
         }
-    diffs = {}
-    for base in BASELINES:
-        b = np.mean(arms[base]["per_case_score"], 0)
-        for arm in ARMS:
-            if arm in BASELINES[: BASELINES.index(base) + 1]:  # vs real: every other arm; vs real+augmentation: the synthetic ones
-                continue
-            a = np.mean(arms[arm]["per_case_score"], 0)
-            diffs[f"{arm} - {base}"] = {"overall": _paired_auc_difference(a, b, test_y, rare_index, seed)}
+    diffs = _differences(arms, "per_case_score", lambda a, b: {"overall": _paired_auc_difference(a, b, test_y, rare_index, seed)})
     return {"task": "classification", "measured": True, "metric": "ROC AUC (rare vs rest)", "score": "auc", "test_cases": int(len(test_y)),
             "rare_test_cases": int(pos.sum()), "val_cases": int(len(val_y)), "val_source": val_source, "seeds": cfg.seeds,
             "arms": arms, "differences": diffs}
