@@ -10,12 +10,25 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import SHARED
 
 # identifying values that are long enough to be searched for without chance matches
 ORIGINAL_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
                        "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "PatientBirthDate")
+
+
+def ct_dataset() -> Dataset:
+    """An empty CT Image Storage dataset with its file meta and a new SOP Instance UID (explicit VR little endian)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
 
 
 def deid_data_dir() -> Path:

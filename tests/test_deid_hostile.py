@@ -9,14 +9,15 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medsynth.config import ConfigError, DeidConfig, Params, parse_params
 from medsynth.io.deid import Deidentifier, DeidKey
 from medsynth.io.ingest import DeidSelfCheckError, deidentify_tree, ingest
 from medsynth.io.phi_scan import identifiers_of, scan_outputs
+from tests.phi import ct_dataset
 
 KEY = DeidKey(b"0123456789abcdef-hostile-key", "file", True)
 LETTER = "Mrs Victoria Probe, born 22 Nov 1958, seen by Dr Gregory House at Saint Probe Hospital"
@@ -32,12 +33,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 def _ct(**extra) -> Dataset:
     """A small CT slice with a patient's identifiers; ``extra`` attributes set by keyword."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = ct_dataset()
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = "PROBE^VICTORIA^^MRS", "MRN555123", "19581122"
     ds.AccessionNumber, ds.ReferringPhysicianName = "ACC7730021", "HOUSE^GREGORY^^DR"

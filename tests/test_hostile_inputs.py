@@ -16,9 +16,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless, generate_uid
 from typer.testing import CliRunner
 
 from medsynth.cli import app
@@ -28,18 +28,14 @@ from medsynth.io.deid import Deidentifier, DeidKey
 from medsynth.io.ingest import IngestError, deidentify_tree, ingest
 from medsynth.io.nifti import load_nifti_checked
 from tests.conftest import ROOT
+from tests.phi import ct_dataset
 
 KEY = DeidKey(b"0123456789abcdef-hostile-inputs", "file", True)
 P = Params()
 
 
 def _slice(k: int, patient: str, study: str, series: str, number: int = 1, rows: int = 16, **extra) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = ct_dataset()
     ds.PatientID, ds.PatientName, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient, f"{patient}^TEST", study, series
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.BurnedInAnnotation = "CT", number, k + 1, "NO"
     ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 2.0 * k], [1, 0, 0, 0, 1, 0], [1, 1]
