@@ -15,7 +15,7 @@ import pytest
 
 from medsynth.config import Params
 from medsynth.eval.features import volume_features
-from medsynth.eval.gates import privacy_gates
+from medsynth.eval.gates import copies_gate, privacy_gates
 from medsynth.eval.privacy import attack_report, audit_privacy, privacy_reference
 from tests.hippocampus import load_hippocampus
 
@@ -174,3 +174,11 @@ def test_attack_reports_tpr_at_low_fpr_only_where_the_cohort_resolves_it(cohort)
     assert [r["fpr"] for r in big["tpr_at_low_fpr"]] == [0.01, 0.001]
     tpr1, tpr01 = (r["tpr"] for r in big["tpr_at_low_fpr"])
     assert 0.2 <= tpr01 <= tpr1 < 0.25 and all(r["ci"][0] <= r["tpr"] <= r["ci"][1] for r in big["tpr_at_low_fpr"])
+
+
+def test_the_copy_gate_is_inconclusive_without_a_real_to_real_baseline():
+    det = {"copies": 0, "copies_rare_condition": 0, "distance_factor": 0.5,
+           "channels": {"combined": {"threshold": None}, "image": {"threshold": None}, "label map": {"threshold": None}}}
+    assert copies_gate("m", det, CFG.gates)["state"] == "inconclusive"
+    det["channels"]["combined"]["threshold"] = 0.2
+    assert copies_gate("m", det, CFG.gates)["state"] == "pass"

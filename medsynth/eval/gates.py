@@ -57,11 +57,21 @@ def privacy_gates(model: str, privacy: dict, cfg: GatesConfig) -> list[dict]:
         membership_gate(model, privacy, "rare_condition", cfg),
         upper_gate(f"{model}: share closer to training than to unseen patients", privacy["dcr_share"], cfg.dcr_share_max, m,
                    "0.5 means synthetic cases are no closer to training patients than to patients the model never saw.", "privacy"),
-        upper_gate(f"{model}: near-copies of training patients", float(det["copies"]), float(cfg.copies_max), 0.0,
-                   f"Synthetic cases closer to a training patient, after undoing flips, shifts and intensity changes, than "
-                   f"{det['distance_factor']:g} x the closest two different real patients are ({det['copies_rare_condition']} of the rare "
-                   "condition).", "privacy"),
+        copies_gate(model, det, cfg),
     ]
+
+
+def copies_gate(model: str, det: dict, cfg: GatesConfig) -> dict:
+    """Near-copies; inconclusive when no two real patients give the real-to-real distance the threshold is made of."""
+    name = f"{model}: near-copies of training patients"
+    if det["channels"]["combined"]["threshold"] is None:  # image and label map together
+        return {"gate": name, "area": "privacy", "state": "inconclusive", "value": None, "threshold": float(cfg.copies_max), "rule": "<=",
+                "sentence": "Inconclusive: fewer than two real patients to measure how close two different patients come, so no copy "
+                            "threshold; no synthetic case can be called a copy or not."}
+    return upper_gate(name, float(det["copies"]), float(cfg.copies_max), 0.0,
+                      f"Synthetic cases closer to a training patient, after undoing flips, shifts and intensity changes, than "
+                      f"{det['distance_factor']:g} x the closest two different real patients are ({det['copies_rare_condition']} of the "
+                      "rare condition).", "privacy")
 
 
 def evaluate_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig) -> list[dict]:
