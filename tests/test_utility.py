@@ -139,6 +139,8 @@ def test_a_baseline_that_did_not_learn_is_inconclusive_never_pass(hippo, erased)
     no_rare = {**erased, "arms": {**erased["arms"], "real": {**erased["arms"]["real"], "rare_dice": 0.2,
                                                             "rare_per_label_dice": {"1": 0.4, "2": 0.0}}}}
     assert utility_sentence("m", no_rare, CFG).startswith("Rare class inconclusive: the real-only model scores rare-class Dice 0.20 < floor 0.50")
+    assert "The rare class is inconclusive: the real-only model scores 0.20 on it" in utility_gate("m", no_rare, CFG, 0.05)["sentence"]
+    assert "rare class is inconclusive" not in utility_gate("m", erased, CFG, 0.05)["sentence"]
     # a floor the learned baseline does not reach turns the same result inconclusive too
     strict = CFG.model_copy(update={"min_baseline": {"dice": 0.99, "auc": 0.7}})
     assert utility_gate("erased", erased, strict, 0.05)["state"] == "inconclusive"

@@ -506,4 +506,8 @@ def utility_gate(model: str, util: dict, cfg: UtilityConfig, margin: float) -> d
                 + {"fail": "Synthetic data cost more than allowed" + (" on the rare class." if rare_bad and overall["mean"] >= limit else "."),
                    "warn": "A loss larger than allowed is not ruled out" + (" by the interval." if overall["ci95"] else " (no interval)."),
                    "pass": "The interval rules out a loss larger than allowed."}[state])
+    rare_real = util["arms"]["real"].get(f"rare_{util['score']}")
+    if rare is not None and rare_real is not None and rare_real < baseline_floor(util, cfg):
+        sentence += (f" The rare class is inconclusive: the real-only model scores {rare_real:.2f} on it, below the floor "
+                     f"{baseline_floor(util, cfg):.2f}; this gate rests on all test cases.")
     return {**base, "value": overall["mean"], "threshold": limit, "state": state, "sentence": sentence}
