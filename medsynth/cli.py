@@ -238,10 +238,16 @@ def synth(
     bundle: bool = typer.Option(False, "--bundle", help="MODEL is a bundle from export-bundle: its weights and medsynth_model.json "
                                 "are read, its config is never run, and a bundle whose configs differ from what export-bundle "
                                 "writes is refused"),
+    from_cases: Optional[Path] = typer.Option(None, "--from", help="counterfactual models: folder of real cases to change to CONDITION "
+                                              "(images/<case>.nii.gz + masks/<case>.nii.gz on the model grid, e.g. data/synth/<model>); "
+                                              "N of them are changed, each once before any twice. Internal use only"),
 ) -> None:
-    """Sample N synthetic image + mask pairs of one condition from a trained model or a bundle, without the pipeline."""
+    """Sample N synthetic image + mask pairs of one condition from a trained model or a bundle, without the pipeline;
+    a counterfactual model changes N of the real cases given with --from instead."""
+    from medsynth.io.writers import staging_dir
     from medsynth.synth.bundle import BundleError, check_bundle, load_bundle
-    from medsynth.synth.sampler import load_sampler, needs_masks, read_mask_folder, synthesize
+    from medsynth.synth.counterfactual import INTERNAL_USE, is_counterfactual, read_sources, synthesize_counterfactuals
+    from medsynth.synth.sampler import load_sampler, model_space_transform, needs_masks, physical_transform, read_mask_folder, synthesize
 
     try:
         if bundle:
@@ -251,6 +257,23 @@ def synth(
         _fail(str(exc), 2)
     if condition not in s.conditions:
         _fail(f"condition {condition!r} unknown to this model; it knows {s.conditions}", 2)
+    if is_counterfactual(s):
+        if from_cases is None:
+            _fail(f"{model}: a counterfactual model changes real cases: pass --from FOLDER (images/ and masks/ on the model grid)", 2)
+        try:
+            sources = read_sources(from_cases, model_space_transform(s.data_info), s.data_info["roi_size"])
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc), 2)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("counterfactuals", total=n)
+            with staging_dir(output) as tmp:
+                rows, skipped = synthesize_counterfactuals(s, tmp, sources, condition, n, seed, physical_transform(s.data_info), device=device,
+                                                           progress=lambda k: progress.advance(task, k))
+        console.print(f"synth: wrote {len(rows)} counterfactual {condition} case(s) from {len(sources)} case(s) in {from_cases} to {output} "
+                      f"({len(skipped)} could not hold the structure: {output / 'skipped_sources.json'}). {INTERNAL_USE}.")
+        return
+    if from_cases is not None:
+        _fail(f"{model}: --from is for counterfactual models; this one ({s.kind}) samples from noise", 2)
     given = None
     if needs_masks(s):
         if masks is None:

@@ -241,6 +241,28 @@ class VAEGANConfig(CVAEConfig):
         return self
 
 
+class CounterfactualConfig(_Section):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    base_channels: int = Field(16, ge=4, description="channels of the inpainting U-Net's first level (doubling per level) and of the discriminator")
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    rec_weight: float = Field(10.0, ge=0, description="weight of the L1 between the painted edit region and the real case's (training)")
+    adv_weight: float = Field(1.0, ge=0, description="weight of the discriminator's judgement of the painted region and its surround; 0: L1 only")
+    adv_start: int = Field(50, ge=0, description="steps of L1 alone before the adversarial term starts")
+    r1_gamma: float = Field(1.0, ge=0)
+    r1_every: int = Field(4, ge=1)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    margin: int = Field(2, ge=1, le=8, description="voxels the edit region extends beyond the changed structure: the surround "
+                        "repainted so that the structure blends into the real case (everything further out is the real case, unchanged)")
+    defining_presence_gap: float = Field(
+        0.5, gt=0, le=1, description="a label is inserted when its presence share among rare-condition training cases exceeds "
+        "that among the others by at least this (e.g. a lesion)")
+    defining_volume_ratio: float = Field(
+        1.15, gt=1, description="a label present in both is rescaled when its median volume in rare-condition training cases "
+        "differs from the others' by this factor either way (e.g. a smaller hippocampus)")
+
+
 class ModelSection(_Section):
     """The settings every model section has. A plug-in model (``medsynth.models`` entry point) names its
     own subclass as the ``config_class`` attribute of its module class to have its keys validated like the
@@ -251,7 +273,7 @@ class ModelSection(_Section):
     batch_size: int = Field(8, ge=1)
 
 
-BUILTIN_MODELS = ("cgan", "cvae", "vaegan")
+BUILTIN_MODELS = ("cgan", "cvae", "vaegan", "counterfactual")
 
 
 class TrainConfig(_Section):
@@ -277,6 +299,7 @@ class TrainConfig(_Section):
     cgan: CGANConfig = CGANConfig()
     cvae: CVAEConfig = CVAEConfig()
     vaegan: VAEGANConfig = VAEGANConfig()
+    counterfactual: CounterfactualConfig = CounterfactualConfig()
 
     @model_validator(mode="after")
     def _models_and_plugin_sections(self) -> TrainConfig:
@@ -329,6 +352,9 @@ class GatesConfig(_Section):
     dcr_share_max: float = Field(0.55, ge=0, le=1)
     copies_max: int = Field(0, ge=0, description="most near-copies of training patients allowed (evaluate.copy_distance_factor)")
     nn_distance_ratio_max: float = Field(1.5, gt=0, description="median synthetic->train NN distance / test->train")
+    seam_ratio_max: float = Field(
+        1.5, gt=1, description="counterfactual cases: fail when the gradient magnitude on the edit region's border differs from "
+        "the source case's there by more than this factor either way (median over cases): a visible seam or a smeared surround")
     warn_margin: float = Field(0.05, ge=0, le=1)
     condition_min_real_cases: int = Field(
         3, ge=1, description="condition-fidelity gate: fewer real cases of the rare condition than this (all splits; outside "
@@ -471,7 +497,7 @@ def roi_problems(roi: tuple[int, int, int], train: TrainConfig) -> list[str]:
     """What keeps each built-in model in ``train.models`` from taking ROI ``roi`` (plug-ins check their own).
     The conv networks grow from a 4^3 seed by doubling one size for all three axes (cgan.py, cvae.py); the
     AutoencoderKL halves each axis once per kl_channels level after the first."""
-    conv = [m for m in train.models if m in ("cgan", "cvae") or (m == "vaegan" and train.vaegan.backbone == "conv")]
+    conv = [m for m in train.models if m in ("cgan", "cvae", "counterfactual") or (m == "vaegan" and train.vaegan.backbone == "conv")]
     problems = []
     if conv and not (len(set(roi)) == 1 and roi[0] & (roi[0] - 1) == 0):
         side = 1 << (max(roi) - 1).bit_length()

@@ -1,5 +1,7 @@
 """DVC stage `synthesize@<model>`: sample every condition's count from a trained model, write NIfTI
-image + mask pairs marked synthetic, sidecars and synthetic_manifest.csv.
+image + mask pairs marked synthetic, sidecars and synthetic_manifest.csv. A counterfactual generator
+instead changes the train split's cases without the rare condition into ``synthesize.per_condition``
+[rare condition] counterfactual cases (internal use only).
 
 Usage: python pipelines/synthesize.py MODEL
 """
@@ -20,6 +22,7 @@ from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import from_model_space
 from medsynth.io.writers import staging_dir
 from medsynth.models.training import load_bank
+from medsynth.synth.counterfactual import is_counterfactual, synthesize_counterfactuals
 from medsynth.synth.sampler import load_sampler, needs_masks, synthesize
 
 
@@ -49,6 +52,8 @@ def main(argv: list[str]) -> int:
         console.print(f"[red]synthesize failed:[/red] synthesize.per_condition: {', '.join(map(repr, unknown))} is not a condition "
                       f"of this model; it knows {sampler.conditions}")
         return 1
+    if is_counterfactual(sampler):
+        return _counterfactuals(console, name, sampler, params, info, params_hash, device, out)
     masks = None
     if needs_masks(sampler):  # a mask-conditioned generator paints images for the train split's masks
         x, y, _ = load_bank(Path("data/preprocess"), ("train",))
@@ -64,6 +69,26 @@ def main(argv: list[str]) -> int:
             progress=lambda k: progress.advance(task, k), masks=masks,
         )
     console.print(f"synthesize {name}: wrote {len(rows)} synthetic image + mask pairs to {out}")
+    return 0
+
+
+def _counterfactuals(console, name, sampler, params, info, params_hash, device, out) -> int:
+    """The train split's cases without the rare condition, changed to have it."""
+    rare = params.data.rare_condition
+    n = int(params.synthesize.per_condition.get(rare, 0))
+    x, y, rows = load_bank(Path("data/preprocess"), ("train",), info)
+    rare_index = info["conditions"].index(rare)
+    sources = [(r["case_id"], x[i].float().numpy()) for i, r in enumerate(rows) if int(y[i]) != rare_index]
+    with staging_dir(out) as tmp, Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"counterfactuals {name}", total=n)
+        written, skipped = synthesize_counterfactuals(
+            sampler, tmp, sources, rare, n, params.seed, lambda a: from_model_space(a, params.preprocess, info["modality"]),
+            params_hash=params_hash, device=device, progress=lambda k: progress.advance(task, k), formats=tuple(params.synthesize.formats))
+    console.print(f"synthesize {name}: wrote {len(written)} counterfactual {rare} cases (from {len(sources)} real train cases without it; "
+                  f"{len(skipped)} could not hold the structure) to {out}; internal augmentation only")
+    if not written:
+        console.print(f"[red]synthesize failed:[/red] no source case could be changed to {rare!r}: see {out}/skipped_sources.json")
+        return 1
     return 0
 
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import transform_hash
-from medsynth.models.base import DivergenceError
+from medsynth.models.base import DivergenceError, TrainingDataError
 from medsynth.models.registry import UnknownModelError
 from medsynth.models.training import StaleCacheError, read_preprocess_info, train_model
 
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
             name, model_cfg.model_dump(), params.train, Path("data/preprocess"), Path("models") / name, params.seed,
             expected_hash=transform_hash(params.preprocess, info["modality"]), live_dir=Path("dvclive") / name,
         )
-    except (ConfigError, StaleCacheError, UnknownModelError, DivergenceError, FileNotFoundError) as exc:
+    except (ConfigError, StaleCacheError, UnknownModelError, DivergenceError, TrainingDataError, FileNotFoundError) as exc:
         console.print(f"[red]train {name} failed:[/red] {escape(str(exc))}")
         return 1
     console.print(f"train {name}: {summary['steps']} steps in {summary['wall_seconds']} s on {summary['device']}; "

@@ -25,14 +25,23 @@ from medsynth.eval.conditional import (  # noqa: E402
 from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E402
 from medsynth.eval.features import cached_features, volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
-from medsynth.eval.gates import evaluate_gates, overall  # noqa: E402
+from medsynth.eval.counterfactual import INTERNAL_ONLY, read_counterfactual_set, seam_and_look, structure_copy_check  # noqa: E402
+from medsynth.eval.gates import counterfactual_gates, evaluate_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
 from medsynth.eval.privacy import audit_privacy, privacy_metrics, privacy_reference  # noqa: E402
-from medsynth.eval.utility import classification_utility, segmentation_utility, shared_part, utility_gate, utility_sentence  # noqa: E402
+from medsynth.eval.utility import (  # noqa: E402
+    classification_utility,
+    cross_model_difference,
+    segmentation_utility,
+    shared_part,
+    utility_gate,
+    utility_sentence,
+)
 from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
 from medsynth.models import registry  # noqa: E402
 from medsynth.models.training import data_info_from, load_bank, read_preprocess_info  # noqa: E402
-from medsynth.synth.sampler import file_sha256, model_space_arrays  # noqa: E402
+from medsynth.synth.counterfactual import is_counterfactual_set  # noqa: E402
+from medsynth.synth.sampler import file_sha256, load_sampler, model_space_arrays  # noqa: E402
 
 
 class GateFailure(RuntimeError):
@@ -127,6 +136,7 @@ def evaluate_models(
     for k, model in enumerate(models):
         sdir = Path(synth_root) / model
         rows = _read_rows(sdir / "synthetic_manifest.csv")
+        counterfactual = is_counterfactual_set(rows)
         s_img, s_mask, s_cond = model_space_arrays(sdir, rows, to_model)
         s_y = np.array([info["conditions"].index(c) for c in s_cond])
         f_syn = volume_features(s_img, s_mask, n_labels)
@@ -153,26 +163,35 @@ def evaluate_models(
         else:
             fid["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
         if cfg.utility.enabled:
-            util = _utility(model, preprocess_dir, info, banks, (s_img, s_mask, s_y), n_labels, rare_index, cfg, seed, shared_arms)
+            util = _utility(model, preprocess_dir, info, banks, (s_img, s_mask, s_y), n_labels, rare_index, cfg, seed, shared_arms,
+                            "counterfactual" if counterfactual else "synthetic")
             shared_arms = shared_part(util) or shared_arms
         else:
             util = {"measured": False, "reason": "evaluate.utility.enabled is false"}
         utility_all[model] = util
-        whitebox = _whitebox(model, Path(models_root) / model / "checkpoints" / "last.ckpt", info,
-                             (banks["train"][0], banks["train"][1]), (banks["holdout"][0], banks["holdout"][1]))
-        priv = audit_privacy(priv_ref, np.stack([s_img, s_mask.astype(np.float32)], 1), f_syn, s_y, cfg.audience, cfg.copy_distance_factor,
-                             seed + k, cfg.bootstrap, whitebox)
-        if learned is not None:  # second opinion: the same distance tests in the encoder's feature space
-            lp = privacy_metrics(l_syn, learned["train"], learned["holdout"], seed + k, max(20, cfg.bootstrap // 4))
-            priv["learned"] = {key: lp[key] for key in LEARNED_PRIVACY_KEYS}
+        if counterfactual:
+            priv, fid["counterfactual"], sources = _counterfactual_checks(model, sdir, rows, s_img, s_mask, banks, Path(models_root), cfg, rare_index)
+            gates += counterfactual_gates(model, fid, priv, cfg.gates)
         else:
-            priv["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
+            whitebox = _whitebox(model, Path(models_root) / model / "checkpoints" / "last.ckpt", info,
+                                 (banks["train"][0], banks["train"][1]), (banks["holdout"][0], banks["holdout"][1]))
+            priv = audit_privacy(priv_ref, np.stack([s_img, s_mask.astype(np.float32)], 1), f_syn, s_y, cfg.audience, cfg.copy_distance_factor,
+                                 seed + k, cfg.bootstrap, whitebox)
+            if learned is not None:  # second opinion: the same distance tests in the encoder's feature space
+                lp = privacy_metrics(l_syn, learned["train"], learned["holdout"], seed + k, max(20, cfg.bootstrap // 4))
+                priv["learned"] = {key: lp[key] for key in LEARNED_PRIVACY_KEYS}
+            else:
+                priv["learned"] = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
+            gates += evaluate_gates(model, fid, priv, cfg.gates)
         fidelity_all[model] = fid
         privacy_all[model] = priv
-        gates += evaluate_gates(model, fid, priv, cfg.gates)
-        gates.append(utility_gate(model, util, cfg.utility, cfg.gates.warn_margin))
-        _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv)
-        _closest_pairs_figure(model, fig_dir, s_img, train_imgs, priv["copy_detection"])
+        gates.append({**utility_gate(model, util, cfg.utility, cfg.gates.warn_margin), **({"internal_only": True} if counterfactual else {})})
+        _slices_figure(model, fig_dir, s_img, s_cond, banks, info)
+        if counterfactual:
+            _counterfactual_pairs_figure(model, fig_dir, s_img, s_mask, sources, fid["counterfactual"])
+        else:
+            _privacy_figures(model, fig_dir, priv)
+            _closest_pairs_figure(model, fig_dir, s_img, train_imgs, priv["copy_detection"])
         _distributions_figure(model, fig_dir, s_img, s_mask, train_imgs, train_masks)
         if k == 0:  # every real case and the real-only condition classifier, built once and shared by every model
             cond_real = _conditional_reference(preprocess_dir, info, banks, n_labels, cfg, seed)
@@ -185,6 +204,14 @@ def evaluate_models(
         gates.append(condition_fidelity_gate(model, cond, cond["classifier"], cfg.gates))
         _conditional_overlay_figure(model, fig_dir, s_img, s_mask, s_cond, cond_real, info["conditions"], cond, cfg.conditional)
         _label_volume_figure(model, fig_dir, s_mask, s_cond, cond_real, info["conditions"], cond, n_labels)
+    for m in models:  # counterfactual sets against the whole-volume generators: the same test cases, seeds and baselines
+        if utility_all[m].get("synthetic_kind") != "counterfactual":
+            continue
+        for other in models:
+            if other != m and utility_all[other].get("synthetic_kind") != "counterfactual":
+                d = cross_model_difference(utility_all[m], utility_all[other], "real+synthetic_rare", seed)
+                if d is not None:
+                    utility_all[m]["differences"][f"real+synthetic_rare - {other}'s real+synthetic_rare"] = d
     verdict = overall(gates)
     write_json_atomic(out_dir / "fidelity.json", fidelity_all)
     write_json_atomic(out_dir / "privacy.json", privacy_all)
@@ -194,7 +221,10 @@ def evaluate_models(
                    "membership_auc": privacy_all[m]["membership_auc_blackbox"],
                    "membership_auc_strongest": privacy_all[m]["strongest"]["all"].get("auc"),
                    "membership_auc_strongest_rare_condition": privacy_all[m]["strongest"]["rare_condition"].get("auc"),
-                   "copies": privacy_all[m]["copies"]} for m in models}
+                   "copies": privacy_all[m]["copies"]} if privacy_all[m].get("kind") != "counterfactual" else
+               {"nn_distance_ratio": fidelity_all[m]["nn_distance_ratio"], "mmd2": fidelity_all[m]["mmd2"],
+                "structure_copies": privacy_all[m]["copies"], "seam_ratio": fidelity_all[m]["counterfactual"]["seam_ratio_to_source"]["median"],
+                "use": "internal augmentation only"} for m in models}
     write_json_atomic(out_dir / "metrics.json", {"overall": verdict, **summary})
     failed = [g["gate"] for g in gates if g["state"] == "fail"]
     if cfg.strict and failed:
@@ -209,8 +239,52 @@ def _load_encoder(path: Path | None, cfg: EvalConfig):
     return load_encoder(weights, cfg.encoder.sha256 if cfg.encoder.weights else None)
 
 
+def _counterfactual_checks(model: str, sdir: Path, rows: list[dict], s_img: np.ndarray, s_mask: np.ndarray, banks: dict, models_root: Path,
+                           cfg: EvalConfig, rare_index: int) -> tuple[dict, dict, np.ndarray]:
+    """Privacy (the changed structures' copy check, the internal-only statement) and the seam and look of a
+    counterfactual set; and its source images."""
+    regions, source_ids = read_counterfactual_set(sdir, rows)
+    net = load_sampler(models_root / model / "model.pt").net
+    labels, margin = net.prior.changed_labels(), net.margin
+    train_x, train_y = banks["train"][0].float().numpy(), banks["train"][1].numpy()
+    index = {r["case_id"]: i for i, r in enumerate(banks["train"][2])}
+    missing = sorted(set(source_ids) - set(index))
+    if missing:
+        raise ValueError(f"{sdir}: source case(s) {', '.join(missing[:5])} of the counterfactual cases are not in the train split")
+    sources = train_x[[index[c] for c in source_ids], 0]
+    rare = train_y == rare_index
+    look = seam_and_look(s_img, np.rint(s_mask).astype(np.int64), regions, sources, train_x[rare, 0], np.rint(train_x[rare, 1]).astype(np.int64),
+                         labels, margin)
+    det = structure_copy_check(s_img, np.rint(s_mask), train_x, train_y, banks["holdout"][0].float().numpy(), banks["holdout"][1].numpy(),
+                               rare_index, labels, margin, cfg.copy_distance_factor)
+    look["source_case_ids"] = source_ids
+    priv = {"kind": "counterfactual", "use": INTERNAL_ONLY, "audience": "internal", "structure_copy_detection": det, "copies": det.get("copies")}
+    return priv, look, sources
+
+
+def _counterfactual_pairs_figure(model, fig_dir, s_img, s_mask, sources: np.ndarray, look: dict, n: int = 4) -> None:
+    """Source case beside its counterfactual, slice through the changed structure, with its outline."""
+    k = min(n, len(s_img))
+    fig, axes = plt.subplots(2, max(1, k), figsize=(2.3 * max(1, k), 4.8), squeeze=False)
+    labels = look["changed_labels"]
+    for j in range(k):
+        sel = np.isin(np.rint(s_mask[j]), labels)
+        z = int(np.argwhere(sel).mean(0)[2]) if sel.any() else s_img.shape[-1] // 2
+        for row, (vol, title) in enumerate([(sources[j], "source (real)"), (s_img[j], "counterfactual")]):
+            ax = axes[row, j]
+            ax.imshow(vol[:, :, z].T[::-1], cmap="gray", vmin=-1, vmax=1)
+            if row == 1 and sel[:, :, z].any():
+                ax.contour(sel[:, :, z].T[::-1].astype(float), levels=[0.5], colors="red", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            seam = look["seam_ratio_to_source_per_case"][j]
+            ax.set_title(f"{title}\n{look['source_case_ids'][j]}" if row == 0 else f"{title}\nseam ratio {seam:.2f}", fontsize=7)
+    fig.suptitle(f"{model}: real cases (top) and the same cases with the rare condition painted in (bottom; red: changed labels)", fontsize=9)
+    _savefig(fig, fig_dir / f"{model}_counterfactual_pairs.png")
+
+
 def _utility(model: str, preprocess_dir: Path, info: dict, banks: dict, synthetic: tuple, n_labels: int, rare_index: int, cfg: EvalConfig,
-             seed: int, shared_arms: dict | None = None) -> dict:
+             seed: int, shared_arms: dict | None = None, kind: str = "synthetic") -> dict:
     """Utility arms of one model's synthetic set, model selection on the real val split (without one,
     the utility functions hold back part of the train split and say so), and its one-sentence answer."""
     train = (banks["train"][0].float().numpy(), banks["train"][1].numpy())
@@ -224,6 +298,7 @@ def _utility(model: str, preprocess_dir: Path, info: dict, banks: dict, syntheti
         util = segmentation_utility(train, test, synthetic, n_labels, rare_index, cfg.utility, seed, shared_arms, val)
     else:
         util = classification_utility(train, test, synthetic, len(info["conditions"]), rare_index, cfg.utility, seed, shared_arms, val)
+    util["synthetic_kind"] = kind
     util["sentence"] = utility_sentence(model, util, cfg.utility)
     return util
 
@@ -233,7 +308,7 @@ def _mid_slices(vol: np.ndarray) -> list[np.ndarray]:
     return [vol[d // 2].T[::-1], vol[:, h // 2].T[::-1], vol[:, :, w // 2].T[::-1]]
 
 
-def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
+def _slices_figure(model, fig_dir, s_img, s_cond, banks, info) -> None:
     conds = info["conditions"]
     fig, axes = plt.subplots(len(conds), 6, figsize=(12, 2.2 * len(conds)), squeeze=False)
     x_train, y_train = banks["train"][0], banks["train"][1]
@@ -251,6 +326,9 @@ def _figures(model, fig_dir, s_img, s_mask, s_cond, banks, info, priv) -> None:
                 ax.set_title(f"{title} {cond} ({'axial sagittal coronal'.split()[v]})", fontsize=7)
     fig.suptitle(f"{model}: real (left) vs synthetic (right), orthogonal mid-slices per condition", fontsize=9)
     _savefig(fig, fig_dir / f"{model}_slices.png")
+
+
+def _privacy_figures(model, fig_dir, priv) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     v = priv["dcr_values"]
     bins = np.linspace(0, max(max(v["synthetic_to_train"]), max(v["holdout_to_train"])) * 1.05, 20)

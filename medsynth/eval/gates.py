@@ -74,12 +74,39 @@ def copies_gate(model: str, det: dict, cfg: GatesConfig) -> dict:
                       "rare condition).", "privacy")
 
 
-def evaluate_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig) -> list[dict]:
-    return privacy_gates(model, privacy, cfg) + [
+def evaluate_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig, privacy_checks: bool = True) -> list[dict]:
+    return (privacy_gates(model, privacy, cfg) if privacy_checks else []) + [
         upper_gate(f"{model}: realism (distance to real data vs unseen real)", fidelity["nn_distance_ratio"], cfg.nn_distance_ratio_max,
                    cfg.warn_margin, "Median distance of synthetic cases to the real training data, divided by the same for unseen real "
                    "patients (1 = as realistic as real).", "fidelity"),
     ]
+
+
+def counterfactual_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig) -> list[dict]:
+    """Gates of a counterfactual set: near-copies of training structures among the changed structures, the seam
+    at the edit region's border, realism. Each is marked ``internal_only``: the set is a real patient's anatomy."""
+    name = f"{model}: changed structures, near-copies of training patients' structures"
+    det = privacy["structure_copy_detection"]
+    if not det.get("measured"):
+        copies = {"gate": name, "area": "privacy", "state": "inconclusive", "value": None, "threshold": float(cfg.copies_max), "rule": "<=",
+                  "sentence": f"Inconclusive: {det.get('reason')}."}
+    elif det["channels"]["combined"]["threshold"] is None:
+        copies = {"gate": name, "area": "privacy", "state": "inconclusive", "value": None, "threshold": float(cfg.copies_max), "rule": "<=",
+                  "sentence": "Inconclusive: no two real patients' structures to measure how close two different ones come."}
+    else:
+        copies = upper_gate(name, float(det["copies"]), float(cfg.copies_max), 0.0,
+                            f"Counterfactual structures closer to a training patient's structure, after undoing flips, shifts and "
+                            f"intensity changes, than {det['distance_factor']:g} x the closest two different real patients' structures "
+                            f"({det['reference_structures']['train']} training structures).", "privacy")
+    seam = fidelity["counterfactual"]
+    med = seam["seam_ratio_to_source"]["median"]
+    sentence = ("No counterfactual case." if med is None else
+                f"Gradient magnitude on the border of the repainted region over the same voxels of the source case (1 = no seam; "
+                f"median {med:.2f}), judged either way: a pasted edge raises it, a smeared surround lowers it.")
+    seam_gate = upper_gate(f"{model}: seam at the edit region's border", seam.get("seam_deviation"), cfg.seam_ratio_max, cfg.warn_margin,
+                           sentence, "fidelity")
+    realism = evaluate_gates(model, fidelity, privacy, cfg, privacy_checks=False)
+    return [{**g, "internal_only": True} for g in (copies, seam_gate, *realism)]
 
 
 def overall(gates: list[dict]) -> str:
@@ -92,6 +119,7 @@ def overall(gates: list[dict]) -> str:
 
 
 VERDICT_RULE = (
+    "Counterfactual models are at best fit for internal augmentation: their cases are real patients' scans. "
     "Fit to share: the privacy audit was run for sharing (evaluate.audience: share, white-box attacks included) and every "
     "privacy gate of the model passes, and it is fit for internal augmentation. Fit for internal augmentation: no gate of "
     "the model (privacy, fidelity, utility) fails or is inconclusive, and its utility gate was measured (pass or warn). "
@@ -113,6 +141,10 @@ def model_verdict(model: str, gates: list[dict], audience: str | None) -> dict:
         bad.append(f"{model}: utility not measured")
     if bad:
         return {"model": model, "state": overall(mine), "recommendation": "neither", "reasons": bad}
+    if any(g.get("internal_only") for g in mine):
+        return {"model": model, "state": overall(mine), "recommendation": "fit for internal augmentation",
+                "reasons": [f"{model}: counterfactual cases are real patients' scans with a synthetic structure painted in; "
+                            "never fit to share"]}
     reasons = [f"{g['gate']}: {g['state']}" for g in mine if g.get("area") == "privacy" and g["state"] != "pass"]
     if not any(g.get("area") == "privacy" for g in mine):
         reasons.append(f"{model}: no privacy gate")

@@ -355,7 +355,7 @@ def segmentation_utility(train: tuple, test: tuple, synthetic: tuple, n_labels: 
         "overall": paired_difference(a, b, seed), "rare": paired_difference(a[rare], b[rare], seed) if rare.any() else None})
     return {"task": "segmentation", "measured": True, "metric": "Dice", "score": "dice", "test_cases": int(len(test_y)),
             "rare_test_cases": int(rare.sum()), "val_cases": int(len(val_x)), "val_source": val_source, "seeds": cfg.seeds,
-            "labels": n_labels, "arms": arms, "differences": diffs}
+            "labels": n_labels, "arms": arms, "differences": diffs, "test_is_rare": rare.astype(int).tolist()}
 
 
 def classification_utility(train: tuple, test: tuple, synthetic: tuple, n_classes: int, rare_index: int, cfg: UtilityConfig, seed: int,
@@ -402,7 +402,22 @@ def classification_utility(train: tuple, test: tuple, synthetic: tuple, n_classe
     diffs = _differences(arms, "per_case_score", lambda a, b: {"overall": _paired_auc_difference(a, b, test_y, rare_index, seed)})
     return {"task": "classification", "measured": True, "metric": "ROC AUC (rare vs rest)", "score": "auc", "test_cases": int(len(test_y)),
             "rare_test_cases": int(pos.sum()), "val_cases": int(len(val_y)), "val_source": val_source, "seeds": cfg.seeds,
-            "arms": arms, "differences": diffs}
+            "arms": arms, "differences": diffs, "test_is_rare": pos.astype(int).tolist()}
+
+
+def cross_model_difference(util: dict, other: dict, arm: str, seed: int) -> dict | None:
+    """Paired difference of ``arm`` between two models' results of one evaluation (the same real test cases,
+    seeds and baselines), e.g. a counterfactual set's real+synthetic_rare against a whole-volume generator's;
+    None when either was not measured."""
+    if not (util.get("measured") and other.get("measured")) or util["task"] != other["task"]:
+        return None
+    key = "per_case_dice" if util["task"] == "segmentation" else "per_case_score"
+    a, b = np.mean(util["arms"][arm][key], 0), np.mean(other["arms"][arm][key], 0)
+    rare = np.asarray(util["test_is_rare"], bool)
+    if util["task"] == "segmentation":
+        return {"overall": paired_difference(a, b, seed), "rare": paired_difference(a[rare], b[rare], seed) if rare.any() else None}
+    y = np.where(rare, 1, 0)
+    return {"overall": _paired_auc_difference(a, b, y, 1, seed)}
 
 
 def shared_part(util: dict) -> dict | None:
@@ -459,6 +474,8 @@ def utility_sentence(model: str, util: dict, cfg: UtilityConfig) -> str:
         return "Utility not measured: " + util.get("reason", "evaluate.utility.enabled is false")
     if not baseline_learned(util, cfg):
         return _not_learned(util, cfg)
+    added = (f"{model}'s counterfactual rare cases (real cases with the rare condition painted in)"
+             if util.get("synthetic_kind") == "counterfactual" else f"{model}'s synthetic cases")
     d = util["differences"]["real+synthetic - real"]
     aug = util["differences"]["real+synthetic - real+augmentation"]
     real, floor = util["arms"]["real"], baseline_floor(util, cfg)
@@ -466,12 +483,12 @@ def utility_sentence(model: str, util: dict, cfg: UtilityConfig) -> str:
     if d.get("rare") and real.get("rare_dice") is not None and real["rare_dice"] < floor:
         labels = ", ".join(f"label {k} {v:.2f}" for k, v in real["rare_per_label_dice"].items() if v is not None)
         return (f"Rare class inconclusive: the real-only model scores rare-class Dice {real['rare_dice']:.2f} < floor {floor:.2f} "
-                f"({labels}), so a rare-class difference would measure noise; over all test cases, adding {model}'s synthetic "
-                f"cases changed Dice by {_fmt_diff(d['overall'])} against real data alone: {_verdict(d['overall'])} ({cases}).")
+                f"({labels}), so a rare-class difference would measure noise; over all test cases, adding {added} "
+                f"changed Dice by {_fmt_diff(d['overall'])} against real data alone: {_verdict(d['overall'])} ({cases}).")
     which = d.get("rare") or d["overall"]
     what = f"rare-class {_short(util)}" if d.get("rare") else util["metric"]
     aw = aug.get("rare") or aug["overall"]
-    return (f"Adding {model}'s synthetic cases changed {what} by {_fmt_diff(which)} against real data alone: {_verdict(which)} "
+    return (f"Adding {added} changed {what} by {_fmt_diff(which)} against real data alone: {_verdict(which)} "
             f"(against real data with standard augmentation: {_fmt_diff(aw)}; {cases}).")
 
 

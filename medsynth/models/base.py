@@ -25,6 +25,10 @@ class DivergenceError(RuntimeError):
     pass
 
 
+class TrainingDataError(ValueError):
+    """The train split cannot teach this model what it needs (e.g. no structure that the rare condition changes)."""
+
+
 def grad_norm(params) -> torch.Tensor:
     """Global gradient norm as a 0-d tensor (no host sync; converted only when logged)."""
     grads = [p.grad.detach() for p in params if p.grad is not None]

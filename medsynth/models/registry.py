@@ -13,7 +13,8 @@ import importlib
 from importlib.metadata import entry_points
 
 GROUP = "medsynth.models"
-_BUILTIN = {"cgan": "medsynth.models.cgan:CGANModule", "cvae": "medsynth.models.cvae:CVAEModule", "vaegan": "medsynth.models.vaegan:VAEGANModule"}
+_BUILTIN = {"cgan": "medsynth.models.cgan:CGANModule", "cvae": "medsynth.models.cvae:CVAEModule", "vaegan": "medsynth.models.vaegan:VAEGANModule",
+            "counterfactual": "medsynth.models.counterfactual:CounterfactualModule"}
 _REGISTERED: dict[str, type] = {}
 
 

@@ -95,6 +95,7 @@ def data_info_from(info: dict) -> dict:
         "reference_affine": info["reference_affine"],
         "transform_hash": info["transform_hash"],
         "transform_settings": info["transform_settings"],
+        "rare_condition": info.get("rare_condition"),
     }
 
 

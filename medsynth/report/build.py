@@ -261,6 +261,7 @@ def build_report(
             "name": m, "train": t,
             "slices": _img(figs / f"{m}_slices.png"), "dcr": _img(figs / f"{m}_dcr.png"), "roc": _img(figs / f"{m}_membership_roc.png"),
             "pairs": _img(figs / f"{m}_closest_pairs.png"), "dists": _img(figs / f"{m}_distributions.png"),
+            "cf_pairs": _img(figs / f"{m}_counterfactual_pairs.png"),
             "overlay": _img(figs / f"{m}_conditional_overlay.png"), "label_volumes": _img(figs / f"{m}_label_volumes.png"),
             "conditional": conditional_rows(fidelity.get(m, {}).get("conditional", {})),
             "condition_gate": next((g for g in gates.get("gates", []) if g.get("gate") == f"{m}: condition fidelity"), None),

@@ -167,19 +167,32 @@ def write_synthetic_case(
     write_json_atomic(out_dir / "sidecars" / f"{case_id}.json", sidecar)
 
 
-def physical_transform(data_info: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """Model space -> physical intensities with the settings the model was trained with (stored in its
-    export); exports without them fall back to the pipeline's data/preprocess/preprocess.json."""
+def _preprocess_settings(data_info: dict):
     from medsynth.config import PreprocessConfig
-    from medsynth.data.transforms import from_model_space
 
     settings = data_info.get("transform_settings") or {}
     if not settings:
         info = Path("data/preprocess/preprocess.json")
         if info.is_file():
             settings = json.loads(info.read_text()).get("transform_settings", {})
-    pre = PreprocessConfig(**{k: v for k, v in settings.items() if k in PreprocessConfig.model_fields})
+    return PreprocessConfig(**{k: v for k, v in settings.items() if k in PreprocessConfig.model_fields})
+
+
+def physical_transform(data_info: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """Model space -> physical intensities with the settings the model was trained with (stored in its
+    export); exports without them fall back to the pipeline's data/preprocess/preprocess.json."""
+    from medsynth.data.transforms import from_model_space
+
+    pre = _preprocess_settings(data_info)
     return lambda a: from_model_space(a, pre, data_info["modality"])
+
+
+def model_space_transform(data_info: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """Physical intensities -> model space, the inverse of :func:`physical_transform`."""
+    from medsynth.data.transforms import to_model_space
+
+    pre = _preprocess_settings(data_info)
+    return lambda a: to_model_space(a, pre, data_info["modality"])
 
 
 def synthesize(
