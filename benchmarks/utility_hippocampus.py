@@ -57,6 +57,8 @@ def cohort_params(cohort: str, args) -> dict:
             "synthesize": {"per_condition": {"typical": args.samples, "small": args.samples}, "formats": ["nifti"]},
             "evaluate": {"conditional": {"label_names": {1: "anterior hippocampus", 2: "posterior hippocampus"}}},
         }
+    if cohort == "demo":
+        return {"synthesize": {"per_condition": {"normal": args.samples, "lesion": args.samples}, "formats": ["nifti"]}}
     npz = Path(args.npz) if args.npz else SHARED / "shapes" / "adrenalmnist3d_28.npz"
     return {
         "data": {"input": str(npz), "rare_condition": "lesion", "default_condition": "normal", "npz_max_cases": args.max_cases},
@@ -92,14 +94,46 @@ def summarise(reports: Path, models: list[str]) -> list[dict]:
     fidelity, utility, privacy, gates = read("fidelity.json"), read("utility.json"), read("privacy.json"), read("gates.json")
     rows = []
     for m in models:
+        cf = fidelity[m].get("counterfactual")
         rows.append({
             "model": m,
             "conditional": fidelity[m].get("conditional"),
             "utility": utility.get(m),
             "privacy": {k: privacy[m].get(k) for k in ("membership_auc_blackbox", "membership_auc_whitebox", "dcr_share", "copies")},
+            "counterfactual": None if cf is None else {
+                **{k: v for k, v in cf.items() if k not in ("seam_ratio_to_source_per_case", "source_case_ids")},
+                "structure_copy_detection": {k: privacy[m]["structure_copy_detection"].get(k)
+                                             for k in ("measured", "reason", "copies", "distance_factor", "reference_structures")},
+                "closest_ratio_to_real_min": min((p["ratio_to_real_min"] for p in privacy[m]["structure_copy_detection"].get("closest_pairs", [])),
+                                                 default=None)},
             "gates": [{k: g[k] for k in ("gate", "state", "sentence")} for g in gates["gates"] if g["gate"].startswith(f"{m}:")],
         })
     return rows
+
+
+def compare_with(rows: list[dict], earlier: Path) -> list[dict]:
+    """Paired differences of each counterfactual model's real+synthetic_rare arm against each model's of an
+    earlier results file on the same cohort and params. Valid only when the two runs' real-only arms scored
+    every test case alike (the same splits, seeds and code): checked, and said."""
+    import numpy as np
+
+    from medsynth.eval.utility import cross_model_difference
+
+    data = json.loads(Path(earlier).read_text())  # a results file of this script, or an evaluate stage's utility.json
+    old = {r["model"]: r["utility"] for r in data["rows"] if r.get("utility")} if "rows" in data else data
+    out = []
+    for r in rows:
+        util = r["utility"] or {}
+        if util.get("synthetic_kind") != "counterfactual" or not util.get("measured"):
+            continue
+        for name, other in old.items():
+            key = "per_case_dice" if util["task"] == "segmentation" else "per_case_score"
+            same = np.allclose(np.mean(util["arms"]["real"][key], 0), np.mean(other["arms"]["real"][key], 0), atol=1e-4)
+            entry = {"model": r["model"], "against": name, "earlier": str(earlier), "real_arms_identical": bool(same)}
+            if same:
+                entry["difference"] = cross_model_difference(util, {**other, "test_is_rare": util["test_is_rare"]}, "real+synthetic_rare", 0)
+            out.append(entry)
+    return out
 
 
 def _ci(v) -> str:
@@ -144,6 +178,28 @@ def markdown(results: dict) -> str:
             rr = d.get("rare")
             lines.append(f"| {r['model']} | {name} | {d['overall']['mean']:+.3f}{_ci(d['overall']['ci95'])} | "
                          + (f"{rr['mean']:+.3f}{_ci(rr['ci95'])}" if rr else "-") + " |")
+    cfs = [r for r in results["rows"] if r.get("counterfactual")]
+    if cfs:
+        lines += ["", "| model | seam: border gradient / source (median, IQR) | vs real rare cases | structure mean intensity: counterfactual / real rare "
+                  "| structure intensity spread: counterfactual / real rare | structure near-copies (closest / real min) |", "|---|---|---|---|---|---|"]
+        for r in cfs:
+            c = r["counterfactual"]
+            sr, det = c["seam_ratio_to_source"], c["structure_copy_detection"]
+            lines.append(f"| {r['model']} | {sr['median']:.2f} ({sr['iqr'][0]:.2f}-{sr['iqr'][1]:.2f}) | {c['seam_ratio_to_real_rare']['median']:.2f} | "
+                         f"{c['structure_mean']['counterfactual']['median']:.3f} / {c['structure_mean']['real_rare']['median']:.3f} | "
+                         f"{c['structure_std']['counterfactual']['median']:.3f} / {c['structure_std']['real_rare']['median']:.3f} | "
+                         + (f"{det['copies']} of {sr['n']} ({c['closest_ratio_to_real_min']:.2f})" if det.get("measured") else f"not measured: {det.get('reason')}")
+                         + " |")
+    for cmp in results.get("comparisons", []):
+        if not cmp["real_arms_identical"]:
+            lines += ["", f"{cmp['model']} vs {cmp['against']} ({cmp['earlier']}): not compared, the real-only arms differ between the runs."]
+    cmps = [c for c in results.get("comparisons", []) if c.get("difference")]
+    if cmps:
+        lines += ["", f"| difference (paired, 95% CI) | overall | {rare} |", "|---|---|---|"]
+        for c in cmps:
+            d, rr = c["difference"], c["difference"].get("rare")
+            lines.append(f"| real+counterfactual ({c['model']}) - real+synthetic_rare ({c['against']}, earlier run) | "
+                         f"{d['overall']['mean']:+.3f}{_ci(d['overall']['ci95'])} | " + (f"{rr['mean']:+.3f}{_ci(rr['ci95'])}" if rr else "-") + " |")
     lines += ["", "| gate | state | sentence |", "|---|---|---|"]
     for r in results["rows"]:
         lines += [f"| {g['gate']} | {g['state']} | {g['sentence'].replace('|', '/')} |" for g in r["gates"]]
@@ -153,7 +209,9 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--markdown", metavar="RESULTS", help="print the docs/benchmarks.md tables of a results file and exit")
-    ap.add_argument("--cohort", choices=["hippocampus", "adrenal"], default="hippocampus")
+    ap.add_argument("--cohort", choices=["hippocampus", "adrenal", "demo"], default="hippocampus")
+    ap.add_argument("--compare", help="an earlier results file of this script or an evaluate stage's utility.json (same cohort and "
+                                      "params): paired differences of a counterfactual model's arm against its models' real+synthetic_rare arms")
     ap.add_argument("--npz", help="adrenal: the MedMNIST .npz (default: the 28^3 file in ../shared)")
     ap.add_argument("--max-cases", type=int, default=None, help="adrenal: cases taken from the npz (default: all)")
     ap.add_argument("--models", default="cgan,cvae")
@@ -199,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = json.loads((repo / "data" / "preprocess" / "preprocess.json").read_text())
     rows = summarise(repo / "reports", models)
     write_results(args.out, f"utility-{args.cohort}", rows, {
+        "comparisons": compare_with(rows, Path(args.compare)) if args.compare else [],
         "cohort": args.cohort, "params_changed": over, "dvc_repro_seconds": seconds,
         "counts": pre["counts"], "label_voxels": pre.get("label_voxels"),
         "verdict": json.loads((repo / "reports" / "eval" / "gates.json").read_text())["overall"],

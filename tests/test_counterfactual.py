@@ -235,6 +235,17 @@ def test_the_generator_trains_and_writes_counterfactual_cases_of_their_own_kind(
     assert len(list((tmp_path / "out" / "images").glob("*.nii.gz"))) == 2 and "internal augmentation only" in res.output
     res = CliRunner().invoke(app, ["synth", str(tmp_path / "model"), str(tmp_path / "out2"), "-c", "lesion", "-n", "2"])
     assert res.exit_code == 2 and "--from" in res.output
+    # a bundle is for sharing: refused; forced, it says internal only and what the structure prior holds
+    from medsynth.synth.bundle import ExportRefused, export_bundle
+
+    with pytest.raises(ExportRefused, match="internal"):
+        export_bundle(tmp_path / "model", tmp_path / "bundle")
+    export_bundle(tmp_path / "model", tmp_path / "bundle", force=True)
+    meta = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text())
+    assert meta["intended_use"].startswith("INTERNAL AUGMENTATION ONLY") and "structure prior" in meta["contents"]["latent_statistics"]["what"]
+    res = CliRunner().invoke(app, ["synth", "--bundle", str(tmp_path / "bundle"), str(tmp_path / "out3"), "-c", "lesion", "-n", "1",
+                                   "--from", str(folder)])
+    assert res.exit_code == 0, res.output
 
 
 def test_a_train_split_without_the_structure_stops_training_with_the_reason(tmp_path):

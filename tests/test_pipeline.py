@@ -119,7 +119,8 @@ def tiny_repo(tmp_path_factory):
     from medsynth.config import DemoConfig
     from medsynth.data.demo import generate_demo_cohort
 
-    generate_demo_cohort(raw, DemoConfig(patients=12, rare_fraction=0.34, nifti_cases=1, compressed_cases=1), seed=7)
+    # half rare: the train split then holds 3 lesion cases, enough for the counterfactual model to learn the lesion from
+    generate_demo_cohort(raw, DemoConfig(patients=12, rare_fraction=0.5, nifti_cases=1, compressed_cases=1), seed=7)
     planted = _plant_canaries(raw)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     key = hashlib.sha256(b"medsynth tiny_repo site key").hexdigest()  # fixed: the run is reproducible
@@ -128,7 +129,8 @@ def tiny_repo(tmp_path_factory):
     params["data"].update({"input": str(raw), "labels": str(raw / "labels.csv"), "modality": "CT"})
     params["deid"]["key_file"] = str(base / "site.key")
     params["preprocess"].update({"roi_size": [16, 16, 16], "spacing": [8.0, 8.0, 8.0]})
-    for m in ("cgan", "cvae"):
+    params["train"]["models"] = ["cgan", "cvae", "counterfactual"]
+    for m in params["train"]["models"]:
         params["train"][m].update({"steps": 3, "batch_size": 2, "base_channels": 4})
     params["train"]["checkpoint_every"] = 2
     params["train"]["log_every"] = 1  # every step a DVCLive row: the resume check below counts them
@@ -182,10 +184,26 @@ def test_dvc_repro_tiny(tiny_repo):
     assert {g["state"] for g in gates["gates"]} <= {"pass", "warn", "fail", "inconclusive", "not measured"}
     # 3 training steps of a 4-channel UNet learn nothing: the utility gate must say so, never pass
     util_gates = [g for g in gates["gates"] if g["area"] == "utility"]
-    assert len(util_gates) == 2 and all(g["state"] == "inconclusive" for g in util_gates), util_gates
+    assert len(util_gates) == 3 and all(g["state"] == "inconclusive" for g in util_gates), util_gates
     assert gates["overall"] in ("fail", "inconclusive")
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and 'id="verdict-table"' in html
+    # the counterfactual model: real train cases without the lesion, changed to have it; internal use only
+    cf = repo / "data/synth/counterfactual"
+    with open(repo / "data/preprocess/manifest.csv", newline="") as fh:
+        real = {r["case_id"]: r for r in csv.DictReader(fh)}
+    cases = sorted((cf / "images").glob("*.nii.gz"))
+    assert len(cases) == 3 and not (cf / "dicom").exists()
+    for f in cases:
+        side = json.loads((cf / "sidecars" / f.name.replace(".nii.gz", ".json")).read_text())
+        src = real[side["source_case_id"]]
+        assert src["split"] == "train" and src["condition"] == "normal" and side["condition"] == "lesion"
+        assert (np.asarray(nib.load(cf / "masks" / f.name).dataobj) == 2).any() and (cf / "regions" / f.name).is_file()
+        assert b"COUNTERFACTUAL" in bytes(nib.load(f).header["descrip"])
+    assert "real+synthetic_rare - cgan's real+synthetic_rare" in utility["counterfactual"]["differences"]
+    cf_gates = [g for g in gates["gates"] if g["gate"].startswith("counterfactual: ")]
+    assert cf_gates and all(g.get("internal_only") for g in cf_gates)
+    assert "Internal augmentation only." in html and (repo / "reports/eval/figures/counterfactual_counterfactual_pairs.png").is_file()
     cached = {p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (repo / "data/features").glob("*.npy")}
     assert cached == {f"{space}-{split}" for space in ("weightfree", "learned") for split in ("train", "test", "holdout")}
     ingest = json.loads((repo / "data/ingest/ingest.json").read_text())

@@ -26,7 +26,7 @@ from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E40
 from medsynth.eval.features import cached_features, volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
 from medsynth.eval.counterfactual import INTERNAL_ONLY, read_counterfactual_set, seam_and_look, structure_copy_check  # noqa: E402
-from medsynth.eval.gates import counterfactual_gates, evaluate_gates, overall  # noqa: E402
+from medsynth.eval.gates import counterfactual_gates, evaluate_gates, model_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
 from medsynth.eval.privacy import audit_privacy, privacy_metrics, privacy_reference  # noqa: E402
 from medsynth.eval.utility import (  # noqa: E402
@@ -185,7 +185,7 @@ def evaluate_models(
             gates += evaluate_gates(model, fid, priv, cfg.gates)
         fidelity_all[model] = fid
         privacy_all[model] = priv
-        gates.append({**utility_gate(model, util, cfg.utility, cfg.gates.warn_margin), **({"internal_only": True} if counterfactual else {})})
+        gates.append(utility_gate(model, util, cfg.utility, cfg.gates.warn_margin))
         _slices_figure(model, fig_dir, s_img, s_cond, banks, info)
         if counterfactual:
             _counterfactual_pairs_figure(model, fig_dir, s_img, s_mask, sources, fid["counterfactual"])
@@ -204,6 +204,9 @@ def evaluate_models(
         gates.append(condition_fidelity_gate(model, cond, cond["classifier"], cfg.gates))
         _conditional_overlay_figure(model, fig_dir, s_img, s_mask, s_cond, cond_real, info["conditions"], cond, cfg.conditional)
         _label_volume_figure(model, fig_dir, s_mask, s_cond, cond_real, info["conditions"], cond, n_labels)
+        if counterfactual:  # every gate of the model: its cases are real patients' scans, the verdict at best internal use
+            for g in model_gates(model, gates):
+                g["internal_only"] = True
     for m in models:  # counterfactual sets against the whole-volume generators: the same test cases, seeds and baselines
         if utility_all[m].get("synthetic_kind") != "counterfactual":
             continue

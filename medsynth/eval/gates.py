@@ -105,8 +105,7 @@ def counterfactual_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesCo
                 f"median {med:.2f}), judged either way: a pasted edge raises it, a smeared surround lowers it.")
     seam_gate = upper_gate(f"{model}: seam at the edit region's border", seam.get("seam_deviation"), cfg.seam_ratio_max, cfg.warn_margin,
                            sentence, "fidelity")
-    realism = evaluate_gates(model, fidelity, privacy, cfg, privacy_checks=False)
-    return [{**g, "internal_only": True} for g in (copies, seam_gate, *realism)]
+    return [{**g, "internal_only": True} for g in (copies, seam_gate, *evaluate_gates(model, fidelity, privacy, cfg, privacy_checks=False))]
 
 
 def overall(gates: list[dict]) -> str:

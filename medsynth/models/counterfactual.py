@@ -175,12 +175,15 @@ class StructurePrior(nn.Module):
         return target.astype(np.uint8), drawn
 
     def look_channel(self, mask: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) labels and (B, K + 1) mean intensity per label -> (B, 1, D, H, W): each changed
-        label's voxels hold its mean intensity, every other voxel 0."""
-        out = torch.zeros(mask.shape, dtype=intensity.dtype, device=mask.device)
+        """(B, D, H, W) labels and (B, K + 1) mean intensity per label -> (B, 2, D, H, W): where the changed
+        labels are (1) and there each one's mean intensity (0 elsewhere)."""
+        where = torch.zeros(mask.shape, dtype=intensity.dtype, device=mask.device)
+        value = torch.zeros_like(where)
         for k in self.changed_labels():
-            out = torch.where(mask == k, intensity[:, k, None, None, None], out)
-        return out[:, None]
+            sel = mask == k
+            where = torch.where(sel, torch.ones_like(where), where)
+            value = torch.where(sel, intensity[:, k, None, None, None], value)
+        return torch.stack([where, value], 1)
 
     def _draw_rescale(self, mask: np.ndarray, labels: list[int], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         sel = np.isin(mask, labels)
@@ -243,9 +246,13 @@ class StructurePrior(nn.Module):
 
 class Inpainter(nn.Module):
     """(image outside the region, region, one-hot label map, condition, noise, look) -> image; the composite
-    keeps the real image outside the region. ``look``: each changed label's voxels hold the mean intensity
-    it is to have (in training the real case's own, in synthesis one drawn from the prior), so the network
-    paints a bright or a dark lesion as asked instead of the average of the two."""
+    keeps the real image outside the region. ``look`` (B, 2, ...): where the changed labels are, and there
+    the mean intensity each is to have (in training the real case's own, in synthesis one drawn from the
+    prior). The surround is painted freely; a changed structure is painted as its mean intensity plus a
+    texture the network draws (within +-``TEXTURE``), so a bright or a dark lesion comes out as asked
+    instead of the average of the two."""
+
+    TEXTURE = 0.25
 
     def __init__(self, n_classes: int, n_mask_labels: int, base: int, size: int):
         super().__init__()
@@ -253,14 +260,17 @@ class Inpainter(nn.Module):
 
         levels = 3 if size >= 32 else 2
         self.n_classes, self.n_mask_labels = n_classes, n_mask_labels
-        self.net = UNet(spatial_dims=3, in_channels=4 + (n_mask_labels + 1) + n_classes, out_channels=1,
+        self.net = UNet(spatial_dims=3, in_channels=5 + (n_mask_labels + 1) + n_classes, out_channels=2,
                         channels=tuple(base * 2**i for i in range(levels + 1)), strides=(2,) * levels, num_res_units=1)
 
     def forward(self, image: torch.Tensor, region: torch.Tensor, mask_onehot: torch.Tensor, y: torch.Tensor,
                 noise: torch.Tensor, look: torch.Tensor) -> torch.Tensor:
         cond = F.one_hot(y, self.n_classes).float()[:, :, None, None, None].expand(-1, -1, *image.shape[2:])
         kept = image * (1 - region) - region  # the region blanked to the background value
-        painted = torch.tanh(self.net(torch.cat([kept, region, mask_onehot, cond, noise * region, look], 1)))
+        out = self.net(torch.cat([kept, region, mask_onehot, cond, noise * region, look], 1))
+        inside = look[:, :1] * region
+        structure = (look[:, 1:] + self.TEXTURE * torch.tanh(out[:, 1:])).clamp(-1, 1)
+        painted = inside * structure + (1 - inside) * torch.tanh(out[:, :1])
         return image * (1 - region) + painted * region
 
 
@@ -416,7 +426,13 @@ class CounterfactualModule(GenerativeModule):
         self.manual_backward(loss_d + penalty)
         opt_d.step()
         painted = self.generator.inpainter(image, region, onehot, y, noise, look)
-        rec = ((painted - image).abs() * region).sum() / region.sum().clamp(min=1)
+        # L1 on the changed structure and on its surround, each averaged over its own voxels: a lesion of a
+        # few dozen voxels in a region of hundreds counts as much as the tissue around it
+        err = (painted - image).abs()
+        changed = torch.tensor(self.generator.prior.changed_labels(), device=labels.device)
+        structure = region * torch.isin(labels, changed)[:, None].to(region.dtype)
+        ring = region - structure
+        rec = 0.5 * ((err * structure).sum() / structure.sum().clamp(min=1) + (err * ring).sum() / ring.sum().clamp(min=1))
         loss_g = cfg.rec_weight * rec
         adv = torch.zeros((), device=self.device)
         if adversarial:

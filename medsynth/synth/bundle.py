@@ -39,6 +39,8 @@ from medsynth import __version__
 from medsynth.eval.gates import VERDICT_RULE, model_gates, model_verdict, overall
 from medsynth.io.writers import save_torch_atomic, write_json_atomic
 from medsynth.models import registry
+from medsynth.synth.counterfactual import INTERNAL_USE as COUNTERFACTUAL_USE
+from medsynth.synth.counterfactual import is_counterfactual
 from medsynth.synth.sampler import LoadedSampler, file_sha256, load_sampler, synthesize
 
 SCHEMA_PATH = Path(__file__).with_name("bundle_metadata_schema.json")
@@ -71,6 +73,11 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, gate
     ``audience`` (privacy.json's, share or internal) decides whether "fit to share" can be recommended."""
     model_path = Path(model_path)
     sampler = load_sampler(model_path)
+    counterfactual = is_counterfactual(sampler)
+    if counterfactual and not force:
+        raise ExportRefused(f"{model_path}: a counterfactual model changes real patients' scans, and its cases are for internal "
+                            "augmentation only; a bundle is for sharing a generator, so export is refused. Inside the site use "
+                            "`medsynth synth MODEL OUT -c CONDITION --from FOLDER`; --force writes a bundle marked internal-only")
     model_name = model_name or (model_path.parent.name if model_path.suffix == ".pt" else model_path.name)
     evaluation = _evaluation(model_name, sampler.checkpoint_sha256, gates, force, audience)
     out_dir = Path(out_dir)
@@ -94,13 +101,16 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, gate
         "name": name or f"medsynth {sampler.kind} synthetic {info['modality']} generator",
         "task": f"Synthesis of 3D {info['modality']} image + mask pairs conditioned on {', '.join(conditions)}",
         "description": (f"medsynth {sampler.kind} generator ({sum(p.numel() for p in sampler.net.parameters())} parameters). "
-                        f"Samples a {'x'.join(map(str, roi))} volume at spacing {info['spacing']} mm and its label map "
-                        "for a chosen condition."),
+                        + (f"Changes a real {'x'.join(map(str, roi))} case (image + label map) at spacing {info['spacing']} mm to have "
+                           "the rare condition (medsynth synth --from)." if counterfactual else
+                           f"Samples a {'x'.join(map(str, roi))} volume at spacing {info['spacing']} mm and its label map "
+                           "for a chosen condition.")),
         "authors": "medsynth users (the site that trained this checkpoint)",
         "copyright": "Copyright (c) the training site; synthetic outputs carry the same sharing terms as this bundle",
-        "intended_use": INTENDED_USE,
+        "intended_use": f"INTERNAL AUGMENTATION ONLY. {COUNTERFACTUAL_USE}" if counterfactual else INTENDED_USE,
         "limitations": ([f"EXPORTED DESPITE FAILED PRIVACY GATES (--force): {'; '.join(evaluation['privacy_gates_failed'])}. "
-                         "Do not share it outside the training site."] if evaluation.get("forced") else []) + LIMITS,
+                         "Do not share it outside the training site."] if evaluation.get("forced") else [])
+                       + ([f"COUNTERFACTUAL MODEL, EXPORTED WITH --force: {COUNTERFACTUAL_USE}"] if counterfactual else []) + LIMITS,
         "data_source": "the site's de-identified training cohort (not included in the bundle)",
         "data_type": "nifti",
         "synthetic_data": True,
@@ -173,15 +183,21 @@ def _contents(sampler: LoadedSampler, model_path: Path) -> dict:
            "training_data": "none: no image, mask, identifier or per-case value of a training patient"}
     if stats:
         train = model_path.parent if model_path.suffix == ".pt" else model_path
-        fitted = json.loads((train / "train.json").read_text()).get("latent_prior") if (train / "train.json").is_file() else None
-        out["latent_statistics"] = {
-            "tensors": stats,
-            "what": ("the fitted latent prior synthesis draws from: per condition, the mean (prior.mean) and the Cholesky factor of "
-                     "the covariance, shrunk towards its diagonal (prior.scale_tril), of the encoder's codes of that condition's "
-                     f"training cases; a condition with fewer than prior_min_cases ({sampler.config.get('prior_min_cases')}) gets "
-                     "the statistics of all training cases pooled. Aggregates, not per-patient records"),
-            "per_condition": fitted or "not recorded (no train.json beside the model)",
-        }
+        summary = json.loads((train / "train.json").read_text()) if (train / "train.json").is_file() else {}
+        if is_counterfactual(sampler):
+            fitted = summary.get("structure_prior")
+            what = ("the structure prior: per label whether the rare condition inserts or rescales it; for an inserted label the "
+                    "mean, spread and range of its log volume, the mean and Cholesky factor of the offset of its centre from the label "
+                    "it lies in and whether it lies inside it; for rescaled labels the mean, spread and range of their log volume; per "
+                    "changed label 19 quantiles of its mean intensity; all over the rare-condition training cases. Aggregates, not "
+                    "per-patient records; the model needs a real case to change")
+        else:
+            fitted = summary.get("latent_prior")
+            what = ("the fitted latent prior synthesis draws from: per condition, the mean (prior.mean) and the Cholesky factor of "
+                    "the covariance, shrunk towards its diagonal (prior.scale_tril), of the encoder's codes of that condition's "
+                    f"training cases; a condition with fewer than prior_min_cases ({sampler.config.get('prior_min_cases')}) gets "
+                    "the statistics of all training cases pooled. Aggregates, not per-patient records")
+        out["latent_statistics"] = {"tensors": stats, "what": what, "per_condition": fitted or "not recorded (no train.json beside the model)"}
     else:
         out["latent_statistics"] = "none: the generator samples standard normal noise"
     return out
@@ -298,6 +314,9 @@ def sample_bundle(sampler: LoadedSampler, output_dir: str | Path, condition: str
     """Sample ``num_samples`` cases of ``condition`` into ``output_dir`` (NIfTI + sidecars + manifest)."""
     if condition not in sampler.conditions:
         raise ValueError(f"condition {condition!r} unknown to this bundle; it knows {sampler.conditions}")
+    if is_counterfactual(sampler):
+        raise ValueError("a counterfactual bundle changes real cases and does not sample from noise: "
+                         "medsynth synth --bundle BUNDLE OUT -c CONDITION --from FOLDER")
     return synthesize(sampler, Path(output_dir), {condition: int(num_samples)}, int(seed), float(temperature), 4, device=device)
 
 
@@ -342,7 +361,7 @@ def _readme(meta: dict) -> str:
 
 ## What this bundle holds
 - Weights (`models/model.pt`): {contents['weights']}.
-- Fitted latent statistics: {stats}
+- Fitted statistics: {stats}
 - Training data: {contents['training_data']}.
 
 ## Evaluation
