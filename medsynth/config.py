@@ -156,6 +156,13 @@ class CGANConfig(_Section):
     )
 
 
+class DPConfig(_Section):
+    epsilon: float = Field(..., gt=0, description="privacy budget of the whole run (smaller: more noise, more privacy; 1-10 is usual)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="chance the epsilon bound fails; must be below 1 / training cases (checked at "
+                         "training)")
+    max_grad_norm: float = Field(1.0, gt=0, description="each case's gradient is clipped to this L2 norm before noise is added")
+
+
 class CVAEConfig(_Section):
     steps: int = Field(400, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -195,6 +202,21 @@ class CVAEConfig(_Section):
         "result either way); with 5 the demo's 7 lesion cases get their own fit and the samples hold the lesion, "
         "pooled they mostly do not (docs/benchmarks.md). Like prior_shrinkage, read at export only: changing it "
         "refits the prior without retraining")
+    dp: DPConfig | None = Field(
+        None, description="differentially private training (DP-SGD, opacus accountant): {epsilon, delta, max_grad_norm}; "
+        "null: off. Needs latent_prior: standard and mask_label_weighting: none (both would fit values to the training "
+        "cases outside the guarantee); docs/privacy.md")
+
+    @model_validator(mode="after")
+    def _dp_settings(self) -> CVAEConfig:
+        if self.dp is not None:
+            bad = [f"{k}: {v} (allowed with dp: {ok})" for k, v, ok in (("latent_prior", self.latent_prior, "standard"),
+                                                                         ("mask_label_weighting", self.mask_label_weighting, "none"))
+                   if v != ok]
+            if bad:
+                raise ValueError("dp is set, but " + "; ".join(bad) + ": those fit values to the training cases outside the "
+                                 "differential-privacy guarantee")
+        return self
 
 
 class VAEGANConfig(CVAEConfig):
@@ -231,6 +253,9 @@ class VAEGANConfig(CVAEConfig):
 
     @model_validator(mode="after")
     def _kl_shape(self) -> VAEGANConfig:
+        if self.dp is not None:
+            raise ValueError("dp: not available for vaegan yet (its discriminator sees real cases and would need DP-SGD too); "
+                             "train cvae with dp, or set dp: null")
         if len(self.attention_levels) != len(self.kl_channels):
             raise ValueError(f"attention_levels {list(self.attention_levels)} needs one entry per kl_channels level {list(self.kl_channels)}")
         if any(c % self.norm_num_groups for c in self.kl_channels):

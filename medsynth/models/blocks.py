@@ -247,9 +247,15 @@ def compose_sample(image: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tens
     return torch.cat([image, torch.softmax(mask_logits, dim=1)], dim=1)
 
 
+def one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, ...) integer labels -> (B, n, ...) float one-hot, by comparison (``F.one_hot`` checks its values,
+    which ``torch.func.vmap`` -- per-case gradients for DP-SGD -- cannot trace)."""
+    classes = torch.arange(n, device=labels.device).view(1, n, *[1] * (labels.dim() - 1))
+    return (labels.long().unsqueeze(1) == classes).float()
+
+
 def one_hot_mask(mask: torch.Tensor, n_mask_labels: int) -> torch.Tensor:
-    m = mask.long().clamp(0, n_mask_labels)[:, 0]
-    return nn.functional.one_hot(m, n_mask_labels + 1).permute(0, 4, 1, 2, 3).float()
+    return one_hot(mask.long().clamp(0, n_mask_labels)[:, 0], n_mask_labels + 1)
 
 
 def append_minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig
 from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
-from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels
+from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels, one_hot
 from medsynth.models.losses import label_rarity_weights, mask_loss
 
 Decoder = ConditionalDecoder  # latent + class -> image + mask
@@ -38,7 +38,7 @@ class Encoder(nn.Module):
         self.logvar = nn.Linear(cin * 64, latent)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cond = F.one_hot(y, self.n_classes).float()[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
+        cond = one_hot(y, self.n_classes)[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
         h = self.blocks(torch.cat([x, cond], 1)).flatten(1)
         # bounded to [-10, 10] softly: a hard clamp has no gradient outside the range, so a dimension whose
         # log-variance overshot (before the KL weight has annealed in) stayed at e^10 for good
@@ -61,6 +61,9 @@ class CVAEModule(GenerativeModule):
             self.encoder = Encoder(2 + self.n_mask_labels, self.n_classes, cfg.latent_dim, cfg.base_channels, size)
             self.decoder = Decoder(cfg.latent_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size,
                                    latent_prior=cfg.latent_prior == "fitted")
+        if cfg.dp is not None:  # DP-SGD steps (models/dp.py): per-case gradients, clipped and noised, one manual step each
+            self.automatic_optimization = False
+            self.register_buffer("dp_noise_multiplier", torch.zeros(()))  # set at the first fit start, kept through resumes
 
     @property
     def sampler(self) -> nn.Module:
@@ -74,10 +77,13 @@ class CVAEModule(GenerativeModule):
                        latent_prior=cfg.latent_prior == "fitted")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, fused=torch.cuda.is_available())
+        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr, fused=torch.cuda.is_available())
+        return [opt] if self.cfg.dp is not None else opt
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        if self.cfg.dp is not None:
+            self._setup_dp()
         self.label_weights = (label_rarity_weights(self.bank_x[:, 1], self.n_mask_labels)
                               if self.cfg.mask_label_weighting == "rarity" else None)
 
@@ -98,8 +104,60 @@ class CVAEModule(GenerativeModule):
         penalised = kl_dim.clamp(min=self.cfg.free_bits).sum() if self.cfg.free_bits > 0 else kl
         return {"rec": rec, "seg": seg, "kl": kl, "kl_penalised": penalised, "img": img, "logits": logits}
 
+    def _setup_dp(self) -> None:
+        from medsynth.models.base import TrainingDataError
+        from medsynth.models.dp import noise_multiplier
+
+        dp, n = self.cfg.dp, len(self.bank_y)
+        if dp.delta >= 1.0 / n:
+            raise TrainingDataError(f"train.{self.name}.dp.delta {dp.delta:g} is not below 1 / {n} training cases: the guarantee would allow "
+                                    f"one patient's data to leak whole; set delta below {1.0 / n:.2g} (e.g. {10 ** -len(str(n)) / 10:g})")
+        self.dp_rate = min(1.0, self.cfg.batch_size / n)
+        if float(self.dp_noise_multiplier) == 0.0:  # a resume keeps the noise the run started with
+            self.dp_noise_multiplier.fill_(noise_multiplier(dp.epsilon, dp.delta, self.dp_rate, self.cfg.steps))
+
+    def dp_record(self) -> dict:
+        """The privacy spent so far (train.json, the model card, the report)."""
+        from medsynth.models.dp import epsilon_spent
+
+        dp, sigma = self.cfg.dp, float(self.dp_noise_multiplier)
+        spent = epsilon_spent(sigma, self.dp_rate, int(self.iteration), dp.delta)
+        return {"epsilon": round(spent, 4), "epsilon_target": dp.epsilon, "delta": dp.delta, "noise_multiplier": round(sigma, 4),
+                "max_grad_norm": dp.max_grad_norm, "sample_rate": round(self.dp_rate, 5), "steps": int(self.iteration),
+                "accountant": "RDP (opacus)", "sampling": "Poisson, each training case with probability sample_rate per step",
+                "covers": "the exported weights; not the logged losses, the diversity monitor or other values computed on training "
+                          "cases without noise (train.json, DVCLive): keep those inside"}
+
+    def loss_of(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+        out = self.losses(x, y, eps)
+        return out["rec"] + self.cfg.mask_weight * out["seg"] + beta * out["kl_penalised"] / self.voxels, out
+
+    def dp_step(self) -> None:
+        """One DP-SGD step: a Poisson batch of the training cases, per-case clipped gradients plus noise."""
+        from medsynth.models.dp import poisson_batch, private_gradients
+
+        cfg, opt = self.cfg, self.optimizers()
+        idx = poisson_batch(len(self.bank_y), self.dp_rate, self.step_generator(1)).to(self.bank_x.device)
+        x = self.layout(self.bank_x[idx].to(self.device).float())
+        y = self.bank_y[idx].to(self.device)
+        eps = self.noise(len(idx), cfg.latent_dim)
+        beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
+        opt.zero_grad(set_to_none=True)
+        private_gradients({"encoder": self.encoder, "decoder": self.decoder}, lambda a, b, c: self.loss_of(a, b, c, beta)[0], (x, y, eps),
+                          cfg.dp.max_grad_norm, float(self.dp_noise_multiplier), cfg.batch_size, self.step_generator(31))
+        self.check_finite(grad_norm=grad_norm(self.parameters()))
+        opt.step()
+        if self.logging_step:
+            self.log("grad_norm", grad_norm(self.parameters()), on_step=True)
+            if len(idx):
+                with torch.no_grad():
+                    loss, out = self.loss_of(x, y, eps, beta)
+                self.log_scalars(loss=loss, rec=out["rec"], seg=out["seg"], kl=out["kl"], beta=beta, dp_batch=len(idx))
+
     def step(self):
         cfg = self.cfg
+        if cfg.dp is not None:
+            return self.dp_step()
         x, y = self.batch(cfg.batch_size)
         eps = self.noise(len(y), cfg.latent_dim)
         out = self.losses(x, y, eps)
@@ -116,7 +174,7 @@ class CVAEModule(GenerativeModule):
         the diversity of the standard prior at the end of training is kept beside it."""
         prior = getattr(self.sampler, "prior", None)
         if prior is None:
-            return {}
+            return {"dp": self.dp_record()} if self.cfg.dp is not None else {}
         was_training = self.training
         self.eval()
         before = round(self.diversity(), 4)
@@ -132,7 +190,7 @@ class CVAEModule(GenerativeModule):
         return {"prior": "fitted"} if getattr(self.sampler, "prior", None) is not None else {}
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.logging_step:
+        if self.logging_step and self.cfg.dp is None:
             self.log("grad_norm", grad_norm(self.parameters()), on_step=True)
 
     @torch.no_grad()

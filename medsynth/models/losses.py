@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from medsynth.models.blocks import one_hot
+
 
 def label_rarity_weights(label_maps: torch.Tensor, n_mask_labels: int, max_weight: float = 50.0) -> torch.Tensor:
     """Cross-entropy weight per class (background + labels): 1 / sqrt(voxel share), normalised so background
@@ -34,14 +36,12 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, n_mask_labels: in
     if n_mask_labels < 1:
         return logits.new_zeros(())
     prob = torch.softmax(logits.float(), dim=1)[:, 1:]
-    onehot = F.one_hot(target.long().clamp(0, n_mask_labels), n_mask_labels + 1).movedim(-1, 1)[:, 1:].float()
+    onehot = one_hot(target.long().clamp(0, n_mask_labels), n_mask_labels + 1)[:, 1:]
     dims = (0, *range(2, prob.dim()))
     inter, denom = (prob * onehot).sum(dims), prob.sum(dims) + onehot.sum(dims)
-    present = onehot.sum(dims) > 0
-    if not present.any():
-        return logits.new_zeros(())
+    present = (onehot.sum(dims) > 0).float()
     dice = (2 * inter + eps) / (denom + eps)
-    return 1 - dice[present].mean()
+    return ((1 - dice) * present).sum() / present.sum().clamp(min=1)  # 0 when no label is present (no branch: vmap traces it)
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, n_mask_labels: int, weights: torch.Tensor | None, dice_weight: float) -> torch.Tensor:

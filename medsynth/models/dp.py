@@ -1,0 +1,78 @@
+"""Differentially private training (DP-SGD, Abadi et al. 2016) for a model's networks that see real cases.
+
+Each step: every training case joins the batch independently with probability ``q = batch_size / N``
+(Poisson sampling, which the accountant assumes; the class balancing of ordinary training is off, as it
+would sample rare cases more often than the guarantee allows); each case's gradient is computed alone
+(``torch.func``: ``vmap`` of ``grad`` over the cases), clipped to L2 norm ``max_grad_norm``, summed,
+Gaussian noise of standard deviation ``noise_multiplier x max_grad_norm`` added, and the sum divided by
+the expected batch size. The noise multiplier is the smallest that keeps the whole run within
+(``epsilon``, ``delta``) under opacus's RDP accountant for ``steps`` steps at rate ``q``; the epsilon spent
+is computed by the same accountant from the steps actually taken.
+
+What the guarantee covers: the weights these steps update. It does not cover values computed on the
+training cases without noise (logged losses, the diversity monitor, anything fitted to the data after
+training): models refuse settings that would export such a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+
+def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"))
+
+
+def epsilon_spent(noise: float, sample_rate: float, steps: int, delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(noise, sample_rate, int(steps))]
+    return float(acc.get_epsilon(delta)) if steps > 0 else 0.0
+
+
+def poisson_batch(n: int, sample_rate: float, g: torch.Generator) -> torch.Tensor:
+    """Indices of the cases that join this step's batch: each independently with probability ``sample_rate``."""
+    return torch.nonzero(torch.rand(n, generator=g) < sample_rate).flatten()
+
+
+class _LossOfOne(nn.Module):
+    """The networks under one roof, so ``functional_call`` can swap their parameters for per-case ones while
+    the model's own code (which refers to the same network objects) computes the loss."""
+
+    def __init__(self, nets: dict[str, nn.Module], loss_of_one: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.nets = nn.ModuleDict(nets)
+        self.loss_of_one = loss_of_one
+
+    def forward(self, *case: torch.Tensor) -> torch.Tensor:
+        return self.loss_of_one(*[c.unsqueeze(0) for c in case])
+
+
+def private_gradients(nets: dict[str, nn.Module], loss_of_one: Callable[..., torch.Tensor], batch: tuple[torch.Tensor, ...],
+                      max_grad_norm: float, noise: float, expected_batch: float, g: torch.Generator) -> None:
+    """Set ``.grad`` of every parameter of ``nets`` to the DP-SGD gradient: per-case gradients of
+    ``loss_of_one(*case)`` (each case given with a leading batch dimension of 1), each clipped to
+    ``max_grad_norm``, summed, plus N(0, (noise x max_grad_norm)^2), over ``expected_batch``. ``batch``
+    may hold no case: the step then adds noise only."""
+    wrapper = _LossOfOne(nets, loss_of_one)
+    params = {k: v.detach() for k, v in wrapper.named_parameters()}
+    buffers = {k: v for k, v in wrapper.named_buffers()}
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    if len(batch[0]):
+        def loss(p, *case):
+            return functional_call(wrapper, (p, buffers), case)
+
+        per_case = vmap(grad(loss), in_dims=(None, *([0] * len(batch))), randomness="different")(params, *batch)
+        norms = torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in per_case.values()))
+        scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        total = {k: (v * scale.view(-1, *[1] * (v.dim() - 1))).sum(0) for k, v in per_case.items()}
+    for name, param in wrapper.named_parameters():
+        z = torch.randn(param.shape, generator=g).to(param.device, param.dtype)
+        param.grad = (total[name] + noise * max_grad_norm * z) / expected_batch
