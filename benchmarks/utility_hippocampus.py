@@ -95,8 +95,11 @@ def summarise(reports: Path, models: list[str]) -> list[dict]:
     rows = []
     for m in models:
         cf = fidelity[m].get("counterfactual")
+        train_json = reports.parent / "models" / m / "train.json"
+        trained = json.loads(train_json.read_text()) if train_json.is_file() else {}
         rows.append({
             "model": m,
+            "train": {k: trained.get(k) for k in ("steps", "train_seconds", "dp", "final_diversity")},
             "conditional": fidelity[m].get("conditional"),
             "utility": utility.get(m),
             "privacy": {k: privacy[m].get(k) for k in ("membership_auc_blackbox", "membership_auc_whitebox", "dcr_share", "copies")},
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="training steps of every model (default: params.yaml)")
     ap.add_argument("--samples", type=int, default=32, help="synthetic cases per condition")
     ap.add_argument("--utility-seeds", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                    help="any other params.yaml value, e.g. --set 'train.cvae.dp={epsilon: 10}' (repeatable)")
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--work", help="keep the scratch project here (default: a temporary folder)")
     ap.add_argument("--resume", action="store_true", help="rerun dvc repro in the --work project as it is (stages done stay done)")
@@ -242,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
             over["train"].setdefault(m, {})["steps"] = args.steps
     if args.utility_seeds:
         over.setdefault("evaluate", {}).setdefault("utility", {})["seeds"] = args.utility_seeds
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *parents, last = key.split(".")
+        node = over
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
     params = merge(params, over)
     params["synthesize"]["per_condition"] = over["synthesize"]["per_condition"]  # this cohort's conditions only
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from medsynth.config import UtilityConfig
-from medsynth.eval.gates import STATES, overall
+from medsynth.eval.gates import RANK, overall
 from medsynth.eval.utility import ARMS, classification_utility, paired_difference, segmentation_utility, shared_part, utility_gate, utility_sentence
 from tests.conftest import shared
 
@@ -80,7 +80,7 @@ def test_real_only_arm_learns_and_the_gate_is_conclusive(erased):
     lo, hi = real["dice_ci95"]
     assert lo < real["dice"] < hi and hi - lo < 0.2
     gate = utility_gate("erased", erased, CFG, 0.05)
-    assert gate["state"] != "inconclusive" and gate["state"] in STATES
+    assert gate["state"] != "inconclusive" and gate["state"] in RANK
 
 
 def test_erased_masks_cost_dice_with_an_interval_below_zero(erased):
@@ -189,4 +189,4 @@ def test_classification_arms_on_the_hippocampus_condition(hippo):
     d = res["differences"]["real+synthetic - real"]["overall"]
     assert d["mean"] == pytest.approx(res["arms"]["real+synthetic"]["auc"] - res["arms"]["real"]["auc"], abs=1e-4)
     assert abs(res["differences"]["synthetic - real"]["overall"]["mean"]) < 0.02  # the same cases, seeds and batch order
-    assert utility_gate("m", res, cfg, 0.05)["state"] in STATES
+    assert utility_gate("m", res, cfg, 0.05)["state"] in RANK

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from medsynth.config import GatesConfig
 
-STATES = ("pass", "warn", "fail", "not measured", "inconclusive")
 RANK = {"pass": 0, "not measured": 1, "warn": 1, "inconclusive": 2, "fail": 3}  # overall(): the worst gate decides
 
 

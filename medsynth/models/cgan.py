@@ -36,9 +36,6 @@ from medsynth.models.blocks import (
     random_cutout,
 )
 
-Generator = ConditionalDecoder  # noise + class -> image + mask
-
-
 def build_generator(cfg: CGANConfig, n_classes: int, n_mask_labels: int, size: int) -> nn.Module:
     cls = MaskConditionalDecoder if cfg.conditioning == "mask" else ConditionalDecoder
     return cls(cfg.z_dim, n_classes, n_mask_labels, cfg.base_channels, size, upsample=cfg.upsample)

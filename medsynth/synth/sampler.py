@@ -272,6 +272,3 @@ def model_space_arrays(out_dir: Path, rows: list[dict], to_model: Callable[[np.n
         conds.append(r["condition"])
     return np.stack(imgs), np.stack(masks), conds
 
-
-def sidecar_of(out_dir: Path, case_id: str) -> dict:
-    return json.loads((Path(out_dir) / "sidecars" / f"{case_id}.json").read_text())
