@@ -95,10 +95,24 @@ def test_export_refuses_a_failed_privacy_gate_unless_forced(trained_cvae, tmp_pa
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "forced" / "configs" / "metadata.json").read_text())
     assert meta["evaluation"]["forced"] and meta["evaluation"]["privacy_gates_failed"] == ["cvae: near-copies of training patients"]
-    assert meta["evaluation"]["recommendation"] == "neither" and meta["limitations"][0].startswith("EXPORTED DESPITE FAILED PRIVACY GATES")
-    assert "Exported despite failed privacy gates" in (tmp_path / "forced" / "docs" / "README.md").read_text()
+    assert meta["evaluation"]["recommendation"] == "neither" and meta["limitations"][0].startswith("EXPORTED WITH --force: despite failed privacy gates")
+    assert "Exported with --force: despite failed privacy gates" in (tmp_path / "forced" / "docs" / "README.md").read_text()
     res = _export(tmp_path, trained_cvae, tmp_path / "wrong", _gates(), "--model-name", "vaegan")
     assert res.exit_code == 2 and "no gate of model 'vaegan'" in " ".join(res.output.split())
+
+
+def test_export_refuses_gates_measured_on_another_checkpoint(trained_cvae, tmp_path):
+    sha = hashlib.sha256((trained_cvae / "model.pt").read_bytes()).hexdigest()
+    res = _export(tmp_path, trained_cvae, tmp_path / "own", {**_gates(), "checkpoints": {"cvae": sha}})
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "own" / "configs" / "metadata.json").read_text())["evaluation"]["gates_measured_on_this_checkpoint"] == "yes"
+    other = {**_gates(), "checkpoints": {"cvae": "0" * 64}}  # e.g. the model was retrained after the evaluate stage ran
+    res = _export(tmp_path, trained_cvae, tmp_path / "stale", other)
+    assert res.exit_code == 2 and "measured on checkpoint 000000000000" in " ".join(res.output.split())
+    assert not (tmp_path / "stale").exists()
+    res = _export(tmp_path, trained_cvae, tmp_path / "stale", other, "--force")
+    meta = json.loads((tmp_path / "stale" / "configs" / "metadata.json").read_text())
+    assert res.exit_code == 0 and meta["evaluation"]["forced"] and "another checkpoint" in meta["limitations"][0]
 
 
 @pytest.mark.parametrize("states, audience, expected", [

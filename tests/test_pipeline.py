@@ -111,6 +111,10 @@ def _copy_repo(repo: Path) -> Path:
     return repo
 
 
+def params_models(repo: Path) -> list[str]:
+    return yaml.safe_load((repo / "params.yaml").read_text())["train"]["models"]
+
+
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
@@ -182,6 +186,8 @@ def test_dvc_repro_tiny(tiny_repo):
     assert utility["cgan"]["measured"] and utility["cgan"]["arms"]["real"] == utility["cvae"]["arms"]["real"]  # one shared baseline
     gates = json.loads((repo / "reports/eval/gates.json").read_text())
     assert {g["state"] for g in gates["gates"]} <= {"pass", "warn", "fail", "inconclusive", "not measured"}
+    for m in params_models(repo):  # the model.pt each model's gates were measured on: export-bundle checks it
+        assert gates["checkpoints"][m] == hashlib.sha256((repo / "models" / m / "model.pt").read_bytes()).hexdigest()
     # 3 training steps of a 4-channel UNet learn nothing: the utility gate must say so, never pass
     util_gates = [g for g in gates["gates"] if g["area"] == "utility"]
     assert len(util_gates) == 3 and all(g["state"] == "inconclusive" for g in util_gates), util_gates

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -55,6 +56,11 @@ LEARNED_PRIVACY_KEYS = ("membership_auc_blackbox", "membership_auc_blackbox_ci",
 def _read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def _sidecar(sdir: Path, row: dict) -> dict:
+    path = Path(sdir) / "sidecars" / f"{row['case_id']}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _savefig(fig, dest: Path) -> None:
@@ -132,11 +138,13 @@ def evaluate_models(
     priv_ref = privacy_reference(banks["train"][0].float().numpy(), banks["train"][1].numpy(), banks["holdout"][0].float().numpy(),
                                  banks["holdout"][1].numpy(), feats["train"], feats["holdout"], rare_index)
     ms_ssim_real = ms_ssim_diversity(train_imgs, seed=seed)
+    checkpoints: dict[str, str | None] = {}  # the model.pt each model's gates were measured on (export-bundle checks it)
     utility_all, shared_arms = {}, None  # the utility arms without synthetic data (real, real+augmentation): trained once, shared by every model
     for k, model in enumerate(models):
         sdir = Path(synth_root) / model
         rows = _read_rows(sdir / "synthetic_manifest.csv")
         counterfactual = is_counterfactual_set(rows)
+        checkpoints[model] = _sidecar(sdir, rows[0]).get("checkpoint_sha256") if rows else None
         s_img, s_mask, s_cond = model_space_arrays(sdir, rows, to_model)
         s_y = np.array([info["conditions"].index(c) for c in s_cond])
         f_syn = volume_features(s_img, s_mask, n_labels)
@@ -219,7 +227,7 @@ def evaluate_models(
     write_json_atomic(out_dir / "fidelity.json", fidelity_all)
     write_json_atomic(out_dir / "privacy.json", privacy_all)
     write_json_atomic(out_dir / "utility.json", utility_all)
-    write_json_atomic(out_dir / "gates.json", {"overall": verdict, "gates": gates, "strict": cfg.strict})
+    write_json_atomic(out_dir / "gates.json", {"overall": verdict, "gates": gates, "strict": cfg.strict, "checkpoints": checkpoints})
     summary = {m: {"nn_distance_ratio": fidelity_all[m]["nn_distance_ratio"], "mmd2": fidelity_all[m]["mmd2"], "dcr_share": privacy_all[m]["dcr_share"],
                    "membership_auc": privacy_all[m]["membership_auc_blackbox"],
                    "membership_auc_strongest": privacy_all[m]["strongest"]["all"].get("auc"),

@@ -108,8 +108,8 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, gate
         "authors": "medsynth users (the site that trained this checkpoint)",
         "copyright": "Copyright (c) the training site; synthetic outputs carry the same sharing terms as this bundle",
         "intended_use": f"INTERNAL AUGMENTATION ONLY. {COUNTERFACTUAL_USE}" if counterfactual else INTENDED_USE,
-        "limitations": ([f"EXPORTED DESPITE FAILED PRIVACY GATES (--force): {'; '.join(evaluation['privacy_gates_failed'])}. "
-                         "Do not share it outside the training site."] if evaluation.get("forced") else [])
+        "limitations": ([f"EXPORTED WITH --force: {_forced_reason(evaluation)}. Do not share it outside the training site."]
+                        if evaluation.get("forced") else [])
                        + ([f"COUNTERFACTUAL MODEL, EXPORTED WITH --force: {COUNTERFACTUAL_USE}"] if counterfactual else []) + LIMITS,
         "data_source": "the site's de-identified training cohort (not included in the bundle)",
         "data_type": "nifti",
@@ -162,14 +162,29 @@ def _evaluation(model: str, sha256: str, gates: dict | None, force: bool, audien
     if not mine:
         known = sorted({g["gate"].split(":")[0] for g in gates.get("gates", []) if ":" in g.get("gate", "")})
         raise ExportRefused(f"gates.json holds no gate of model {model!r} (it has {known}); pass --model-name")
+    measured = (gates.get("checkpoints") or {}).get(model)
+    if measured is not None and measured != sha256 and not force:
+        raise ExportRefused(f"gates.json's gates of {model!r} were measured on checkpoint {measured[:12]}..., not on this model.pt "
+                            f"({sha256[:12]}...): rerun the evaluate stage (dvc repro) for this model, or --force to export it "
+                            "with gates that are not its own")
     failed = [g["gate"] for g in mine if g.get("area") == "privacy" and g["state"] == "fail"]
     if failed and not force:
         raise ExportRefused(f"{model} failed privacy gate(s) {failed}: a shared bundle would leak what they measured. "
                             "Export refused; --force exports it anyway and marks the bundle as such")
     verdict = model_verdict(model, mine, audience)
+    match = ("not recorded (gates.json written by an older medsynth)" if measured is None else
+             "yes" if measured == sha256 else f"NO: the gates were measured on checkpoint {measured} (exported with --force)")
     return {"model": model, "checkpoint_sha256": sha256, "evaluated": True, "audience": audience, "overall": overall(mine),
             "recommendation": verdict["recommendation"], "recommendation_reasons": verdict["reasons"], "rule": VERDICT_RULE,
-            "privacy_gates_failed": failed, "forced": bool(failed), "gates": mine}
+            "privacy_gates_failed": failed, "forced": bool(failed) or (measured is not None and measured != sha256),
+            "gates_measured_on_this_checkpoint": match, "gates": mine}
+
+
+def _forced_reason(ev: dict) -> str:
+    reasons = [f"despite failed privacy gates ({'; '.join(ev['privacy_gates_failed'])})"] if ev.get("privacy_gates_failed") else []
+    if str(ev.get("gates_measured_on_this_checkpoint", "")).startswith("NO"):
+        reasons.append("with gates measured on another checkpoint")
+    return " and ".join(reasons)
 
 
 def _contents(sampler: LoadedSampler, model_path: Path) -> dict:
@@ -336,8 +351,8 @@ def _readme(meta: dict) -> str:
     if isinstance(stats, dict):
         stats = (f"{stats['what']}. Tensors: " + ", ".join(f"`{k}` {v}" for k, v in stats["tensors"].items())
                  + f". Training cases per condition: {stats['per_condition']}.")
-    forced = (f"\n**Exported despite failed privacy gates (--force): {'; '.join(ev['privacy_gates_failed'])}.** "
-              "Do not share this bundle outside the training site.\n" if ev.get("forced") else "")
+    forced = (f"\n**Exported with --force: {_forced_reason(ev)}.** Do not share this bundle outside the training site.\n"
+              if ev.get("forced") else "")
     if ev.get("evaluated"):
         num = lambda v: f"{v:.4g}" if isinstance(v, float) else v  # noqa: E731
         rows = "\n".join(f"| {g['gate']} | {g['state']} | {num(g.get('value'))} | {g.get('rule', '')} {g.get('threshold')} |"
