@@ -182,3 +182,24 @@ def test_the_copy_gate_is_inconclusive_without_a_real_to_real_baseline():
     assert copies_gate("m", det, CFG.gates)["state"] == "inconclusive"
     det["channels"]["combined"]["threshold"] = 0.2
     assert copies_gate("m", det, CFG.gates)["state"] == "pass"
+
+
+def test_the_density_ratio_attack_finds_memorised_members_and_not_unseen_patients(cohort):
+    """DOMIAS with a reference population: half of the unseen patients are the reference, the other half
+    the control "generator". Copies of 60 training patients (faint noise) put synthetic density on those
+    members beyond the population's; the control does not."""
+    from medsynth.eval.privacy import PrivacyReference
+
+    ux, uy = cohort["unseen"]
+    ref_half, control = np.arange(len(ux)) % 2 == 0, np.arange(len(ux)) % 2 == 1
+    base = cohort["reference"]
+    with_ref = PrivacyReference(**{**base.__dict__, "reference_features": features(ux[ref_half])})
+    x, y = cohort["train"]
+    copies = disguise("noise", 0.02, x[:60], x[:60], np.random.default_rng(3))
+    leak = audit_privacy(with_ref, copies, features(copies), y[:60], "internal", CFG.copy_distance_factor, 0, CFG.bootstrap)
+    attack = leak["attacks"]["density_ratio"]["all"]
+    assert attack["measured"] and attack["auc"] > 0.58 and attack["auc_ci"][0] > 0.5, attack  # all 60 found would be 0.71
+    clean = audit_privacy(with_ref, ux[control], features(ux[control]), uy[control], "internal", CFG.copy_distance_factor, 0, CFG.bootstrap)
+    ctrl = clean["attacks"]["density_ratio"]["all"]
+    assert ctrl["auc_ci"][0] < 0.5 < ctrl["auc_ci"][1] and ctrl["auc"] < CFG.gates.mia_auc_max, ctrl
+    assert "density_ratio" in audit(cohort, ux[control], uy[control])[0]["attacks_not_run"]  # no reference: not run, and said

@@ -136,7 +136,8 @@ def evaluate_models(
     rare_index = info["conditions"].index(rare_condition) if rare_condition in info["conditions"] else len(info["conditions"]) - 1
     # the real side of the privacy audit (aligned vectors, real-to-real baseline), shared by every model
     priv_ref = privacy_reference(banks["train"][0].float().numpy(), banks["train"][1].numpy(), banks["holdout"][0].float().numpy(),
-                                 banks["holdout"][1].numpy(), feats["train"], feats["holdout"], rare_index)
+                                 banks["holdout"][1].numpy(), feats["train"], feats["holdout"], rare_index,
+                                 reference_features=feats["test"])  # the density-ratio attack's population: neither members nor non-members
     ms_ssim_real = ms_ssim_diversity(train_imgs, seed=seed)
     checkpoints: dict[str, str | None] = {}  # the model.pt each model's gates were measured on (export-bundle checks it)
     utility_all, shared_arms = {}, None  # the utility arms without synthetic data (real, real+augmentation): trained once, shared by every model
