@@ -121,10 +121,10 @@ class PreprocessConfig(_Section):
 
 
 class CGANConfig(_Section):
-    steps: int = Field(400, ge=1)
+    steps: int = Field(600, ge=1)
     batch_size: int = Field(8, ge=1)
     z_dim: int = Field(64, ge=4)
-    base_channels: int = Field(16, ge=4)
+    base_channels: int = Field(8, ge=4)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     loss: Literal["hinge", "nonsaturating", "wgan-gp"] = "hinge"
@@ -164,10 +164,10 @@ class DPConfig(_Section):
 
 
 class CVAEConfig(_Section):
-    steps: int = Field(400, ge=1)
+    steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     latent_dim: int = Field(64, ge=2)
-    base_channels: int = Field(16, ge=4)
+    base_channels: int = Field(8, ge=4)
     lr: float = Field(
         3e-4, gt=0, description="Adam learning rate of encoder and decoder; 1e-3 let the encoder collapse (every case "
         "encoded to one point) in two of four seeds on AdrenalMNIST3D, 3e-4 in none of three (docs/benchmarks.md)")
@@ -222,7 +222,7 @@ class CVAEConfig(_Section):
 class VAEGANConfig(CVAEConfig):
     adv_weight: float = Field(0.05, ge=0, description="weight of the adversarial loss in the VAE step")
     lr_d: float = Field(2e-4, gt=0)
-    adv_start: int = Field(0, ge=0, description="step from which the adversarial loss is used")
+    adv_start: int = Field(50, ge=0, description="step from which the adversarial loss is used")
     prior_adversarial: bool = Field(
         False, description="the discriminator also judges samples decoded from the prior (Larsen et al. 2016), not "
         "only reconstructions, so what synthesis draws is trained to look real (AdrenalMNIST3D: lower MMD, did not stop the "
@@ -304,7 +304,7 @@ BUILTIN_MODELS = ("cgan", "cvae", "vaegan", "counterfactual")
 class TrainConfig(_Section):
     # extra keys are plug-in models' sections, checked in _models_and_plugin_sections
     model_config = ConfigDict(extra="allow", frozen=True)
-    models: list[str] = ["cgan", "cvae"]
+    models: list[str] = ["cgan", "cvae", "counterfactual"]
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)

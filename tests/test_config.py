@@ -7,7 +7,7 @@ from tests.conftest import ROOT
 def test_repo_params_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert p.data.input == "demo"
-    assert p.train.models == ["cgan", "cvae"]
+    assert p.train.models == ["cgan", "cvae", "counterfactual"]
 
 
 def test_wrong_literal_names_key_value_and_allowed():
@@ -65,3 +65,35 @@ def test_params_rewritten_by_dvc_exp_run_set_still_load(tmp_path):
     p = load_params(tmp_path / "params.yaml")
     assert p.train.channels_last == "off" and p.train.cgan.steps == 8
     assert parse_params({"train": {"compile": True, "channels_last": False}}).train.compile == "on"
+
+
+# params.yaml values that differ from the schema on purpose, and why
+DELIBERATE = {
+    "evaluate.conditional.label_names": "the demo's label names (the schema names no label)",
+}
+
+
+def test_params_yaml_holds_the_schema_defaults_unless_said_otherwise():
+    """One source of defaults: a value in params.yaml that is not the schema's default is listed in DELIBERATE
+    with the reason, so the schema, check-params and the shipped file cannot drift apart."""
+    from pathlib import Path
+
+    import yaml
+
+    from medsynth.config import Params, parse_params
+
+    shipped = parse_params(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())).model_dump(mode="json")
+    schema = Params().model_dump(mode="json")
+    drift = []
+
+    def walk(a, b, path):
+        if path in DELIBERATE:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        elif a != b:
+            drift.append(f"{path}: schema {a!r}, params.yaml {b!r}")
+
+    walk(schema, shipped, "")
+    assert not drift, drift

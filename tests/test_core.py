@@ -162,7 +162,7 @@ def test_plugin_model_installed_by_entry_point_runs_through_the_pipeline_scripts
     assert len(list((work / "data" / "synth" / "toy" / "images").glob("*.nii.gz"))) == 4
     params["train"]["models"] = ["toy", "mygan"]  # not installed: named at load, with what is
     res = run("train.py")
-    assert res.returncode == 1 and "train.models: 'mygan' is not a registered model; registered: cgan, cvae, toy, vaegan" in " ".join(res.stderr.split())
+    assert res.returncode == 1 and "train.models: 'mygan' is not a registered model; registered: cgan, counterfactual, cvae, toy, vaegan" in " ".join(res.stderr.split())
 
 
 def test_synth_cli_uses_the_models_own_intensity_settings(demo_ingested, tmp_path, monkeypatch):
