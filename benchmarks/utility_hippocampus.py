@@ -154,7 +154,7 @@ def markdown(results: dict) -> str:
     for r in results["rows"]:
         cond = r["conditional"] or {}
         for c in cond.get("conditions", []):
-            for k, lab in cond["per_condition"][c]["labels"].items():
+            for _k, lab in cond["per_condition"][c]["labels"].items():
                 p, v = lab["presence"], lab["volume"]
                 rng = v["median_ratio_real_range"]
                 fmt = lambda n, sh, med: f"{n}/{sh} ({100 * n / sh:.0f}%), {med:.0f}" if sh and med is not None else f"{n}/{sh}"  # noqa: E731
@@ -191,7 +191,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['model']} | {sr['median']:.2f} ({sr['iqr'][0]:.2f}-{sr['iqr'][1]:.2f}) | {c['seam_ratio_to_real_rare']['median']:.2f} | "
                          f"{c['structure_mean']['counterfactual']['median']:.3f} / {c['structure_mean']['real_rare']['median']:.3f} | "
                          f"{c['structure_std']['counterfactual']['median']:.3f} / {c['structure_std']['real_rare']['median']:.3f} | "
-                         + (f"{det['copies']} of {sr['n']} ({c['closest_ratio_to_real_min']:.2f})" if det.get("measured") else f"not measured: {det.get('reason')}")
+                         + (f"{det['copies']} of {sr['n']} ({c['closest_ratio_to_real_min']:.2f})" if det.get("measured")
+                            else f"not measured: {det.get('reason')}")
                          + " |")
     for cmp in results.get("comparisons", []):
         if not cmp["real_arms_identical"]:

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -34,7 +33,7 @@ def version() -> None:
 def convert(
     input: Path = typer.Argument(..., help="folder (searched recursively) or file of DICOM / NIfTI"),
     output: Path = typer.Argument(..., help="output folder: one RAS NIfTI per series, series.csv, quarantine.csv"),
-    workers: Optional[int] = typer.Option(None, help="processes (default: all cores)"),
+    workers: int | None = typer.Option(None, help="processes (default: all cores)"),
 ) -> None:
     """Convert every DICOM series (and NIfTI) under INPUT to RAS NIfTI in OUTPUT. Does not de-identify."""
     from medsynth.io.convert import convert_folder
@@ -53,14 +52,14 @@ def convert(
 def deid(
     input: Path = typer.Argument(..., help="folder of DICOM files (read only)"),
     output: Path = typer.Argument(..., help="output folder: de-identified copies under pseudonymous folders"),
-    key_file: Optional[Path] = typer.Option(None, "--key-file", help="site key file (else $MEDSYNTH_DEID_KEY)"),
+    key_file: Path | None = typer.Option(None, "--key-file", help="site key file (else $MEDSYNTH_DEID_KEY)"),
     ephemeral_key: bool = typer.Option(False, "--ephemeral-key", help="throw-away key for trials: pseudonyms NOT stable"),
     no_dates: bool = typer.Option(False, "--no-dates", help="drop dates instead of shifting them"),
     drop_patient_characteristics: bool = typer.Option(False, help="remove sex, age, size, weight"),
     clean_descriptors: bool = typer.Option(True, "--clean-descriptors/--remove-descriptors",
                                            help="clean free-text descriptions to imaging vocabulary, or remove them"),
     retain_safe_private: bool = typer.Option(False, help="keep the documented safe private tags"),
-    workers: Optional[int] = typer.Option(None, help="processes (default: all cores)"),
+    workers: int | None = typer.Option(None, help="processes (default: all cores)"),
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E Basic Profile + options) into OUTPUT with deid_log.csv and quarantine.csv."""
     from medsynth.config import DeidConfig
@@ -89,7 +88,8 @@ def deid(
         tree = deidentify_tree(input, output, d, progress=lambda _: progress.advance(task), workers=workers)
     quarantine, log, niftis = tree.quarantine, tree.log, tree.niftis
     for p in niftis:
-        quarantine.append({"file_id": d.pseudo.file_id(str(p.relative_to(input))), "kind": "file", "reason": "NIfTI: not DICOM (use the pipeline's ingest to clean NIfTI headers)"})
+        quarantine.append({"file_id": d.pseudo.file_id(str(p.relative_to(input))), "kind": "file",
+                           "reason": "NIfTI: not DICOM (use the pipeline's ingest to clean NIfTI headers)"})
     write_csv_atomic(output / "deid_log.csv", log, DEID_LOG_FIELDS)
     write_csv_atomic(output / "quarantine.csv", quarantine, QUARANTINE_FIELDS)
     try:
@@ -151,8 +151,8 @@ def _print_path(path: str) -> None:
 def locate(
     input: Path = typer.Argument(..., help="the raw input folder (data.input)"),
     file_id: str = typer.Argument(..., help="an id from quarantine.csv: F... a file, S... a series, L... a labels CSV row"),
-    key_file: Optional[Path] = typer.Option(None, "--key-file"),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="the labels CSV (data.labels): needed for L... ids"),
+    key_file: Path | None = typer.Option(None, "--key-file"),
+    labels: Path | None = typer.Option(None, "--labels", help="the labels CSV (data.labels): needed for L... ids"),
     demo: bool = typer.Option(False, help="the id came from the demo key"),
 ) -> None:
     """Map a quarantine id back to what it names (runs only where the raw data and the key are): a file's
@@ -233,12 +233,12 @@ def synth(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="also write a DICOM series + SEG per case (CT/MR models)"),
     batch_size: int = typer.Option(8, help="cases sampled per batch"),
-    masks: Optional[Path] = typer.Option(None, help="mask-conditioned models: folder of label maps on the model grid to paint images for "
+    masks: Path | None = typer.Option(None, help="mask-conditioned models: folder of label maps on the model grid to paint images for "
                                          "(with a manifest beside it, e.g. data/synth/cvae/masks, only the condition's masks)"),
     bundle: bool = typer.Option(False, "--bundle", help="MODEL is a bundle from export-bundle: its weights and medsynth_model.json "
                                 "are read, its config is never run, and a bundle whose configs differ from what export-bundle "
                                 "writes is refused"),
-    from_cases: Optional[Path] = typer.Option(None, "--from", help="counterfactual models: folder of real cases to change to CONDITION "
+    from_cases: Path | None = typer.Option(None, "--from", help="counterfactual models: folder of real cases to change to CONDITION "
                                               "(images/<case>.nii.gz + masks/<case>.nii.gz on the model grid, e.g. data/synth/<model>); "
                                               "N of them are changed, each once before any twice. Internal use only"),
 ) -> None:
@@ -294,10 +294,10 @@ def synth(
 def export_bundle_cmd(
     model: Path = typer.Argument(..., help="a trained model: model.pt or its folder (models/cgan)"),
     output: Path = typer.Argument(..., help="bundle folder to write"),
-    name: Optional[str] = typer.Option(None, help="bundle name shown in metadata.json"),
-    report: Optional[Path] = typer.Option(None, help="gates.json of the evaluate stage (reports/eval/gates.json): this model's "
+    name: str | None = typer.Option(None, help="bundle name shown in metadata.json"),
+    report: Path | None = typer.Option(None, help="gates.json of the evaluate stage (reports/eval/gates.json): this model's "
                                           "gates are embedded with its checkpoint's SHA-256 (privacy.json beside it gives the audience)"),
-    model_name: Optional[str] = typer.Option(None, help="the model's name in gates.json (default: the model's folder name)"),
+    model_name: str | None = typer.Option(None, help="the model's name in gates.json (default: the model's folder name)"),
     force: bool = typer.Option(False, "--force", help="export a model that failed a privacy gate; the bundle says so"),
 ) -> None:
     """Export a trained generator as a MONAI bundle (metadata with intended use, limits, contents and this model's gates;

@@ -367,7 +367,8 @@ class SynthConfig(_Section):
     temperature: float = Field(1.0, gt=0, le=2.0)
     batch_size: int = Field(8, ge=1)
     min_island_voxels: int = Field(4, ge=0)
-    formats: list[Literal["nifti", "dicom"]] = Field(["nifti", "dicom"], min_length=1, description="nifti is always written; dicom adds a CT/MR series + SEG per case")
+    formats: list[Literal["nifti", "dicom"]] = Field(["nifti", "dicom"], min_length=1,
+                                                     description="nifti is always written; dicom adds a CT/MR series + SEG per case")
 
 
 class GatesConfig(_Section):

@@ -17,7 +17,7 @@ def centre_fit(a: np.ndarray, fill: float) -> np.ndarray:
     """Centre-pad / crop to SIZE."""
     out = np.full(SIZE, fill, a.dtype)
     src, dst = [], []
-    for n, s in zip(a.shape, SIZE):
+    for n, s in zip(a.shape, SIZE, strict=False):
         lo = abs(n - s) // 2
         src.append(slice(lo, lo + s) if n >= s else slice(0, n))
         dst.append(slice(0, s) if n >= s else slice(lo, lo + n))

@@ -6,7 +6,6 @@ that a generator could get wrong)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -162,7 +162,8 @@ def test_plugin_model_installed_by_entry_point_runs_through_the_pipeline_scripts
     assert len(list((work / "data" / "synth" / "toy" / "images").glob("*.nii.gz"))) == 4
     params["train"]["models"] = ["toy", "mygan"]  # not installed: named at load, with what is
     res = run("train.py")
-    assert res.returncode == 1 and "train.models: 'mygan' is not a registered model; registered: cgan, counterfactual, cvae, toy, vaegan" in " ".join(res.stderr.split())
+    registered = "registered: cgan, counterfactual, cvae, toy, vaegan"
+    assert res.returncode == 1 and f"train.models: 'mygan' is not a registered model; {registered}" in " ".join(res.stderr.split())
 
 
 def test_synth_cli_uses_the_models_own_intensity_settings(demo_ingested, tmp_path, monkeypatch):
@@ -290,7 +291,8 @@ def test_pipeline_synthesize_stage_paints_train_masks_for_a_mask_conditioned_cga
 
     from medsynth.cli import app
 
-    res = CliRunner().invoke(app, ["synth", str(tmp_path / "models" / "cgan"), str(tmp_path / "painted"), "-c", "lesion", "-n", "4", "--masks", str(out / "masks")])
+    res = CliRunner().invoke(app, ["synth", str(tmp_path / "models" / "cgan"), str(tmp_path / "painted"), "-c", "lesion", "-n", "4",
+                                   "--masks", str(out / "masks")])
     assert res.exit_code == 0, res.output
     lesion_masks = {bytes(np.asarray(nib.load(f).dataobj).astype(np.uint8)) for f in written}
     painted = sorted((tmp_path / "painted" / "masks").glob("*.nii.gz"))

@@ -42,13 +42,13 @@ def phantoms(n_normal: int, n_rare: int, size: int = 16, seed: int = 0) -> tuple
     for i in range(n_normal + n_rare):
         c = size / 2 - 0.5 + rng.uniform(-1.5, 1.5, 3)
         r = rng.uniform(4.0, 5.5, 3)
-        organ = sum(((gi - ci) / ri) ** 2 for gi, ci, ri in zip(g, c, r)) <= 1
+        organ = sum(((gi - ci) / ri) ** 2 for gi, ci, ri in zip(g, c, r, strict=False)) <= 1
         img = -1 + 0.02 * rng.standard_normal(organ.shape)
         img[organ] = 0.05 * rng.standard_normal(organ.sum())
         lab = organ.astype(np.float32)
         if i >= n_normal:
             lc = c + rng.normal(0, 1.0, 3)
-            lesion = (sum((gi - ci) ** 2 for gi, ci in zip(g, lc)) <= rng.uniform(1.6, 2.2) ** 2) & organ
+            lesion = (sum((gi - ci) ** 2 for gi, ci in zip(g, lc, strict=False)) <= rng.uniform(1.6, 2.2) ** 2) & organ
             img[lesion] = (BRIGHT if i % 2 else DARK) + 0.03 * rng.standard_normal(lesion.sum())
             lab[lesion] = 2
         xs.append(np.stack([img, lab]).astype(np.float32))
@@ -182,7 +182,7 @@ def write_bank(folder, x, y, conditions=("lesion", "normal")) -> None:
     """A preprocess stage's output (tensors, manifest, preprocess.json) holding arrays x, y: all train."""
     (folder / "tensors").mkdir(parents=True)
     rows = []
-    for i, (case, c) in enumerate(zip(x, y)):
+    for i, (case, c) in enumerate(zip(x, y, strict=False)):
         cid = f"case{i:03d}"
         np.save(folder / "tensors" / f"{cid}.npy", case.astype(np.float16))
         rows.append({"case_id": cid, "patient": f"P{i:03d}", "condition": conditions[c], "modality": "CT", "shape": "16x16x16",

@@ -49,14 +49,14 @@ def _ct(**extra) -> Dataset:
     return ds
 
 
-def _deid_folder(tmp_path, datasets, cfg=DeidConfig()):
+def _deid_folder(tmp_path, datasets, cfg=None):
     """``medsynth deid`` on files of ``datasets``: (output folder, its self-check identifiers, log rows)."""
     inp = tmp_path / "in"
     inp.mkdir(parents=True, exist_ok=True)
     for i, ds in enumerate(datasets):
         ds.save_as(inp / f"f{i}.dcm", enforce_file_format=True)
     out = tmp_path / "out"
-    tree = deidentify_tree(inp, out, Deidentifier(cfg, KEY))
+    tree = deidentify_tree(inp, out, Deidentifier(cfg or DeidConfig(), KEY))
     assert tree.quarantine == [] and len(tree.log) == len(datasets)
     return out, tree.identifiers, tree.log
 

@@ -9,7 +9,6 @@ is the evaluate stage's own: ``privacy_reference`` once per cohort, ``audit_priv
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -113,7 +113,7 @@ def expand_stages() -> dict[str, dict]:
             axes = {k: resolve(v) for k, v in stage["matrix"].items()}
             body = {k: v for k, v in stage.items() if k != "matrix"}
             for combo in itertools.product(*axes.values()):
-                names = {f"item.{k}": v for k, v in zip(axes, combo)}
+                names = {f"item.{k}": v for k, v in zip(axes, combo, strict=False)}
                 stages[f"{name}@{'-'.join(map(str, combo))}"] = fill(body, names)
         else:
             stages[name] = stage

@@ -56,7 +56,7 @@ class Phantom:
         lesion_c = None
         if lesion:
             off = rng.uniform(-0.4, 0.4, size=3) * np.array(organ_r)
-            lesion_c = tuple(float(c + o) for c, o in zip(organ_c, off))
+            lesion_c = tuple(float(c + o) for c, o in zip(organ_c, off, strict=False))
         return cls(
             body=body,
             wobble=tuple(float(x) for x in rng.uniform(0.0, 2 * np.pi, size=3)),
@@ -83,7 +83,8 @@ class Phantom:
         out[body <= 1.0] = HU["fat"]
         out[body <= 0.82] = HU["soft"]
         for side in (-1, 1):
-            lung = _ellipsoid(p, (side * 0.42 * self.body[0], -2.0, 0.45 * self.body[2]), (0.3 * self.body[0], 0.55 * self.body[1], 0.35 * self.body[2]), self.wobble, 0.05)
+            lung = _ellipsoid(p, (side * 0.42 * self.body[0], -2.0, 0.45 * self.body[2]),
+                              (0.3 * self.body[0], 0.55 * self.body[1], 0.35 * self.body[2]), self.wobble, 0.05)
             out[(lung <= 1.0) & (body <= 0.82)] = HU["lung"]
         spine = np.hypot(p[..., 0], p[..., 1] - 0.62 * self.body[1]) <= 8.0
         out[spine & (body <= 0.9)] = HU["bone"]

@@ -147,7 +147,7 @@ def cohort_extent(cases: list[dict], roi: tuple[int, ...]) -> tuple[list[float] 
     """90th percentile physical extent (mm) of the ingested images per axis and the isotropic spacing at which
     it fits the ROI (from the manifest's shape and spacing)."""
     try:
-        ext = np.array([[float(n) * float(s) for n, s in zip(c["shape"].split("x"), c["spacing"].split("x"))] for c in cases])
+        ext = np.array([[float(n) * float(s) for n, s in zip(c["shape"].split("x"), c["spacing"].split("x"), strict=False)] for c in cases])
     except (KeyError, ValueError):
         return None, None
     if ext.ndim != 2 or ext.shape[1] != len(roi):

@@ -350,7 +350,7 @@ def condition_fidelity_gate(model: str, cond: dict, clf: dict, cfg: GatesConfig)
                 why = ("the condition's defining structure is missing" if d and d["defined_by"] == "presence"
                        else f"a structure real {rare} cases have is missing")
             else:
-                why = ("drawn where real {rare} cases lack it, and the condition is defined by its absence".format(rare=rare)
+                why = (f"drawn where real {rare} cases lack it, and the condition is defined by its absence"
                        if d and d["defined_by"] == "absence" else f"drawn more often than in real {rare} cases")
         else:
             why = ""

@@ -76,7 +76,7 @@ def seam_and_look(cf_img: np.ndarray, cf_mask: np.ndarray, regions: np.ndarray, 
                   rare_mask: np.ndarray, labels: list[int], margin: int) -> dict:
     """Seam ratios and the changed structure's intensities; arrays (N, D, H, W), rare_*: real rare train cases."""
     seam_src, seam_real_abs, inside, ring_cf, ring_src = [], [], [], [], []
-    for img, m, reg, src in zip(cf_img, cf_mask, regions, src_img):
+    for img, m, reg, src in zip(cf_img, cf_mask, regions, src_img, strict=False):
         b = border(reg)
         g_cf, g_src = gradient_magnitude(img)[b].mean(), gradient_magnitude(src)[b].mean()
         seam_src.append(g_cf / max(g_src, 1e-8))
@@ -87,7 +87,7 @@ def seam_and_look(cf_img: np.ndarray, cf_mask: np.ndarray, regions: np.ndarray, 
         ring_cf.append(img[ring].mean() if ring.any() else np.nan)
         ring_src.append(src[ring].mean() if ring.any() else np.nan)
     real_border, real_inside = [], []
-    for img, m in zip(rare_img, rare_mask):
+    for img, m in zip(rare_img, rare_mask, strict=False):
         reg = structure_region(m, labels, margin)
         if reg.any():
             real_border.append(gradient_magnitude(img)[border(reg)].mean())
@@ -123,7 +123,7 @@ def structure_copy_check(cf_img: np.ndarray, cf_mask: np.ndarray, train_x: np.nd
                                              "how close two different patients' structures come", "copies": None}
     ref = privacy_reference(train_cut, np.full(len(train_cut), rare_index), hold_cut, np.full(len(hold_cut), rare_index),
                             np.zeros((len(train_cut), 1)), np.zeros((len(hold_cut), 1)), rare_index)
-    cf_cut = np.stack([structure_cut(i, m, labels, margin) for i, m in zip(cf_img, cf_mask)])
+    cf_cut = np.stack([structure_cut(i, m, labels, margin) for i, m in zip(cf_img, cf_mask, strict=False)])
     (sim,), informative = aligned_similarity(cf_cut, (ref.train_aligned,))
     det = copy_detection(sim, informative, ref, np.full(len(cf_cut), rare_index), factor)
     for p in det["copy_pairs"] + det["closest_pairs"]:

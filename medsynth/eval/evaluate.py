@@ -23,10 +23,10 @@ from medsynth.eval.conditional import (  # noqa: E402
     label_keys,
     label_measures,
 )
+from medsynth.eval.counterfactual import INTERNAL_ONLY, read_counterfactual_set, seam_and_look, structure_copy_check  # noqa: E402
 from medsynth.eval.encoder import embed, load_encoder, standardiser  # noqa: E402
 from medsynth.eval.features import cached_features, volume_features  # noqa: E402
 from medsynth.eval.fidelity import fidelity_metrics  # noqa: E402
-from medsynth.eval.counterfactual import INTERNAL_ONLY, read_counterfactual_set, seam_and_look, structure_copy_check  # noqa: E402
 from medsynth.eval.gates import counterfactual_gates, evaluate_gates, model_gates, overall  # noqa: E402
 from medsynth.eval.metrics import feature_fidelity, ms_ssim_diversity  # noqa: E402
 from medsynth.eval.privacy import audit_privacy, privacy_metrics, privacy_reference  # noqa: E402

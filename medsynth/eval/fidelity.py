@@ -14,7 +14,8 @@ def _bandwidth(*sets: np.ndarray) -> float:
     return float(np.median(d[np.triu_indices(len(z), 1)])) or 1.0
 
 
-def fidelity_metrics(syn: np.ndarray, train: np.ndarray, test: np.ndarray, syn_images: np.ndarray, real_images: np.ndarray, syn_masks: np.ndarray, real_masks: np.ndarray, seed: int, n_boot: int = 200) -> dict:
+def fidelity_metrics(syn: np.ndarray, train: np.ndarray, test: np.ndarray, syn_images: np.ndarray, real_images: np.ndarray,
+                     syn_masks: np.ndarray, real_masks: np.ndarray, seed: int, n_boot: int = 200) -> dict:
     """MMD (synthetic vs train, baseline test vs train), intensity-histogram and mask-volume distances."""
     bw = _bandwidth(train, test, syn)
     mmd_syn = mmd2_unbiased(syn, train, bw)

@@ -266,7 +266,7 @@ def aligned_vectors(x: np.ndarray, flips: bool) -> Aligned:
             for slot, (ch, com) in enumerate(((0, com_label), (1, com_label), (0, com_image))):
                 view = padded[(ch, *(slice(None, None, -1) if f else slice(None) for f in flip))]
                 start = np.rint(np.where(flip, shape - 1 - com, com) - (np.array(w) - 1) / 2).astype(int) + pad
-                crop = view[tuple(slice(s, s + v) for s, v in zip(start, w))]
+                crop = view[tuple(slice(s, s + v) for s, v in zip(start, w, strict=False))]
                 if k > 1:
                     crop = crop.reshape(w[0] // k, k, w[1] // k, k, w[2] // k, k).mean((1, 3, 5))
                 vec[i, j, slot], informative[i, slot] = _unit(crop)
@@ -284,7 +284,7 @@ def aligned_similarity(x: np.ndarray, refs: tuple[Aligned, ...], chunk: int = 64
         q = aligned_vectors(x[i : i + chunk], True)
         informative[i : i + chunk] = q.informative
         v = q.vectors
-        for o, ref in zip(out, refs):
+        for o, ref in zip(out, refs, strict=False):
             r = ref.vectors[:, 0]
             per = np.stack([(v[:, :, c].reshape(-1, v.shape[-1]) @ r[:, c].T).reshape(len(v), v.shape[1], len(r)) for c in range(3)])
             o[0, i : i + chunk] = (0.5 * (per[0] + per[1])).max(1)

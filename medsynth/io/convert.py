@@ -132,8 +132,7 @@ def iter_volumes(
     root = Path(root)
     n_cpu = os.cpu_count() or 1
     scan = scan_folder(root, workers=workers if workers is not None else n_cpu, max_voxels=max_voxels)
-    for q in scan.quarantine:
-        yield q
+    yield from scan.quarantine
     for seg_path in scan.segs:
         # SEG objects are masks, not images: the caller matches each to the series it references
         try:
@@ -171,7 +170,7 @@ def iter_volumes(
 
 
 def _emit(results, jobs, progress) -> Iterator[ConvertedVolume | QuarantineEntry]:
-    for (root, paths, _), (payloads, quarantine) in zip(jobs, results):
+    for (_root, paths, _), (payloads, quarantine) in zip(jobs, results, strict=False):
         if progress:
             progress(paths[0])
         yield from quarantine

@@ -186,7 +186,7 @@ def read_header(path: Path) -> Dataset:
         except Exception:
             raise SeriesError("not a DICOM file") from None
         if "SOPClassUID" not in ds or ("Rows" not in ds and "Modality" not in ds):
-            raise SeriesError("not a DICOM file (no DICM preamble and no DICOM image attributes)")
+            raise SeriesError("not a DICOM file (no DICM preamble and no DICOM image attributes)") from None
     except Exception as exc:  # truncated header, bad VR...
         raise SeriesError(f"unreadable DICOM header (truncated or corrupt): {type(exc).__name__}") from None
     return ds
@@ -744,7 +744,7 @@ def scan_folder(
     segs: list[Path] = []
     quarantine: list[QuarantineEntry] = []
     nifti: list[Path] = []
-    for path, (kind, detail) in zip(paths, kinds):
+    for path, (kind, detail) in zip(paths, kinds, strict=False):
         if progress:
             progress(path)
         if kind == "nifti":
@@ -778,7 +778,7 @@ def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX
         by_echo: dict[str, list[Path]] = defaultdict(list)
         for p, ds in mosaics:
             by_echo[f"{ds.get('EchoNumbers', '')}|{'ph' if _is_phase(ds) else ''}"].append(p)
-        for i, (key, paths) in enumerate(sorted(by_echo.items())):
+        for i, (_echo, paths) in enumerate(sorted(by_echo.items())):
             try:
                 data, aff, notes = _mosaic_volume(paths)
                 suffix = "" if len(by_echo) == 1 else f"_{i + 1}"
@@ -822,7 +822,7 @@ def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX
 def _common_parent(paths: list[Path]) -> str:
     parts = [Path(p).parts for p in paths]
     common = []
-    for items in zip(*parts):
+    for items in zip(*parts, strict=False):
         if len(set(items)) == 1:
             common.append(items[0])
         else:

@@ -624,7 +624,7 @@ def _stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
     takes = [min(max(2, int(round(n * cnt / len(labels)))), cnt) for cnt in counts]
     while sum(takes) > n and max(takes) > 2:
         takes[int(np.argmax(takes))] -= 1  # the largest class gives way
-    for c, take in zip(classes, takes):
+    for c, take in zip(classes, takes, strict=False):
         out.extend(rng.choice(np.flatnonzero(labels == c), size=take, replace=False).tolist())
     return np.array(sorted(out))
 

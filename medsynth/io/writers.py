@@ -24,7 +24,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-
 # what atomic_path names its temporary files: tempfile's 8 random characters, then .tmp and the
 # extension a writer needs to pick the format (.nii.gz, .npy, .png, .dcm)
 _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*")

@@ -316,9 +316,9 @@ def _mean_pairwise_l1(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
     """target <- decay * target + (1 - decay) * source (weights); buffers copied."""
-    for t, p in zip(target.parameters(), source.parameters()):
+    for t, p in zip(target.parameters(), source.parameters(), strict=False):
         t.lerp_(p.detach(), 1.0 - decay)
-    for t, b in zip(target.buffers(), source.buffers()):
+    for t, b in zip(target.buffers(), source.buffers(), strict=False):
         t.copy_(b)
 
 

@@ -317,6 +317,6 @@ def random_cutout(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     size = [s // 4 for s in x.shape[2:]]
     keep = torch.ones_like(x[:, :1])
     for i in range(x.shape[0]):
-        c = [int(torch.randint(0, s - k + 1, (1,), generator=g)) for s, k in zip(x.shape[2:], size)]
+        c = [int(torch.randint(0, s - k + 1, (1,), generator=g)) for s, k in zip(x.shape[2:], size, strict=False)]
         keep[i, :, c[0] : c[0] + size[0], c[1] : c[1] + size[1], c[2] : c[2] + size[2]] = 0
     return x * keep

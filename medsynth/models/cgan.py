@@ -26,7 +26,6 @@ from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
 from medsynth.models.base import GenerativeModule, ema_update, frozen_copy, grad_norm, mode_seeking_loss, to_device
-from medsynth.models.losses import label_volume_loss
 from medsynth.models.blocks import (
     ConditionalDecoder,
     MaskConditionalDecoder,
@@ -35,6 +34,8 @@ from medsynth.models.blocks import (
     one_hot_mask,
     random_cutout,
 )
+from medsynth.models.losses import label_volume_loss
+
 
 def build_generator(cfg: CGANConfig, n_classes: int, n_mask_labels: int, size: int) -> nn.Module:
     cls = MaskConditionalDecoder if cfg.conditioning == "mask" else ConditionalDecoder

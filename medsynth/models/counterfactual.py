@@ -9,9 +9,9 @@ Two parts, exported together as the sampler:
   and whether it lies inside that label are fitted to the rare training cases, and a drawn structure is
   a blob of the drawn volume grown around the drawn centre. Labels present in both whose median volume
   differs by ``defining_volume_ratio`` (e.g. a smaller hippocampus) are *rescaled* together about their
-  centre to a volume drawn from the rare cases' volumes of those labels together (log-normal). The look of each changed label -- its mean intensity -- is drawn from 19 quantiles of
-  that in the rare cases (a lesion that is bright in some patients and dark in others stays one or the
-  other). Only these aggregates are stored: no training mask or image is copied.
+  centre to a volume drawn from the rare cases' volumes of those labels together (log-normal). The look
+  of each changed label -- its mean intensity -- is drawn from 19 quantiles of that in the rare cases
+  (a lesion that is bright in some patients and dark in others stays one or the other). Only these aggregates are stored: no training mask or image is copied.
 * :class:`Inpainter`, a 3D U-Net (MONAI) that repaints an *edit region* of a real case -- the changed
   structure and ``margin`` voxels around it -- for a given label map, from the image outside the region,
   the region, the label map (one-hot), the condition, the look and a noise channel. Outside the region
@@ -120,7 +120,7 @@ class StructurePrior(nn.Module):
         for k, e in report["labels"].items():
             e.setdefault("mode", MODES[int(self.mode[int(k)])])
             if e["mode"] != "keep":
-                means = [img[m == int(k)].mean() for img, m in zip(rare_images, rare) if (m == int(k)).any()]
+                means = [img[m == int(k)].mean() for img, m in zip(rare_images, rare, strict=False) if (m == int(k)).any()]
                 self.intensity_quantiles[int(k)] = torch.tensor(np.quantile(means, LOOK_LEVELS))
                 e["mean_intensity_quantiles_5_50_95"] = [round(float(v), 3) for v in np.quantile(means, [0.05, 0.5, 0.95])]
         return report
@@ -223,7 +223,7 @@ class StructurePrior(nn.Module):
             centre = idx[(slice(None), *np.rint(centre).astype(int))].astype(float)
         axes = np.exp(rng.uniform(-0.25, 0.25, 3))  # an ellipsoid of random proportions ...
         grids = np.indices(mask.shape, dtype=np.float64)
-        dist = np.sqrt(sum(((g - c) / a) ** 2 for g, c, a in zip(grids, centre, axes)))
+        dist = np.sqrt(sum(((g - c) / a) ** 2 for g, c, a in zip(grids, centre, axes, strict=False)))
         rough = ndimage.gaussian_filter(rng.standard_normal(mask.shape), 1.5)  # ... with an irregular border
         dist = dist + 0.6 * rough / (rough.std() + 1e-8)
         dist[~candidates] = np.inf

@@ -289,7 +289,8 @@ def train_model(
     if hasattr(module, "accelerate"):  # a GenerativeModule writes its run signature into its checkpoints
         module.run_signature = run_signature(name, model_cfg, seed, info, rows, tuple(getattr(module, "export_settings", ())))
     fresh_start = discard_foreign_checkpoint(ckpt_dir, module)
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=train_cfg.checkpoint_every * n_opt, save_last=True, save_top_k=1, monitor=None)]
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=train_cfg.checkpoint_every * n_opt,
+                                 save_last=True, save_top_k=1, monitor=None)]
     logger = False
     if live_dir is not None:
         logger = _dvclive_logger(live_dir, resume=last.is_file())

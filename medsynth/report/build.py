@@ -111,7 +111,7 @@ def cohort_ranges(manifest: Path) -> dict:
         if vals:
             arr = np.array(vals)
             lo, hi = arr.min(0), arr.max(0)
-            out[key] = " x ".join(f"{a:g}" if a == b else f"{a:g}-{b:g}" for a, b in zip(lo, hi))
+            out[key] = " x ".join(f"{a:g}" if a == b else f"{a:g}-{b:g}" for a, b in zip(lo, hi, strict=False))
     return out
 
 
@@ -137,7 +137,7 @@ def training_curves(live_dir: Path, model: str) -> str | None:
     n = len(series)
     cols = min(4, n)
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3 * cols, 2.2 * ((n + cols - 1) // cols)), squeeze=False)
-    for ax, (name, (x, y)) in zip(axes.ravel(), sorted(series.items())):
+    for ax, (name, (x, y)) in zip(axes.ravel(), sorted(series.items()), strict=False):
         ax.plot(x, y, lw=1)
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=6)
@@ -274,13 +274,15 @@ def build_report(
     all_gates = list(gates.get("gates", [])) + [deid_gate]
     verdict = overall(all_gates)  # the evaluate stage's ranking: fail > inconclusive > warn (or not measured) > pass
     verdicts = [model_verdict(m, all_gates, privacy.get(m, {}).get("audience")) for m in models]
-    env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=True)  # the template is report.html.j2: select_autoescape(["html"]) left it unescaped
+    # autoescape=True, not select_autoescape(["html"]): the template's name ends in .j2, which that would leave unescaped
+    env = Environment(loader=PackageLoader("medsynth.report", "templates"), autoescape=True)
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
-        title=title, verdict=verdict, verdicts=verdicts, verdict_rule=VERDICT_RULE, gates=all_gates, ingest=ingest, pre=pre, cards=cards, ranges=cohort_ranges(Path(ingest_dir) / "manifest.csv"),
+        title=title, verdict=verdict, verdicts=verdicts, verdict_rule=VERDICT_RULE, gates=all_gates, ingest=ingest, pre=pre, cards=cards,
+        ranges=cohort_ranges(Path(ingest_dir) / "manifest.csv"),
         params="\n".join(f"{k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(redact_params(params).items())), versions=_versions(),
         commit=_git_commit(repo_root or Path.cwd()), lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
-        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), version=__version__,
+        created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(), version=__version__,
     )
     write_text_atomic(out_path, html)
     return Path(out_path)

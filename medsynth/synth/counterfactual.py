@@ -91,7 +91,7 @@ def synthesize_counterfactuals(
     cases, skipped = counterfactual_arrays(sampler, sources, condition, n, seed, device)
     affine = np.asarray(sampler.data_info["reference_affine"], dtype=np.float64)
     spacing = sampler.data_info["spacing"]
-    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    created = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     rows = []
     for i, cf in enumerate(cases):
         case_id = f"CF-{sampler.kind}-{condition}-{i:04d}"

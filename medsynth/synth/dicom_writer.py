@@ -185,7 +185,7 @@ def build_seg(images: list[Dataset], mask: np.ndarray, labels: dict[int, str], u
 def write_dicom_case(out_dir: Path, case_id: str, volume: np.ndarray, mask: np.ndarray, affine_ras: np.ndarray, modality: str,
                      sidecar: dict, labels: dict[int, str] | None = None) -> dict:
     """Write ``out_dir/<case_id>/image/IM0001.dcm..`` and ``out_dir/<case_id>/seg.dcm``; return the UIDs."""
-    created = _dt.datetime.fromisoformat(sidecar["created"]) if sidecar.get("created") else _dt.datetime.now(_dt.timezone.utc)
+    created = _dt.datetime.fromisoformat(sidecar["created"]) if sidecar.get("created") else _dt.datetime.now(_dt.UTC)
     uids = case_uids(f"{sidecar.get('checkpoint_sha256', '')}/{case_id}/{sidecar.get('seed', '')}")
     description = f"SYNTHETIC {sidecar.get('model', '')} {sidecar.get('condition', '')}".strip()
     images = build_series(volume, affine_ras, modality, case_id, description, uids, created)

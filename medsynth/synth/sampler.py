@@ -241,7 +241,7 @@ def synthesize(
                 "temperature": temperature,
                 "condition": condition,
                 "params_hash": params_hash,
-                "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+                "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
                 "medsynth_version": __version__,
                 "mask_rule": "a given mask (mask-conditioned model)" if given is not None
                 else f"argmax over background+labels; components < {min_island_voxels} voxels removed (26-connectivity)",
