@@ -40,6 +40,7 @@ def main() -> int:
     except (ConfigError, DeidKeyError, IngestError) as exc:
         console.print(f"[red]ingest failed:[/red] {escape(str(exc))}")
         return 1
+    (OUT / "dicom").mkdir(parents=True, exist_ok=True)  # declared in dvc.yaml; empty for an npz input
     s = res.summary
     for warning in s.get("warnings", []):
         console.print(f"[yellow]ingest warning:[/yellow] {warning}")

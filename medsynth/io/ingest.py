@@ -561,7 +561,8 @@ def ingest_npz(npz_path: Path, out_dir: Path, data_cfg: DataConfig, seed: int) -
     if missing:
         raise IngestError(f"{npz_path}: not a MedMNIST-style npz: missing arrays {missing}")
     names = list(data_cfg.npz_class_names)
-    for sub in ("images", "masks", "dicom"):  # dicom stays empty (an npz holds no DICOM) but exists: a DVC output
+    shutil.rmtree(out_dir / "dicom", ignore_errors=True)  # an npz holds no DICOM: a stale folder of an earlier input goes
+    for sub in ("images", "masks"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)

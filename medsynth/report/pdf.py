@@ -26,12 +26,9 @@ def find_chromium() -> str | None:
 
 
 def html_to_pdf(html: Path, pdf: Path, timeout: int = 120) -> Path | None:
-    """Print ``html`` to ``pdf``; returns None when no Chromium is installed."""
+    """Print ``html`` to ``pdf``; returns None (and writes nothing) when no Chromium is installed."""
     exe = find_chromium()
     if exe is None:
-        if Path(pdf).exists():
-            Path(pdf).unlink()
-        Path(pdf).write_bytes(b"")  # keep the DVC output present; empty means 'not rendered here'
         return None
     with tempfile.TemporaryDirectory() as profile, tempfile.TemporaryDirectory() as outdir:
         tmp_pdf = Path(outdir) / "report.pdf"
