@@ -43,10 +43,10 @@ def make_ingest(tmp: Path, patients: int) -> Path:
 def main(argv=None) -> int:
     from monai.data import DataLoader, Dataset
 
+    from medsynth.cohort import load_bank, read_manifest
     from medsynth.config import Params
-    from medsynth.data.preprocess import preprocess_cohort, read_manifest
+    from medsynth.data.preprocess import preprocess_cohort
     from medsynth.data.transforms import build_transforms
-    from medsynth.models.training import load_bank
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ingest", type=Path, default=None, help="an existing ingest folder (default: demo cohort)")

@@ -71,6 +71,7 @@ def mid_slices_figure(path: Path, rows: dict[str, np.ndarray], title: str) -> No
 
 
 def main(argv=None) -> int:
+    from medsynth.cohort import load_bank
     from medsynth.config import ConditionalConfig, Params
     from medsynth.eval.conditional import fit_condition_classifier, predict_conditions
     from medsynth.eval.encoder import embed, standardiser, train_encoder
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     from medsynth.eval.metrics import fid, ms_ssim_diversity
     from medsynth.eval.privacy import dcr_share
     from medsynth.eval.stats import mmd2_unbiased
-    from medsynth.models.training import load_bank, train_model
+    from medsynth.models.training import train_model
     from medsynth.synth.sampler import load_sampler, sample_arrays
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -32,8 +32,9 @@ def label_stats(masks: np.ndarray, n_labels: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medsynth.cohort import load_bank, read_preprocess_info
     from medsynth.config import load_params
-    from medsynth.models.training import load_bank, read_preprocess_info, train_model
+    from medsynth.models.training import train_model
     from medsynth.synth.sampler import clean_mask, load_sampler, sample_arrays
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,10 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from medsynth.cohort import load_bank, read_preprocess_info
 from medsynth.config import ConfigError, load_params
 from medsynth.eval.encoder import save_encoder, train_encoder
 from medsynth.io.writers import write_json_atomic
-from medsynth.models.training import load_bank, read_preprocess_info
 
 
 def main() -> int:

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
+from medsynth.cohort import load_bank
 from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import from_model_space
 from medsynth.io.writers import staging_dir
-from medsynth.models.training import load_bank
 from medsynth.synth.counterfactual import is_counterfactual, synthesize_counterfactuals
 from medsynth.synth.sampler import load_sampler, needs_masks, synthesize
 

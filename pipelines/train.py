@@ -11,11 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from medsynth.cohort import StaleCacheError, read_preprocess_info
 from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import transform_hash
 from medsynth.models.base import DivergenceError, TrainingDataError
 from medsynth.models.registry import UnknownModelError
-from medsynth.models.training import StaleCacheError, read_preprocess_info, train_model
+from medsynth.models.training import train_model
 
 
 def main(argv: list[str]) -> int:

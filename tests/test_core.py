@@ -222,7 +222,7 @@ def test_gates_fail_on_leaking_and_noise_generators_on_adrenalmnist3d():
 def test_mask_conditioned_cgan_paints_the_given_masks(preprocessed, tmp_path):
     """cgan conditioning: mask (SPADE): trains on real (image, mask) pairs, resumes exactly, and samples one
     image per given mask -- the output mask is the given one, and a different mask gives a different image."""
-    from medsynth.models.training import load_bank
+    from medsynth.cohort import load_bank
     from medsynth.synth.sampler import load_sampler, sample_arrays, synthesize
 
     extra = {"conditioning": "mask"}
@@ -278,7 +278,7 @@ def test_pipeline_synthesize_stage_paints_train_masks_for_a_mask_conditioned_cga
     out = tmp_path / "data" / "synth" / "cgan"
     written = sorted((out / "masks").glob("*lesion*.nii.gz"))
     assert len(written) == 2 and len(list((out / "masks").glob("*.nii.gz"))) == 3
-    from medsynth.models.training import load_bank
+    from medsynth.cohort import load_bank
 
     x, y, _ = load_bank(preprocessed, ("train",))
     lesion = json.loads((preprocessed / "preprocess.json").read_text())["conditions"].index("lesion")
@@ -309,9 +309,9 @@ def test_vaegan_perceptual_loss_from_a_local_network_only(preprocessed, tmp_path
     a TorchScript file it changes what the VAE-GAN learns, and the network stays out of the checkpoint."""
     from pydantic import ValidationError
 
+    from medsynth.cohort import load_bank
     from medsynth.config import VAEGANConfig
     from medsynth.eval.encoder import save_encoder, train_encoder
-    from medsynth.models.training import load_bank
 
     with pytest.raises(ValidationError, match="perceptual_network is not set"):
         VAEGANConfig(perceptual_weight=0.1)
@@ -356,8 +356,8 @@ def test_mode_collapse_alarm_warns_and_is_recorded(preprocessed, tmp_path, monke
 def test_diversity_is_measured_within_a_condition_and_sees_collapse(preprocessed):
     """The alarm's signal: one case for every noise gives ~0 (even though the conditions differ from each
     other); real cases of the condition give ~1."""
+    from medsynth.cohort import data_info_from, load_bank, read_preprocess_info
     from medsynth.models.cgan import CGANModule
-    from medsynth.models.training import data_info_from, load_bank, read_preprocess_info
 
     info = read_preprocess_info(preprocessed)
     x, y, _ = load_bank(preprocessed, ("train",))
@@ -419,8 +419,8 @@ def test_adaptive_augmentation_is_identity_at_p0_and_follows_discriminator_overf
     """ADA: p = 0 leaves batches untouched; p = 1 flips/shifts/cuts out (cutout fills with background, not
     a grey cube); p rises by (cases seen) / ada_images while D scores more than ada_target of real cases
     positive, falls otherwise, stays in [0, 1]; ada_target 0 is plain DiffAugment (p = 1, never adapted)."""
+    from medsynth.cohort import data_info_from, load_bank, read_preprocess_info
     from medsynth.models.cgan import ADA_INTERVAL, CGANModule, diff_augment
-    from medsynth.models.training import data_info_from, load_bank, read_preprocess_info
 
     info = data_info_from(read_preprocess_info(preprocessed))
     x, y, _ = load_bank(preprocessed, ("train",))
@@ -497,9 +497,9 @@ def test_vaegan_prior_adversarial_shows_prior_samples_to_the_discriminator(prepr
     calls = []
     forward = ProjectionDiscriminator.forward
     monkeypatch.setattr(ProjectionDiscriminator, "forward", lambda self, x, y: calls.append(len(x)) or forward(self, x, y))
-    train_tiny("vaegan", preprocessed, tmp_path / "plain", 2, extra={"prior_adversarial": False})
+    train_tiny("vaegan", preprocessed, tmp_path / "plain", 2, extra={"prior_adversarial": False, "adv_start": 0})
     plain, calls[:] = len(calls), []
-    s = train_tiny("vaegan", preprocessed, tmp_path / "prior", 2, extra={"prior_adversarial": True})
+    s = train_tiny("vaegan", preprocessed, tmp_path / "prior", 2, extra={"prior_adversarial": True, "adv_start": 0})
     assert s["steps"] == 2 and len(calls) == plain + 2 * 2
 
 

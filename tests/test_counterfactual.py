@@ -18,11 +18,11 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from medsynth.cli import app
+from medsynth.cohort import MANIFEST_FIELDS
 from medsynth.config import PreprocessConfig
 from medsynth.data.transforms import transform_hash, transform_settings
 from medsynth.eval.counterfactual import seam_and_look, structure_copy_check
 from medsynth.eval.gates import counterfactual_gates, model_verdict
-from medsynth.io.ingest import MANIFEST_FIELDS
 from medsynth.models.base import TrainingDataError
 from medsynth.models.counterfactual import CounterfactualSampler, StructurePrior
 from medsynth.synth.counterfactual import INTERNAL_USE, synthesize_counterfactuals

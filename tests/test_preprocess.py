@@ -92,7 +92,8 @@ def test_intensity_ranges_per_modality(tmp_path):
 
 
 def test_changed_transform_setting_invalidates_the_cache(preprocessed, tmp_path):
-    from medsynth.models.training import StaleCacheError, read_preprocess_info, train_model
+    from medsynth.cohort import StaleCacheError, read_preprocess_info
+    from medsynth.models.training import train_model
 
     info = json.loads((preprocessed / "preprocess.json").read_text())
     cfg = Params().preprocess.model_copy(update={"roi_size": (16, 16, 16), "spacing": (8.0, 8.0, 8.0)})

@@ -12,7 +12,6 @@ Outputs (under ``out_dir``):
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -20,23 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from medsynth.cohort import ManifestError, read_manifest, write_manifest
 from medsynth.config import PreprocessConfig
 from medsynth.data.splits import SPLITS, assign_splits
 from medsynth.data.transforms import build_transforms, transform_hash, transform_settings
-from medsynth.io.ingest import MANIFEST_FIELDS
-from medsynth.io.writers import atomic_path, write_csv_atomic, write_json_atomic
+from medsynth.io.writers import atomic_path, write_json_atomic
 
 
 class PreprocessError(RuntimeError):
     pass
-
-
-def read_manifest(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise PreprocessError(f"{path}: manifest not found (run the ingest stage first)")
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def save_npy_atomic(dest: Path, arr: np.ndarray) -> None:
@@ -54,7 +45,10 @@ def preprocess_cohort(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
-    cases = read_manifest(ingest_dir / "manifest.csv")
+    try:
+        cases = read_manifest(ingest_dir / "manifest.csv")
+    except ManifestError as exc:
+        raise PreprocessError(f"{exc} (the ingest stage writes it)") from None
     if not cases:
         raise PreprocessError(f"{ingest_dir / 'manifest.csv'}: no cases")
     modalities = sorted({c["modality"] for c in cases})
@@ -99,7 +93,7 @@ def preprocess_cohort(
     # a reference affine for writing synthetic cases: target spacing, RAS, centred at the origin
     ref = np.diag([*cfg.spacing, 1.0])
     ref[:3, 3] = -(np.array(cfg.roi_size) - 1) / 2 * np.array(cfg.spacing)
-    write_csv_atomic(out_dir / "manifest.csv", cases, MANIFEST_FIELDS)
+    write_manifest(out_dir / "manifest.csv", cases)
     counts = {s: dict(sorted(Counter(c["condition"] for c in cases if c["split"] == s).items())) for s in SPLITS}
     stats = {
         "cases": len(cases),

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from medsynth.cohort import data_info_from, load_bank, read_preprocess_info  # noqa: E402
 from medsynth.config import EvalConfig, PreprocessConfig  # noqa: E402
 from medsynth.data.transforms import to_model_space  # noqa: E402
 from medsynth.eval.conditional import (  # noqa: E402
@@ -40,7 +41,6 @@ from medsynth.eval.utility import (  # noqa: E402
 )
 from medsynth.io.writers import atomic_path, write_json_atomic  # noqa: E402
 from medsynth.models import registry  # noqa: E402
-from medsynth.models.training import data_info_from, load_bank, read_preprocess_info  # noqa: E402
 from medsynth.synth.counterfactual import is_counterfactual_set  # noqa: E402
 from medsynth.synth.sampler import file_sha256, load_sampler, model_space_arrays  # noqa: E402
 

@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from medsynth import __version__
+from medsynth.cohort import write_manifest
 from medsynth.config import DEFAULT_MAX_VOXELS, DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonymizer
@@ -39,7 +40,6 @@ from medsynth.io.pool import process_pool
 from medsynth.io.seg import SegMask, mask_on_image
 from medsynth.io.writers import remove_stale_temps, write_csv_atomic, write_json_atomic, write_nifti_atomic
 
-MANIFEST_FIELDS = ["case_id", "patient", "condition", "modality", "shape", "spacing", "source", "has_mask", "split"]
 QUARANTINE_FIELDS = ["file_id", "kind", "reason"]
 DEID_LOG_FIELDS = ["patient", "study", "series", "instance", "removed", "emptied", "dummied", "cleaned", "uids_replaced", "kept",
                    "unlisted_removed"]
@@ -487,7 +487,7 @@ def ingest(
     cases.sort(key=lambda c: c["case_id"])
     if not cases:
         raise IngestError(f"{input_dir}: no usable volume found ({len(quarantine)} item(s) quarantined; see quarantine.csv)")
-    write_csv_atomic(out_dir / "manifest.csv", cases, MANIFEST_FIELDS)
+    write_manifest(out_dir / "manifest.csv", cases)
     write_csv_atomic(out_dir / "quarantine.csv", quarantine, QUARANTINE_FIELDS)
     write_csv_atomic(out_dir / "deid_log.csv", deid_log, DEID_LOG_FIELDS)
     totals = Counter()
@@ -601,7 +601,7 @@ def ingest_npz(npz_path: Path, out_dir: Path, data_cfg: DataConfig, seed: int) -
                 "shape": "x".join(str(s) for s in vol.shape), "spacing": "1x1x1", "source": "npz", "has_mask": 1,
                 "split": ("holdout" if i in holdout else split),
             })
-    write_csv_atomic(out_dir / "manifest.csv", cases, MANIFEST_FIELDS)
+    write_manifest(out_dir / "manifest.csv", cases)
     write_csv_atomic(out_dir / "quarantine.csv", [], QUARANTINE_FIELDS)
     write_csv_atomic(out_dir / "deid_log.csv", [], DEID_LOG_FIELDS)
     summary = {
@@ -648,4 +648,4 @@ def with_demo_input(data_cfg: DataConfig, seed: int, progress=None):
     return _ctx()
 
 
-__all__ = ["ingest", "ingest_npz", "read_labels", "with_demo_input", "IngestError", "MANIFEST_FIELDS"]
+__all__ = ["ingest", "ingest_npz", "read_labels", "with_demo_input", "IngestError"]

@@ -18,18 +18,14 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from medsynth.cohort import data_info_from, load_bank, read_preprocess_info
 from medsynth.config import TrainConfig
 from medsynth.io.writers import save_torch_atomic, write_json_atomic
 from medsynth.models import registry
-
-
-class StaleCacheError(RuntimeError):
-    pass
 
 
 class _StepIndex(Dataset):
@@ -43,60 +39,6 @@ class _StepIndex(Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
-
-
-def read_preprocess_info(preprocess_dir: Path, expected_hash: str | None = None) -> dict:
-    info_path = Path(preprocess_dir) / "preprocess.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path}: not found (run the preprocess stage first)")
-    info = json.loads(info_path.read_text())
-    if expected_hash is not None and info["transform_hash"] != expected_hash:
-        raise StaleCacheError(
-            f"{info_path}: cached tensors were made with transform settings {info['transform_hash']}, "
-            f"current settings hash to {expected_hash}; rerun the preprocess stage (dvc repro does this)"
-        )
-    return info
-
-
-def load_bank(preprocess_dir: Path, splits: tuple[str, ...] = ("train",), info: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
-    """Cached tensors of the given splits -> (x float16 (N,2,D,H,W), y long (N,), manifest rows)."""
-    import csv
-
-    from monai.data import CacheDataset
-
-    preprocess_dir = Path(preprocess_dir)
-    info = info or read_preprocess_info(preprocess_dir)
-    with open(preprocess_dir / "manifest.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] in splits]
-    if not rows:
-        raise ValueError(f"{preprocess_dir / 'manifest.csv'}: no case in splits {list(splits)}")
-    cond_index = {c: i for i, c in enumerate(info["conditions"])}
-    items = [{"x": str(preprocess_dir / "tensors" / f"{r['case_id']}.npy"), "y": cond_index[r["condition"]]} for r in rows]
-
-    def load(d):
-        return {"x": torch.from_numpy(np.load(d["x"])), "y": d["y"]}
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = CacheDataset(items, transform=load, progress=False, num_workers=0)
-        data = [ds[i] for i in range(len(ds))]
-    x = torch.stack([d["x"] for d in data])
-    y = torch.tensor([d["y"] for d in data], dtype=torch.long)
-    return x, y, rows
-
-
-def data_info_from(info: dict) -> dict:
-    return {
-        "conditions": info["conditions"],
-        "n_mask_labels": max(1, int(info["n_mask_labels"])),
-        "roi_size": info["roi_size"],
-        "spacing": info["spacing"],
-        "modality": info["modality"],
-        "reference_affine": info["reference_affine"],
-        "transform_hash": info["transform_hash"],
-        "transform_settings": info["transform_settings"],
-        "rare_condition": info.get("rare_condition"),
-    }
 
 
 def resolve_precision(cfg: TrainConfig) -> str:

@@ -21,9 +21,9 @@ import nibabel as nib
 import numpy as np
 
 from medsynth import __version__
-from medsynth.io.ingest import MANIFEST_FIELDS
+from medsynth.cohort import write_manifest
 from medsynth.io.nifti import nifti_on_grid
-from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
+from medsynth.io.writers import write_json_atomic, write_nifti_atomic
 
 KIND = "counterfactual"
 INTERNAL_USE = ("internal augmentation only: outside its edit region this case is the source patient's real scan; "
@@ -112,7 +112,7 @@ def synthesize_counterfactuals(
         })
         if progress:
             progress(1)
-    write_csv_atomic(out_dir / "synthetic_manifest.csv", rows, MANIFEST_FIELDS)
+    write_manifest(out_dir / "synthetic_manifest.csv", rows)
     write_json_atomic(out_dir / "skipped_sources.json", skipped)
     return rows, skipped
 

@@ -25,9 +25,9 @@ import torch
 from scipy import ndimage
 
 from medsynth import __version__
-from medsynth.io.ingest import MANIFEST_FIELDS
+from medsynth.cohort import write_manifest
 from medsynth.io.nifti import nifti_on_grid
-from medsynth.io.writers import write_csv_atomic, write_json_atomic, write_nifti_atomic
+from medsynth.io.writers import write_json_atomic, write_nifti_atomic
 from medsynth.models import registry
 
 SYNTHETIC_DESCRIP = "SYNTHETIC medsynth"
@@ -259,7 +259,7 @@ def synthesize(
             })
             if progress:
                 progress(1)
-    write_csv_atomic(out_dir / "synthetic_manifest.csv", rows, MANIFEST_FIELDS)
+    write_manifest(out_dir / "synthetic_manifest.csv", rows)
     return rows
 
 
