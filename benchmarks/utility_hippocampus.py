@@ -67,6 +67,18 @@ def cohort_params(cohort: str, args) -> dict:
     }
 
 
+def benchmark_key(work: Path) -> Path:
+    """A fixed pseudonymisation key for these public cohorts: the same pseudonyms, so the same patient-level
+    splits, in every run (a throw-away key drew other splits each time, and the runs could not be compared
+    case by case). Not for real data: a site key is secret."""
+    import hashlib
+
+    key = work / "benchmark-public-cohort.key"
+    key.write_text(hashlib.sha256(b"medsynth benchmark key for public cohorts").hexdigest() + "\n")
+    key.chmod(0o600)
+    return key
+
+
 def merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch_project(work)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     over = merge(cohort_params(args.cohort, args), {"train": {"models": models, "accelerator": args.accelerator},
-                                                     "deid": {"ephemeral_key": True}})
+                                                     "deid": {"key_file": str(benchmark_key(work))}})
     if args.steps:
         for m in models:
             over["train"].setdefault(m, {})["steps"] = args.steps
