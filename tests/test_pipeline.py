@@ -111,6 +111,28 @@ def _copy_repo(repo: Path) -> Path:
     return repo
 
 
+def estimates_outside_their_intervals(node, path: str = "") -> list[str]:
+    """Every (estimate, interval) pair of an evaluate JSON -- value/ci, mean/ci95, auc/auc_ci, X/X_ci,
+    a TPR and its ci -- whose estimate lies outside the interval."""
+    out = []
+    if isinstance(node, dict):
+        pairs = [("value", "ci"), ("mean", "ci95"), ("tpr", "ci"), ("auc", "auc_ci"), ("share", "ci")]
+        # presence: {"real": 39, "real_share": 1.0, "real_ci": [...]} -- the interval is the share's
+        pairs += [(f"{k}_share" if f"{k}_share" in node else k, f"{k}_ci") for k in node if f"{k}_ci" in node]
+        pairs += [(k, f"{k}_ci95") for k in node if f"{k}_ci95" in node]
+        for point, interval in pairs:
+            v, ci = node.get(point), node.get(interval)
+            if isinstance(v, (int, float)) and isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+                if not ci[0] - 1e-9 <= v <= ci[1] + 1e-9:
+                    out.append(f"{path}.{point} {v:.4g} not in [{ci[0]:.4g}, {ci[1]:.4g}]")
+        for k, child in node.items():
+            out += estimates_outside_their_intervals(child, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            out += estimates_outside_their_intervals(child, f"{path}[{i}]")
+    return out
+
+
 def params_models(repo: Path) -> list[str]:
     return yaml.safe_load((repo / "params.yaml").read_text())["train"]["models"]
 
@@ -181,7 +203,8 @@ def test_dvc_repro_tiny(tiny_repo):
         assert (repo / "models" / m / "checkpoints" / "last.ckpt").is_file()
         assert len(list((repo / "data/synth" / m / "dicom").glob("*/image/*.dcm"))) == 6 * 16
     for f in ("metrics.json", "gates.json", "fidelity.json", "privacy.json", "utility.json"):
-        json.loads((repo / "reports/eval" / f).read_text())  # finite numbers only (writer refuses NaN)
+        outside = estimates_outside_their_intervals(json.loads((repo / "reports/eval" / f).read_text()))  # finite only (the writer refuses NaN)
+        assert not outside, f"{f}: point estimates outside their own 95% interval: {outside[:5]}"
     utility = json.loads((repo / "reports/eval/utility.json").read_text())
     assert utility["cgan"]["measured"] and utility["cgan"]["arms"]["real"] == utility["cvae"]["arms"]["real"]  # one shared baseline
     gates = json.loads((repo / "reports/eval/gates.json").read_text())

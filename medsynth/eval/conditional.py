@@ -43,7 +43,7 @@ import numpy as np
 
 from medsynth.config import ConditionalConfig, GatesConfig
 from medsynth.eval.fidelity import _w1
-from medsynth.eval.stats import roc_auc
+from medsynth.eval.stats import percentile_interval, roc_auc
 
 ALL = "all"
 SEVERITY = {"pass": 0, "warn": 1, "inconclusive": 2, "fail": 3}
@@ -95,7 +95,7 @@ def _boot_ci(values: np.ndarray, stat, n_boot: int, seed: int) -> list[float] | 
         return None
     rng = np.random.default_rng(seed)
     boots = [stat(values[rng.integers(0, len(values), len(values))]) for _ in range(n_boot)]
-    return [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+    return percentile_interval(boots, stat(values))
 
 
 def _f(v) -> float | None:

@@ -26,7 +26,7 @@ def fidelity_metrics(syn: np.ndarray, train: np.ndarray, test: np.ndarray, syn_i
         t = train[r.choice(len(train), len(train))]
         return mmd2_unbiased(s, t, bw)
 
-    ci = bootstrap_ci(boot, n_boot, seed)
+    ci = bootstrap_ci(boot, n_boot, seed, point=mmd_syn)
     floor = 0.01 * max(abs(mmd_real) if np.isfinite(mmd_real) else 0.0, 1e-3)
     ratio = max(mmd_syn, 0.0) / max(mmd_real if np.isfinite(mmd_real) else 0.0, floor)
     # nearest-neighbour realism: how far synthetic cases sit from the training data, in units of how

@@ -91,7 +91,7 @@ def with_ci(fn: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.
     def boot(r: np.random.Generator) -> float:
         return fn(a[r.choice(len(a), len(a))], b[r.choice(len(b), len(b))])
 
-    lo, hi = bootstrap_ci(boot, n_boot, seed)
+    lo, hi = bootstrap_ci(boot, n_boot, seed, point=value)
     return {"value": float(value), "ci": [float(lo), float(hi)]}
 
 
@@ -106,7 +106,7 @@ def feature_fidelity(syn: np.ndarray, train: np.ndarray, test: np.ndarray, seed:
     k = max(1, min(5, len(train) - 1, len(syn) - 1))
     radii = knn_radii(train, k)
     for key, val in p.items():
-        ci = bootstrap_ci(lambda r, key=key: prdc(train, syn[r.choice(len(syn), len(syn))], k, radii)[key], max(10, n_boot // 2), seed)
+        ci = bootstrap_ci(lambda r, key=key: prdc(train, syn[r.choice(len(syn), len(syn))], k, radii)[key], max(10, n_boot // 2), seed, point=val)
         out[key] = {"value": val, "ci": [float(ci[0]), float(ci[1])], "real_baseline": base.get(key)}
     ab = alpha_precision_beta_recall(train, syn)
     ab_base = alpha_precision_beta_recall(train, test) if len(test) > 2 else {}

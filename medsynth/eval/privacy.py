@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsynth.eval.features import nearest, nearest_index
-from medsynth.eval.stats import bootstrap_ci, roc_auc, roc_curve
+from medsynth.eval.stats import bootstrap_ci, percentile_interval, roc_auc, roc_curve
 
 LOW_FPRS = (0.01, 0.001)
 FLIPS = tuple(itertools.product((False, True), repeat=3))
@@ -62,9 +62,10 @@ def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, see
     s_mem = -nearest(train, syn)[:, 0]
     s_non = -nearest(holdout, syn)[:, 0]
     auc = roc_auc(s_mem, s_non)
-    auc_ci = bootstrap_ci(lambda r: roc_auc(r.choice(s_mem, len(s_mem)), r.choice(s_non, len(s_non))), n_boot, seed + 1)
+    auc_ci = bootstrap_ci(lambda r: roc_auc(r.choice(s_mem, len(s_mem)), r.choice(s_non, len(s_non))), n_boot, seed + 1, point=auc)
     share = dcr_share(syn, train, holdout, rng)
-    share_ci = bootstrap_ci(lambda r: dcr_share(syn[r.choice(len(syn), len(syn))], train, holdout, r, repeats=5), max(20, n_boot // 10), seed + 2)
+    share_ci = bootstrap_ci(lambda r: dcr_share(syn[r.choice(len(syn), len(syn))], train, holdout, r, repeats=5), max(20, n_boot // 10), seed + 2,
+                            point=share)
     fpr, tpr = roc_curve(s_mem, s_non)
     return {
         "dcr_share": share,
@@ -86,7 +87,8 @@ def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, see
 def whitebox_membership(scores_members: np.ndarray, scores_nonmembers: np.ndarray, seed: int, n_boot: int = 200) -> dict:
     """White-box attack: the model's own score of real cases (D score / ELBO), members vs holdout."""
     auc = roc_auc(scores_members, scores_nonmembers)
-    ci = bootstrap_ci(lambda r: roc_auc(r.choice(scores_members, len(scores_members)), r.choice(scores_nonmembers, len(scores_nonmembers))), n_boot, seed)
+    ci = bootstrap_ci(lambda r: roc_auc(r.choice(scores_members, len(scores_members)), r.choice(scores_nonmembers, len(scores_nonmembers))), n_boot, seed,
+                      point=auc)
     fpr, tpr = roc_curve(scores_members, scores_nonmembers)
     return {"membership_auc_whitebox": auc, "membership_auc_whitebox_ci": list(ci), "membership_roc_whitebox": {"fpr": fpr, "tpr": tpr}}
 
@@ -123,10 +125,10 @@ def attack_report(s_mem: np.ndarray, s_non: np.ndarray, seed: int, n_boot: int) 
         boot.append([_auc(bm, bn), _tpr_at(bm, bn, 0.0), *(_tpr_at(bm, bn, a) for a in fprs)])
     s_non = np.sort(s_non)
     point = [_auc(s_mem, s_non), _tpr_at(s_mem, s_non, 0.0), *(_tpr_at(s_mem, s_non, a) for a in fprs)]
-    lo, hi = np.quantile(np.array(boot), [0.025, 0.975], axis=0)
     # a resampled holdout's highest score is never above the full one's, so TPRs at the lowest FPRs
-    # skew upwards under the bootstrap: the interval is widened to hold its point estimate
-    ci = [[float(min(lo[j], p)), float(max(hi[j], p))] for j, p in enumerate(point)]
+    # skew upwards under the bootstrap: each interval holds its point estimate (percentile_interval)
+    boot = np.array(boot)
+    ci = [percentile_interval(boot[:, j], p) for j, p in enumerate(point)]
     low = []
     for a in LOW_FPRS:
         if a in fprs:

@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsynth.config import UtilityConfig
-from medsynth.eval.stats import roc_auc
+from medsynth.eval.stats import percentile_interval, roc_auc
 
 ARMS = ("real", "real+augmentation", "real+synthetic", "real+synthetic_rare", "synthetic")
 SHARED_ARMS = ("real", "real+augmentation")  # independent of the synthetic set: trained once per evaluation
@@ -193,8 +193,7 @@ def _ci(values: np.ndarray, seed: int) -> list[float] | None:
     if len(values) < MIN_CI_CASES:
         return None
     idx = np.random.default_rng(seed).integers(0, len(values), (N_BOOT, len(values)))
-    boots = values[idx].mean(1)
-    return [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+    return percentile_interval(values[idx].mean(1), values.mean())
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
@@ -219,7 +218,7 @@ def _auc_boots(scores: list[np.ndarray], y: np.ndarray, rare_index: int, seed: i
 
 def _auc_ci(score: np.ndarray, y: np.ndarray, rare_index: int, seed: int) -> list[float] | None:
     boots = _auc_boots([score], y, rare_index, seed)
-    return None if boots is None else [float(np.quantile(boots[:, 0], 0.025)), float(np.quantile(boots[:, 0], 0.975))]
+    return None if boots is None else percentile_interval(boots[:, 0], roc_auc(score[y == rare_index], score[y != rare_index]))
 
 
 def _paired_auc_difference(a: np.ndarray, b: np.ndarray, y: np.ndarray, rare_index: int, seed: int) -> dict:
@@ -227,8 +226,8 @@ def _paired_auc_difference(a: np.ndarray, b: np.ndarray, y: np.ndarray, rare_ind
     pos, neg = y == rare_index, y != rare_index
     boots = _auc_boots([a, b], y, rare_index, seed)
     d = None if boots is None else boots[:, 0] - boots[:, 1]
-    return {"mean": roc_auc(a[pos], a[neg]) - roc_auc(b[pos], b[neg]),
-            "ci95": None if d is None else [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))], "cases": int(len(y))}
+    mean = roc_auc(a[pos], a[neg]) - roc_auc(b[pos], b[neg])
+    return {"mean": mean, "ci95": None if d is None else percentile_interval(d, mean), "cases": int(len(y))}
 
 
 def _arm_data(arm: str, real: tuple, syn: tuple, ratio: float, rare_index: int, rng: np.random.Generator) -> tuple:
