@@ -36,5 +36,12 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         return list(csv.DictReader(fh))  # type: ignore[arg-type]
 
 
+def generated_row(case_id: str, patient: str, condition: str, modality: str, shape, spacing, source: str) -> ManifestRow:
+    """The manifest row of a case a model wrote (synthetic or counterfactual): split ``synthetic``, always masked."""
+    return {"case_id": case_id, "patient": patient, "condition": condition, "modality": modality,
+            "shape": "x".join(str(s) for s in shape), "spacing": "x".join(f"{s:g}" for s in spacing),
+            "source": source, "has_mask": 1, "split": "synthetic"}
+
+
 def write_manifest(path: Path, rows: list[ManifestRow] | list[dict]) -> None:
     write_csv_atomic(Path(path), rows, MANIFEST_FIELDS)

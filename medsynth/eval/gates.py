@@ -62,15 +62,24 @@ def privacy_gates(model: str, privacy: dict, cfg: GatesConfig) -> list[dict]:
 
 def copies_gate(model: str, det: dict, cfg: GatesConfig) -> dict:
     """Near-copies; inconclusive when no two real patients give the real-to-real distance the threshold is made of."""
-    name = f"{model}: near-copies of training patients"
-    if det["channels"]["combined"]["threshold"] is None:  # image and label map together
+    return near_copy_gate(
+        f"{model}: near-copies of training patients", det, cfg,
+        "fewer than two real patients to measure how close two different patients come, so no copy threshold; no synthetic "
+        "case can be called a copy or not",
+        lambda: f"Synthetic cases closer to a training patient, after undoing flips, shifts and intensity changes, than "
+                f"{det['distance_factor']:g} x the closest two different real patients are ({det['copies_rare_condition']} of the "
+                "rare condition).")
+
+
+def near_copy_gate(name: str, det: dict, cfg: GatesConfig, no_threshold: str, sentence) -> dict:
+    """A copy-detection result (privacy.copy_detection) as a gate: fails above ``copies_max``; inconclusive, with the
+    reason, when the detection did not run or had no real-to-real distance to make its threshold of."""
+    reason = (det.get("reason") if det.get("measured") is False else
+              no_threshold if det["channels"]["combined"]["threshold"] is None else None)  # image and label map together
+    if reason is not None:
         return {"gate": name, "area": "privacy", "state": "inconclusive", "value": None, "threshold": float(cfg.copies_max), "rule": "<=",
-                "sentence": "Inconclusive: fewer than two real patients to measure how close two different patients come, so no copy "
-                            "threshold; no synthetic case can be called a copy or not."}
-    return upper_gate(name, float(det["copies"]), float(cfg.copies_max), 0.0,
-                      f"Synthetic cases closer to a training patient, after undoing flips, shifts and intensity changes, than "
-                      f"{det['distance_factor']:g} x the closest two different real patients are ({det['copies_rare_condition']} of the "
-                      "rare condition).", "privacy")
+                "sentence": f"Inconclusive: {reason}."}
+    return upper_gate(name, float(det["copies"]), float(cfg.copies_max), 0.0, sentence(), "privacy")
 
 
 def evaluate_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesConfig) -> list[dict]:
@@ -86,19 +95,13 @@ def counterfactual_gates(model: str, fidelity: dict, privacy: dict, cfg: GatesCo
     seam at the edit region's border. No whole-case realism gate: outside its edit region a counterfactual case is a
     training patient's scan, so its distance to the training data is small whatever was painted (the seam, the look
     of the structure and the condition-fidelity gate judge what was). Each is marked ``internal_only``."""
-    name = f"{model}: changed structures, near-copies of training patients' structures"
     det = privacy["structure_copy_detection"]
-    if not det.get("measured"):
-        copies = {"gate": name, "area": "privacy", "state": "inconclusive", "value": None, "threshold": float(cfg.copies_max), "rule": "<=",
-                  "sentence": f"Inconclusive: {det.get('reason')}."}
-    elif det["channels"]["combined"]["threshold"] is None:
-        copies = {"gate": name, "area": "privacy", "state": "inconclusive", "value": None, "threshold": float(cfg.copies_max), "rule": "<=",
-                  "sentence": "Inconclusive: no two real patients' structures to measure how close two different ones come."}
-    else:
-        copies = upper_gate(name, float(det["copies"]), float(cfg.copies_max), 0.0,
-                            f"Counterfactual structures closer to a training patient's structure, after undoing flips, shifts and "
-                            f"intensity changes, than {det['distance_factor']:g} x the closest two different real patients' structures "
-                            f"({det['reference_structures']['train']} training structures).", "privacy")
+    copies = near_copy_gate(
+        f"{model}: changed structures, near-copies of training patients' structures", det, cfg,
+        "no two real patients' structures to measure how close two different ones come",
+        lambda: f"Counterfactual structures closer to a training patient's structure, after undoing flips, shifts and intensity "
+                f"changes, than {det['distance_factor']:g} x the closest two different real patients' structures "
+                f"({det['reference_structures']['train']} training structures).")
     seam = fidelity["counterfactual"]
     med = seam["seam_ratio_to_source"]["median"]
     sentence = ("No counterfactual case." if med is None else

@@ -21,9 +21,9 @@ import nibabel as nib
 import numpy as np
 
 from medsynth import __version__
-from medsynth.cohort import write_manifest
-from medsynth.io.nifti import nifti_on_grid
-from medsynth.io.writers import write_json_atomic, write_nifti_atomic
+from medsynth.cohort import generated_row, write_manifest
+from medsynth.io.writers import write_json_atomic
+from medsynth.synth.sampler import write_synthetic_case
 
 KIND = "counterfactual"
 INTERNAL_USE = ("internal augmentation only: outside its edit region this case is the source patient's real scan; "
@@ -72,14 +72,6 @@ def counterfactual_arrays(sampler, sources: list[tuple[str, np.ndarray]], condit
     return cases, skipped
 
 
-def write_counterfactual_case(out_dir: Path, case_id: str, image: np.ndarray, mask: np.ndarray, region: np.ndarray,
-                              affine: np.ndarray, sidecar: dict) -> None:
-    write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", nifti_on_grid(image.astype(np.float32), affine, f"{DESCRIP} {sidecar['condition']}"))
-    write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", nifti_on_grid(mask.astype(np.uint8), affine, f"{DESCRIP} mask"))
-    write_nifti_atomic(out_dir / "regions" / f"{case_id}.nii.gz", nifti_on_grid(region.astype(np.uint8), affine, f"{DESCRIP} edit region"))
-    write_json_atomic(out_dir / "sidecars" / f"{case_id}.json", sidecar)
-
-
 def synthesize_counterfactuals(
     sampler, out_dir: Path, sources: list[tuple[str, np.ndarray]], condition: str, n: int, seed: int,
     to_physical: Callable[[np.ndarray], np.ndarray], params_hash: str = "", device: str = "cpu",
@@ -104,12 +96,10 @@ def synthesize_counterfactuals(
         }
         if "dicom" in formats:
             sidecar["dicom"] = "not written: a counterfactual case is a real patient's anatomy and stays inside (NIfTI only)"
-        write_counterfactual_case(out_dir, case_id, to_physical(cf["image"]), cf["mask"], cf["region"], affine, sidecar)
-        rows.append({
-            "case_id": case_id, "patient": cf["source_case_id"], "condition": condition, "modality": sampler.data_info["modality"],
-            "shape": "x".join(str(s) for s in cf["image"].shape), "spacing": "x".join(f"{s:g}" for s in spacing),
-            "source": f"{KIND}:{sampler.kind}", "has_mask": 1, "split": "synthetic",
-        })
+        write_synthetic_case(out_dir, case_id, to_physical(cf["image"]), cf["mask"], affine, sidecar, DESCRIP,
+                             {"regions": ("edit region", cf["region"])})
+        rows.append(generated_row(case_id, cf["source_case_id"], condition, sampler.data_info["modality"], cf["image"].shape, spacing,
+                                  f"{KIND}:{sampler.kind}"))
         if progress:
             progress(1)
     write_manifest(out_dir / "synthetic_manifest.csv", rows)

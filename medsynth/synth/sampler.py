@@ -25,7 +25,7 @@ import torch
 from scipy import ndimage
 
 from medsynth import __version__
-from medsynth.cohort import write_manifest
+from medsynth.cohort import generated_row, write_manifest
 from medsynth.io.nifti import nifti_on_grid
 from medsynth.io.writers import write_json_atomic, write_nifti_atomic
 from medsynth.models import registry
@@ -159,11 +159,15 @@ def write_synthetic_case(
     mask: np.ndarray,
     affine: np.ndarray,
     sidecar: dict,
+    descrip: str = SYNTHETIC_DESCRIP,
+    extra: dict[str, tuple[str, np.ndarray]] | None = None,
 ) -> None:
-    img = nifti_on_grid(image.astype(np.float32), affine, f"{SYNTHETIC_DESCRIP} {sidecar['model']} {sidecar['condition']}")
-    m = nifti_on_grid(mask.astype(np.uint8), affine, f"{SYNTHETIC_DESCRIP} mask")
+    """images/, masks/ and sidecars/ of one case; ``extra``: more label volumes, folder -> (what, array), e.g.
+    ``{"regions": ("edit region", region)}``."""
+    img = nifti_on_grid(image.astype(np.float32), affine, f"{descrip} {sidecar['model']} {sidecar['condition']}")
     write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", img)
-    write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", m)
+    for folder, (what, vol) in {"masks": ("mask", mask), **(extra or {})}.items():
+        write_nifti_atomic(out_dir / folder / f"{case_id}.nii.gz", nifti_on_grid(vol.astype(np.uint8), affine, f"{descrip} {what}"))
     write_json_atomic(out_dir / "sidecars" / f"{case_id}.json", sidecar)
 
 
@@ -252,11 +256,7 @@ def synthesize(
             elif "dicom" in formats:
                 sidecar["dicom"] = f"not written: modality {modality} has no image storage class here (CT and MR only)"
             write_synthetic_case(out_dir, case_id, physical, mask, affine, sidecar)
-            rows.append({
-                "case_id": case_id, "patient": case_id, "condition": condition, "modality": sampler.data_info["modality"],
-                "shape": "x".join(str(s) for s in imgs[i].shape), "spacing": "x".join(f"{s:g}" for s in spacing),
-                "source": f"synthetic:{sampler.kind}", "has_mask": 1, "split": "synthetic",
-            })
+            rows.append(generated_row(case_id, case_id, condition, modality, imgs[i].shape, spacing, f"synthetic:{sampler.kind}"))
             if progress:
                 progress(1)
     write_manifest(out_dir / "synthetic_manifest.csv", rows)
