@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS
+
 
 class ConfigError(ValueError):
     """A params value is missing or not allowed. The message names key, value and what is allowed."""
@@ -32,8 +34,6 @@ def _yaml11_switch(v: Any) -> Any:
 Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml11_switch)]
 
 
-# the most voxels one input file or series may hold (data.max_voxels): a 512 x 512 x 512 CT fits
-DEFAULT_MAX_VOXELS = 512**3
 
 
 class _Section(BaseModel):

@@ -12,36 +12,47 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
-from medsynth.config import DEFAULT_MAX_VOXELS
 from medsynth.io.dicom import (
+    PARALLEL_SCAN_FILES,
+    DicomScan,
     DicomVolume,
-    QuarantineEntry,
-    SeriesError,
+    discover_files,
     load_series,
     read_image_dataset,
     scan_folder,
 )
-from medsynth.io.nifti import load_nifti_checked, make_ras_image, nifti_on_grid, split_4d
+from medsynth.io.dicom_fast import FastHeader
+from medsynth.io.nifti_write import compact_dtype, reorient_to_ras, write_nifti
 from medsynth.io.pool import process_pool
-from medsynth.io.seg import SegMask, mask_on_image, read_seg_mask
-from medsynth.io.writers import remove_stale_temps, write_csv_atomic, write_nifti_atomic
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
+from medsynth.io.writers import atomic_path, remove_stale_temps, write_csv_atomic
+
+if TYPE_CHECKING:
+    import nibabel as nib
+
+    from medsynth.io.seg import SegMask
 
 SERIES_FIELDS = ["file", "modality", "series_number", "series_description", "shape", "spacing", "n_source_files", "notes"]
 QUARANTINE_FIELDS = ["path", "reason"]
+WRITER_THREADS = 2
 VOLUME_NAME = re.compile(r"series_\d{4,}(_seg)?\.nii\.gz")  # the names convert_folder gives its volumes
 
 
 @dataclass
 class ConvertedVolume:
-    """One output volume (RAS), with where it came from."""
+    """One output volume: voxels on the closest RAS+ axes (int16 where the values fit, else float32)
+    and their affine, with where they came from."""
 
-    image: nib.Nifti1Image
+    data: np.ndarray
+    affine: np.ndarray
     source: str  # path relative to the input root (folder of the series or the NIfTI file)
     modality: str
     series_number: str = ""
@@ -54,12 +65,23 @@ class ConvertedVolume:
     source_files: list[str] = field(default_factory=list)
 
     @property
+    def image(self) -> nib.Nifti1Image:
+        """The volume as a nibabel image (sform/qform set, header clean)."""
+        from medsynth.io.nifti import make_ras_image
+
+        return make_ras_image(self.data, self.affine)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.image.shape)
+        return tuple(int(x) for x in self.data.shape)
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        return tuple(round(float(x), 4) for x in self.image.header.get_zooms()[:3])
+        return tuple(round(float(x), 4) for x in np.sqrt(np.sum(self.affine[:3, :3] ** 2, axis=0)))
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -78,12 +100,16 @@ def _series_source(paths: list[Path], root: Path) -> str:
     return _rel(Path(os.path.commonpath([str(p) for p in paths])), root)
 
 
-def _convert_series_worker(args: tuple[str, list[str], int]) -> tuple[list[dict], list[QuarantineEntry]]:
-    """Process-pool worker: paths of one series -> serialisable volumes + quarantine entries."""
-    root, paths, max_voxels = Path(args[0]), [Path(p) for p in args[1]], args[2]
+def _convert_series_worker(args: tuple[str, list[str], int, list[FastHeader | None]]) -> tuple[list[dict], list[QuarantineEntry]]:
+    """Process-pool worker: paths of one series (with the fast headers the scan read) -> serialisable
+    volumes + quarantine entries."""
+    root, paths, max_voxels, headers = Path(args[0]), [Path(p) for p in args[1]], args[2], args[3]
     files = []
     quarantine = []
-    for p in paths:
+    for p, header in zip(paths, headers, strict=True):
+        if header is not None:
+            files.append((p, header))
+            continue
         try:
             files.append((p, read_image_dataset(p, max_voxels)))  # header and pixel bytes in one read
         except SeriesError as exc:
@@ -105,10 +131,10 @@ def _convert_series_worker(args: tuple[str, list[str], int]) -> tuple[list[dict]
 
 def _volume_payload(v: DicomVolume, root: Path) -> dict:
     h = v.header
-    ras = make_ras_image(v.data, v.affine)  # RAS and compact dtype here, in the worker: less to send back
+    data, affine = reorient_to_ras(compact_dtype(v.data), v.affine)  # here, in the worker: less to send back
     return {
-        "data": np.asarray(ras.dataobj),
-        "affine": ras.affine,
+        "data": np.ascontiguousarray(data),
+        "affine": affine,
         "source": _series_source(v.files, root) + v.split_suffix,
         "modality": v.modality,
         "series_number": str(h.get("SeriesNumber", "") or ""),
@@ -130,23 +156,37 @@ def iter_volumes(
     """Yield every volume under ``root``, every DICOM SEG mask and every quarantine entry, in a stable
     order: SEG masks come before the volumes, so a caller can match each volume as it arrives."""
     root = Path(root)
-    n_cpu = os.cpu_count() or 1
-    scan = scan_folder(root, workers=workers if workers is not None else n_cpu, max_voxels=max_voxels)
+    paths = discover_files(root)
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    with ExitStack() as stack:
+        # one pool for the scan and the series, when the scan is worth a pool
+        pool = stack.enter_context(process_pool(n_workers)) if n_workers > 1 and len(paths) > PARALLEL_SCAN_FILES else None
+        scan = scan_folder(root, files=paths, workers=n_workers, max_voxels=max_voxels, pool=pool)
+        yield from _scanned_volumes(root, scan, n_workers, pool, progress, max_voxels)
+
+
+def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, pool: Executor | None,
+                     progress: Callable[[str], None] | None, max_voxels: int) -> Iterator[ConvertedVolume | SegMask | QuarantineEntry]:
     yield from scan.quarantine
+    if scan.segs:
+        from medsynth.io.seg import read_seg_mask
     for seg_path in scan.segs:
         # SEG objects are masks, not images: the caller matches each to the series it references
         try:
             yield read_seg_mask(seg_path, _rel(seg_path, root), max_voxels)
         except SeriesError as exc:
             yield QuarantineEntry(_rel(seg_path, root), str(exc))
-    jobs = [(str(root), [str(p) for p in files], max_voxels) for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
-    workers = workers if workers is not None else min(len(jobs), n_cpu)
-    if workers > 1 and len(jobs) > 1:
-        with process_pool(workers) as pool:
-            results = pool.map(_convert_series_worker, jobs, chunksize=1)
-            yield from _emit(results, jobs, progress)
+    jobs = [(str(root), [str(p) for p in files], max_voxels, [scan.headers.get(p) for p in files])
+            for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
+    if pool is not None and len(jobs) > 1:
+        yield from _emit(pool.map(_convert_series_worker, jobs, chunksize=1), jobs, progress)
+    elif n_workers > 1 and len(jobs) > 1:
+        with process_pool(min(n_workers, len(jobs))) as own_pool:
+            yield from _emit(own_pool.map(_convert_series_worker, jobs, chunksize=1), jobs, progress)
     else:
         yield from _emit(map(_convert_series_worker, jobs), jobs, progress)
+    if scan.nifti:
+        from medsynth.io.nifti import load_nifti_checked, split_4d
     for path in scan.nifti:
         rel = _rel(path, root)
         if progress:
@@ -158,9 +198,10 @@ def iter_volumes(
             continue
         parts = split_4d(img)
         for t, part in enumerate(parts):
-            ras = make_ras_image(np.asarray(part.dataobj), part.affine)
+            data, affine = reorient_to_ras(compact_dtype(np.asarray(part.dataobj)), part.affine)
             yield ConvertedVolume(
-                image=ras,
+                data=data,
+                affine=affine,
                 source=rel if len(parts) == 1 else f"{rel}#t{t:03d}",
                 modality="",
                 kind="nifti",
@@ -170,13 +211,12 @@ def iter_volumes(
 
 
 def _emit(results, jobs, progress) -> Iterator[ConvertedVolume | QuarantineEntry]:
-    for (_root, paths, _), (payloads, quarantine) in zip(jobs, results, strict=False):
+    for (_root, paths, _limit, _headers), (payloads, quarantine) in zip(jobs, results, strict=False):
         if progress:
             progress(paths[0])
         yield from quarantine
         for p in payloads:
-            img = make_ras_image(p.pop("data"), p.pop("affine"))
-            yield ConvertedVolume(image=img, kind="dicom", **p)
+            yield ConvertedVolume(kind="dicom", **p)
 
 
 @dataclass
@@ -234,25 +274,49 @@ def _convert_into(input_dir: Path, output_dir: Path, workers: int | None,
     quarantine: list[QuarantineEntry] = []
     segs: list[SegMask] = []
     written: dict[str, list[tuple[str, tuple[int, ...], np.ndarray]]] = {}  # series UID -> (name, shape, affine)
-    n = 0
-    for item in iter_volumes(input_dir, workers=workers, progress=progress):
-        if isinstance(item, QuarantineEntry):
-            quarantine.append(item)
-            continue
-        if isinstance(item, SegMask):
-            segs.append(item)
-            continue
-        n += 1
-        name = f"series_{n:04d}.nii.gz"
-        write_nifti_atomic(output_dir / name, item.image)
-        if item.series_uid and item.image.ndim == 3:
-            written.setdefault(item.series_uid, []).append((name, item.shape, item.image.affine))
-        rows.append({
-            "file": name, "modality": item.modality, "series_number": item.series_number,
-            "series_description": item.series_description, "shape": "x".join(str(s) for s in item.shape),
-            "spacing": "x".join(f"{s:g}" for s in item.spacing), "n_source_files": item.n_source_files,
-            "notes": "; ".join(item.notes), "source": item.source,
-        })
+    # gzip releases the GIL: volumes are compressed in threads while the next series are read
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS) as writer:
+        pending: list[Future] = []
+        for item in iter_volumes(input_dir, workers=workers, progress=progress):
+            if isinstance(item, QuarantineEntry):
+                quarantine.append(item)
+                continue
+            if not isinstance(item, ConvertedVolume):
+                segs.append(item)  # a DICOM SEG mask
+                continue
+            name = f"series_{len(rows) + 1:04d}.nii.gz"
+            while len([f for f in pending if not f.done()]) >= 2 * WRITER_THREADS:  # bounded: at most this many volumes in memory
+                wait(pending, return_when=FIRST_COMPLETED)
+            pending.append(writer.submit(_write_volume, output_dir / name, item.data, item.affine))
+            if item.series_uid and item.ndim == 3:
+                written.setdefault(item.series_uid, []).append((name, item.shape, item.affine))
+            rows.append({
+                "file": name, "modality": item.modality, "series_number": item.series_number,
+                "series_description": item.series_description, "shape": "x".join(str(s) for s in item.shape),
+                "spacing": "x".join(f"{s:g}" for s in item.spacing), "n_source_files": item.n_source_files,
+                "notes": "; ".join(item.notes), "source": item.source,
+            })
+        for f in pending:
+            f.result()  # a failed write raises here
+    if segs:
+        _write_seg_masks(output_dir, segs, written, rows, quarantine)
+    return rows, quarantine
+
+
+def _write_volume(dest: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    with atomic_path(dest, suffix=".nii.gz") as tmp:
+        write_nifti(tmp, data, affine)
+
+
+def _write_seg_masks(output_dir: Path, segs: list[SegMask], written: dict[str, list[tuple[str, tuple[int, ...], np.ndarray]]],
+                     rows: list[dict], quarantine: list[QuarantineEntry]) -> None:
+    """Each SEG mask on the grid of every converted volume of the series it references."""
+    import nibabel as nib
+
+    from medsynth.io.nifti import nifti_on_grid
+    from medsynth.io.seg import mask_on_image
+    from medsynth.io.writers import write_nifti_atomic
+
     for seg in segs:
         rows_before = len(rows)
         targets = [t for uid in sorted(seg.referenced_series) for t in written.get(uid, [])]
@@ -277,4 +341,3 @@ def _convert_into(input_dir: Path, output_dir: Path, workers: int | None,
             })
         if len(rows) == rows_before:
             quarantine.append(QuarantineEntry(seg.source, miss))  # mask_on_image's reason: no overlap
-    return rows, quarantine

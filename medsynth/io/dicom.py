@@ -25,30 +25,27 @@ import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from medsynth.config import DEFAULT_MAX_VOXELS
+from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_image_header, stored_values
 from medsynth.io.pool import process_pool
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError, error_text, max_decoded_bytes
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["DEFAULT_MAX_VOXELS", "QuarantineEntry", "SeriesError", "error_text", "max_decoded_bytes"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+PARALLEL_SCAN_FILES = 64  # fewer files are classified in this process: a pool costs more than it saves
+NOT_DICOM = "not a DICOM file (no DICM preamble and no DICOM image attributes)"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-class SeriesError(Exception):
-    """A series (or file) that cannot be turned into a volume; the message is the reason."""
-
-
-@dataclass
-class QuarantineEntry:
-    path: str
-    reason: str
 
 
 @dataclass
@@ -119,19 +116,10 @@ def discover_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def error_text(exc: BaseException) -> str:
-    """An exception as a one-line reason: its message, or its class name when the message is empty."""
-    return " ".join(str(exc).split())[:160] or type(exc).__name__
-
-
-def max_decoded_bytes(max_voxels: int) -> int:
-    """The most bytes one file may decode or inflate to: 4 bytes a voxel (32-bit samples) + 16 MiB of header."""
-    return 4 * max_voxels + (16 << 20)
-
-
 def _deflated_size_problem(path: Path, max_voxels: int) -> str | None:
     """For a Deflated Explicit VR Little Endian file (which pydicom inflates whole, header reads too):
     the reason when it inflates past :func:`max_decoded_bytes`, counted in a stream; else None."""
+    import pydicom
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
     limit = max_decoded_bytes(max_voxels)
@@ -173,6 +161,9 @@ def _check_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
 
 def read_header(path: Path) -> Dataset:
     """Read a DICOM header without pixels. Raises SeriesError with the reason if it is not usable."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     _check_file(path)
     try:
         with warnings.catch_warnings():
@@ -221,6 +212,8 @@ def read_image_dataset(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Data
 
 def read_full_dataset(path: Path) -> Dataset:
     """Read a whole file, pixel data included; a failure becomes a SeriesError with the reason."""
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -257,7 +250,9 @@ def dataset_pixel_problem(ds: Dataset, header: Dataset, max_voxels: int = DEFAUL
     value = elem.value
     if value is None or len(value) == 0:
         return "pixel data element is empty (truncated file)"
-    if not ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian).is_compressed and elem.tag == 0x7FE00010:
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if not ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian).is_compressed and elem.tag == 0x7FE00010:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         need = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("BitsAllocated", 16)) // 8
         if len(value) < need:
@@ -371,24 +366,17 @@ def raw_little_endian_pixels(ds: Dataset) -> np.ndarray | None:
         return None
     rows, cols, frames = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     raw = ds.PixelData
-    if len(raw) < rows * cols * frames * dtype.itemsize:
+    if len(raw) < rows * cols * frames * bits // 8:
         return None  # let pydicom name the problem
-    arr = np.frombuffer(raw, dtype=dtype, count=rows * cols * frames).reshape((frames, rows, cols) if frames > 1 else (rows, cols))
-    stored = int(ds.get("BitsStored", bits) or bits)
-    if stored < bits:
-        if signed:
-            shift = bits - stored
-            arr = (arr << shift) >> shift  # arithmetic shift: sign-extends from bit BitsStored-1
-        else:
-            arr = arr & np.array((1 << stored) - 1, dtype=dtype)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
+    return stored_values(raw, rows, cols, frames, bits, int(ds.get("BitsStored", bits) or bits), signed)
 
 
 def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
     """Decode a file's pixel data (from ``ds`` when it was read with its pixels already); any failure
     becomes a SeriesError with the reason."""
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -403,8 +391,9 @@ def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
         raise SeriesError(f"pixel data cannot be decoded: {msg}") from None
 
 
-def classic_slice(path: Path, ds: Dataset) -> Slice:
-    """One single-frame image file -> Slice (geometry from its top-level attributes)."""
+def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
+    """One single-frame image file -> Slice (geometry from its top-level attributes); ``ds`` is the
+    file read by pydicom or by the fast reader (which answer alike)."""
     iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
     ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
     ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
@@ -421,7 +410,7 @@ def classic_slice(path: Path, ds: Dataset) -> Slice:
     )
 
     def load() -> np.ndarray:
-        arr = decode_pixels(path, ds)
+        arr = ds.pixel_array() if isinstance(ds, FastHeader) else decode_pixels(path, ds)
         if arr.ndim != 2:
             raise SeriesError(f"expected a 2D image, pixel array has shape {arr.shape}")
         return arr
@@ -429,7 +418,8 @@ def classic_slice(path: Path, ds: Dataset) -> Slice:
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
-        slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
+        scale = ds.philips_scale_slope if isinstance(ds, FastHeader) else philips_scale_slope(ds)
+        slope, intercept = philips_float_scaling(slope, intercept, scale)
     _check_rescale(slope, intercept)
     return Slice(
         path=path,
@@ -633,26 +623,28 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels:
 def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     with warnings.catch_warnings():  # nibabel warns on import that its DICOM readers are experimental
         warnings.simplefilter("ignore")
+        import pydicom
         from nibabel.nicom import dicomwrappers
 
     vols, affs, keys = [], [], []
+    notes: list[str] = []
     for p in paths:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                w = dicomwrappers.wrapper_from_data(pydicom.dcmread(p))
-                arr = np.asarray(w.get_data(), dtype=np.float32)
-                aff = np.asarray(w.affine, dtype=np.float64)
+                ds = pydicom.dcmread(p)
+                w = dicomwrappers.wrapper_from_data(ds)
+                if isinstance(w, dicomwrappers.MosaicWrapper):
+                    arr = np.asarray(w.get_data(), dtype=np.float32)
+                    aff = np.asarray(w.affine, dtype=np.float64)
+                else:  # no CSA header: the tiles from the attributes that are left, as dcm2niix does
+                    arr, aff, note = mosaic_without_csa(ds)
+                    if note not in notes:
+                        notes.append(note)
             except SeriesError:
                 raise
             except Exception as exc:
                 raise SeriesError(f"Siemens mosaic cannot be unpacked: {str(exc)[:120]}") from None
-        if arr.ndim != 3:
-            raise SeriesError(
-                "Siemens mosaic cannot be unpacked: its CSA private header is missing (removed by de-identification? "
-                "set deid.retain_safe_private: true, which keeps the CSA image header)"
-            )
-        ds = w.dcm_data
         vols.append(arr)
         affs.append(aff)
         keys.append((int(ds.get("AcquisitionNumber", 0) or 0), str(ds.get("AcquisitionTime", "")), int(ds.get("InstanceNumber", 0) or 0)))
@@ -662,8 +654,86 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
     order = sorted(range(len(vols)), key=lambda i: keys[i])
     data = np.stack([vols[i] for i in order], axis=-1) if len(vols) > 1 else vols[0]
     _check_finite(data)
-    notes = [f"Siemens mosaic ({len(vols)} volume(s))"]
-    return data, LPS_TO_RAS @ affs[0], notes
+    return data, LPS_TO_RAS @ affs[0], [f"Siemens mosaic ({len(vols)} volume(s))", *notes]
+
+
+def _private_value(ds: Dataset, group: int, creator: str, offset: int, fmt: str) -> tuple | None:
+    """A private element's values, found through its private creator (any block), as a tuple of numbers;
+    ``fmt`` is the struct code its bytes hold when it was read without a VR (implicit VR)."""
+    for block in range(0x10, 0x100):
+        elem = ds.get((group, block))
+        if elem is None:
+            continue
+        if str(elem.value).strip().upper() != creator:
+            continue
+        value = ds.get((group, (block << 8) | offset))
+        if value is None:
+            return None
+        v = value.value
+        if isinstance(v, bytes):
+            n = len(v) // struct.calcsize(fmt)
+            return struct.unpack(f"<{n}{fmt}", v[:n * struct.calcsize(fmt)]) if n else None
+        return tuple(v) if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, str) else (v,)
+    return None
+
+
+def mosaic_slice_count(ds: Dataset) -> tuple[int, str]:
+    """The number of slices in a Siemens mosaic whose CSA header is gone, and where it came from, in
+    dcm2niix's order: MosaicRefAcqTimes (0019,1029), NumberOfImagesInMosaic (0019,100A), the tiles the
+    AcquisitionMatrix fits (blank tiles included), the phase-encoding steps. SeriesError when none is there."""
+    times = _private_value(ds, 0x0019, "SIEMENS MR HEADER", 0x29, "d")
+    if times and len(times) > 1:
+        return len(times), "slice times (0019,1029)"
+    count = _private_value(ds, 0x0019, "SIEMENS MR HEADER", 0x0A, "H")
+    if count and int(count[0]) > 1:
+        return int(count[0]), "NumberOfImagesInMosaic (0019,100A)"
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    matrix = [int(v) for v in (ds.get("AcquisitionMatrix") or [])]
+    if len(matrix) == 4:
+        freq = matrix[0] or matrix[1]
+        phase = matrix[2] or matrix[3]
+        if freq and phase and cols % freq == 0 and cols // freq > 2 and rows % phase == 0 and rows // phase > 2:
+            return (cols // freq) * (rows // phase), f"every tile of the {freq} x {phase} AcquisitionMatrix (blank tiles kept)"
+    steps = int(ds.get("NumberOfPhaseEncodingSteps", 0) or 0)
+    if steps and cols % steps == 0 and rows % steps == 0 and cols // steps > 1:
+        return (cols // steps) * (rows // steps), f"every tile of {steps} phase-encoding steps (blank tiles kept)"
+    raise SeriesError("Siemens mosaic without a CSA header and without NumberOfImagesInMosaic or an AcquisitionMatrix "
+                      "that tiles it: the number of slices is unknown (keep the CSA header: deid.retain_safe_private: true)")
+
+
+def mosaic_without_csa(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
+    """A Siemens mosaic read without its CSA header -> (cols, rows, slices) data, LPS affine and a note.
+
+    As dcm2niix: ceil(sqrt(n)) tiles a side, read row by row; the first slice's corner is the mosaic's
+    ImagePositionPatient moved by half the mosaic less one tile; slices SpacingBetweenSlices (else
+    SliceThickness) apart along the slice normal, whose sign assumes Siemens' foot-to-head numbering
+    (the normal is reversed when it points to the feet)."""
+    n, source = mosaic_slice_count(ds)
+    side = math.ceil(math.sqrt(n))
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    tile_r, tile_c = rows // side, cols // side
+    iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", Path(".")))
+    ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", Path("."))
+    ps = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", Path("."))
+    dz = float(ds.get("SpacingBetweenSlices", 0) or 0) or float(ds.get("SliceThickness", 0) or 0)
+    if dz <= 0:
+        raise SeriesError("Siemens mosaic without a CSA header: neither SpacingBetweenSlices nor SliceThickness gives the slice spacing")
+    pixels = decode_pixels(Path(str(getattr(ds, "filename", ""))), ds).astype(np.float64)
+    slope, intercept = float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    data = np.empty((tile_c, tile_r, n), dtype=np.float32)
+    for k in range(n):
+        r0, c0 = (k // side) * tile_r, (k % side) * tile_c
+        data[:, :, k] = (pixels[r0:r0 + tile_r, c0:c0 + tile_c] * slope + intercept).T
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+    if normal[2] < 0:  # det[row | column | (0, 0, 1)] < 0: dcm2niix's default slice normal without CSA
+        normal = -normal
+    aff = np.eye(4)
+    aff[:3, 0] = row_dir * ps[1]
+    aff[:3, 1] = col_dir * ps[0]
+    aff[:3, 2] = normal * dz
+    aff[:3, 3] = ipp + aff[:3, 0] * (cols - cols / side) / 2.0 + aff[:3, 1] * (rows - rows / side) / 2.0
+    return data, aff, f"CSA header absent: {n} slices from {source}; slice order assumed foot to head"
 
 
 # --------------------------------------------------------------------------- series assembly
@@ -678,6 +748,7 @@ class DicomScan:
     segs: list[Path]
     quarantine: list[QuarantineEntry]
     nifti: list[Path]
+    headers: dict[Path, FastHeader] = field(default_factory=dict)  # files the fast reader read whole
 
 
 def _past_group_0028(tag, vr, length) -> bool:
@@ -700,28 +771,41 @@ def read_scan_header(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Datase
 
 
 def classify_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str]:
-    """One file -> (kind, detail): ("nifti", ""), ("seg", ""), ("image", series key) or ("bad", reason).
+    """One file -> (kind, detail): ("nifti", ""), ("seg", ""), ("image", series key) or ("bad", reason)."""
+    kind, detail, _header = _classify(path, max_voxels)
+    return kind, detail
 
-    Reads only the attributes up to group 0028; whether the pixel data are complete is checked when the
-    series is assembled (the one full read of each file).
-    """
-    if is_nifti(path):
-        return "nifti", ""
-    try:
-        ds = read_scan_header(path, max_voxels)
-    except SeriesError as exc:
-        return "bad", str(exc)
-    if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
-        return "bad", "not a DICOM file (no DICM preamble and no DICOM image attributes)"
-    sop = ds.get("SOPClassUID")
-    if str(sop or "") == SEG_SOP_CLASS:
-        return "seg", ""
-    if "Rows" not in ds or "Columns" not in ds:
-        return "bad", f"DICOM object without pixel data ({getattr(sop, 'name', '') or 'unknown SOP class'})"
+
+def _series_key(ds: Dataset | FastHeader, path: Path) -> str:
     uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
     # PACS exports reuse one UID for several series numbers, and anonymisers or broken exports one UID
     # for several patients' series: a series is one UID and number of one patient's study
-    return "image", f"{uid}#{ds.get('SeriesNumber', '')}#{ds.get('PatientID', '')}#{ds.get('StudyInstanceUID', '')}"
+    return f"{uid}#{ds.get('SeriesNumber', '')}#{ds.get('PatientID', '')}#{ds.get('StudyInstanceUID', '')}"
+
+
+def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
+    """:func:`classify_file`, and the file's fast header when the fast reader could read it (then the
+    series needs no second read of its header). Other files: only the attributes up to group 0028 are
+    read here; whether their pixel data are complete is checked when the series is assembled."""
+    if is_nifti(path):
+        return "nifti", "", None
+    header = read_image_header(path)
+    if header is not None and int(header.Rows) * int(header.Columns) <= max_voxels:
+        return "image", _series_key(header, path), header
+    if is_not_dicom(path):
+        return "bad", NOT_DICOM, None
+    try:
+        ds = read_scan_header(path, max_voxels)
+    except SeriesError as exc:
+        return "bad", str(exc), None
+    if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
+        return "bad", NOT_DICOM, None
+    sop = ds.get("SOPClassUID")
+    if str(sop or "") == SEG_SOP_CLASS:
+        return "seg", "", None
+    if "Rows" not in ds or "Columns" not in ds:
+        return "bad", f"DICOM object without pixel data ({getattr(sop, 'name', '') or 'unknown SOP class'})", None
+    return "image", _series_key(ds, path), None
 
 
 def scan_folder(
@@ -730,21 +814,29 @@ def scan_folder(
     progress: Callable[[Path], None] | None = None,
     workers: int = 1,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    pool: Executor | None = None,
 ) -> DicomScan:
-    """Classify every file under ``root`` (``workers`` processes); group image files into series. A
-    deflated file that inflates past the limit for ``max_voxels`` is quarantined without being inflated."""
+    """Classify every file under ``root`` (``workers`` processes, or ``pool``'s); group image files into
+    series. A deflated file that inflates past the limit for ``max_voxels`` is quarantined without being
+    inflated."""
     root = Path(root)
     paths = list(files) if files is not None else discover_files(root)
-    if workers > 1 and len(paths) > 64:
-        with process_pool(workers) as pool:
-            kinds = list(pool.map(classify_file, paths, [max_voxels] * len(paths), chunksize=max(8, len(paths) // (workers * 8))))
+    chunk = max(8, len(paths) // (workers * 8))
+    if pool is not None and len(paths) > PARALLEL_SCAN_FILES:
+        kinds = list(pool.map(_classify, paths, [max_voxels] * len(paths), chunksize=chunk))
+    elif workers > 1 and len(paths) > PARALLEL_SCAN_FILES:
+        with process_pool(workers) as own_pool:
+            kinds = list(own_pool.map(_classify, paths, [max_voxels] * len(paths), chunksize=chunk))
     else:
-        kinds = [classify_file(p, max_voxels) for p in paths]
+        kinds = [_classify(p, max_voxels) for p in paths]
     series: dict[str, list[Path]] = defaultdict(list)
     segs: list[Path] = []
     quarantine: list[QuarantineEntry] = []
     nifti: list[Path] = []
-    for path, (kind, detail) in zip(paths, kinds, strict=False):
+    headers: dict[Path, FastHeader] = {}
+    for path, (kind, detail, header) in zip(paths, kinds, strict=False):
+        if header is not None:
+            headers[path] = header
         if progress:
             progress(path)
         if kind == "nifti":
@@ -755,7 +847,7 @@ def scan_folder(
             quarantine.append(QuarantineEntry(_rel(path, root), detail))
         else:
             series[detail].append(path)
-    return DicomScan(dict(series), segs, quarantine, nifti)
+    return DicomScan(dict(series), segs, quarantine, nifti, headers)
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -8,24 +8,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medsynth.config import DEFAULT_MAX_VOXELS
-from medsynth.io.dicom import SeriesError, error_text
+from medsynth.io.nifti_write import compact_dtype, reorient_to_ras
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, SeriesError, error_text
 
-
-def compact_dtype(data: np.ndarray) -> np.ndarray:
-    """Store integral data that fits int16 as int16 (like scanners do), everything else as float32."""
-    if data.dtype.kind in "iu" and data.size and data.min() >= -32768 and data.max() <= 32767:
-        return data.astype(np.int16)
-    if data.dtype.kind == "f" and data.size:
-        if np.all(np.isfinite(data)) and np.all(data == np.round(data)) and data.min() >= -32768 and data.max() <= 32767:
-            return data.astype(np.int16)
-    return data.astype(np.float32)
+__all__ = ["compact_dtype"]
 
 
 def make_ras_image(data: np.ndarray, affine: np.ndarray, descrip: str = "") -> nib.Nifti1Image:
     """A NIfTI image reoriented to the closest RAS+ axes, sform/qform set, header clean."""
-    img = nib.Nifti1Image(compact_dtype(np.asarray(data)), np.asarray(affine, dtype=np.float64))
-    return finish_header(nib.as_closest_canonical(img), descrip)
+    data, affine = reorient_to_ras(compact_dtype(np.asarray(data)), np.asarray(affine, dtype=np.float64))
+    return finish_header(nib.Nifti1Image(data, affine), descrip)
 
 
 def nifti_on_grid(data: np.ndarray, affine: np.ndarray, descrip: str = "") -> nib.Nifti1Image:

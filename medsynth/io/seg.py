@@ -19,9 +19,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medsynth.config import DEFAULT_MAX_VOXELS
 from medsynth.io.dicom import SeriesError
 from medsynth.io.nifti import resample_mask_to
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS
 
 
 @dataclass

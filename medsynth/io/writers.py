@@ -19,10 +19,12 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 # what atomic_path names its temporary files: tempfile's 8 random characters, then .tmp and the
 # extension a writer needs to pick the format (.nii.gz, .npy, .png, .dcm)
@@ -140,6 +142,8 @@ def write_csv_atomic(dest: str | Path, rows: Iterable[Mapping[str, Any]], fieldn
 
 def write_nifti_atomic(dest: str | Path, img: nib.Nifti1Image) -> Path:
     suffix = ".nii.gz" if str(dest).endswith(".nii.gz") else ".nii"
+    import nibabel as nib
+
     with atomic_path(dest, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
     return Path(dest)
