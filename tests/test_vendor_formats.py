@@ -10,6 +10,7 @@ public description says it is stored, and checked against dcm2niix's reference o
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -102,3 +103,118 @@ def test_mosaic_without_any_private_tag_uses_every_tile(tmp_path, dataset, name,
     for k_want, k_ours in ((0, ours[2, 0]), (n_slices - 1, ours[2, 2])):
         np.testing.assert_allclose(np.sort(vol.data[:, :, k_ours].ravel()), np.sort(want[:, :, k_want].ravel()), atol=1e-3)
     assert "blank tiles kept" in " ".join(vol.notes)
+
+
+def _dcm2niix() -> str:
+    exe = shutil.which("dcm2niix")
+    if exe is None:
+        pytest.skip("dcm2niix is not installed (pip install -e '.[test]')")
+    return exe
+
+
+@pytest.mark.parametrize("drop", ["csa", "private"])
+@pytest.mark.parametrize("name", ["dcm_qa_ts/In/1.dcm", "dcm_qa_12bit/In/12bitUnsigned.dcm", "dcm_qa_nih/In/20180918Si/mr_0005/epi_pe_rl-00001.dcm"])
+def test_mosaic_without_csa_matches_dcm2niix_on_the_same_files(tmp_path, name, drop):
+    import subprocess
+
+    exe = _dcm2niix()
+    src = shared("dicom", *name.split("/"))
+    _strip(src, tmp_path / "in" / "mosaic.dcm", _csa if drop == "csa" else _every_private)
+    (tmp_path / "ref").mkdir()
+    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(tmp_path / "ref"), str(tmp_path / "in")], check=True, capture_output=True)
+    (ref_path,) = (tmp_path / "ref").glob("*.nii")
+    want, want_aff = _ras(ref_path)
+    (vol,), _ = _volumes(tmp_path / "in")
+    assert vol.shape == want.shape
+    np.testing.assert_allclose(vol.affine, want_aff, atol=1e-3)
+    np.testing.assert_allclose(vol.data, want, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- UIH grids
+
+
+def _uih_grid_series(src_dir: Path, dest: Path, implicit: bool = False) -> int:
+    """Rewrite a real slice-per-file 4D series as UIH grids: one file per volume, its slices tiled
+    ceil(sqrt(n)) wide and ceil(n / cols) high, row by row; the slice positions only in the VFrame
+    sequence (0065,1051); no top-level ImagePositionPatient (UIH's description, dcm2niix UIH/README.md)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    files = [pydicom.dcmread(p) for p in sorted(src_dir.glob("*.dcm"))]
+    normal = np.cross(np.array(files[0].ImageOrientationPatient[:3], float), np.array(files[0].ImageOrientationPatient[3:], float))
+    by_pos: dict[float, list] = {}
+    for ds in sorted(files, key=lambda d: int(d.InstanceNumber)):
+        by_pos.setdefault(round(float(np.dot(np.array(ds.ImagePositionPatient, float), normal)), 3), []).append(ds)
+    positions = [by_pos[k] for k in sorted(by_pos)]
+    n, n_t = len(positions), len(positions[0])
+    n_col = int(np.ceil(np.sqrt(n)))
+    n_row = int(np.ceil(n / n_col))
+    rows, cols = int(files[0].Rows), int(files[0].Columns)
+    dest.mkdir(parents=True)
+    for t in range(n_t):
+        slices = [positions[k][t] for k in range(n)]
+        grid = np.zeros((n_row * rows, n_col * cols), dtype=slices[0].pixel_array.dtype)
+        for k, ds in enumerate(slices):
+            r, c = divmod(k, n_col)
+            grid[r * rows:(r + 1) * rows, c * cols:(c + 1) * cols] = ds.pixel_array
+        out = copy.deepcopy(slices[0])
+        for tag in ("ImagePositionPatient", "SliceLocation"):
+            if tag in out:
+                delattr(out, tag)
+        out.Manufacturer = "UIH"
+        out.ImageType = ["ORIGINAL", "PRIMARY", "M", "VFRAME"]
+        out.InstanceNumber = t + 1
+        out.Rows, out.Columns = grid.shape
+        out.PixelData = grid.tobytes()
+        out.add_new((0x0065, 0x0010), "LO", "Image Private Header")
+        out.add_new((0x0065, 0x1050), "DS", str(n))
+        items = []
+        for ds in slices:
+            item = Dataset()
+            item.AcquisitionTime = ds.get("AcquisitionTime", "")
+            item.ImagePositionPatient = ds.ImagePositionPatient
+            items.append(item)
+        out.add_new((0x0065, 0x1051), "SQ", Sequence(items))
+        out.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        out.save_as(dest / f"grid_{t + 1:03d}.dcm", enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+    return n
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_uih_grid_series_matches_dcm2niix_reference(tmp_path, implicit):
+    root = shared("dicom", "dcm_qa_nih")
+    n = _uih_grid_series(root / "In" / "20180918GE" / "mr_0004", tmp_path / "uih", implicit=implicit)
+    want, want_aff = _ras(root / "Ref" / "DCM2NIIX_regression_test_4.nii")
+    (vol,), quarantine = _volumes(tmp_path / "uih")
+    assert not quarantine
+    assert n == 15 and vol.shape == want.shape == (64, 64, 15, 10)
+    np.testing.assert_allclose(vol.affine, want_aff, atol=1e-3)
+    np.testing.assert_allclose(vol.data, want, atol=1e-3)
+    assert any("UIH grid (10 volume(s))" in note for note in vol.notes)
+
+
+def test_uih_grid_matches_dcm2niix_on_the_same_files(tmp_path):
+    import subprocess
+
+    exe = _dcm2niix()
+    _uih_grid_series(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "uih")
+    (tmp_path / "ref").mkdir()
+    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(tmp_path / "ref"), str(tmp_path / "uih")], check=True, capture_output=True)
+    (ref_path,) = (tmp_path / "ref").glob("*.nii")
+    want, want_aff = _ras(ref_path)
+    (vol,), _ = _volumes(tmp_path / "uih")
+    assert vol.shape == want.shape
+    np.testing.assert_allclose(vol.affine, want_aff, atol=1e-3)
+    np.testing.assert_allclose(vol.data, want, atol=1e-3)
+
+
+def test_uih_grid_without_any_position_is_quarantined_with_the_reason(tmp_path):
+    _uih_grid_series(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "uih")
+    for p in (tmp_path / "uih").glob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        del ds[0x00651051]
+        ds.save_as(p)
+    vols, quarantine = _volumes(tmp_path / "uih")
+    assert not vols
+    assert any("UIH grid without any ImagePositionPatient" in q.reason for q in quarantine)

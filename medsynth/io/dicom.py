@@ -518,7 +518,18 @@ def is_enhanced(ds: Dataset) -> bool:
 
 
 def is_mosaic(ds: Dataset) -> bool:
-    return "MOSAIC" in _image_type(ds)
+    return "MOSAIC" in _image_type(ds) or is_uih_grid(ds)
+
+
+UIH_SLICES_IN_GRID = (0x0065, 0x1050)  # DS "MR Number Of Slice In Volume"
+UIH_VFRAME_SEQUENCE = (0x0065, 0x1051)  # one item per slice: ImagePositionPatient, AcquisitionTime ...
+
+
+def is_uih_grid(ds: Dataset | FastHeader) -> bool:
+    """A United Imaging (UIH) grid: one volume's slices tiled in one image ("VFRAME")."""
+    if isinstance(ds, FastHeader):
+        return False  # the fast reader leaves grids to pydicom
+    return str(ds.get("Manufacturer", "")).upper().startswith("UI") and UIH_SLICES_IN_GRID in ds
 
 
 # --------------------------------------------------------------------------- stacking
@@ -633,8 +644,12 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
             warnings.simplefilter("ignore")
             try:
                 ds = pydicom.dcmread(p)
-                w = dicomwrappers.wrapper_from_data(ds)
-                if isinstance(w, dicomwrappers.MosaicWrapper):
+                w = None if is_uih_grid(ds) else dicomwrappers.wrapper_from_data(ds)
+                if w is None:
+                    arr, aff, note = uih_grid(ds)
+                    if note not in notes:
+                        notes.append(note)
+                elif isinstance(w, dicomwrappers.MosaicWrapper):
                     arr = np.asarray(w.get_data(), dtype=np.float32)
                     aff = np.asarray(w.affine, dtype=np.float64)
                 else:  # no CSA header: the tiles from the attributes that are left, as dcm2niix does
@@ -644,7 +659,7 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
             except SeriesError:
                 raise
             except Exception as exc:
-                raise SeriesError(f"Siemens mosaic cannot be unpacked: {str(exc)[:120]}") from None
+                raise SeriesError(f"tiled image (mosaic / grid) cannot be unpacked: {str(exc)[:120]}") from None
         vols.append(arr)
         affs.append(aff)
         keys.append((int(ds.get("AcquisitionNumber", 0) or 0), str(ds.get("AcquisitionTime", "")), int(ds.get("InstanceNumber", 0) or 0)))
@@ -654,7 +669,93 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
     order = sorted(range(len(vols)), key=lambda i: keys[i])
     data = np.stack([vols[i] for i in order], axis=-1) if len(vols) > 1 else vols[0]
     _check_finite(data)
-    return data, LPS_TO_RAS @ affs[0], [f"Siemens mosaic ({len(vols)} volume(s))", *notes]
+    kind = "UIH grid" if any(n.startswith("UIH grid") for n in notes) else "Siemens mosaic"
+    return data, LPS_TO_RAS @ affs[0], [f"{kind} ({len(vols)} volume(s))", *[n for n in notes if not n.startswith("UIH grid")]]
+
+
+def _untile(ds: Dataset, n: int, n_col: int, n_row: int) -> np.ndarray:
+    """The first ``n`` tiles of an ``n_row`` x ``n_col`` grid, read row by row, rescaled, as
+    (cols, rows, n) data."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    tile_r, tile_c = rows // n_row, cols // n_col
+    pixels = decode_pixels(Path(str(getattr(ds, "filename", ""))), ds).astype(np.float64)
+    if pixels.shape != (rows, cols):
+        raise SeriesError(f"tiled image: pixel array {pixels.shape} != Rows x Columns {(rows, cols)}")
+    slope, intercept = float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    _check_rescale(slope, intercept)
+    data = np.empty((tile_c, tile_r, n), dtype=np.float32)
+    for k in range(n):
+        r0, c0 = (k // n_col) * tile_r, (k % n_col) * tile_c
+        data[:, :, k] = (pixels[r0:r0 + tile_r, c0:c0 + tile_c] * slope + intercept).T
+    return data
+
+
+def _slice_spacing(ds: Dataset) -> float:
+    return float(ds.get("SpacingBetweenSlices", 0) or 0) or float(ds.get("SliceThickness", 0) or 0)
+
+
+def uih_grid(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
+    """A UIH grid ("VFRAME": n slices tiled ceil(sqrt(n)) wide, ceil(n / cols) high, row by row) ->
+    (cols, rows, n) data, LPS affine and a note. The slice positions are the ImagePositionPatient of the
+    VFrame sequence's items (0065,1051) when the file has no top-level one; the slice spacing is
+    SpacingBetweenSlices (else SliceThickness), its direction the one the first and last positions
+    show (dcm2niix's rules)."""
+    try:
+        n = int(round(float(ds[UIH_SLICES_IN_GRID].value if not isinstance(ds[UIH_SLICES_IN_GRID].value, bytes)
+                            else ds[UIH_SLICES_IN_GRID].value.decode("latin-1").strip("\x00 "))))
+    except (TypeError, ValueError):
+        raise SeriesError("UIH grid: MR Number Of Slice In Volume (0065,1050) is not a number") from None
+    if n < 1:
+        raise SeriesError(f"UIH grid: MR Number Of Slice In Volume (0065,1050) is {n}")
+    n_col = math.ceil(math.sqrt(n))
+    n_row = math.ceil(n / n_col)
+    positions = _uih_positions(ds)
+    if not positions:
+        raise SeriesError("UIH grid without any ImagePositionPatient (top level or VFrame sequence 0065,1051): slice positions unknown")
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None:
+        items = _uih_items(ds)
+        iop = next((it.get("ImageOrientationPatient") for it in items if "ImageOrientationPatient" in it), None)
+    iop = _norm_iop(_floats(iop, 6, "ImageOrientationPatient", Path(".")))
+    ps = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", Path("."))
+    normal = np.cross(iop[:3], iop[3:])
+    dz = _slice_spacing(ds)
+    first, last = positions[0], positions[-1]
+    along = float(np.dot(last - first, normal))
+    if dz <= 0:
+        if len(positions) < 2 or abs(along) < 1e-6:
+            raise SeriesError("UIH grid: neither SpacingBetweenSlices, SliceThickness nor two slice positions give the slice spacing")
+        dz = abs(along) / (len(positions) - 1)
+    sign = (1.0 if along > 0 else -1.0) if len(positions) > 1 and abs(along) > 1e-6 else (1.0 if normal.sum() >= 0 else -1.0)
+    aff = np.eye(4)
+    aff[:3, 0] = iop[:3] * ps[1]
+    aff[:3, 1] = iop[3:] * ps[0]
+    aff[:3, 2] = normal * sign * dz
+    aff[:3, 3] = first
+    return _untile(ds, n, n_col, n_row), aff, f"UIH grid: {n} slices in {n_row} x {n_col} tiles"
+
+
+def _uih_items(ds: Dataset) -> list:
+    elem = ds.get(UIH_VFRAME_SEQUENCE)
+    if elem is None:
+        return []
+    value = elem.value
+    if isinstance(value, bytes):  # read without a VR (implicit VR, private): parse the items
+        from pydicom.values import convert_SQ
+
+        value = convert_SQ(value, True if ds.is_implicit_VR is None else ds.is_implicit_VR, True)
+    return list(value)
+
+
+def _uih_positions(ds: Dataset) -> list[np.ndarray]:
+    """The ImagePositionPatient values in file order: the top-level one, then each VFrame item's."""
+    found = []
+    if "ImagePositionPatient" in ds:
+        found.append(_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", Path(".")))
+    for item in _uih_items(ds):
+        if "ImagePositionPatient" in item:
+            found.append(_floats(item.ImagePositionPatient, 3, "ImagePositionPatient", Path(".")))
+    return found
 
 
 def _private_value(ds: Dataset, group: int, creator: str, offset: int, fmt: str) -> tuple | None:
@@ -711,19 +812,13 @@ def mosaic_without_csa(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
     n, source = mosaic_slice_count(ds)
     side = math.ceil(math.sqrt(n))
     rows, cols = int(ds.Rows), int(ds.Columns)
-    tile_r, tile_c = rows // side, cols // side
     iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", Path(".")))
     ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", Path("."))
     ps = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", Path("."))
-    dz = float(ds.get("SpacingBetweenSlices", 0) or 0) or float(ds.get("SliceThickness", 0) or 0)
+    dz = _slice_spacing(ds)
     if dz <= 0:
         raise SeriesError("Siemens mosaic without a CSA header: neither SpacingBetweenSlices nor SliceThickness gives the slice spacing")
-    pixels = decode_pixels(Path(str(getattr(ds, "filename", ""))), ds).astype(np.float64)
-    slope, intercept = float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    data = np.empty((tile_c, tile_r, n), dtype=np.float32)
-    for k in range(n):
-        r0, c0 = (k // side) * tile_r, (k % side) * tile_c
-        data[:, :, k] = (pixels[r0:r0 + tile_r, c0:c0 + tile_c] * slope + intercept).T
+    data = _untile(ds, n, side, side)
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
     if normal[2] < 0:  # det[row | column | (0, 0, 1)] < 0: dcm2niix's default slice normal without CSA

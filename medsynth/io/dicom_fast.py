@@ -61,6 +61,7 @@ _TAG_VR = {tag: vr for tag, vr in TAGS.values()}
 _KEYWORD = {tag: kw for kw, (tag, _vr) in TAGS.items()}
 PHILIPS_GROUP = 0x2005
 PHILIPS_CREATOR = b"Philips MR Imaging DD 001"
+UIH_GROUP, UIH_SLICES_IN_GRID = 0x0065, 0x1050
 PIXEL_DATA = 0x7FE00010
 TRANSFER_SYNTAX = 0x00020010
 FRAME_GROUPS = frozenset({0x52009229, 0x52009230})  # shared / per-frame functional groups
@@ -221,10 +222,12 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader) -> N
             pos += 8
         else:
             raise _NotFast
-        if group > 0x0028 and not looked_at_end and (group > PHILIPS_GROUP or b"PHILIPS" not in keep.get(0x00080070, b"").upper()):
+        if group > 0x0028 and not looked_at_end and group > _last_group_read(keep.get(0x00080070, b"")):
             looked_at_end = True
             if _pixel_data_at_end(data, explicit, header):
                 return
+        if group == UIH_GROUP and elem == UIH_SLICES_IN_GRID:
+            raise _NotFast  # a UIH grid: pydicom unpacks it
         tag = (group << 16) | elem
         if tag == PIXEL_DATA:
             if length == UNDEFINED or pos + length > end:
@@ -249,6 +252,17 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader) -> N
         if pos > end:
             raise _NotFast  # truncated: pydicom names it
     raise _NotFast  # no pixel data
+
+
+def _last_group_read(manufacturer: bytes) -> int:
+    """The last group whose elements matter: 0028, or a vendor's private group (Philips scale slope,
+    UIH grid) that comes after it."""
+    name = manufacturer.upper().lstrip()
+    if b"PHILIPS" in name:
+        return PHILIPS_GROUP
+    if name.startswith(b"UI"):
+        return UIH_GROUP
+    return 0x0028
 
 
 def _pixel_data_at_end(data: bytes, explicit: bool, header: FastHeader) -> bool:
