@@ -218,3 +218,57 @@ def test_uih_grid_without_any_position_is_quarantined_with_the_reason(tmp_path):
     vols, quarantine = _volumes(tmp_path / "uih")
     assert not vols
     assert any("UIH grid without any ImagePositionPatient" in q.reason for q in quarantine)
+
+
+# ----------------------------------------------------------------------------- derived diffusion images
+
+
+def _with_derived_trace(src_dir: Path, dest: Path) -> None:
+    """A real 4D series plus, in the same series, one derived TRACEW image per slice position (as
+    scanners store trace / ADC maps beside the acquisitions)."""
+    from pydicom.uid import generate_uid
+
+    shutil.copytree(src_dir, dest)
+    files = sorted(dest.glob("*.dcm"))
+    first = [pydicom.dcmread(p) for p in files]
+    normal = np.cross(np.array(first[0].ImageOrientationPatient[:3], float), np.array(first[0].ImageOrientationPatient[3:], float))
+    seen: dict[float, pydicom.Dataset] = {}
+    for ds in sorted(first, key=lambda d: int(d.InstanceNumber)):
+        seen.setdefault(round(float(np.dot(np.array(ds.ImagePositionPatient, float), normal)), 3), ds)
+    for i, ds in enumerate(seen.values()):
+        trace = copy.deepcopy(ds)
+        trace.ImageType = ["DERIVED", "PRIMARY", "DIFFUSION", "TRACEW", "ND"]
+        trace.SOPInstanceUID = generate_uid()
+        trace.InstanceNumber = 10_000 + i
+        trace.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+        trace.save_as(dest / f"trace_{i:03d}.dcm", enforce_file_format=True)
+
+
+def test_derived_trace_images_in_the_series_become_their_own_volume(tmp_path):
+    root = shared("dicom", "dcm_qa_nih")
+    _with_derived_trace(root / "In" / "20180918GE" / "mr_0004", tmp_path / "dwi")
+    vols, quarantine = _volumes(tmp_path / "dwi")
+    assert not [q for q in quarantine if q.path.endswith(".dcm") or q.path == "."], quarantine
+    want, want_aff = _ras(root / "Ref" / "DCM2NIIX_regression_test_4.nii")
+    acquired = [v for v in vols if v.shape == want.shape]
+    derived = [v for v in vols if v.shape == want.shape[:3]]
+    assert len(acquired) == 1 and len(derived) == 1
+    np.testing.assert_allclose(acquired[0].data, want, atol=1e-3)
+    np.testing.assert_allclose(derived[0].affine, want_aff, atol=1e-3)
+    np.testing.assert_allclose(derived[0].data, np.floor(want[..., 0] / 2), atol=1e-3)
+    assert any("derived image" in n for n in derived[0].notes)
+
+
+def test_derived_trace_images_match_dcm2niix_on_the_same_files(tmp_path):
+    import subprocess
+
+    exe = _dcm2niix()
+    _with_derived_trace(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "dwi")
+    (tmp_path / "ref").mkdir()
+    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(tmp_path / "ref"), str(tmp_path / "dwi")], check=True, capture_output=True)
+    refs = sorted((tmp_path / "ref").glob("*.nii"))
+    assert len(refs) == 2
+    vols, _ = _volumes(tmp_path / "dwi")
+    for ref_path in refs:
+        want, want_aff = _ras(ref_path)
+        assert any(v.shape == want.shape and np.allclose(v.affine, want_aff, atol=1e-3) and np.allclose(v.data, want, atol=1e-3) for v in vols), ref_path.name

@@ -324,6 +324,16 @@ def philips_float_scaling(slope: float, intercept: float, scale_slope: float | N
     return 1.0 / scale_slope, intercept / (slope * scale_slope)
 
 
+DERIVED_DIFFUSION = ("ADC", "TRACEW", "TRACE", "FA")
+
+
+def is_derived(ds: Dataset | FastHeader) -> bool:
+    """A derived image (ImageType DERIVED, or an inner ADC / TRACEW / TRACE / FA value): dcm2niix never
+    stacks it with the acquired images of its series, and neither does medsynth."""
+    joined = "_".join(_image_type(ds))
+    return "DERIVED" in joined or any(f"_{t}_" in joined for t in DERIVED_DIFFUSION)
+
+
 def _is_phase(ds: Dataset) -> bool:
     it = _image_type(ds)
     return "P" in it or "PHASE" in it
@@ -431,7 +441,7 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
         cols=int(ds.Columns),
         slope=slope,
         intercept=intercept,
-        split_key=(str(echo) if echo is not None else "", "ph" if _is_phase(ds) else ""),
+        split_key=(str(echo) if echo is not None else "", "ph" if _is_phase(ds) else "", "derived" if is_derived(ds) else ""),
         time_key=time_key,
         loader=load,
     )
@@ -995,13 +1005,14 @@ def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX
             where = str(paths[0]) if len(paths) == 1 else _common_parent(paths)
             reason = str(exc)
             if len(groups) > 1:
-                reason += f" (sub-series {i + 1} of {len(groups)}: orientation/size/echo split)"
+                reason += f" (sub-series {i + 1} of {len(groups)}: orientation/size/echo/phase/derived split)"
             quarantine.append(QuarantineEntry(where, reason))
             continue
         suffix = "" if len(groups) == 1 else f"_{i + 1}"
         hdr = next(ds for p, ds in files if p == paths[0])
         if len(groups) > 1:
-            notes.append(f"split {i + 1}/{len(groups)} of the series by orientation/size/echo/image type")
+            kind = " (derived image)" if "derived" in key[3] else ""
+            notes.append(f"split {i + 1}/{len(groups)} of the series by orientation/size/echo/phase/derived image{kind}")
         volumes.append(DicomVolume(data, aff, hdr, paths, suffix, notes))
     return volumes, quarantine
 
