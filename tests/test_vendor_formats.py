@@ -272,3 +272,50 @@ def test_derived_trace_images_match_dcm2niix_on_the_same_files(tmp_path):
     for ref_path in refs:
         want, want_aff = _ras(ref_path)
         assert any(v.shape == want.shape and np.allclose(v.affine, want_aff, atol=1e-3) and np.allclose(v.data, want, atol=1e-3) for v in vols), ref_path.name
+
+
+# ----------------------------------------------------------------------------- after de-identification
+
+
+def _deidentified(src: Path, dest: Path, retain_safe_private: bool) -> None:
+    from medsynth.config import DeidConfig
+    from medsynth.io.deid import Deidentifier, DeidKey
+
+    deid = Deidentifier(DeidConfig(retain_safe_private=retain_safe_private), DeidKey(b"vendor-format-test-key-0123", "file", True))
+    dest.mkdir(parents=True)
+    for p in sorted(src.glob("*.dcm")):
+        deid.deidentify(pydicom.dcmread(p)).dataset.save_as(dest / p.name, enforce_file_format=True)
+
+
+def test_uih_grid_survives_deidentification_with_retain_safe_private(tmp_path):
+    root = shared("dicom", "dcm_qa_nih")
+    _uih_grid_series(root / "In" / "20180918GE" / "mr_0004", tmp_path / "uih")
+    _deidentified(tmp_path / "uih", tmp_path / "deid", retain_safe_private=True)
+    sample = pydicom.dcmread(next((tmp_path / "deid").glob("*.dcm")))
+    items = sample[0x00651051].value
+    assert len(items) == 15 and all("AcquisitionTime" not in it or it.AcquisitionTime != "" for it in items)
+    want, want_aff = _ras(root / "Ref" / "DCM2NIIX_regression_test_4.nii")
+    (vol,), _ = _volumes(tmp_path / "deid")
+    np.testing.assert_allclose(vol.affine, want_aff, atol=1e-3)
+    np.testing.assert_allclose(vol.data, want, atol=1e-3)
+
+
+def test_uih_grid_without_its_private_tags_is_quarantined_naming_the_option(tmp_path):
+    _uih_grid_series(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "uih")
+    _deidentified(tmp_path / "uih", tmp_path / "deid", retain_safe_private=False)
+    vols, quarantine = _volumes(tmp_path / "deid")
+    assert not vols
+    assert quarantine and all("deid.retain_safe_private: true" in q.reason for q in quarantine), quarantine
+
+
+def test_mosaic_converts_after_default_deidentification(tmp_path):
+    """The default profile drops every private tag (CSA included): the mosaic still converts, from the
+    AcquisitionMatrix, as dcm2niix converts the same de-identified file."""
+    src = shared("dicom", "dcm_qa_ts", "In", "1.dcm")
+    (tmp_path / "raw").mkdir()
+    shutil.copy(src, tmp_path / "raw" / "1.dcm")
+    _deidentified(tmp_path / "raw", tmp_path / "deid", retain_safe_private=False)
+    assert not [e for e in pydicom.dcmread(tmp_path / "deid" / "1.dcm") if e.tag.is_private]
+    (vol,), _ = _volumes(tmp_path / "deid")
+    assert vol.shape == (64, 64, 36)
+    assert "blank tiles kept" in " ".join(vol.notes)

@@ -65,10 +65,15 @@ SAFE_PRIVATE = {
     (0x0029, "SIEMENS CSA HEADER", 0x08): "CSA image header type (CS)",
     (0x0029, "SIEMENS CSA HEADER", 0x10): "CSA image header info (OB: mosaic geometry, slice normal)",
     (0x0019, "SIEMENS MR HEADER", 0x0A): "number of images in mosaic (US)",
+    (0x0019, "SIEMENS MR HEADER", 0x29): "mosaic slice times (FD, ms from the volume's start)",
     (0x0019, "SIEMENS MR HEADER", 0x0C): "b value (IS)",
     (0x0043, "GEMS_PARM_01", 0x39): "slice acquisition order (IS)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "MR scale slope (FL: floating point values)",
+    (0x0065, "IMAGE PRIVATE HEADER", 0x50): "UIH number of slices in a grid image (DS)",
+    (0x0065, "IMAGE PRIVATE HEADER", 0x51): "UIH VFrame sequence (SQ: each grid slice's position; its items are de-identified as the data set is)",
 }
+# safe private sequences: kept only when read as a sequence (then de-identified inside), never as raw bytes
+SAFE_PRIVATE_SEQUENCES = {(0x0065, "IMAGE PRIVATE HEADER", 0x51)}
 # text VRs are never kept from private blocks, even on the safe list: free text can hold anything
 _SAFE_PRIVATE_VRS = {"OB", "UN", "US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "CS"}
 
@@ -410,6 +415,7 @@ class Deidentifier:
     def _walk(self, ds: Dataset, shift: int, actions: Counter) -> None:
         # private blocks to keep (creator element tags), computed per dataset level
         keep_private: set[int] = set()
+        keep_sequences: set[int] = set()
         if "retain_safe_private" in self.options:
             for elem in ds:
                 t = elem.tag
@@ -418,11 +424,22 @@ class Deidentifier:
                     for (group, c, low), _ in SAFE_PRIVATE.items():
                         if c == creator and group == t.group:
                             keep_private.add((t.group << 16) | (t.element << 8) | low)
+                            if (group, c, low) in SAFE_PRIVATE_SEQUENCES:
+                                keep_sequences.add((t.group << 16) | (t.element << 8) | low)
         for tag in list(ds.keys()):
             elem = ds[tag]
             t = Tag(tag)
             group = t.group
             if t.is_private:
+                if int(t) in keep_sequences and elem.VR != "SQ":
+                    del ds[tag]  # a sequence read as bytes (implicit VR) cannot be de-identified inside
+                    actions["X"] += 1
+                    continue
+                if int(t) in keep_private and elem.VR == "SQ":
+                    for item in elem.value:  # the profile applies inside a kept private sequence
+                        self._walk(item, shift, actions)
+                    actions["K"] += 1
+                    continue
                 if int(t) in keep_private and elem.VR in _SAFE_PRIVATE_VRS and not (
                     elem.VR == "CS" and not re.fullmatch(r"[A-Z0-9_ ]{0,16}", str(elem.value))
                 ):

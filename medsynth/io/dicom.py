@@ -404,6 +404,9 @@ def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
 def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
     """One single-frame image file -> Slice (geometry from its top-level attributes); ``ds`` is the
     file read by pydicom or by the fast reader (which answer alike)."""
+    if "VFRAME" in _image_type(ds):
+        raise SeriesError("UIH grid image (ImageType VFRAME) without its grid tags (0065,1050) and (0065,1051): removed by "
+                          "de-identification? keep them with deid.retain_safe_private: true")
     iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
     ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
     ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
