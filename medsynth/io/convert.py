@@ -179,10 +179,10 @@ def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, pool: Executor
     jobs = [(str(root), [str(p) for p in files], max_voxels, [scan.headers.get(p) for p in files])
             for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
     if pool is not None and len(jobs) > 1:
-        yield from _emit(pool.map(_convert_series_worker, jobs, chunksize=1), jobs, progress)
+        yield from _emit(_in_pool(pool, jobs), jobs, progress)
     elif n_workers > 1 and len(jobs) > 1:
         with process_pool(min(n_workers, len(jobs))) as own_pool:
-            yield from _emit(own_pool.map(_convert_series_worker, jobs, chunksize=1), jobs, progress)
+            yield from _emit(_in_pool(own_pool, jobs), jobs, progress)
     else:
         yield from _emit(map(_convert_series_worker, jobs), jobs, progress)
     if scan.nifti:
@@ -208,6 +208,15 @@ def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, pool: Executor
                 notes=[f"volume {t + 1} of a 4D NIfTI"] if len(parts) > 1 else [],
                 source_files=[rel],
             )
+
+
+def _in_pool(pool: Executor, jobs: list) -> Iterator[tuple[list[dict], list[QuarantineEntry]]]:
+    """Each job's result in job order. Series the fast reader could not read go first: the worker that
+    takes them imports pydicom (half a second) while the others convert the plain series."""
+    order = sorted(range(len(jobs)), key=lambda i: all(h is not None for h in jobs[i][3]))
+    futures: dict[int, Future] = {i: pool.submit(_convert_series_worker, jobs[i]) for i in order}
+    for i in range(len(jobs)):
+        yield futures.pop(i).result()
 
 
 def _emit(results, jobs, progress) -> Iterator[ConvertedVolume | QuarantineEntry]:
