@@ -105,29 +105,33 @@ def test_mosaic_without_any_private_tag_uses_every_tile(tmp_path, dataset, name,
     assert "blank tiles kept" in " ".join(vol.notes)
 
 
-def _dcm2niix() -> str:
+def _dcm2niix(folder: Path, out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """What dcm2niix (the PyPI wheel's binary) makes of ``folder``: each output's RAS voxels and affine."""
+    import subprocess
+
     exe = shutil.which("dcm2niix")
     if exe is None:
         pytest.skip("dcm2niix is not installed (pip install -e '.[test]')")
-    return exe
+    out.mkdir()
+    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(out), str(folder)], check=True, capture_output=True)
+    return [_ras(p) for p in sorted(out.glob("*.nii"))]
+
+
+def _assert_converts_as_dcm2niix(folder: Path, out: Path, n_outputs: int = 1) -> None:
+    refs = _dcm2niix(folder, out)
+    assert len(refs) == n_outputs
+    vols, _ = _volumes(folder)
+    assert len(vols) == n_outputs
+    for want, want_aff in refs:
+        assert any(v.shape == want.shape and np.allclose(v.affine, want_aff, atol=1e-3) and np.allclose(v.data, want, atol=1e-3)
+                   for v in vols), (want.shape, [v.shape for v in vols])
 
 
 @pytest.mark.parametrize("drop", ["csa", "private"])
 @pytest.mark.parametrize("name", ["dcm_qa_ts/In/1.dcm", "dcm_qa_12bit/In/12bitUnsigned.dcm", "dcm_qa_nih/In/20180918Si/mr_0005/epi_pe_rl-00001.dcm"])
 def test_mosaic_without_csa_matches_dcm2niix_on_the_same_files(tmp_path, name, drop):
-    import subprocess
-
-    exe = _dcm2niix()
-    src = shared("dicom", *name.split("/"))
-    _strip(src, tmp_path / "in" / "mosaic.dcm", _csa if drop == "csa" else _every_private)
-    (tmp_path / "ref").mkdir()
-    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(tmp_path / "ref"), str(tmp_path / "in")], check=True, capture_output=True)
-    (ref_path,) = (tmp_path / "ref").glob("*.nii")
-    want, want_aff = _ras(ref_path)
-    (vol,), _ = _volumes(tmp_path / "in")
-    assert vol.shape == want.shape
-    np.testing.assert_allclose(vol.affine, want_aff, atol=1e-3)
-    np.testing.assert_allclose(vol.data, want, atol=1e-3)
+    _strip(shared("dicom", *name.split("/")), tmp_path / "in" / "mosaic.dcm", _csa if drop == "csa" else _every_private)
+    _assert_converts_as_dcm2niix(tmp_path / "in", tmp_path / "ref")
 
 
 # ----------------------------------------------------------------------------- UIH grids
@@ -195,18 +199,8 @@ def test_uih_grid_series_matches_dcm2niix_reference(tmp_path, implicit):
 
 
 def test_uih_grid_matches_dcm2niix_on_the_same_files(tmp_path):
-    import subprocess
-
-    exe = _dcm2niix()
     _uih_grid_series(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "uih")
-    (tmp_path / "ref").mkdir()
-    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(tmp_path / "ref"), str(tmp_path / "uih")], check=True, capture_output=True)
-    (ref_path,) = (tmp_path / "ref").glob("*.nii")
-    want, want_aff = _ras(ref_path)
-    (vol,), _ = _volumes(tmp_path / "uih")
-    assert vol.shape == want.shape
-    np.testing.assert_allclose(vol.affine, want_aff, atol=1e-3)
-    np.testing.assert_allclose(vol.data, want, atol=1e-3)
+    _assert_converts_as_dcm2niix(tmp_path / "uih", tmp_path / "ref")
 
 
 def test_uih_grid_without_any_position_is_quarantined_with_the_reason(tmp_path):
@@ -260,18 +254,8 @@ def test_derived_trace_images_in_the_series_become_their_own_volume(tmp_path):
 
 
 def test_derived_trace_images_match_dcm2niix_on_the_same_files(tmp_path):
-    import subprocess
-
-    exe = _dcm2niix()
     _with_derived_trace(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "dwi")
-    (tmp_path / "ref").mkdir()
-    subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(tmp_path / "ref"), str(tmp_path / "dwi")], check=True, capture_output=True)
-    refs = sorted((tmp_path / "ref").glob("*.nii"))
-    assert len(refs) == 2
-    vols, _ = _volumes(tmp_path / "dwi")
-    for ref_path in refs:
-        want, want_aff = _ras(ref_path)
-        assert any(v.shape == want.shape and np.allclose(v.affine, want_aff, atol=1e-3) and np.allclose(v.data, want, atol=1e-3) for v in vols), ref_path.name
+    _assert_converts_as_dcm2niix(tmp_path / "dwi", tmp_path / "ref", n_outputs=2)
 
 
 # ----------------------------------------------------------------------------- after de-identification
