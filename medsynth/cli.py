@@ -43,7 +43,7 @@ def convert(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("converting", total=None)
         res = convert_folder(input, output, workers=workers, progress=lambda _: progress.advance(task))
-    console.print(f"convert: wrote {len(res.series_rows)} volume(s) to {output}; {len(res.quarantine)} item(s) quarantined ({output / 'quarantine.csv'})")
+    console.print(escape(res.summary(output)))
     if not res.series_rows:
         _fail("nothing could be converted", 3)
 

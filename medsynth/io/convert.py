@@ -233,6 +233,11 @@ class ConvertResult:
     series_rows: list[dict]
     quarantine: list[QuarantineEntry]
 
+    def summary(self, output_dir: Path) -> str:
+        """The line ``medsynth convert`` ends with."""
+        return (f"convert: wrote {len(self.series_rows)} volume(s) to {output_dir}; {len(self.quarantine)} item(s) quarantined "
+                f"({Path(output_dir) / 'quarantine.csv'})")
+
 
 def convert_folder(
     input_dir: Path,
