@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     dcm2niix = shutil.which("dcm2niix")
     if dcm2niix is None:
         raise SystemExit("dcm2niix not found: pip install dcm2niix (the test extra has it)")
-    medsynth = [sys.executable, "-m", "medsynth.cli"]
+    medsynth = [sys.executable, "-m", "medsynth.launcher"]  # what the medsynth command runs
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n_files, n_bytes = build_corpus(tmp / "corpus", args.demo_patients, args.only)

@@ -162,6 +162,11 @@ def iter_volumes(
         # one pool for the scan and the series, when the scan is worth a pool
         pool = stack.enter_context(process_pool(n_workers)) if n_workers > 1 and len(paths) > PARALLEL_SCAN_FILES else None
         scan = scan_folder(root, files=paths, workers=n_workers, max_voxels=max_voxels, pool=pool)
+        if pool is not None and scan.needs_pydicom:
+            # this process has imported pydicom to classify those files: workers forked from now on
+            # inherit it instead of importing it each (half a second a worker)
+            pool.shutdown(wait=True)
+            pool = stack.enter_context(process_pool(n_workers))
         yield from _scanned_volumes(root, scan, n_workers, pool, progress, max_voxels)
 
 

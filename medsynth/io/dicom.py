@@ -858,6 +858,11 @@ class DicomScan:
     nifti: list[Path]
     headers: dict[Path, FastHeader] = field(default_factory=dict)  # files the fast reader read whole
 
+    @property
+    def needs_pydicom(self) -> bool:
+        """Whether a series holds a file the fast reader leaves to pydicom."""
+        return bool(self.segs) or any(p not in self.headers for files in self.series.values() for p in files)
+
 
 def _past_group_0028(tag, vr, length) -> bool:
     return tag.group > 0x0028
@@ -895,6 +900,11 @@ def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, st
     """:func:`classify_file`, and the file's fast header when the fast reader could read it (then the
     series needs no second read of its header). Other files: only the attributes up to group 0028 are
     read here; whether their pixel data are complete is checked when the series is assembled."""
+    return _classify_without_pydicom(path, max_voxels) or _classify_with_pydicom(path, max_voxels)
+
+
+def _classify_without_pydicom(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None] | None:
+    """:func:`_classify` for NIfTI, non-DICOM and the files the fast reader reads; None for the rest."""
     if is_nifti(path):
         return "nifti", "", None
     header = read_image_header(path)
@@ -902,6 +912,10 @@ def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, st
         return "image", _series_key(header, path), header
     if is_not_dicom(path):
         return "bad", NOT_DICOM, None
+    return None
+
+
+def _classify_with_pydicom(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
     try:
         ds = read_scan_header(path, max_voxels)
     except SeriesError as exc:
@@ -931,7 +945,10 @@ def scan_folder(
     paths = list(files) if files is not None else discover_files(root)
     chunk = max(8, len(paths) // (workers * 8))
     if pool is not None and len(paths) > PARALLEL_SCAN_FILES:
-        kinds = list(pool.map(_classify, paths, [max_voxels] * len(paths), chunksize=chunk))
+        # the workers read what needs no pydicom; this process reads the rest, so that pydicom is imported
+        # once, here, and workers forked later for the series inherit it
+        kinds = list(pool.map(_classify_without_pydicom, paths, [max_voxels] * len(paths), chunksize=chunk))
+        kinds = [k if k is not None else _classify_with_pydicom(p, max_voxels) for p, k in zip(paths, kinds, strict=True)]
     elif workers > 1 and len(paths) > PARALLEL_SCAN_FILES:
         with process_pool(workers) as own_pool:
             kinds = list(own_pool.map(_classify, paths, [max_voxels] * len(paths), chunksize=chunk))
