@@ -35,7 +35,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
 
 def build_corpus(dest: Path, demo_patients: int = 0, only: str | None = None) -> tuple[int, int]:
     n_files = n_bytes = 0
-    if only:
+    if only and only != "none":
         shutil.copytree(SHARED / only, dest / Path(only).name)
     for ds in [] if only else sorted(SHARED.glob("*/In")):
         shutil.copytree(ds, dest / ds.parent.name)
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--demo-patients", type=int, default=0, help="add a generated phantom CT cohort of this size")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="medsynth processes (default: all cores)")
-    ap.add_argument("--only", default=None, help="one folder under ../shared/data/dicom instead of every In/ (e.g. dcm_qa_nih/In/20180918GE)")
+    ap.add_argument("--only", default=None, help="one folder under ../shared/data/dicom instead of every In/ (e.g. dcm_qa_nih/In/20180918GE); none: only the phantom series of --demo-patients")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dcm2niix = shutil.which("dcm2niix")
