@@ -26,6 +26,7 @@ MAX_FAST_FILE_BYTES = 64 << 20  # larger files (multi-frame) are read by pydicom
 
 # keyword -> (tag, VR) of every attribute the converter reads from a single-frame file
 TAGS: dict[str, tuple[int, str]] = {
+    "SpecificCharacterSet": (0x00080005, "CS"),
     "ImageType": (0x00080008, "CS"),
     "SOPClassUID": (0x00080016, "UI"),
     "SOPInstanceUID": (0x00080018, "UI"),
@@ -98,9 +99,13 @@ class FastHeader:
             value = self._decoded[keyword]
         except KeyError:
             tag = TAGS.get(keyword)
-            value = None if tag is None or tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1])
+            value = None if tag is None or tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1], self._charset())
             self._decoded[keyword] = value
         return default if value is None else value
+
+    def _charset(self) -> str:
+        raw = self.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
+        return TEXT_CHARSETS.get(raw, "latin-1")
 
     def __contains__(self, keyword: str) -> bool:
         tag = TAGS.get(keyword)
@@ -137,14 +142,17 @@ def stored_values(raw: bytes, rows: int, cols: int, frames: int, bits: int, stor
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _decode(raw: bytes, vr: str):
+TEXT_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO 2022 IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+
+
+def _decode(raw: bytes, vr: str, charset: str = "latin-1"):
     if vr == "US":
         n = len(raw) // 2
         if n == 0:
             return None
         values = struct.unpack(f"<{n}H", raw[:2 * n])
         return values[0] if n == 1 else list(values)
-    text = raw.decode("latin-1").rstrip("\x00 ").lstrip(" ") if vr != "UI" else raw.decode("latin-1").rstrip("\x00 ")
+    text = raw.decode(charset, "replace").rstrip("\x00 ").lstrip(" ") if vr != "UI" else raw.decode("latin-1").rstrip("\x00 ")
     if text == "":
         return None
     if vr in NUMERIC_TEXT:
@@ -190,13 +198,13 @@ def _walk(data: bytes, pos: int, explicit: bool) -> int:
     """Walk the elements of one undefined-length item from ``pos``; the position after its delimiter."""
     end = len(data)
     while pos + 8 <= end:
-        group, elem, _vr, length, pos = _element(data, pos, explicit)
+        group, elem, vr, length, pos = _element(data, pos, explicit)
         if group == 0xFFFE:
             if elem == 0xE00D:
                 return pos
             raise _NotFast
         if length == UNDEFINED:
-            pos = _skip_sequence(data, pos, explicit)
+            pos = _skip_sequence(data, pos, explicit and vr != b"UN")  # an undefined-length UN holds implicit-VR items
         else:
             pos += length
     raise _NotFast
@@ -237,7 +245,7 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader) -> N
         if length == UNDEFINED:
             if tag in FRAME_GROUPS:
                 raise _NotFast
-            pos = _skip_sequence(data, pos, explicit)
+            pos = _skip_sequence(data, pos, explicit and vr != b"UN")  # an undefined-length UN holds implicit-VR items
             continue
         if tag in _TAG_VR:
             keep[tag] = data[pos:pos + length]
@@ -311,7 +319,9 @@ def _meta(data: bytes) -> tuple[str, int]:
     return ts, pos
 
 
-_FIRST_GROUPS = frozenset({0x0002, 0x0008, 0x0200, 0x0800})  # a file without preamble starts with one (LE or BE)
+# a data set without preamble starts with a file meta, identifying, patient, acquisition, relationship or
+# image group element (little or big endian)
+_FIRST_GROUPS = frozenset(g for group in (0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028) for g in (group, ((group & 0xFF) << 8) | (group >> 8)))
 
 
 def is_not_dicom(path: Path) -> bool:
@@ -363,6 +373,9 @@ def _fast_image(h: FastHeader) -> bool:
         int(h.get("PixelRepresentation", 0) or 0)
     except (TypeError, ValueError):
         return False
+    charset = h.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
+    if charset not in TEXT_CHARSETS:
+        return False  # other character sets (ISO 2022 escapes, GB18030 ...): pydicom decodes the text
     image_type = h.get("ImageType", "")
     image_type = image_type if isinstance(image_type, list) else [image_type]
     return (rows > 0 and cols > 0 and bits in (8, 16, 32) and 0 < stored <= bits and frames == 1 and samples == 1
