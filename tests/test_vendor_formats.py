@@ -303,3 +303,15 @@ def test_mosaic_converts_after_default_deidentification(tmp_path):
     (vol,), _ = _volumes(tmp_path / "deid")
     assert vol.shape == (64, 64, 36)
     assert "blank tiles kept" in " ".join(vol.notes)
+
+
+def test_uih_grid_with_uneven_slice_positions_is_quarantined(tmp_path):
+    _uih_grid_series(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "uih")
+    for p in (tmp_path / "uih").glob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        items = ds[0x00651051].value
+        items[7].ImagePositionPatient = [float(v) + (2.5 if i == 2 else 0.0) for i, v in enumerate(items[7].ImagePositionPatient)]
+        ds.save_as(p)
+    vols, quarantine = _volumes(tmp_path / "uih")
+    assert not vols
+    assert any("UIH grid: slice positions step" in q.reason for q in quarantine), quarantine

@@ -740,12 +740,30 @@ def uih_grid(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
             raise SeriesError("UIH grid: neither SpacingBetweenSlices, SliceThickness nor two slice positions give the slice spacing")
         dz = abs(along) / (len(positions) - 1)
     sign = (1.0 if along > 0 else -1.0) if len(positions) > 1 and abs(along) > 1e-6 else (1.0 if normal.sum() >= 0 else -1.0)
+    if len(positions) >= n > 1:
+        _check_grid_positions(positions[-n:], normal * sign, dz)
     aff = np.eye(4)
     aff[:3, 0] = iop[:3] * ps[1]
     aff[:3, 1] = iop[3:] * ps[0]
     aff[:3, 2] = normal * sign * dz
     aff[:3, 3] = first
     return _untile(ds, n, n_col, n_row), aff, f"UIH grid: {n} slices in {n_row} x {n_col} tiles"
+
+
+def _check_grid_positions(positions: list[np.ndarray], direction: np.ndarray, dz: float, rtol: float = 0.02) -> None:
+    """A SeriesError unless the grid's slice positions step ``dz`` apart along ``direction`` (the
+    spacing the affine uses), without shear: the checks a slice-per-file series gets."""
+    pos = np.array(positions, dtype=np.float64)
+    offsets = pos - pos[0]
+    along = offsets @ direction
+    gaps = np.diff(along)
+    if np.any(np.abs(gaps - dz) > max(rtol * dz, 1e-3)):
+        raise SeriesError(f"UIH grid: slice positions step {gaps.min():.3f} to {gaps.max():.3f} mm where SpacingBetweenSlices / "
+                          f"SliceThickness says {dz:.3f} mm (missing, uneven or reordered slices)")
+    shear = np.linalg.norm(offsets - np.outer(along, direction), axis=1).max()
+    if shear > max(0.01 * dz * (len(positions) - 1), 1e-3):
+        raise SeriesError(f"UIH grid: slice positions leave the slice normal by up to {shear:.2f} mm (gantry tilt or inconsistent "
+                          "positions): tilt correction is not supported")
 
 
 def _uih_items(ds: Dataset) -> list:
