@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medsynth.io.dicom_fast import PRIVATE as _FAST_PRIVATE
 from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_image_header, stored_values
 from medsynth.io.pool import process_pool
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError, error_text, max_decoded_bytes
@@ -644,35 +645,21 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels:
     return data, LPS_TO_RAS @ aff, notes
 
 
-def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    with warnings.catch_warnings():  # nibabel warns on import that its DICOM readers are experimental
-        warnings.simplefilter("ignore")
-        import pydicom
-        from nibabel.nicom import dicomwrappers
-
+def _mosaic_volume(files: list[tuple[Path, Dataset | FastHeader]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The files of one series that each hold a volume's slices tiled in one image (Siemens mosaics,
+    UIH grids) -> 3D, or 4D ordered by acquisition, data and RAS affine."""
     vols, affs, keys = [], [], []
     notes: list[str] = []
-    for p in paths:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                ds = pydicom.dcmread(p)
-                w = None if is_uih_grid(ds) else dicomwrappers.wrapper_from_data(ds)
-                if w is None:
-                    arr, aff, note = uih_grid(ds)
-                    if note not in notes:
-                        notes.append(note)
-                elif isinstance(w, dicomwrappers.MosaicWrapper):
-                    arr = np.asarray(w.get_data(), dtype=np.float32)
-                    aff = np.asarray(w.affine, dtype=np.float64)
-                else:  # no CSA header: the tiles from the attributes that are left, as dcm2niix does
-                    arr, aff, note = mosaic_without_csa(ds)
-                    if note not in notes:
-                        notes.append(note)
-            except SeriesError:
-                raise
-            except Exception as exc:
-                raise SeriesError(f"tiled image (mosaic / grid) cannot be unpacked: {str(exc)[:120]}") from None
+    for path, ds in files:
+        try:
+            pixels = ds.pixel_array() if isinstance(ds, FastHeader) else decode_pixels(path, ds)
+            arr, aff, note = uih_grid(ds, pixels) if is_uih_grid(ds) else siemens_mosaic(ds, pixels)
+        except SeriesError:
+            raise
+        except Exception as exc:
+            raise SeriesError(f"tiled image (mosaic / grid) cannot be unpacked: {str(exc)[:120]}") from None
+        if note and note not in notes:
+            notes.append(note)
         vols.append(arr)
         affs.append(aff)
         keys.append((int(ds.get("AcquisitionNumber", 0) or 0), str(ds.get("AcquisitionTime", "")), int(ds.get("InstanceNumber", 0) or 0)))
@@ -686,12 +673,12 @@ def _mosaic_volume(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]
     return data, LPS_TO_RAS @ affs[0], [f"{kind} ({len(vols)} volume(s))", *[n for n in notes if not n.startswith("UIH grid")]]
 
 
-def _untile(ds: Dataset, n: int, n_col: int, n_row: int) -> np.ndarray:
+def _untile(ds: Dataset | FastHeader, pixels: np.ndarray, n: int, n_col: int, n_row: int) -> np.ndarray:
     """The first ``n`` tiles of an ``n_row`` x ``n_col`` grid, read row by row, rescaled, as
     (cols, rows, n) data."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     tile_r, tile_c = rows // n_row, cols // n_col
-    pixels = decode_pixels(Path(str(getattr(ds, "filename", ""))), ds).astype(np.float64)
+    pixels = pixels.astype(np.float64)
     if pixels.shape != (rows, cols):
         raise SeriesError(f"tiled image: pixel array {pixels.shape} != Rows x Columns {(rows, cols)}")
     slope, intercept = float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -707,7 +694,7 @@ def _slice_spacing(ds: Dataset) -> float:
     return float(ds.get("SpacingBetweenSlices", 0) or 0) or float(ds.get("SliceThickness", 0) or 0)
 
 
-def uih_grid(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
+def uih_grid(ds: Dataset, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """A UIH grid ("VFRAME": n slices tiled ceil(sqrt(n)) wide, ceil(n / cols) high, row by row) ->
     (cols, rows, n) data, LPS affine and a note. The slice positions are the ImagePositionPatient of the
     VFrame sequence's items (0065,1051) when the file has no top-level one; the slice spacing is
@@ -747,7 +734,7 @@ def uih_grid(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
     aff[:3, 1] = iop[3:] * ps[0]
     aff[:3, 2] = normal * sign * dz
     aff[:3, 3] = first
-    return _untile(ds, n, n_col, n_row), aff, f"UIH grid: {n} slices in {n_row} x {n_col} tiles"
+    return _untile(ds, pixels, n, n_col, n_row), aff, f"UIH grid: {n} slices in {n_row} x {n_col} tiles"
 
 
 def _check_grid_positions(positions: list[np.ndarray], direction: np.ndarray, dz: float, rtol: float = 0.02) -> None:
@@ -789,38 +776,70 @@ def _uih_positions(ds: Dataset) -> list[np.ndarray]:
     return found
 
 
-def _private_value(ds: Dataset, group: int, creator: str, offset: int, fmt: str) -> tuple | None:
-    """A private element's values, found through its private creator (any block), as a tuple of numbers;
-    ``fmt`` is the struct code its bytes hold when it was read without a VR (implicit VR)."""
+def _private_bytes(ds: Dataset | FastHeader, group: int, creator: str, offset: int) -> bytes | tuple | None:
+    """A private element found through its private creator (any block): the fast reader's raw bytes, or
+    pydicom's value (bytes when read without a VR, else numbers); None when absent."""
+    if isinstance(ds, FastHeader):
+        for (g, c), wanted in _FAST_PRIVATE.items():
+            if g == group and c == creator.encode() and offset in wanted:
+                return ds.private.get(wanted[offset])
+        return None
     for block in range(0x10, 0x100):
         elem = ds.get((group, block))
-        if elem is None:
-            continue
-        if str(elem.value).strip().upper() != creator:
+        if elem is None or str(elem.value).strip().upper() != creator:
             continue
         value = ds.get((group, (block << 8) | offset))
         if value is None:
             return None
         v = value.value
         if isinstance(v, bytes):
-            n = len(v) // struct.calcsize(fmt)
-            return struct.unpack(f"<{n}{fmt}", v[:n * struct.calcsize(fmt)]) if n else None
+            return v
         return tuple(v) if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, str) else (v,)
     return None
 
 
-def mosaic_slice_count(ds: Dataset) -> tuple[int, str]:
-    """The number of slices in a Siemens mosaic whose CSA header is gone, and where it came from, in
-    dcm2niix's order: MosaicRefAcqTimes (0019,1029), NumberOfImagesInMosaic (0019,100A), the tiles the
-    AcquisitionMatrix fits (blank tiles included), the phase-encoding steps. SeriesError when none is there."""
-    times = _private_value(ds, 0x0019, "SIEMENS MR HEADER", 0x29, "d")
+def _private_numbers(ds: Dataset | FastHeader, group: int, creator: str, offset: int, fmt: str) -> tuple | None:
+    """:func:`_private_bytes` as numbers (``fmt``: the struct code of raw bytes)."""
+    v = _private_bytes(ds, group, creator, offset)
+    if isinstance(v, bytes):
+        size = struct.calcsize(fmt)
+        n = len(v) // size
+        return struct.unpack(f"<{n}{fmt}", v[:n * size]) if n else None
+    return v
+
+
+def siemens_csa_image(ds: Dataset | FastHeader) -> dict[str, list[str]] | None:
+    """The CSA image header (0029,xx10) of a Siemens file, or None when it is absent or unreadable."""
+    from medsynth.io.siemens_csa import CSAError, read_csa
+
+    raw = _private_bytes(ds, 0x0029, "SIEMENS CSA HEADER", 0x10)
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    try:
+        return read_csa(raw)
+    except CSAError:
+        return None
+
+
+def mosaic_slice_count(ds: Dataset | FastHeader, csa: dict[str, list[str]] | None = None) -> tuple[int, str]:
+    """The number of slices in a Siemens mosaic and where it came from, in dcm2niix's order: the CSA
+    header's NumberOfImagesInMosaic; without it MosaicRefAcqTimes (0019,1029), NumberOfImagesInMosaic
+    (0019,100A), the tiles the AcquisitionMatrix fits (blank tiles included), the phase-encoding steps.
+    SeriesError when none is there."""
+    from medsynth.io.siemens_csa import csa_number
+
+    in_csa = csa_number(csa, "NumberOfImagesInMosaic") if csa else None
+    if in_csa and in_csa > 1:
+        return int(in_csa), "the CSA header"
+    times = _private_numbers(ds, 0x0019, "SIEMENS MR HEADER", 0x29, "d")
     if times and len(times) > 1:
         return len(times), "slice times (0019,1029)"
-    count = _private_value(ds, 0x0019, "SIEMENS MR HEADER", 0x0A, "H")
+    count = _private_numbers(ds, 0x0019, "SIEMENS MR HEADER", 0x0A, "H")
     if count and int(count[0]) > 1:
         return int(count[0]), "NumberOfImagesInMosaic (0019,100A)"
     rows, cols = int(ds.Rows), int(ds.Columns)
-    matrix = [int(v) for v in (ds.get("AcquisitionMatrix") or [])]
+    matrix = ds.get("AcquisitionMatrix") or []
+    matrix = [int(v) for v in (matrix if isinstance(matrix, (list, tuple)) or hasattr(matrix, "__iter__") else [matrix])]
     if len(matrix) == 4:
         freq = matrix[0] or matrix[1]
         phase = matrix[2] or matrix[3]
@@ -833,14 +852,17 @@ def mosaic_slice_count(ds: Dataset) -> tuple[int, str]:
                       "that tiles it: the number of slices is unknown (keep the CSA header: deid.retain_safe_private: true)")
 
 
-def mosaic_without_csa(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
-    """A Siemens mosaic read without its CSA header -> (cols, rows, slices) data, LPS affine and a note.
+def siemens_mosaic(ds: Dataset | FastHeader, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """A Siemens mosaic -> (cols, rows, slices) data, LPS affine and a note (empty with a CSA header).
 
     As dcm2niix: ceil(sqrt(n)) tiles a side, read row by row; the first slice's corner is the mosaic's
     ImagePositionPatient moved by half the mosaic less one tile; slices SpacingBetweenSlices (else
-    SliceThickness) apart along the slice normal, whose sign assumes Siemens' foot-to-head numbering
-    (the normal is reversed when it points to the feet)."""
-    n, source = mosaic_slice_count(ds)
+    SliceThickness) apart along the slice normal, pointing as the CSA header's SliceNormalVector does
+    (without it: foot to head, Siemens' default numbering)."""
+    from medsynth.io.siemens_csa import csa_vector
+
+    csa = siemens_csa_image(ds)
+    n, source = mosaic_slice_count(ds, csa)
     side = math.ceil(math.sqrt(n))
     rows, cols = int(ds.Rows), int(ds.Columns)
     iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", Path(".")))
@@ -848,18 +870,21 @@ def mosaic_without_csa(ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
     ps = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", Path("."))
     dz = _slice_spacing(ds)
     if dz <= 0:
-        raise SeriesError("Siemens mosaic without a CSA header: neither SpacingBetweenSlices nor SliceThickness gives the slice spacing")
-    data = _untile(ds, n, side, side)
+        raise SeriesError("Siemens mosaic: neither SpacingBetweenSlices nor SliceThickness gives the slice spacing")
+    data = _untile(ds, pixels, n, side, side)
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
-    if normal[2] < 0:  # det[row | column | (0, 0, 1)] < 0: dcm2niix's default slice normal without CSA
+    slice_normal = csa_vector(csa, "SliceNormalVector", 3) if csa else None
+    if np.dot(normal, slice_normal if slice_normal is not None else (0.0, 0.0, 1.0)) < 0:  # dcm2niix: det[row | col | normal] < 0
         normal = -normal
     aff = np.eye(4)
     aff[:3, 0] = row_dir * ps[1]
     aff[:3, 1] = col_dir * ps[0]
     aff[:3, 2] = normal * dz
     aff[:3, 3] = ipp + aff[:3, 0] * (cols - cols / side) / 2.0 + aff[:3, 1] * (rows - rows / side) / 2.0
-    return data, aff, f"CSA header absent: {n} slices from {source}; slice order assumed foot to head"
+    note = "" if csa is not None and source == "the CSA header" else \
+        f"CSA header absent: {n} slices from {source}" + ("" if slice_normal is not None else "; slice order assumed foot to head")
+    return data, aff, note
 
 
 # --------------------------------------------------------------------------- series assembly
@@ -1010,12 +1035,13 @@ def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX
     header = files[0][1]
     mosaics = [(p, ds) for p, ds in files if is_mosaic(ds)]
     if mosaics:
-        by_echo: dict[str, list[Path]] = defaultdict(list)
+        by_echo: dict[str, list[tuple[Path, Dataset | FastHeader]]] = defaultdict(list)
         for p, ds in mosaics:
-            by_echo[f"{ds.get('EchoNumbers', '')}|{'ph' if _is_phase(ds) else ''}"].append(p)
-        for i, (_echo, paths) in enumerate(sorted(by_echo.items())):
+            by_echo[f"{ds.get('EchoNumbers', '')}|{'ph' if _is_phase(ds) else ''}|{'derived' if is_derived(ds) else ''}"].append((p, ds))
+        for i, (_echo, group) in enumerate(sorted(by_echo.items())):
+            paths = [p for p, _ds in group]
             try:
-                data, aff, notes = _mosaic_volume(paths)
+                data, aff, notes = _mosaic_volume(group)
                 suffix = "" if len(by_echo) == 1 else f"_{i + 1}"
                 volumes.append(DicomVolume(data, aff, header, paths, suffix, notes))
             except SeriesError as exc:

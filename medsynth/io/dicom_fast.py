@@ -38,6 +38,10 @@ TAGS: dict[str, tuple[int, str]] = {
     "EchoNumbers": (0x00180086, "IS"),
     "TriggerTime": (0x00181060, "DS"),
     "ImagerPixelSpacing": (0x00181164, "DS"),
+    "SliceThickness": (0x00180050, "DS"),
+    "SpacingBetweenSlices": (0x00180088, "DS"),
+    "NumberOfPhaseEncodingSteps": (0x00180089, "IS"),
+    "AcquisitionMatrix": (0x00181310, "US"),
     "StudyInstanceUID": (0x0020000D, "UI"),
     "SeriesInstanceUID": (0x0020000E, "UI"),
     "SeriesNumber": (0x00200011, "IS"),
@@ -61,7 +65,13 @@ TAGS: dict[str, tuple[int, str]] = {
 _TAG_VR = {tag: vr for tag, vr in TAGS.values()}
 _KEYWORD = {tag: kw for kw, (tag, _vr) in TAGS.items()}
 PHILIPS_GROUP = 0x2005
-PHILIPS_CREATOR = b"Philips MR Imaging DD 001"
+# private elements conversion reads: (group, private creator) -> {element low byte: name in FastHeader.private}
+PRIVATE = {
+    (0x0019, b"SIEMENS MR HEADER"): {0x0A: "mosaic_images", 0x29: "mosaic_slice_times"},
+    (0x0029, b"SIEMENS CSA HEADER"): {0x10: "csa_image"},
+    (PHILIPS_GROUP, b"PHILIPS MR IMAGING DD 001"): {0x0E: "philips_scale_slope"},
+}
+PRIVATE_GROUPS = frozenset(group for group, _creator in PRIVATE)
 UIH_GROUP, UIH_SLICES_IN_GRID = 0x0065, 0x1050
 PIXEL_DATA = 0x7FE00010
 TRANSFER_SYNTAX = 0x00020010
@@ -91,7 +101,7 @@ class FastHeader:
     raw: dict[int, bytes]
     pixel_offset: int
     pixel_length: int
-    philips_scale_slope: float | None = None
+    private: dict[str, bytes] = field(default_factory=dict)  # the PRIVATE elements found, raw
     _decoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, keyword: str, default=None):
@@ -102,6 +112,11 @@ class FastHeader:
             value = None if tag is None or tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1], self._charset())
             self._decoded[keyword] = value
         return default if value is None else value
+
+    @property
+    def philips_scale_slope(self) -> float | None:
+        raw = self.private.get("philips_scale_slope")
+        return _philips_float(raw) if raw is not None and len(raw) >= 4 else None
 
     def _charset(self) -> str:
         raw = self.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
@@ -216,7 +231,7 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader) -> N
     file first, with the exact length the image needs, and the walk goes on only if they are not there."""
     end = len(data)
     keep = header.raw
-    philips_blocks: set[int] = set()
+    blocks: dict[int, dict[int, str]] = {}  # (group << 8 | block) -> the wanted elements of that private block
     looked_at_end = False
     while pos + 8 <= end:
         group, elem, vr, length = _head16(data, pos)  # inlined _element: this loop is the reader's cost
@@ -249,11 +264,15 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader) -> N
             continue
         if tag in _TAG_VR:
             keep[tag] = data[pos:pos + length]
-        elif group == PHILIPS_GROUP:
-            if 0x10 <= elem <= 0xFF and data[pos:pos + length].rstrip(b"\x00 ") == PHILIPS_CREATOR:
-                philips_blocks.add(elem)
-            elif (elem >> 8) in philips_blocks and elem & 0xFF == 0x0E and length >= 4:
-                header.philips_scale_slope = _philips_float(data[pos:pos + length])
+        elif group in PRIVATE_GROUPS:
+            if 0x10 <= elem <= 0xFF:
+                wanted = PRIVATE.get((group, data[pos:pos + length].rstrip(b"\x00 ").upper()))
+                if wanted:
+                    blocks[(group << 8) | elem] = wanted
+            else:
+                name = blocks.get((group << 8) | (elem >> 8), {}).get(elem & 0xFF)
+                if name:
+                    header.private[name] = data[pos:pos + length]
         elif tag in FRAME_GROUPS:
             raise _NotFast
         pos += length
@@ -268,6 +287,8 @@ def _last_group_read(manufacturer: bytes) -> int:
     name = manufacturer.upper().lstrip()
     if b"PHILIPS" in name:
         return PHILIPS_GROUP
+    if name.startswith(b"SIEMENS") or name.startswith(b"CPS"):
+        return 0x0029  # the CSA headers
     if name.startswith(b"UI"):
         return UIH_GROUP
     return 0x0028
@@ -380,6 +401,5 @@ def _fast_image(h: FastHeader) -> bool:
     image_type = image_type if isinstance(image_type, list) else [image_type]
     return (rows > 0 and cols > 0 and bits in (8, 16, 32) and 0 < stored <= bits and frames == 1 and samples == 1
             and str(h.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME")
-            and "MOSAIC" not in (str(x).upper() for x in image_type)
             and h.get("SOPClassUID") != SEG_SOP_CLASS and "SOPClassUID" in h
             and h.pixel_length >= rows * cols * bits // 8)
