@@ -8,7 +8,7 @@ Geometry rules (see docs/architecture.md, "DICOM geometry"):
   from DICOM's LPS patient space to RAS;
 * RescaleSlope / RescaleIntercept are applied per slice (per frame for enhanced objects);
 * enhanced multi-frame objects are read frame by frame from their functional groups;
-* Siemens mosaics are unpacked (nibabel's CSA-aware MosaicWrapper);
+* Siemens mosaics (with or without the CSA header) and UIH grids are unpacked by dcm2niix's rules;
 * one SeriesInstanceUID is split when it holds several orientations, image sizes, echoes or
   magnitude/phase images;
 * repeated positions with the same count per position make a 4D (time) series;
