@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--demo-patients", type=int, default=0, help="add a generated phantom CT cohort of this size")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="medsynth processes (default: all cores)")
-    ap.add_argument("--only", default=None, help="one folder under ../shared/data/dicom instead of every In/ (e.g. dcm_qa_nih/In/20180918GE); none: only the phantom series of --demo-patients")
+    ap.add_argument("--only", default=None, help="one folder under ../shared/data/dicom instead of every In/ "
+                    "(e.g. dcm_qa_nih/In/20180918GE); none: only the phantom series of --demo-patients")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dcm2niix = shutil.which("dcm2niix")
