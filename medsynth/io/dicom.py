@@ -19,6 +19,7 @@ Geometry rules (see docs/architecture.md, "DICOM geometry"):
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import warnings
@@ -275,6 +276,13 @@ def _floats(value, n: int, what: str, path: Path) -> np.ndarray:
 
 
 def _norm_iop(iop: np.ndarray) -> np.ndarray:
+    """Unit row and column cosines (read-only; the same orientation is computed once per process)."""
+    return _norm_iop_of(tuple(float(v) for v in iop))
+
+
+@functools.lru_cache(maxsize=1024)
+def _norm_iop_of(values: tuple[float, ...]) -> np.ndarray:
+    iop = np.array(values)
     r, c = iop[:3], iop[3:]
     if np.linalg.norm(r) < 1e-3 or np.linalg.norm(c) < 1e-3:
         raise SeriesError("ImageOrientationPatient has a zero direction vector")
@@ -282,7 +290,9 @@ def _norm_iop(iop: np.ndarray) -> np.ndarray:
     c = c / np.linalg.norm(c)
     if abs(float(np.dot(r, c))) > 1e-2:
         raise SeriesError("ImageOrientationPatient row and column directions are not orthogonal")
-    return np.concatenate([r, c])
+    out = np.concatenate([r, c])
+    out.flags.writeable = False
+    return out
 
 
 def _image_type(ds: Dataset) -> tuple[str, ...]:

@@ -105,12 +105,13 @@ class FastHeader:
     _decoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, keyword: str, default=None):
-        try:
-            value = self._decoded[keyword]
-        except KeyError:
+        decoded = self._decoded
+        if keyword in decoded:
+            value = decoded[keyword]
+        else:
             tag = TAGS.get(keyword)
             value = None if tag is None or tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1], self._charset())
-            self._decoded[keyword] = value
+            decoded[keyword] = value
         return default if value is None else value
 
     @property
@@ -119,8 +120,11 @@ class FastHeader:
         return _philips_float(raw) if raw is not None and len(raw) >= 4 else None
 
     def _charset(self) -> str:
-        raw = self.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
-        return TEXT_CHARSETS.get(raw, "latin-1")
+        charset = self._decoded.get(_CHARSET_KEY)
+        if charset is None:
+            raw = self.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
+            charset = self._decoded[_CHARSET_KEY] = TEXT_CHARSETS.get(raw, "latin-1")
+        return charset
 
     def __contains__(self, keyword: str) -> bool:
         tag = TAGS.get(keyword)
@@ -157,6 +161,7 @@ def stored_values(raw: bytes, rows: int, cols: int, frames: int, bits: int, stor
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
+_CHARSET_KEY = "\x00charset"  # where FastHeader keeps its text encoding among the decoded values
 TEXT_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO 2022 IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
