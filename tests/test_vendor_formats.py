@@ -315,3 +315,50 @@ def test_uih_grid_with_uneven_slice_positions_is_quarantined(tmp_path):
     vols, quarantine = _volumes(tmp_path / "uih")
     assert not vols
     assert any("UIH grid: slice positions step" in q.reason for q in quarantine), quarantine
+
+
+# ----------------------------------------------------------------------------- Philips DWI with an isotropic volume
+
+
+def _philips_dwi(src_dir: Path, dest: Path, isotropic_last: bool = True) -> None:
+    """A real 4D series rewritten as a Philips DWI: b=0 first, then b=1000 with a gradient direction per
+    volume (the private Philips b value (2001,1003) and direction (2005,10B0-B2)); with ``isotropic_last``
+    the last volume is the isotropic (trace) image scanners append: b=1000 without a direction."""
+    files = [pydicom.dcmread(p) for p in sorted(src_dir.glob("*.dcm"))]
+    normal = np.cross(np.array(files[0].ImageOrientationPatient[:3], float), np.array(files[0].ImageOrientationPatient[3:], float))
+    by_pos: dict[float, list] = {}
+    for ds in sorted(files, key=lambda d: int(d.InstanceNumber)):
+        by_pos.setdefault(round(float(np.dot(np.array(ds.ImagePositionPatient, float), normal)), 3), []).append(ds)
+    dest.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    n_t = len(next(iter(by_pos.values())))
+    directions = [v / np.linalg.norm(v) for v in rng.normal(size=(n_t, 3))]
+    for k, key in enumerate(sorted(by_pos)):
+        for t, ds in enumerate(by_pos[key]):
+            out = copy.deepcopy(ds)
+            for elem in list(out):
+                if elem.tag.is_private:
+                    del out[elem.tag]
+            out.Manufacturer = "Philips Medical Systems"
+            out.ImageType = ["ORIGINAL", "PRIMARY", "DWI", "NONE"]
+            isotropic = isotropic_last and t == n_t - 1
+            vector = [0.0, 0.0, 0.0] if t == 0 or isotropic else [float(round(v, 4)) for v in directions[t]]
+            out.add_new((0x2001, 0x0010), "LO", "Philips Imaging DD 001")
+            out.add_new((0x2001, 0x1003), "FL", 0.0 if t == 0 else 1000.0)
+            out.add_new((0x2005, 0x0010), "LO", "Philips MR Imaging DD 001")
+            for off, v in zip((0x10B0, 0x10B1, 0x10B2), vector, strict=True):
+                out.add_new((0x2005, off), "FL", v)
+            out.save_as(dest / f"s{k:02d}_t{t:02d}.dcm", enforce_file_format=True)
+
+
+def test_philips_isotropic_volume_is_set_apart_as_dcm2niix_does(tmp_path):
+    _philips_dwi(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "dwi")
+    vols, _ = _volumes(tmp_path / "dwi")
+    assert sorted(v.shape[3] for v in vols) == [9, 10]
+    assert any("1 isotropic (trace / ADC) volume(s) of 10 set apart" in n for v in vols for n in v.notes)
+    _assert_converts_as_dcm2niix(tmp_path / "dwi", tmp_path / "ref", n_outputs=2)
+
+
+def test_philips_dwi_without_an_isotropic_volume_stays_one_series(tmp_path):
+    _philips_dwi(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "dwi", isotropic_last=False)
+    _assert_converts_as_dcm2niix(tmp_path / "dwi", tmp_path / "ref", n_outputs=1)

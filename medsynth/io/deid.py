@@ -69,6 +69,10 @@ SAFE_PRIVATE = {
     (0x0019, "SIEMENS MR HEADER", 0x0C): "b value (IS)",
     (0x0043, "GEMS_PARM_01", 0x39): "slice acquisition order (IS)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "MR scale slope (FL: floating point values)",
+    (0x2001, "PHILIPS IMAGING DD 001", 0x03): "diffusion b value (FL)",
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0xB0): "diffusion gradient direction x (FL)",
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0xB1): "diffusion gradient direction y (FL)",
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0xB2): "diffusion gradient direction z (FL)",
     (0x0065, "IMAGE PRIVATE HEADER", 0x50): "UIH number of slices in a grid image (DS)",
     (0x0065, "IMAGE PRIVATE HEADER", 0x51): "UIH VFrame sequence (SQ: each grid slice's position; its items are de-identified as the data set is)",
 }

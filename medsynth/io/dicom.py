@@ -66,6 +66,7 @@ class Slice:
     split_key: tuple = ()
     time_key: tuple = ()
     loader: Callable[[], np.ndarray] | None = None
+    diffusion: tuple[float, tuple[float, ...]] | None = None  # (b value, gradient direction), Philips
 
     @property
     def normal(self) -> np.ndarray:
@@ -441,9 +442,11 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
 
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    diffusion = None
     if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
         scale = ds.philips_scale_slope if isinstance(ds, FastHeader) else philips_scale_slope(ds)
         slope, intercept = philips_float_scaling(slope, intercept, scale)
+        diffusion = philips_diffusion(ds)
     _check_rescale(slope, intercept)
     return Slice(
         path=path,
@@ -458,6 +461,7 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
         split_key=(str(echo) if echo is not None else "", "ph" if _is_phase(ds) else "", "derived" if is_derived(ds) else ""),
         time_key=time_key,
         loader=load,
+        diffusion=diffusion,
     )
 
 
@@ -585,9 +589,10 @@ def _cluster_positions(d: np.ndarray, tol: float) -> list[np.ndarray]:
 
 
 def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels: int = DEFAULT_MAX_VOXELS
-                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine; a SeriesError for a
-    volume over ``max_voxels`` (before anything is decoded) or one holding NaN / Inf."""
+                 ) -> tuple[np.ndarray, np.ndarray, list[str], list[Slice]]:
+    """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine, with the notes and
+    each volume's first slice; a SeriesError for a volume over ``max_voxels`` (before anything is
+    decoded) or one holding NaN / Inf."""
     notes: list[str] = []
     ref = slices[0]
     normal = ref.normal
@@ -652,7 +657,7 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels:
         data = data[..., 0]
     else:
         notes.append(f"4D series: {n_t} volumes")
-    return data, LPS_TO_RAS @ aff, notes
+    return data, LPS_TO_RAS @ aff, notes, ordered[0]
 
 
 def _mosaic_volume(files: list[tuple[Path, Dataset | FastHeader]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -1074,7 +1079,7 @@ def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX
         group = groups[key]
         paths = sorted({s.path for s in group})
         try:
-            data, aff, notes = stack_slices(group, max_voxels=max_voxels)
+            data, aff, notes, firsts = stack_slices(group, max_voxels=max_voxels)
         except SeriesError as exc:
             where = str(paths[0]) if len(paths) == 1 else _common_parent(paths)
             reason = str(exc)
@@ -1087,8 +1092,45 @@ def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX
         if len(groups) > 1:
             kind = " (derived image)" if "derived" in key[3] else ""
             notes.append(f"split {i + 1}/{len(groups)} of the series by orientation/size/echo/phase/derived image{kind}")
-        volumes.append(DicomVolume(data, aff, hdr, paths, suffix, notes))
+        split = isotropic_split(data, firsts)
+        if split is None:
+            volumes.append(DicomVolume(data, aff, hdr, paths, suffix, notes))
+            continue
+        acquired, with_isotropic, note = split
+        volumes.append(DicomVolume(acquired, aff, hdr, paths, suffix, [*notes, note]))
+        volumes.append(DicomVolume(with_isotropic, aff, hdr, paths, suffix + "_ADC", [*notes, note + "; this volume: all of them, those last"]))
     return volumes, quarantine
+
+
+def philips_diffusion(ds: Dataset | FastHeader) -> tuple[float, tuple[float, ...]] | None:
+    """A Philips image's b value and gradient direction: the private (2001,xx03) and (2005,xxB0-B2),
+    else DiffusionBValue and DiffusionGradientOrientation; None when the image has no b value."""
+    b = _private_numbers(ds, 0x2001, "PHILIPS IMAGING DD 001", 0x03, "f")
+    b_value = float(b[0]) if b else ds.get("DiffusionBValue")
+    if b_value is None:
+        return None
+    parts = [_private_numbers(ds, 0x2005, "PHILIPS MR IMAGING DD 001", off, "f") for off in (0xB0, 0xB1, 0xB2)]
+    if all(parts):
+        vector = tuple(float(p[0]) for p in parts)
+    else:
+        public = ds.get("DiffusionGradientOrientation")
+        vector = tuple(float(v) for v in public) if public is not None and len(public) == 3 else (0.0, 0.0, 0.0)
+    return float(b_value), vector
+
+
+def isotropic_split(data: np.ndarray, firsts: list[Slice]) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """dcm2niix's handling of the isotropic (trace / ADC) volumes a Philips DWI series holds among its
+    acquisitions (b > 0, no gradient direction): (the acquired volumes without them, all volumes with
+    them last, a note); None when there are none, or when removing them would leave fewer than two
+    volumes or leave a b=0 + trace pair."""
+    if data.ndim != 4 or any(f.diffusion is None for f in firsts):
+        return None
+    iso = [t for t, f in enumerate(firsts) if f.diffusion[0] != 0 and all(abs(v) < 1e-6 for v in f.diffusion[1])]
+    rest = [t for t in range(len(firsts)) if t not in iso]
+    if not iso or len(rest) < 2 or (len(iso) == 1 and len(rest) == 1):
+        return None
+    note = f"{len(iso)} isotropic (trace / ADC) volume(s) of {len(firsts)} set apart, as dcm2niix does (b > 0 without a gradient direction)"
+    return data[..., rest], data[..., rest + iso], note
 
 
 def _common_parent(paths: list[Path]) -> str:

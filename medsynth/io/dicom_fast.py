@@ -42,6 +42,8 @@ TAGS: dict[str, tuple[int, str]] = {
     "SpacingBetweenSlices": (0x00180088, "DS"),
     "NumberOfPhaseEncodingSteps": (0x00180089, "IS"),
     "AcquisitionMatrix": (0x00181310, "US"),
+    "DiffusionBValue": (0x00189087, "FD"),
+    "DiffusionGradientOrientation": (0x00189089, "FD"),
     "StudyInstanceUID": (0x0020000D, "UI"),
     "SeriesInstanceUID": (0x0020000E, "UI"),
     "SeriesNumber": (0x00200011, "IS"),
@@ -69,7 +71,9 @@ PHILIPS_GROUP = 0x2005
 PRIVATE = {
     (0x0019, b"SIEMENS MR HEADER"): {0x0A: "mosaic_images", 0x29: "mosaic_slice_times"},
     (0x0029, b"SIEMENS CSA HEADER"): {0x10: "csa_image"},
-    (PHILIPS_GROUP, b"PHILIPS MR IMAGING DD 001"): {0x0E: "philips_scale_slope"},
+    (0x2001, b"PHILIPS IMAGING DD 001"): {0x03: "philips_b_value"},
+    (PHILIPS_GROUP, b"PHILIPS MR IMAGING DD 001"): {0x0E: "philips_scale_slope", 0xB0: "philips_gradient_x",
+                                                    0xB1: "philips_gradient_y", 0xB2: "philips_gradient_z"},
 }
 PRIVATE_GROUPS = frozenset(group for group, _creator in PRIVATE)
 UIH_GROUP, UIH_SLICES_IN_GRID = 0x0065, 0x1050
@@ -166,6 +170,12 @@ TEXT_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO 2022 IR 6": "latin-1
 
 
 def _decode(raw: bytes, vr: str, charset: str = "latin-1"):
+    if vr == "FD":
+        n = len(raw) // 8
+        if n == 0:
+            return None
+        values = struct.unpack(f"<{n}d", raw[:8 * n])
+        return values[0] if n == 1 else list(values)
     if vr == "US":
         n = len(raw) // 2
         if n == 0:
