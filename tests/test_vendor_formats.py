@@ -362,3 +362,21 @@ def test_philips_isotropic_volume_is_set_apart_as_dcm2niix_does(tmp_path):
 def test_philips_dwi_without_an_isotropic_volume_stays_one_series(tmp_path):
     _philips_dwi(shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004"), tmp_path / "dwi", isotropic_last=False)
     _assert_converts_as_dcm2niix(tmp_path / "dwi", tmp_path / "ref", n_outputs=1)
+
+
+def test_a_mosaic_claiming_more_slices_than_its_image_holds_is_quarantined(tmp_path):
+    src = shared("dicom", "dcm_qa_ts", "In", "1.dcm")
+    ds = pydicom.dcmread(src)
+    for elem in list(ds):
+        if elem.tag.group == 0x0029:
+            del ds[elem.tag]
+    block = next(b for b in range(0x10, 0x100) if (0x0019, b) in ds and str(ds[0x0019, b].value).upper() == "SIEMENS MR HEADER")
+    for off in (0x0A, 0x29):
+        if (0x0019, (block << 8) | off) in ds:
+            del ds[0x0019, (block << 8) | off]
+    ds.add_new((0x0019, (block << 8) | 0x0A), "US", 60000)
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "mosaic.dcm", enforce_file_format=True)
+    vols, quarantine = _volumes(tmp_path / "in")
+    assert not vols
+    assert any("the slice count is wrong" in q.reason for q in quarantine), quarantine

@@ -693,6 +693,9 @@ def _untile(ds: Dataset | FastHeader, pixels: np.ndarray, n: int, n_col: int, n_
     (cols, rows, n) data."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     tile_r, tile_c = rows // n_row, cols // n_col
+    if tile_r < 2 or tile_c < 2 or n > n_row * n_col:
+        raise SeriesError(f"tiled image: {n} slices in a {n_row} x {n_col} grid of a {rows} x {cols} image leave tiles of "
+                          f"{tile_r} x {tile_c} pixels: the slice count is wrong")
     pixels = pixels.astype(np.float64)
     if pixels.shape != (rows, cols):
         raise SeriesError(f"tiled image: pixel array {pixels.shape} != Rows x Columns {(rows, cols)}")
