@@ -99,7 +99,8 @@ class FastHeader:
     """The attributes of one single-frame uncompressed little-endian image file, decoded on use.
 
     ``get(keyword, default)`` answers as a pydicom Dataset does for the keywords in :data:`TAGS`
-    (numbers for IS/DS/US, a list for several values, stripped text otherwise)."""
+    (numbers for IS/DS/US/FD, a list for several values, stripped text otherwise) and raises KeyError
+    for any other keyword."""
 
     path: Path
     raw: dict[int, bytes]
@@ -114,7 +115,9 @@ class FastHeader:
             value = decoded[keyword]
         else:
             tag = TAGS.get(keyword)
-            value = None if tag is None or tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1], self._charset())
+            if tag is None:  # loud: a silent default would convert differently from the pydicom path
+                raise KeyError(f"the fast reader does not keep {keyword}: add it to dicom_fast.TAGS")
+            value = None if tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1], self._charset())
             decoded[keyword] = value
         return default if value is None else value
 
