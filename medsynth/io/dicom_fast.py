@@ -4,11 +4,12 @@ Most files a scanner exports are single-frame, uncompressed, little endian, with
 pydicom parses every element of such a file in Python (several hundred per MR file, most of them in
 private groups conversion never reads), and importing pydicom costs half a second: together most of
 ``medsynth convert``'s time. :func:`read_image_header` walks the elements with ``struct`` and keeps the
-raw values of the attributes conversion reads (:data:`TAGS`) and where the pixel data lie. It returns
-None for every other file (compressed, big endian or deflated transfer syntax, no preamble, multi-frame,
-Siemens mosaic, colour, SEG, truncated, a layout it cannot walk); those are read by pydicom, which also
-names what is wrong with a broken file. Values are decoded as pydicom decodes them (tested on every
-shared file).
+raw values of the attributes conversion reads (:data:`TAGS`, and the vendor private elements of
+:data:`PRIVATE`: Siemens mosaic and CSA, Philips scaling and diffusion) and where the pixel data lie.
+It returns None for every other file (compressed, big endian or deflated transfer syntax, no preamble,
+multi-frame, UIH grid, colour, SEG, a character set other than the default, Latin-1 or UTF-8, truncated,
+a layout it cannot walk); those are read by pydicom, which also names what is wrong with a broken file.
+Values are decoded as pydicom decodes them (tests/test_dicom_fast.py).
 """
 
 from __future__ import annotations
