@@ -305,28 +305,16 @@ def _image_type(ds: Dataset) -> tuple[str, ...]:
     return tuple(str(x).upper() for x in it)
 
 
-def philips_scale_slope(item: Dataset | None) -> float | None:
+def philips_scale_slope(item: Dataset | FastHeader | None) -> float | None:
     """Philips 'MR Scale Slope' (2005,xx0E in the 'Philips MR Imaging DD 001' block), or None."""
     if item is None:
         return None
-    for blk in (0x10, 0x11, 0x12, 0x13, 0x14, 0x15):
-        creator = item.get((0x2005, blk))
-        if creator is None or str(creator.value).strip() != "Philips MR Imaging DD 001":
-            continue
-        elem = item.get((0x2005, (blk << 8) | 0x0E))
-        if elem is None:
-            return None
-        value = elem.value
-        if isinstance(value, bytes):
-            if len(value) < 4:
-                return None
-            value = struct.unpack("<f", value[:4])[0]
-        try:
-            value = float(value[0] if isinstance(value, (list, tuple)) else value)
-        except (TypeError, ValueError):
-            return None
-        return value if math.isfinite(value) and value != 0 else None
-    return None
+    values = _private_numbers(item, 0x2005, "PHILIPS MR IMAGING DD 001", 0x0E, "f")
+    try:
+        value = float(values[0]) if values else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) and value != 0 else None
 
 
 def philips_float_scaling(slope: float, intercept: float, scale_slope: float | None) -> tuple[float, float]:
@@ -444,8 +432,7 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     diffusion = None
     if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
-        scale = ds.philips_scale_slope if isinstance(ds, FastHeader) else philips_scale_slope(ds)
-        slope, intercept = philips_float_scaling(slope, intercept, scale)
+        slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
         diffusion = philips_diffusion(ds)
     _check_rescale(slope, intercept)
     return Slice(
@@ -588,6 +575,17 @@ def _cluster_positions(d: np.ndarray, tol: float) -> list[np.ndarray]:
     return [np.array(c) for c in clusters]
 
 
+def lps_affine(iop: np.ndarray, pixel_spacing, slice_step: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Voxel (column, row, slice) -> LPS mm: columns along the row cosines by the column spacing, rows
+    along the column cosines by the row spacing, slices by ``slice_step``, voxel 0 at ``origin``."""
+    aff = np.eye(4)
+    aff[:3, 0] = np.asarray(iop[:3]) * pixel_spacing[1]
+    aff[:3, 1] = np.asarray(iop[3:]) * pixel_spacing[0]
+    aff[:3, 2] = slice_step
+    aff[:3, 3] = origin
+    return aff
+
+
 def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels: int = DEFAULT_MAX_VOXELS
                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[Slice]]:
     """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine, with the notes and
@@ -648,11 +646,7 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels:
             for t, s in enumerate(group):
                 data[:, :, k, t] = s.pixels().T
     _check_finite(data)
-    aff = np.eye(4)
-    aff[:3, 0] = ref.iop[:3] * ref.pixel_spacing[1]
-    aff[:3, 1] = ref.iop[3:] * ref.pixel_spacing[0]
-    aff[:3, 2] = step
-    aff[:3, 3] = first[0].ipp
+    aff = lps_affine(ref.iop, ref.pixel_spacing, step, first[0].ipp)
     if n_t == 1:
         data = data[..., 0]
     else:
@@ -747,11 +741,7 @@ def uih_grid(ds: Dataset, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, s
     sign = (1.0 if along > 0 else -1.0) if len(positions) > 1 and abs(along) > 1e-6 else (1.0 if normal.sum() >= 0 else -1.0)
     if len(positions) >= n > 1:
         _check_grid_positions(positions[-n:], normal * sign, dz)
-    aff = np.eye(4)
-    aff[:3, 0] = iop[:3] * ps[1]
-    aff[:3, 1] = iop[3:] * ps[0]
-    aff[:3, 2] = normal * sign * dz
-    aff[:3, 3] = first
+    aff = lps_affine(iop, ps, normal * sign * dz, first)
     return _untile(ds, pixels, n, n_col, n_row), aff, f"UIH grid: {n} slices in {n_row} x {n_col} tiles"
 
 
@@ -895,11 +885,9 @@ def siemens_mosaic(ds: Dataset | FastHeader, pixels: np.ndarray) -> tuple[np.nda
     slice_normal = csa_vector(csa, "SliceNormalVector", 3) if csa else None
     if np.dot(normal, slice_normal if slice_normal is not None else (0.0, 0.0, 1.0)) < 0:  # dcm2niix: det[row | col | normal] < 0
         normal = -normal
-    aff = np.eye(4)
-    aff[:3, 0] = row_dir * ps[1]
-    aff[:3, 1] = col_dir * ps[0]
-    aff[:3, 2] = normal * dz
-    aff[:3, 3] = ipp + aff[:3, 0] * (cols - cols / side) / 2.0 + aff[:3, 1] * (rows - rows / side) / 2.0
+    # the first tile's corner: the mosaic's corner moved by half the mosaic less one tile
+    corner = ipp + row_dir * ps[1] * (cols - cols / side) / 2.0 + col_dir * ps[0] * (rows - rows / side) / 2.0
+    aff = lps_affine(iop, ps, normal * dz, corner)
     note = "" if csa is not None and source == "the CSA header" else \
         f"CSA header absent: {n} slices from {source}" + ("" if slice_normal is not None else "; slice order assumed foot to head")
     return data, aff, note

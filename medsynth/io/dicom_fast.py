@@ -122,16 +122,14 @@ class FastHeader:
             decoded[keyword] = value
         return default if value is None else value
 
-    @property
-    def philips_scale_slope(self) -> float | None:
-        raw = self.private.get("philips_scale_slope")
-        return _philips_float(raw) if raw is not None and len(raw) >= 4 else None
+    def character_set(self) -> str:
+        """SpecificCharacterSet as written (several values joined by a backslash)."""
+        return self.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
 
     def _charset(self) -> str:
         charset = self._decoded.get(_CHARSET_KEY)
         if charset is None:
-            raw = self.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
-            charset = self._decoded[_CHARSET_KEY] = TEXT_CHARSETS.get(raw, "latin-1")
+            charset = self._decoded[_CHARSET_KEY] = TEXT_CHARSETS.get(self.character_set(), "latin-1")
         return charset
 
     def __contains__(self, keyword: str) -> bool:
@@ -173,18 +171,17 @@ _CHARSET_KEY = "\x00charset"  # where FastHeader keeps its text encoding among t
 TEXT_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO 2022 IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
+BINARY_VRS = {"FD": "d", "US": "H"}  # VR -> struct code of one little-endian value
+
+
 def _decode(raw: bytes, vr: str, charset: str = "latin-1"):
-    if vr == "FD":
-        n = len(raw) // 8
+    code = BINARY_VRS.get(vr)
+    if code is not None:
+        size = struct.calcsize(code)
+        n = len(raw) // size
         if n == 0:
             return None
-        values = struct.unpack(f"<{n}d", raw[:8 * n])
-        return values[0] if n == 1 else list(values)
-    if vr == "US":
-        n = len(raw) // 2
-        if n == 0:
-            return None
-        values = struct.unpack(f"<{n}H", raw[:2 * n])
+        values = struct.unpack(f"<{n}{code}", raw[:size * n])
         return values[0] if n == 1 else list(values)
     text = raw.decode(charset, "replace").rstrip("\x00 ").lstrip(" ") if vr != "UI" else raw.decode("latin-1").rstrip("\x00 ")
     if text == "":
@@ -337,20 +334,11 @@ def _pixel_data_at_end(data: bytes, explicit: bool, header: FastHeader) -> bool:
     return ok
 
 
-def _philips_float(raw: bytes) -> float | None:
-    value = struct.unpack("<f", raw[:4])[0]
-    return value if value == value and abs(value) != float("inf") and value != 0 else None
-
-
 def _meta(data: bytes) -> tuple[str, int]:
     """The transfer syntax and the position after the file meta group."""
     pos, ts = 132, ""
     while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
-        group, elem, vr, short_len = _head16(data, pos)
-        if vr in LONG_VRS:
-            length, start = _u32(data, pos + 8)[0], pos + 12
-        else:
-            length, start = short_len, pos + 8
+        group, elem, _vr, length, start = _element(data, pos, explicit=True)  # the file meta group is explicit VR
         if length == UNDEFINED or start + length > len(data):
             raise _NotFast
         if (group << 16) | elem == TRANSFER_SYNTAX:
@@ -413,8 +401,7 @@ def _fast_image(h: FastHeader) -> bool:
         int(h.get("PixelRepresentation", 0) or 0)
     except (TypeError, ValueError):
         return False
-    charset = h.raw.get(0x00080005, b"").decode("latin-1").strip("\x00 ")
-    if charset not in TEXT_CHARSETS:
+    if h.character_set() not in TEXT_CHARSETS:
         return False  # other character sets (ISO 2022 escapes, GB18030 ...): pydicom decodes the text
     image_type = h.get("ImageType", "")
     image_type = image_type if isinstance(image_type, list) else [image_type]

@@ -11,8 +11,6 @@ import numpy as np
 from medsynth.io.nifti_write import compact_dtype, reorient_to_ras
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, SeriesError, error_text
 
-__all__ = ["compact_dtype"]
-
 
 def make_ras_image(data: np.ndarray, affine: np.ndarray, descrip: str = "") -> nib.Nifti1Image:
     """A NIfTI image reoriented to the closest RAS+ axes, sform/qform set, header clean."""
