@@ -1,12 +1,27 @@
-"""The input fingerprint that makes `dvc repro` notice a changed export folder, labels CSV or site key."""
+"""The input fingerprint (pipelines/fingerprint.py) that makes `dvc repro` notice a changed export folder,
+labels CSV or site key."""
 
+import hashlib
+import importlib.util
 import json
 import os
 
 import pytest
 
 from medsynth.config import DataConfig
-from medsynth.io.fingerprint import InputError, input_fingerprint, key_id
+from tests.conftest import ROOT
+
+
+def _load_stage():
+    """pipelines/fingerprint.py as a module of its own name (the stage scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location("medsynth_stage_fingerprint", ROOT / "pipelines" / "fingerprint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+stage = _load_stage()
+InputError, input_fingerprint, key_id = stage.InputError, stage.input_fingerprint, stage.key_id
 
 
 def _export(root):
@@ -56,8 +71,7 @@ def test_fingerprint_names_a_missing_input_and_the_demo_needs_no_folder(tmp_path
 
 
 def test_weights_fingerprint_sees_a_swapped_file_and_writes_no_path(tmp_path):
-    from medsynth.io.fingerprint import weights_fingerprint
-
+    weights_fingerprint = stage.weights_fingerprint
     w = tmp_path / "medicalnet10.pt"
     w.write_bytes(b"a" * 10)
     paths = {"evaluate.encoder.weights": str(w), "train.vaegan.perceptual_network": None, "train.x.perceptual_network": str(tmp_path / "later.pt")}
@@ -69,21 +83,13 @@ def test_weights_fingerprint_sees_a_swapped_file_and_writes_no_path(tmp_path):
 
 
 def test_fingerprint_stage_tracks_a_stable_key_but_not_a_throw_away_one(tmp_path, monkeypatch):
-    import sys
-
     import yaml
-
-    from tests.conftest import ROOT
 
     data = _export(tmp_path / "export")
     params = {"data": {"input": data.input, "labels": data.labels}, "deid": {"ephemeral_key": True}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
-    monkeypatch.syspath_prepend(str(ROOT / "pipelines"))
-    sys.modules.pop("fingerprint", None)
-    import fingerprint as stage
-
     out = tmp_path / "data" / "fingerprints" / "input.json"
     assert stage.main() == 0
     first = out.read_text()
@@ -93,3 +99,37 @@ def test_fingerprint_stage_tracks_a_stable_key_but_not_a_throw_away_one(tmp_path
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert stage.main() == 0 and json.loads(out.read_text())["key_id"] == key_id(b"s" * 64)
     assert {p.name for p in out.parent.iterdir()} == {"input.json", "encoder_weights.json", "perceptual_network.json"}
+
+
+def _lock(tmp_path, md5):
+    """A dvc.lock whose ingest stage ran on an input.json of this MD5 (the shape DVC 3 writes)."""
+    import yaml
+
+    lock = {"schema": "2.0", "stages": {"ingest": {"cmd": "python pipelines/ingest.py", "deps": [
+        {"path": "pipelines/ingest.py", "hash": "md5", "md5": "0" * 32, "size": 1},
+        {"path": "data/fingerprints/input.json", "hash": "md5", "md5": md5, "size": 10}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def test_fingerprint_stage_says_changed_only_when_ingest_ran_on_another_input(tmp_path, monkeypatch, capsys):
+    """DVC deletes the stage's outputs before running it: the message compares with dvc.lock's record of
+    the input.json the last ingest read, not with a previous file that is never there."""
+    import yaml
+
+    data = _export(tmp_path / "export")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"input": data.input, "labels": data.labels}, "deid": {"ephemeral_key": True}}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
+    out = tmp_path / "data" / "fingerprints" / "input.json"
+
+    def said() -> str:
+        assert stage.main() == 0
+        return " ".join(capsys.readouterr().err.split())
+
+    assert said().endswith("; no earlier ingest recorded in dvc.lock")
+    _lock(tmp_path, hashlib.md5(out.read_bytes()).hexdigest())  # ingest ran on this very input
+    out.unlink()  # as DVC does before it runs the stage
+    message = said()
+    assert "input 3 file(s), 303 bytes; unchanged since the last ingest" in message and "out of date" not in message
+    (tmp_path / "labels.csv").write_text("case,condition\nKHAN_JANE_MRN4711000/CT_ABD,lesion\n")
+    assert said().endswith("; changed since the last ingest (dvc.lock): ingest is out of date")

@@ -241,6 +241,7 @@ def test_dvc_repro_tiny(tiny_repo):
     assert any(r.startswith("BurnedInAnnotation is YES") for r in reasons), reasons  # deid-data ultrasound
     out = _run(dvc + ["repro"], repo)
     assert re.findall(r"Running stage '([^']+)'", out) == ["fingerprint"]  # second run: only the input is looked at
+    assert "unchanged since the last ingest" in out and "out of date" not in out  # and it says what is true
     _run(dvc + ["metrics", "show"], repo)
     _run(dvc + ["params", "diff"], repo)
     # the export changes behind the same path (a label edited in the CSV): ingest is stale, and DVC knows
@@ -250,7 +251,7 @@ def test_dvc_repro_tiny(tiny_repo):
     k = next(k for k, r in enumerate(rows) if k and ",normal" in r)
     flipped = rows[:k] + [rows[k].replace(",normal", ",lesion", 1)] + rows[k + 1 :]
     labels.write_text("\n".join(flipped) + "\n")
-    _run(dvc + ["repro", "fingerprint"], repo)
+    assert "changed since the last ingest (dvc.lock): ingest is out of date" in " ".join(_run(dvc + ["repro", "fingerprint"], repo).split())
     assert "data/fingerprints/input.json" in _run(dvc + ["status", "ingest"], repo)
     labels.write_text(original)  # and back, as it was (same bytes, same time): nothing to do again
     os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns))
