@@ -120,6 +120,20 @@ class PreprocessConfig(_Section):
         return v
 
 
+class DPConfig(_Section):
+    epsilon: float = Field(..., gt=0, description="privacy budget of the whole run (smaller: more noise, more privacy; 1-10 is usual)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="chance the epsilon bound fails; must be below 1 / training cases (checked at "
+                         "training)")
+    max_grad_norm: float = Field(1.0, gt=0, description="each case's gradient is clipped to this L2 norm before noise is added")
+
+
+def _refused_with_dp(settings: list[tuple[str, object, object]]) -> None:
+    """Raise naming each (key, value, value allowed with dp) whose value differs."""
+    bad = [f"{k}: {v} (allowed with dp: {ok})" for k, v, ok in settings if v != ok]
+    if bad:
+        raise ValueError("dp is set, but " + "; ".join(bad))
+
+
 class CGANConfig(_Section):
     steps: int = Field(600, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -154,13 +168,21 @@ class CGANConfig(_Section):
         "class", description="class: generate image + mask from noise and the condition; mask: SPADE generator that "
         "paints an image for a given label map (synthesis then needs masks)"
     )
+    dp: DPConfig | None = Field(
+        None, description="differentially private training of the discriminator, the only network that sees training cases "
+        "(DP-SGD on its real-case terms); the generator learns from it alone. {epsilon, delta, max_grad_norm}; null: off. Needs "
+        "minibatch_std: false, ada_target: 0, label_volume_weight: 0 and conditioning: class; docs/privacy.md")
 
-
-class DPConfig(_Section):
-    epsilon: float = Field(..., gt=0, description="privacy budget of the whole run (smaller: more noise, more privacy; 1-10 is usual)")
-    delta: float = Field(1e-5, gt=0, lt=1, description="chance the epsilon bound fails; must be below 1 / training cases (checked at "
-                         "training)")
-    max_grad_norm: float = Field(1.0, gt=0, description="each case's gradient is clipped to this L2 norm before noise is added")
+    @model_validator(mode="after")
+    def _dp_settings(self) -> CGANConfig:
+        if self.dp is not None:
+            try:
+                _refused_with_dp([("minibatch_std", self.minibatch_std, False), ("ada_target", self.ada_target, 0.0),
+                                  ("label_volume_weight", self.label_volume_weight, 0.0), ("conditioning", self.conditioning, "class")])
+            except ValueError as e:
+                raise ValueError(f"{e}: each would use the training cases outside the differential-privacy guarantee (a batch "
+                                 "statistic of real cases, their discriminator scores, their label volumes, their masks)") from None
+        return self
 
 
 class CVAEConfig(_Section):
@@ -205,17 +227,16 @@ class CVAEConfig(_Section):
     dp: DPConfig | None = Field(
         None, description="differentially private training (DP-SGD, opacus accountant): {epsilon, delta, max_grad_norm}; "
         "null: off. Needs latent_prior: standard and mask_label_weighting: none (both would fit values to the training "
-        "cases outside the guarantee); docs/privacy.md")
+        "cases outside the guarantee); the VAE-GAN also backbone: conv, minibatch_std: false and perceptual_weight: 0, "
+        "and its discriminator is trained with DP-SGD too; docs/privacy.md")
 
     @model_validator(mode="after")
     def _dp_settings(self) -> CVAEConfig:
         if self.dp is not None:
-            bad = [f"{k}: {v} (allowed with dp: {ok})" for k, v, ok in (("latent_prior", self.latent_prior, "standard"),
-                                                                         ("mask_label_weighting", self.mask_label_weighting, "none"))
-                   if v != ok]
-            if bad:
-                raise ValueError("dp is set, but " + "; ".join(bad) + ": those fit values to the training cases outside the "
-                                 "differential-privacy guarantee")
+            try:
+                _refused_with_dp([("latent_prior", self.latent_prior, "standard"), ("mask_label_weighting", self.mask_label_weighting, "none")])
+            except ValueError as e:
+                raise ValueError(f"{e}: those fit values to the training cases outside the differential-privacy guarantee") from None
         return self
 
 
@@ -254,8 +275,13 @@ class VAEGANConfig(CVAEConfig):
     @model_validator(mode="after")
     def _kl_shape(self) -> VAEGANConfig:
         if self.dp is not None:
-            raise ValueError("dp: not available for vaegan yet (its discriminator sees real cases and would need DP-SGD too); "
-                             "train cvae with dp, or set dp: null")
+            try:
+                _refused_with_dp([("backbone", self.backbone, "conv"), ("minibatch_std", self.minibatch_std, False),
+                                  ("perceptual_weight", self.perceptual_weight, 0.0)])
+            except ValueError as e:
+                raise ValueError(f"{e}: DP-SGD computes each training case's gradient alone, through encoder, decoder and "
+                                 "discriminator; a batch statistic (minibatch_std) or networks without per-case gradients "
+                                 "(autoencoderkl's batch-normalised discriminator, a TorchScript perceptual network) cannot") from None
         if len(self.attention_levels) != len(self.kl_channels):
             raise ValueError(f"attention_levels {list(self.attention_levels)} needs one entry per kl_channels level {list(self.kl_channels)}")
         if any(c % self.norm_num_groups for c in self.kl_channels):
@@ -351,6 +377,17 @@ class TrainConfig(_Section):
                 extra[key] = section.model_validate(value if value is not None else {})
             except ValidationError as exc:
                 problems += [_describe_error({**e, "loc": ("train", key, *e["loc"])}) for e in exc.errors()]
+        for name in self.models:
+            dp = getattr(self.section(name), "dp", None)
+            if dp is None:
+                continue
+            if self.precision == "16-mixed":
+                problems.append(f"train.precision: 16-mixed with train.{name}.dp: the gradient scaler of 16-mixed rescales the "
+                                "gradients DP-SGD sets itself; use bf16-mixed or 32-true")
+            if self.devices * self.num_nodes > 1:
+                problems.append(f"train.devices x train.num_nodes: {self.devices * self.num_nodes} with train.{name}.dp: DP-SGD "
+                                "here runs on one device (each process would draw its own batch and noise, outside the accountant); "
+                                "set devices: 1 and num_nodes: 1")
         if problems:
             raise PydanticCustomError("medsynth_config", "{detail}", {"detail": "\n  ".join(problems)})
         return self

@@ -34,6 +34,7 @@ from medsynth.models.blocks import (
     one_hot_mask,
     random_cutout,
 )
+from medsynth.models.dp import PrivateTraining
 from medsynth.models.losses import label_volume_loss
 
 
@@ -75,8 +76,12 @@ def diff_augment(x: torch.Tensor, g: torch.Generator, p: torch.Tensor | float = 
     return x * keep + background * (1 - keep)
 
 
-class CGANModule(GenerativeModule):
+class CGANModule(GenerativeModule, PrivateTraining):
     name = "cgan"
+    dp_networks = ("discriminator",)
+    dp_covers = ("the discriminator's weights and the generator's (which sees training cases only through the discriminator), "
+                 "so the exported generator; not the logged losses, the diversity monitor or other values computed on training "
+                 "cases without noise (train.json, DVCLive): keep those inside")
     config_class = CGANConfig  # validates train.cgan (and a plug-in subclass's section, unless it names its own)
     # the discriminator's spectral norm updates its power-iteration vector in place, which torch.compile
     # rejects under the R1 double backward: only the generator is compiled
@@ -97,6 +102,8 @@ class CGANModule(GenerativeModule):
         self.register_buffer("ada_signs", torch.tensor(0.0))  # sum of sign(D(real)) since the last update
         self.register_buffer("ada_count", torch.tensor(0.0))
         self.register_buffer("ada_rt", torch.tensor(0.0))  # the last overfitting measure r_t
+        if cfg.dp is not None:
+            self.init_dp()
 
     @property
     def sampler(self) -> nn.Module:
@@ -115,11 +122,7 @@ class CGANModule(GenerativeModule):
         return [opt_g, opt_d]
 
     def _d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-        if self.cfg.loss == "hinge":
-            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-        if self.cfg.loss == "nonsaturating":
-            return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        return d_fake.mean() - d_real.mean()
+        return self._real_term(d_real).mean() + self._fake_term(d_fake).mean()
 
     def _g_loss(self, d_fake: torch.Tensor) -> torch.Tensor:
         if self.cfg.loss == "nonsaturating":
@@ -152,9 +155,16 @@ class CGANModule(GenerativeModule):
     def summary_extras(self) -> dict:
         return {"augment_p": round(float(self.augment_p), 4)} if self.cfg.diffaugment else {}
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.cfg.dp is not None:
+            self.setup_dp()
+
     def step(self):
-        opt_g, opt_d = self.optimizers()
         cfg = self.cfg
+        if cfg.dp is not None:
+            return self.dp_step()
+        opt_d = self.optimizers()[1]
         x, y = self.batch(cfg.batch_size)
         real = self.joint(x)
         z = self.noise(len(y), cfg.z_dim)
@@ -184,8 +194,20 @@ class CGANModule(GenerativeModule):
         gn_d = grad_norm(self.discriminator.parameters()) if self.logging_step else None  # only logged values are computed
         opt_d.step()
         # ---- generator
+        loss_g, extras = self._generator_step(z, y, given, x[:, 1], y)
+        self.log_scalars(
+            loss_d=loss_d.detach(), loss_g=loss_g.detach(), penalty=penalty.detach(), grad_norm_d=gn_d,
+            d_real=d_real.mean().detach(), d_fake=d_fake.mean().detach(), dg_balance=(d_real.mean() - d_fake.mean()).detach(),
+            **({"augment_p": self.augment_p, "ada_rt": self.ada_rt} if cfg.diffaugment else {}), **extras,
+        )
+
+    def _generator_step(self, z: torch.Tensor, y: torch.Tensor, given: tuple[torch.Tensor, ...],
+                        real_labels: torch.Tensor | None, y_real: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """One generator update against the discriminator (plus mode seeking, and the label-volume term when
+        ``real_labels`` of the batch's cases ``y_real`` are given); the loss and the values to log."""
+        opt_g = self.optimizers()[0]
+        cfg = self.cfg
         h = len(y) // 2 if cfg.mode_seeking > 0 else 0
-        y_real = y
         if h:  # the second half repeats the first half's conditions (and masks) with other noise
             y = torch.cat([y[:h], y[:h], y[2 * h :]])
             given = tuple(torch.cat([g[:h], g[:h], g[2 * h :]]) for g in given)
@@ -193,27 +215,97 @@ class CGANModule(GenerativeModule):
         fake = compose_sample(img, logits)
         d_fake_g = self.discriminator(self._augment(fake, 12), y)
         loss_g = self._g_loss(d_fake_g)
-        volume = torch.zeros((), device=self.device)
-        if cfg.label_volume_weight > 0 and cfg.conditioning == "class":
-            volume = label_volume_loss(logits, y, x[:, 1], y_real, self.n_mask_labels)
+        extras = {}
+        if real_labels is not None and cfg.label_volume_weight > 0 and cfg.conditioning == "class":
+            volume = label_volume_loss(logits, y, real_labels, y_real, self.n_mask_labels)
             loss_g = loss_g + cfg.label_volume_weight * volume
-        sensitivity = torch.zeros((), device=self.device)
+            extras["label_volume"] = volume.detach()
         if h:
             seek, sensitivity = mode_seeking_loss(fake[:h], fake[h : 2 * h], z[:h], z[h : 2 * h], cfg.mode_seeking)
             loss_g = loss_g + seek
+            extras["noise_sensitivity"] = sensitivity.detach()
         self.check_finite(loss_g=loss_g)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
-        gn_g = grad_norm(self.generator.parameters()) if self.logging_step else None
+        extras["grad_norm_g"] = grad_norm(self.generator.parameters()) if self.logging_step else None
         opt_g.step()
         ema_update(self.g_ema, self.generator, cfg.ema_decay)
-        self.log_scalars(
-            loss_d=loss_d.detach(), loss_g=loss_g.detach(), penalty=penalty.detach(), grad_norm_d=gn_d, grad_norm_g=gn_g,
-            d_real=d_real.mean().detach(), d_fake=d_fake.mean().detach(), dg_balance=(d_real.mean() - d_fake.mean()).detach(),
-            **({"augment_p": self.augment_p, "ada_rt": self.ada_rt} if cfg.diffaugment else {}),
-            **({"noise_sensitivity": sensitivity.detach()} if h else {}),
-            **({"label_volume": volume.detach()} if cfg.label_volume_weight > 0 and cfg.conditioning == "class" else {}),
-        )
+        return loss_g, extras
+
+    def _real_term(self, d_real: torch.Tensor) -> torch.Tensor:
+        """The discriminator loss's real-case part, per case (see :meth:`_d_loss`)."""
+        if self.cfg.loss == "hinge":
+            return F.relu(1 - d_real)
+        if self.cfg.loss == "nonsaturating":
+            return F.softplus(-d_real)
+        return -d_real
+
+    def _fake_term(self, d_fake: torch.Tensor) -> torch.Tensor:
+        if self.cfg.loss == "hinge":
+            return F.relu(1 + d_fake)
+        if self.cfg.loss == "nonsaturating":
+            return F.softplus(d_fake)
+        return d_fake
+
+    def dp_step(self) -> None:
+        """One step with a differentially private discriminator (DP-GAN, Xie et al. 2018). Of the
+        discriminator's loss, only the terms of real cases depend on the training data: each Poisson-sampled
+        case's term (score, R1 penalty on it, WGAN-GP penalty between it and a generated case of its
+        condition) gets its own gradient, clipped and noised (:mod:`medsynth.models.dp`); the generated
+        cases' term adds its ordinary gradient. The generator then learns from the discriminator alone, on
+        conditions drawn uniformly: its weights are post-processing of the private discriminator's."""
+        opt_d = self.optimizers()[1]
+        cfg = self.cfg
+        real_x, y_real = self.dp_batch(1)
+        real = self.joint(real_x)
+        y = self.uniform_conditions(cfg.batch_size, 13)
+        z = self.noise(len(y), cfg.z_dim)
+        with torch.no_grad():
+            fake = compose_sample(*self.generator(z, y))
+            paired = compose_sample(*self.generator(self.noise(len(y_real), cfg.z_dim, purpose=14), y_real)) if cfg.loss == "wgan-gp" else real
+        a = to_device(torch.rand(len(y_real), 1, 1, 1, 1, generator=self.step_generator(11)), self.device)
+        r1 = cfg.loss != "wgan-gp" and cfg.r1_gamma > 0 and self.step_index % cfg.r1_every == 0
+        opt_d.zero_grad(set_to_none=True)
+        d_fake = self.private_discriminator_gradient(self._augment(real, 10), real, y_real, self._augment(fake, 15), y, paired, a, r1)
+        gn_d = grad_norm(self.discriminator.parameters()) if self.logging_step else None
+        opt_d.step()
+        loss_g, extras = self._generator_step(self.noise(len(y), cfg.z_dim, purpose=16), y, (), None, None)
+        self.log_scalars(loss_g=loss_g.detach(), grad_norm_d=gn_d, d_fake=d_fake.mean().detach(), dp_batch=len(y_real),
+                         **({"augment_p": self.augment_p} if cfg.diffaugment else {}), **extras)
+
+    def private_discriminator_gradient(self, real_aug: torch.Tensor, real: torch.Tensor, y_real: torch.Tensor, fake_aug: torch.Tensor,
+                                       y_fake: torch.Tensor, paired: torch.Tensor, a: torch.Tensor, r1: bool) -> torch.Tensor:
+        """Set the discriminator's gradient: DP-SGD over the real cases' terms (their score on ``real_aug``;
+        with ``r1`` the R1 penalty on ``real``; with WGAN-GP the penalty at ``a`` between each real case
+        and its ``paired`` generated case), plus the ordinary gradient of the generated cases' term.
+        Returns the generated cases' scores."""
+        cfg = self.cfg
+
+        def real_loss_of_one(aug: torch.Tensor, r: torch.Tensor, f: torch.Tensor, w: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+            loss = self._real_term(self.discriminator(aug, yy)).sum()
+            if r1:
+                gx = torch.func.grad(lambda t: self.discriminator(t, yy).sum())(r)
+                loss = loss + cfg.r1_gamma / 2 * gx.pow(2).sum() * cfg.r1_every
+            elif cfg.loss == "wgan-gp":
+                gx = torch.func.grad(lambda t: self.discriminator(t, yy).sum())(w * r + (1 - w) * f)
+                loss = loss + cfg.gp_weight * (gx.flatten().norm() - 1) ** 2
+            return loss
+
+        # the generated cases first: this forward pass also advances spectral norm's power iteration, which the
+        # per-case pass then uses as it stands
+        d_fake = self.discriminator(fake_aug, y_fake)
+        loss_fake = self._fake_term(d_fake).mean()
+        self.check_finite(loss_d=loss_fake)
+        self.manual_backward(loss_fake)
+        fake_grads = [p.grad for p in self.discriminator.parameters()]
+        self.private_step(real_loss_of_one, (real_aug, real, paired, a, y_real), 31)
+        for p, g in zip(self.discriminator.parameters(), fake_grads, strict=True):
+            if g is not None:
+                p.grad = p.grad + g
+        return d_fake
+
+    def prepare_export(self) -> dict:
+        return {"dp": self.dp_record()} if self.cfg.dp is not None else {}
 
     @torch.no_grad()
     def discriminator_score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from medsynth.config import CVAEConfig
 from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
 from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels, one_hot
+from medsynth.models.dp import PrivateTraining
 from medsynth.models.losses import label_rarity_weights, mask_loss
 
 Decoder = ConditionalDecoder  # latent + class -> image + mask
@@ -45,8 +46,11 @@ class Encoder(nn.Module):
         return self.mu(h), 10.0 * torch.tanh(self.logvar(h) / 10.0)
 
 
-class CVAEModule(GenerativeModule):
+class CVAEModule(GenerativeModule, PrivateTraining):
     name = "cvae"
+    dp_networks = ("encoder", "decoder")
+    dp_covers = ("the exported weights; not the logged losses, the diversity monitor or other values computed on training "
+                 "cases without noise (train.json, DVCLive): keep those inside")
     export_settings = ("prior_shrinkage", "prior_min_cases")  # used at export only: a change refits, no retraining
     config_class = CVAEConfig  # validates train.cvae (and a plug-in subclass's section, unless it names its own)
     compile_targets = ("encoder", "decoder")
@@ -62,8 +66,7 @@ class CVAEModule(GenerativeModule):
             self.decoder = Decoder(cfg.latent_dim, self.n_classes, self.n_mask_labels, cfg.base_channels, size,
                                    latent_prior=cfg.latent_prior == "fitted")
         if cfg.dp is not None:  # DP-SGD steps (models/dp.py): per-case gradients, clipped and noised, one manual step each
-            self.automatic_optimization = False
-            self.register_buffer("dp_noise_multiplier", torch.zeros(()))  # set at the first fit start, kept through resumes
+            self.init_dp()
 
     @property
     def sampler(self) -> nn.Module:
@@ -83,7 +86,7 @@ class CVAEModule(GenerativeModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.cfg.dp is not None:
-            self._setup_dp()
+            self.setup_dp()
         self.label_weights = (label_rarity_weights(self.bank_x[:, 1], self.n_mask_labels)
                               if self.cfg.mask_label_weighting == "rarity" else None)
 
@@ -104,55 +107,26 @@ class CVAEModule(GenerativeModule):
         penalised = kl_dim.clamp(min=self.cfg.free_bits).sum() if self.cfg.free_bits > 0 else kl
         return {"rec": rec, "seg": seg, "kl": kl, "kl_penalised": penalised, "img": img, "logits": logits}
 
-    def _setup_dp(self) -> None:
-        from medsynth.models.base import TrainingDataError
-        from medsynth.models.dp import noise_multiplier
-
-        dp, n = self.cfg.dp, len(self.bank_y)
-        if dp.delta >= 1.0 / n:
-            raise TrainingDataError(f"train.{self.name}.dp.delta {dp.delta:g} is not below 1 / {n} training cases: the guarantee would allow "
-                                    f"one patient's data to leak whole; set delta below {1.0 / n:.2g} (e.g. {10 ** -len(str(n)) / 10:g})")
-        self.dp_rate = min(1.0, self.cfg.batch_size / n)
-        if float(self.dp_noise_multiplier) == 0.0:  # a resume keeps the noise the run started with
-            self.dp_noise_multiplier.fill_(noise_multiplier(dp.epsilon, dp.delta, self.dp_rate, self.cfg.steps))
-
-    def dp_record(self) -> dict:
-        """The privacy spent so far (train.json, the model card, the report)."""
-        from medsynth.models.dp import epsilon_spent
-
-        dp, sigma = self.cfg.dp, float(self.dp_noise_multiplier)
-        spent = epsilon_spent(sigma, self.dp_rate, int(self.iteration), dp.delta)
-        return {"epsilon": round(spent, 4), "epsilon_target": dp.epsilon, "delta": dp.delta, "noise_multiplier": round(sigma, 4),
-                "max_grad_norm": dp.max_grad_norm, "sample_rate": round(self.dp_rate, 5), "steps": int(self.iteration),
-                "accountant": "RDP (opacus)", "sampling": "Poisson, each training case with probability sample_rate per step",
-                "covers": "the exported weights; not the logged losses, the diversity monitor or other values computed on training "
-                          "cases without noise (train.json, DVCLive): keep those inside"}
-
     def loss_of(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
         out = self.losses(x, y, eps)
         return out["rec"] + self.cfg.mask_weight * out["seg"] + beta * out["kl_penalised"] / self.voxels, out
 
     def dp_step(self) -> None:
         """One DP-SGD step: a Poisson batch of the training cases, per-case clipped gradients plus noise."""
-        from medsynth.models.dp import poisson_batch, private_gradients
-
         cfg, opt = self.cfg, self.optimizers()
-        idx = poisson_batch(len(self.bank_y), self.dp_rate, self.step_generator(1)).to(self.bank_x.device)
-        x = self.layout(self.bank_x[idx].to(self.device).float())
-        y = self.bank_y[idx].to(self.device)
-        eps = self.noise(len(idx), cfg.latent_dim)
+        x, y = self.dp_batch(1)
+        eps = self.noise(len(y), cfg.latent_dim)
         beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
         opt.zero_grad(set_to_none=True)
-        private_gradients({"encoder": self.encoder, "decoder": self.decoder}, lambda a, b, c: self.loss_of(a, b, c, beta)[0], (x, y, eps),
-                          cfg.dp.max_grad_norm, float(self.dp_noise_multiplier), cfg.batch_size, self.step_generator(31))
+        self.private_step(lambda a, b, c: self.loss_of(a, b, c, beta)[0], (x, y, eps), 31)
         self.check_finite(grad_norm=grad_norm(self.parameters()))
         opt.step()
         if self.logging_step:
             self.log("grad_norm", grad_norm(self.parameters()), on_step=True)
-            if len(idx):
+            if len(y):
                 with torch.no_grad():
                     loss, out = self.loss_of(x, y, eps, beta)
-                self.log_scalars(loss=loss, rec=out["rec"], seg=out["seg"], kl=out["kl"], beta=beta, dp_batch=len(idx))
+                self.log_scalars(loss=loss, rec=out["rec"], seg=out["seg"], kl=out["kl"], beta=beta, dp_batch=len(y))
 
     def step(self):
         cfg = self.cfg

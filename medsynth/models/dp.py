@@ -76,3 +76,71 @@ def private_gradients(nets: dict[str, nn.Module], loss_of_one: Callable[..., tor
     for name, param in wrapper.named_parameters():
         z = torch.randn(param.shape, generator=g).to(param.device, param.dtype)
         param.grad = (total[name] + noise * max_grad_norm * z) / expected_batch
+
+
+class PrivateTraining:
+    """DP-SGD state and accounting of a generative module (mixed into :class:`GenerativeModule`).
+
+    A subclass sets ``dp_networks`` (the networks whose gradients see training cases),
+    ``dp_releases_per_step`` (noised gradients per training step, each on its own Poisson batch) and
+    ``dp_covers`` (what the guarantee covers, for train.json and the model card), and calls
+    :meth:`init_dp` in ``__init__`` when ``dp`` is set."""
+
+    dp_networks: tuple[str, ...] = ()
+    dp_releases_per_step: int = 1
+    dp_covers: str = ""
+
+    def init_dp(self) -> None:
+        self.automatic_optimization = False
+        self.register_buffer("dp_noise_multiplier", torch.zeros(()))  # set at the first fit start, kept through resumes
+
+    @property
+    def dp_settings(self):
+        return self.cfg.dp
+
+    def setup_dp(self) -> None:
+        from medsynth.models.base import TrainingDataError
+
+        dp, n = self.dp_settings, len(self.bank_y)
+        if dp.delta >= 1.0 / n:
+            raise TrainingDataError(f"train.{self.name}.dp.delta {dp.delta:g} is not below 1 / {n} training cases: the guarantee would allow "
+                                    f"one patient's data to leak whole; set delta below {1.0 / n:.2g} (e.g. {10 ** -len(str(n)) / 10:g})")
+        self.dp_rate = min(1.0, self.cfg.batch_size / n)
+        if float(self.dp_noise_multiplier) == 0.0:  # a resume keeps the noise the run started with
+            releases = self.cfg.steps * self.dp_releases_per_step
+            self.dp_noise_multiplier.fill_(noise_multiplier(dp.epsilon, dp.delta, self.dp_rate, releases))
+
+    def dp_record(self) -> dict:
+        """The privacy spent so far (train.json, the model card, the report)."""
+        dp, sigma = self.dp_settings, float(self.dp_noise_multiplier)
+        releases = int(self.iteration) * self.dp_releases_per_step
+        return {"epsilon": round(epsilon_spent(sigma, self.dp_rate, releases, dp.delta), 4), "epsilon_target": dp.epsilon, "delta": dp.delta,
+                "noise_multiplier": round(sigma, 4), "max_grad_norm": dp.max_grad_norm, "sample_rate": round(self.dp_rate, 5),
+                "steps": int(self.iteration), "noised_gradients_per_step": self.dp_releases_per_step, "networks": list(self.dp_networks),
+                "accountant": "RDP (opacus)", "sampling": "Poisson, each training case with probability sample_rate per noised gradient",
+                "covers": self.dp_covers}
+
+    def dp_batch(self, purpose: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Poisson batch of training cases (bank layout, on the module's device) and their conditions."""
+        idx = poisson_batch(len(self.bank_y), self.dp_rate, self.step_generator(purpose)).to(self.bank_x.device)
+        return self.layout(self.bank_x[idx].to(self.device).float()), self.bank_y[idx].to(self.device)
+
+    def uniform_conditions(self, n: int, purpose: int) -> torch.Tensor:
+        """Conditions for generated cases, uniform over the conditions: the training cases' condition counts
+        are data, and drawing in their proportions would use them outside the guarantee."""
+        return torch.randint(0, self.n_classes, (n,), generator=self.step_generator(purpose)).to(self.device)
+
+    def private_step(self, loss_of_one: Callable[..., torch.Tensor], cases: tuple[torch.Tensor, ...], g_purpose: int,
+                     networks: tuple[str, ...] | None = None) -> None:
+        """Set the gradients of ``networks`` (default ``dp_networks``) to the DP-SGD gradient of ``loss_of_one``
+        over ``cases`` (other networks ``loss_of_one`` calls are used as they are, not updated). The module is in eval mode
+        meanwhile: spectral norm then uses its stored singular vectors instead of updating them in place,
+        which per-case gradients cannot do (ordinary forward passes of the same step update them)."""
+        nets = {name.replace(".", "_"): self.get_submodule(name) for name in (networks or self.dp_networks)}
+        was_training = self.training
+        self.eval()
+        try:
+            private_gradients(nets, loss_of_one, cases, self.dp_settings.max_grad_norm, float(self.dp_noise_multiplier),
+                              self.cfg.batch_size, self.step_generator(g_purpose))
+        finally:
+            self.train(was_training)

@@ -94,6 +94,10 @@ class ConditionalPatchDiscriminator(nn.Module):
 
 class VAEGANModule(CVAEModule):
     name = "vaegan"
+    dp_networks = ("encoder", "decoder", "discriminator")
+    dp_releases_per_step = 2  # the discriminator's gradient and the VAE's, each on its own Poisson batch
+    dp_covers = ("the exported weights (encoder, decoder and the discriminator that trained them); not the logged losses, the "
+                 "diversity monitor or other values computed on training cases without noise (train.json, DVCLive): keep those inside")
     config_class = VAEGANConfig  # validates train.vaegan (and a plug-in subclass's section, unless it names its own)
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
@@ -168,7 +172,69 @@ class VAEGANModule(CVAEModule):
         # free bits are a conv-encoder setting (per latent dimension): the spatial latent's KL is penalised whole
         return {"rec": rec, "seg": seg, "kl": kl, "kl_penalised": kl, "img": img, "logits": logits}
 
+    def dp_step(self) -> None:
+        """One step with DP-SGD for both updates that see training cases, each on its own Poisson batch.
+        Discriminator: each case's term (its score and that of its reconstruction) gets its own clipped
+        gradient, plus noise; the prior samples' term (no training case in it) its ordinary gradient. VAE:
+        each case's reconstruction, mask, KL and adversarial terms likewise; the prior samples' adversarial
+        and mode-seeking terms, on conditions drawn uniformly, their ordinary gradient."""
+        opt_vae, opt_d = self.optimizers()
+        cfg = self.vg
+        use_adv = self.step_index >= cfg.adv_start
+        n = cfg.batch_size
+        # ---- discriminator (least squares)
+        x, y = self.dp_batch(1)
+        with torch.no_grad():
+            out = self.losses(x, y, self.noise(len(y), self.latent_dim))
+            recon = self.layout(compose_sample(out["img"], out["logits"]))
+        d = self.discriminator
+
+        def d_loss_of_one(r: torch.Tensor, f: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+            return 0.5 * ((d(r, yy) - 1).pow(2) + d(f, yy).pow(2)).sum()
+
+        opt_d.zero_grad(set_to_none=True)
+        self.private_step(d_loss_of_one, (self.joint(x), recon, y), 31, networks=("discriminator",))
+        y_prior = self.uniform_conditions(n, 13)
+        prior = None
+        if cfg.prior_adversarial and use_adv:
+            prior = self.layout(compose_sample(*self.sampler(self.noise(n, self.sampler.z_dim, purpose=3), y_prior)))
+            loss_prior = 0.5 * d(prior.detach(), y_prior).pow(2).mean()
+            self.check_finite(loss_d=loss_prior)
+            self.manual_backward(loss_prior)
+        opt_d.step()
+        # ---- VAE
+        x, y = self.dp_batch(21)
+        eps = self.noise(len(y), self.latent_dim, purpose=22)
+        beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
+
+        def vae_loss_of_one(xx: torch.Tensor, yy: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+            loss, o = self.loss_of(xx, yy, e, beta)
+            if use_adv:
+                loss = loss + cfg.adv_weight * (d(self.layout(compose_sample(o["img"], o["logits"])), yy) - 1).pow(2).sum()
+            return loss
+
+        opt_vae.zero_grad(set_to_none=True)
+        self.private_step(vae_loss_of_one, (x, y, eps), 32, networks=("encoder", "decoder"))
+        public = torch.zeros((), device=self.device)  # terms without a training case: ordinary gradients
+        if prior is not None:
+            public = public + cfg.adv_weight * (d(prior, y_prior) - 1).pow(2).mean()
+        h = n // 2
+        if cfg.mode_seeking > 0 and h:
+            za, zb = self.noise(h, self.sampler.z_dim, purpose=4), self.noise(h, self.sampler.z_dim, purpose=5)
+            fa, fb = compose_sample(*self.sampler(za, y_prior[:h])), compose_sample(*self.sampler(zb, y_prior[:h]))
+            public = public + mode_seeking_loss(fa.float(), fb.float(), za, zb, cfg.mode_seeking)[0]
+        if public.requires_grad:
+            self.check_finite(loss=public)
+            self.manual_backward(public)
+        gn = grad_norm(self.vae_parameters())
+        self.check_finite(grad_norm=gn)
+        opt_vae.step()
+        if self.logging_step:
+            self.log_scalars(grad_norm=gn, dp_batch=len(y), beta=beta)
+
     def step(self):
+        if self.cfg.dp is not None:
+            return self.dp_step()
         opt_vae, opt_d = self.optimizers()
         cfg = self.vg
         x, y = self.batch(cfg.batch_size)
