@@ -1,4 +1,5 @@
-"""DVC stage `train@<model>`: train one registered model with Lightning; resumes from last.ckpt.
+"""DVC stage `train@<model>`: train one registered model with Lightning, logging to DVCLive
+(dvclive/<model>); resumes from last.ckpt when it is a checkpoint of the same run, not past the configured steps.
 
 Usage: python pipelines/train.py MODEL   (MODEL is a name in train.models, e.g. cgan or cvae)
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from dvclive_logger import dvclive_logger
 from rich.console import Console
 from rich.markup import escape
 
@@ -33,11 +35,14 @@ def main(argv: list[str]) -> int:
         info = read_preprocess_info(Path("data/preprocess"))
         summary = train_model(
             name, model_cfg.model_dump(), params.train, Path("data/preprocess"), Path("models") / name, params.seed,
-            expected_hash=transform_hash(params.preprocess, info["modality"]), live_dir=Path("dvclive") / name,
+            expected_hash=transform_hash(params.preprocess, info["modality"]),
+            logger=lambda resume: dvclive_logger(Path("dvclive") / name, resume=resume),
         )
     except (ConfigError, StaleCacheError, UnknownModelError, DivergenceError, TrainingDataError, FileNotFoundError) as exc:
         console.print(f"[red]train {name} failed:[/red] {escape(str(exc))}")
         return 1
+    if summary.get("fresh_start"):
+        console.print(f"train {name}: {escape(summary['fresh_start'])}")
     console.print(f"train {name}: {summary['steps']} steps in {summary['wall_seconds']} s on {summary['device']}; "
                   f"wrote models/{name}/model.pt and models/{name}/checkpoints/last.ckpt")
     return 0

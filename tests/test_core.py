@@ -471,7 +471,7 @@ def test_noise_sensitivity_is_zero_for_a_generator_that_ignores_its_noise():
 def test_a_checkpoint_of_other_settings_is_not_resumed(preprocessed, tmp_path):
     """dvc repro after a params change reruns train with the persisted checkpoints still there: a checkpoint
     written under another learning rate (or by another version of the network) must not be continued;
-    the run starts afresh and says why. Raising ``steps`` alone still resumes."""
+    the run starts afresh and says why. Raising ``steps`` alone still resumes; lowering it retrains."""
     cut = tmp_path / "cut"
     _train("cgan", preprocessed, cut, 4, stop_after=2)
     s = _train("cgan", preprocessed, cut, 6)  # only steps changed: resumed
@@ -487,6 +487,13 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(preprocessed, tmp_path):
     torch.save(blob, cut / "checkpoints" / "last.ckpt")
     with pytest.warns(UserWarning, match="another version of the network"):
         assert _train("cgan", preprocessed, cut, 7, extra={"lr_g": 1e-4})["steps"] == 7
+    # fewer steps than the checkpoint holds (its last one: step 6, dvc exp run -S train.cgan.steps=4): retrained, not exported at step 6
+    with pytest.warns(UserWarning, match=r"not resumed, at step 6, beyond the 4 steps now configured \(steps was lowered\)"):
+        s = _train("cgan", preprocessed, cut, 4, extra={"lr_g": 1e-4})
+    assert s["steps"] == 4 and "steps was lowered" in s["fresh_start"] and s["config"]["steps"] == 4
+    _train("cgan", preprocessed, tmp_path / "fresh4", 4, extra={"lr_g": 1e-4})
+    a, b = _weights(cut / "model.pt"), _weights(tmp_path / "fresh4" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), "retrained: the very weights of a 4-step run from scratch"
 
 
 def test_vaegan_prior_adversarial_shows_prior_samples_to_the_discriminator(preprocessed, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Train one registered model on the preprocessed cohort with Lightning (+ DVCLive).
+"""Train one registered model on the preprocessed cohort with Lightning.
 
 * The train split is read once through a MONAI CacheDataset and kept as one tensor bank (on the GPU
   when training there), so the step never waits for data.
@@ -6,19 +6,22 @@
   resumes from ``last.ckpt`` and reaches the same weights as an uninterrupted run.
 * The final sampler (EMA generator / decoder) is exported to ``model.pt`` as plain tensors plus a
   JSON-able config, loadable with ``torch.load(weights_only=True)``.
+* Metrics go to the Lightning logger the caller's factory makes (the DVC pipeline's logs with
+  DVCLive); this module imports nothing of DVC.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
@@ -76,12 +79,14 @@ def run_signature(name: str, model_cfg: dict, seed: int, info: dict, rows: list[
             "transform_hash": info.get("transform_hash"), "train_cases": cases}
 
 
-def discard_foreign_checkpoint(ckpt_dir: Path, module) -> str | None:
+def discard_foreign_checkpoint(ckpt_dir: Path, module, steps: int | None = None, optimizers: int = 1) -> str | None:
     """Resume only a checkpoint of this very run. A checkpoint written under other settings (a changed
-    learning rate, another seed, new training cases) or by another version of the network (other weight
-    shapes) would otherwise be continued silently, or fail deep inside Lightning. Such checkpoints are
-    deleted (they are this stage's own outputs) and the reason is returned and printed; None: nothing
-    to discard."""
+    learning rate, another seed, new training cases), by another version of the network (other weight
+    shapes) or further than ``steps`` (the configured steps were lowered: resuming would export the
+    longer run under the shorter run's settings) would otherwise be continued silently, or fail deep
+    inside Lightning. Such checkpoints are deleted (they are this stage's own outputs) and the reason
+    is returned and printed; None: nothing to discard. ``optimizers``: optimizer steps per iteration,
+    to count a plug-in's iterations from Lightning's ``global_step`` when it has no ``iteration``."""
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         return None
@@ -91,8 +96,9 @@ def discard_foreign_checkpoint(ckpt_dir: Path, module) -> str | None:
         if saved and isinstance(saved.get("config"), dict):  # signatures written before a setting became export-only
             saved = {**saved, "config": {k: v for k, v in saved["config"].items() if k not in getattr(module, "export_settings", ())}}
         state = blob.get("state_dict", {})
+        done = int(state["iteration"]) if "iteration" in state else int(blob.get("global_step", 0)) // max(1, optimizers)
     except Exception as exc:  # noqa: BLE001 -- an unreadable checkpoint is not resumable, whatever the cause
-        saved, state, reason = None, {}, f"unreadable ({type(exc).__name__})"
+        saved, state, done, reason = None, {}, 0, f"unreadable ({type(exc).__name__})"
     else:
         reason = None
     current = getattr(module, "run_signature", None)
@@ -104,6 +110,8 @@ def discard_foreign_checkpoint(ckpt_dir: Path, module) -> str | None:
             cfg_old, cfg_new = saved.get("config", {}), current["config"]
             changed += [f"{k}: {cfg_old.get(k)!r} -> {cfg_new.get(k)!r}" for k in sorted(set(cfg_old) | set(cfg_new)) if cfg_old.get(k) != cfg_new.get(k)]
             reason = "written under other settings (" + "; ".join(changed) + ")"
+    if reason is None and steps is not None and done > steps:
+        reason = f"at step {done}, beyond the {steps} steps now configured (steps was lowered)"
     if reason is None:
         own = module.state_dict()
         if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
@@ -129,78 +137,6 @@ def _check_replicas(trainer, module) -> bool | None:
     return True
 
 
-def _git_without_commit() -> bool:
-    """The working directory is in a git repository whose HEAD names no commit yet."""
-    from scmrepo.exceptions import SCMError
-    from scmrepo.git import Git
-
-    try:
-        scm = Git()
-    except SCMError:
-        return False
-    try:
-        return scm.no_commits
-    finally:
-        scm.close()
-
-
-@contextlib.contextmanager
-def _no_dvc_repo():
-    """DVCLive sees no DVC repository (it then logs plain files, as outside git)."""
-    import dvclive.live
-
-    found = dvclive.live.get_dvc_repo
-    dvclive.live.get_dvc_repo = lambda: None
-    try:
-        yield
-    finally:
-        dvclive.live.get_dvc_repo = found
-
-
-def _dvclive_logger(live_dir: Path, resume: bool):
-    """DVCLive's Lightning logger, with one row per step in every curve. In a git repository without a
-    commit DVCLive would fail asking for the HEAD revision: there it logs as outside git, with a warning.
-    Two mends, both found by the resume test in tests/test_pipeline.py:
-
-    * dvclive 3.x reads ``step=0`` as "no step given" (``if step:`` in ``dvclive.fabric``) and files it
-      under the previous step + 1: steps 0 and 1 both appeared as step 1;
-    * a run resumed from a checkpoint first replays the last metrics Lightning restored with it, and a
-      run resumed after an interruption logs again the steps between its checkpoint and the
-      interruption: both repeated rows already in the curves. A step at or below the last one logged
-      (in this process or, on resume, in the curves' metrics.json) is dropped; training is exactly
-      resumable (tests/test_core.py), so those rows hold the same values."""
-    from dvclive.lightning import DVCLiveLogger
-
-    without_commit = _git_without_commit()
-    if without_commit:
-        rank_zero_warn("git repository without a commit: DVCLive logs without a baseline revision (commit to compare runs "
-                       "with dvc exp show)")
-
-    class _Logger(DVCLiveLogger):
-        _last_step: int | None = None
-
-        @property
-        def experiment(self):
-            if self._experiment is None and without_commit:
-                with _no_dvc_repo():  # DVCLive asks git for the HEAD revision, which an empty repository lacks
-                    return super().experiment
-            return super().experiment
-
-        def log_metrics(self, metrics, step=None, sync=False):
-            if self._last_step is None:
-                self._last_step = int((self.experiment.read_latest() if resume else {}).get("step", -1))
-            if step is not None:
-                if step <= self._last_step:
-                    return
-                self._last_step = step
-            if step == 0:
-                self.experiment.step = -1  # the parent advances a missing step by one: to 0
-                step = None
-            super().log_metrics(metrics, step, sync)
-
-    return _Logger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=resume)
-
-
 def train_model(
     name: str,
     model_cfg: dict,
@@ -209,11 +145,14 @@ def train_model(
     out_dir: Path,
     seed: int,
     expected_hash: str | None = None,
-    live_dir: Path | None = None,
+    logger: Callable[[bool], Logger] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict:
-    """Train (or resume) model ``name``; write checkpoints, model.pt and train.json under ``out_dir``."""
+    """Train (or resume) model ``name``; write checkpoints, model.pt and train.json under ``out_dir``.
+
+    ``logger``: a factory of the Lightning logger that receives the metrics, called with whether the
+    run resumes a checkpoint (a logger then appends to its curves); None logs nothing."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     out_dir = Path(out_dir)
@@ -230,12 +169,10 @@ def train_model(
     last = ckpt_dir / "last.ckpt"
     if hasattr(module, "accelerate"):  # a GenerativeModule writes its run signature into its checkpoints
         module.run_signature = run_signature(name, model_cfg, seed, info, rows, tuple(getattr(module, "export_settings", ())))
-    fresh_start = discard_foreign_checkpoint(ckpt_dir, module)
+    fresh_start = discard_foreign_checkpoint(ckpt_dir, module, steps, n_opt)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=train_cfg.checkpoint_every * n_opt,
                                  save_last=True, save_top_k=1, monitor=None)]
-    logger = False
-    if live_dir is not None:
-        logger = _dvclive_logger(live_dir, resume=last.is_file())
+    run_logger = logger(last.is_file()) if logger is not None else False
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -254,7 +191,7 @@ def train_model(
         num_nodes=train_cfg.num_nodes,
         strategy=strategy,
         precision=resolve_precision(train_cfg),
-        logger=logger,
+        logger=run_logger,
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
