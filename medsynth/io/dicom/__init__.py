@@ -1,0 +1,84 @@
+"""DICOM series -> volume + RAS affine.
+
+Geometry rules (see docs/architecture.md, "DICOM geometry"):
+
+* slices are ordered by ImagePositionPatient projected on the slice normal
+  (``cross(row_cosines, column_cosines)``), never by InstanceNumber;
+* the affine comes from ImageOrientationPatient, ImagePositionPatient and PixelSpacing, converted
+  from DICOM's LPS patient space to RAS;
+* RescaleSlope / RescaleIntercept are applied per slice (per frame for enhanced objects);
+* enhanced multi-frame objects are read frame by frame from their functional groups;
+* Siemens mosaics (with or without the CSA header) and UIH grids are unpacked by dcm2niix's rules;
+* one SeriesInstanceUID is split when it holds several orientations, image sizes, echoes or
+  magnitude/phase images;
+* repeated positions with the same count per position make a 4D (time) series;
+* missing slices, uneven spacing, gantry tilt, single 2D images, objects without pixel data, empty
+  images, NaN / Inf after rescaling and sizes over ``max_voxels`` (declared sizes, checked before
+  decoding or inflating) are reported with a reason and never stop the batch.
+
+The sub-modules, each importing only those above it:
+
+* ``files``: discovery under a folder, the checks before a file is read (empty, unreadable, deflate
+  bombs), the pydicom readers and the pixel-data completeness check;
+* ``attributes``: ImageType words (derived, phase) and private elements found by their creator;
+* ``pixels``: decoding (raw little endian, else pydicom), multi-frame caching, rescale checks;
+* ``geometry``: ``Slice``, orientation, ``lps_affine`` / ``LPS_TO_RAS``, splitting and stacking slices;
+* ``philips``: the Philips scale slope, diffusion b values and the isotropic DWI volumes;
+* ``slices``: files -> Slices (classic single-frame files, enhanced multi-frame objects);
+* ``mosaics``: Siemens mosaics (CSA header) and UIH grids;
+* ``series``: the folder scan and classification, and a series' files -> ``DicomVolume``s.
+
+pydicom is imported inside the functions that need it, never at module level: a folder the fast
+reader (:mod:`medsynth.io.dicom_fast`) reads whole converts without it. Names with a leading
+underscore are private to this package (shared between its sub-modules, not for other callers).
+"""
+
+from __future__ import annotations
+
+from medsynth.io.dicom.attributes import DERIVED_DIFFUSION, is_derived
+from medsynth.io.dicom.files import (
+    NIFTI_SUFFIXES,
+    dataset_pixel_problem,
+    discover_files,
+    is_nifti,
+    read_dataset,
+    read_full_dataset,
+    read_header,
+    read_image_dataset,
+)
+from medsynth.io.dicom.geometry import LPS_TO_RAS, Slice, lps_affine, split_slices, stack_slices
+from medsynth.io.dicom.mosaics import (
+    UIH_SLICES_IN_GRID,
+    UIH_VFRAME_SEQUENCE,
+    is_mosaic,
+    is_uih_grid,
+    mosaic_slice_count,
+    siemens_csa_image,
+    siemens_mosaic,
+    uih_grid,
+)
+from medsynth.io.dicom.philips import isotropic_split, philips_diffusion, philips_float_scaling, philips_scale_slope
+from medsynth.io.dicom.pixels import decode_pixels, raw_little_endian_pixels
+from medsynth.io.dicom.series import (
+    NOT_DICOM,
+    PARALLEL_SCAN_FILES,
+    SEG_SOP_CLASS,
+    DicomScan,
+    DicomVolume,
+    classify_file,
+    load_series,
+    read_scan_header,
+    scan_folder,
+)
+from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError, error_text, max_decoded_bytes
+
+__all__ = [
+    "DEFAULT_MAX_VOXELS", "DERIVED_DIFFUSION", "LPS_TO_RAS", "NIFTI_SUFFIXES", "NOT_DICOM", "PARALLEL_SCAN_FILES", "SEG_SOP_CLASS",
+    "UIH_SLICES_IN_GRID", "UIH_VFRAME_SEQUENCE", "DicomScan", "DicomVolume", "QuarantineEntry", "SeriesError", "Slice",
+    "classic_slice", "classify_file", "dataset_pixel_problem", "decode_pixels", "discover_files", "enhanced_slices", "error_text",
+    "is_derived", "is_enhanced", "is_mosaic", "is_nifti", "is_uih_grid", "isotropic_split", "load_series", "lps_affine",
+    "max_decoded_bytes", "mosaic_slice_count", "philips_diffusion", "philips_float_scaling", "philips_scale_slope",
+    "raw_little_endian_pixels", "read_dataset", "read_full_dataset", "read_header", "read_image_dataset", "read_scan_header",
+    "scan_folder", "siemens_csa_image", "siemens_mosaic", "split_slices", "stack_slices", "uih_grid",
+]

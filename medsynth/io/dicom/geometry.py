@@ -1,0 +1,184 @@
+"""Slice geometry and stacking: the ``Slice`` (one 2D image and where it lies), orientation checks, the
+LPS affine and LPS -> RAS, the split of a series into same-geometry groups and the stacking of a group
+into a 3D / 4D volume (ordered by position along the slice normal; missing slices, uneven spacing and
+tilt are SeriesErrors)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsynth.io.dicom.pixels import _check_finite
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, SeriesError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Slice:
+    """One 2D image with its geometry: a classic single-frame file or one frame of a multi-frame file."""
+
+    path: Path
+    frame: int | None
+    iop: np.ndarray  # 6 direction cosines (row, column) in LPS
+    ipp: np.ndarray  # 3 position of the first voxel in LPS (mm)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns)
+    rows: int
+    cols: int
+    slope: float
+    intercept: float
+    split_key: tuple = ()
+    time_key: tuple = ()
+    loader: Callable[[], np.ndarray] | None = None
+    diffusion: tuple[float, tuple[float, ...]] | None = None  # (b value, gradient direction), Philips
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.iop[:3], self.iop[3:])
+
+    def pixels(self) -> np.ndarray:
+        assert self.loader is not None
+        arr = self.loader()
+        if arr.shape != (self.rows, self.cols):
+            raise SeriesError(f"{self.path.name}: pixel array {arr.shape} != Rows x Columns {(self.rows, self.cols)}")
+        return arr.astype(np.float64) * self.slope + self.intercept
+
+
+def _floats(value, n: int, what: str, path: Path) -> np.ndarray:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SeriesError(f"{what} is missing or not numeric") from None
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise SeriesError(f"{what} must have {n} finite values, got {value!r}")
+    return arr
+
+
+def _norm_iop(iop: np.ndarray) -> np.ndarray:
+    """Unit row and column cosines (read-only; the same orientation is computed once per process)."""
+    return _norm_iop_of(tuple(float(v) for v in iop))
+
+
+@functools.lru_cache(maxsize=1024)
+def _norm_iop_of(values: tuple[float, ...]) -> np.ndarray:
+    iop = np.array(values)
+    r, c = iop[:3], iop[3:]
+    if np.linalg.norm(r) < 1e-3 or np.linalg.norm(c) < 1e-3:
+        raise SeriesError("ImageOrientationPatient has a zero direction vector")
+    r = r / np.linalg.norm(r)
+    c = c / np.linalg.norm(c)
+    if abs(float(np.dot(r, c))) > 1e-2:
+        raise SeriesError("ImageOrientationPatient row and column directions are not orthogonal")
+    out = np.concatenate([r, c])
+    out.flags.writeable = False
+    return out
+
+
+def lps_affine(iop: np.ndarray, pixel_spacing, slice_step: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Voxel (column, row, slice) -> LPS mm: columns along the row cosines by the column spacing, rows
+    along the column cosines by the row spacing, slices by ``slice_step``, voxel 0 at ``origin``."""
+    aff = np.eye(4)
+    aff[:3, 0] = np.asarray(iop[:3]) * pixel_spacing[1]
+    aff[:3, 1] = np.asarray(iop[3:]) * pixel_spacing[0]
+    aff[:3, 2] = slice_step
+    aff[:3, 3] = origin
+    return aff
+
+
+def _orientation_key(iop: np.ndarray) -> tuple:
+    return tuple(np.round(iop, 3))
+
+
+def split_slices(slices: list[Slice]) -> dict[tuple, list[Slice]]:
+    """Split one series into groups that can form one volume each."""
+    groups: dict[tuple, list[Slice]] = defaultdict(list)
+    for s in slices:
+        groups[(_orientation_key(s.iop), s.rows, s.cols, s.split_key)].append(s)
+    return dict(groups)
+
+
+def _cluster_positions(d: np.ndarray, tol: float) -> list[np.ndarray]:
+    order = np.argsort(d, kind="stable")
+    clusters: list[list[int]] = []
+    last = None
+    for idx in order:
+        if last is None or d[idx] - last > tol:
+            clusters.append([idx])
+        else:
+            clusters[-1].append(idx)
+        last = d[idx]
+    return [np.array(c) for c in clusters]
+
+
+def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels: int = DEFAULT_MAX_VOXELS
+                 ) -> tuple[np.ndarray, np.ndarray, list[str], list[Slice]]:
+    """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine, with the notes and
+    each volume's first slice; a SeriesError for a volume over ``max_voxels`` (before anything is
+    decoded) or one holding NaN / Inf."""
+    notes: list[str] = []
+    ref = slices[0]
+    normal = ref.normal
+    d = np.array([float(np.dot(s.ipp, normal)) for s in slices])
+    clusters = _cluster_positions(d, tol=1e-3 * max(1.0, min(ref.pixel_spacing)))
+    n_pos = len(clusters)
+    if n_pos < 2:
+        if len(slices) == 1:
+            raise SeriesError("single 2D image (one slice): not a volume")
+        raise SeriesError(f"{len(slices)} images all at the same position: not a volume")
+    counts = {len(c) for c in clusters}
+    if len(counts) != 1:
+        raise SeriesError(
+            f"positions hold different numbers of images ({sorted(counts)}): incomplete time series or mixed series"
+        )
+    n_t = counts.pop()
+    pos = np.array([d[c[0]] for c in clusters])
+    gaps = np.diff(pos)
+    med = float(np.median(gaps))
+    if np.any(gaps > 1.5 * med):
+        k = int(np.argmax(gaps))
+        missing = int(round(gaps[k] / med)) - 1
+        raise SeriesError(
+            f"missing slice(s): gap of {gaps[k]:.2f} mm after slice {k + 1} where {med:.2f} mm is expected "
+            f"(about {missing} slice(s) missing)"
+        )
+    if np.max(np.abs(gaps - med)) > max(spacing_rtol * med, 1e-3):
+        raise SeriesError(
+            f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (tolerance {spacing_rtol:.0%})"
+        )
+    first = [slices[i] for i in clusters[0]]
+    last = [slices[i] for i in clusters[-1]]
+    step = (last[0].ipp - first[0].ipp) / (n_pos - 1)
+    cosang = float(np.dot(step, normal) / (np.linalg.norm(step) + 1e-12))
+    if cosang < 0.9999:
+        angle = math.degrees(math.acos(min(1.0, cosang)))
+        raise SeriesError(
+            f"slices are sheared by {angle:.2f} degrees (gantry tilt or inconsistent positions): "
+            "tilt correction is not supported; reconstruct without tilt or resample with dcm2niix"
+        )
+    # order within each position by acquisition time keys (4D)
+    ordered: list[list[Slice]] = []
+    for c in clusters:
+        group = sorted((slices[i] for i in c), key=lambda s: s.time_key)
+        ordered.append(group)
+    rows, cols = ref.rows, ref.cols
+    if cols * rows * n_pos * n_t > max_voxels:
+        raise SeriesError(f"{cols} x {rows} x {n_pos} x {n_t} = {cols * rows * n_pos * n_t:,} voxels: over the limit of "
+                          f"{max_voxels:,} voxels (data.max_voxels); not decoded")
+    data = np.empty((cols, rows, n_pos, n_t), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found and named just below
+        for k, group in enumerate(ordered):
+            for t, s in enumerate(group):
+                data[:, :, k, t] = s.pixels().T
+    _check_finite(data)
+    aff = lps_affine(ref.iop, ref.pixel_spacing, step, first[0].ipp)
+    if n_t == 1:
+        data = data[..., 0]
+    else:
+        notes.append(f"4D series: {n_t} volumes")
+    return data, LPS_TO_RAS @ aff, notes, ordered[0]

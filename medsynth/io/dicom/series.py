@@ -1,0 +1,266 @@
+"""Series: every file under a folder classified (NIfTI, SEG, image series by key, or quarantined with
+the reason; the fast reader first, pydicom's partial read for the rest) and one series' files converted
+into volumes (mosaics, split by geometry / echo / phase / derived image, stacked, isotropic DWI volumes
+set apart)."""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medsynth.io.dicom.attributes import _is_phase, is_derived
+from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
+from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
+from medsynth.io.dicom.mosaics import _mosaic_volume, is_mosaic
+from medsynth.io.dicom.philips import isotropic_split
+from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
+from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_image_header
+from medsynth.io.pool import process_pool
+from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+PARALLEL_SCAN_FILES = 64  # fewer files are classified in this process: a pool costs more than it saves
+NOT_DICOM = "not a DICOM file (no DICM preamble and no DICOM image attributes)"
+
+
+@dataclass
+class DicomVolume:
+    """A converted series. ``data`` axes map to RAS mm through ``affine`` (3D or 4D)."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: Dataset  # header (no pixels) of a representative file
+    files: list[Path]
+    split_suffix: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def modality(self) -> str:
+        return str(self.header.get("Modality", "OT"))
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.header.get("SeriesInstanceUID", ""))
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+@dataclass
+class DicomScan:
+    """Every file under a folder, sorted into image series (by SeriesInstanceUID, SeriesNumber, PatientID
+    and StudyInstanceUID), SEG masks, NIfTI files and quarantine."""
+
+    series: dict[str, list[Path]]
+    segs: list[Path]
+    quarantine: list[QuarantineEntry]
+    nifti: list[Path]
+    headers: dict[Path, FastHeader] = field(default_factory=dict)  # files the fast reader read whole
+
+    @property
+    def needs_pydicom(self) -> bool:
+        """Whether a series holds a file the fast reader leaves to pydicom."""
+        return bool(self.segs) or any(p not in self.headers for files in self.series.values() for p in files)
+
+
+def _past_group_0028(tag, vr, length) -> bool:
+    return tag.group > 0x0028
+
+
+def read_scan_header(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Dataset:
+    """The attributes up to group 0028 (SOP class, series, image size) -- not the large private groups
+    (Siemens CSA, GE) nor the pixel data that follow. SeriesError with the reason if unusable."""
+    from pydicom.filereader import read_partial
+
+    _check_file(path, max_voxels)
+    try:
+        with warnings.catch_warnings(), open(path, "rb") as fh:
+            warnings.simplefilter("ignore")
+            ds = read_partial(fh, stop_when=_past_group_0028, force=True)  # force: files without the preamble
+    except Exception:
+        return read_header(path)  # no preamble, or a broken header: the full reader gives the reason
+    return ds
+
+
+def classify_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str]:
+    """One file -> (kind, detail): ("nifti", ""), ("seg", ""), ("image", series key) or ("bad", reason)."""
+    kind, detail, _header = _classify(path, max_voxels)
+    return kind, detail
+
+
+def _series_key(ds: Dataset | FastHeader, path: Path) -> str:
+    uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
+    # PACS exports reuse one UID for several series numbers, and anonymisers or broken exports one UID
+    # for several patients' series: a series is one UID and number of one patient's study
+    return f"{uid}#{ds.get('SeriesNumber', '')}#{ds.get('PatientID', '')}#{ds.get('StudyInstanceUID', '')}"
+
+
+def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
+    """:func:`classify_file`, and the file's fast header when the fast reader could read it (then the
+    series needs no second read of its header). Other files: only the attributes up to group 0028 are
+    read here; whether their pixel data are complete is checked when the series is assembled."""
+    return _classify_without_pydicom(path, max_voxels) or _classify_with_pydicom(path, max_voxels)
+
+
+def _classify_without_pydicom(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None] | None:
+    """:func:`_classify` for NIfTI, non-DICOM and the files the fast reader reads; None for the rest."""
+    if is_nifti(path):
+        return "nifti", "", None
+    header = read_image_header(path)
+    if header is not None and int(header.Rows) * int(header.Columns) <= max_voxels:
+        return "image", _series_key(header, path), header
+    if is_not_dicom(path):
+        return "bad", NOT_DICOM, None
+    return None
+
+
+def _classify_with_pydicom(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
+    try:
+        ds = read_scan_header(path, max_voxels)
+    except SeriesError as exc:
+        return "bad", str(exc), None
+    if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
+        return "bad", NOT_DICOM, None
+    sop = ds.get("SOPClassUID")
+    if str(sop or "") == SEG_SOP_CLASS:
+        return "seg", "", None
+    if "Rows" not in ds or "Columns" not in ds:
+        return "bad", f"DICOM object without pixel data ({getattr(sop, 'name', '') or 'unknown SOP class'})", None
+    return "image", _series_key(ds, path), None
+
+
+def scan_folder(
+    root: Path,
+    files: Iterable[Path] | None = None,
+    progress: Callable[[Path], None] | None = None,
+    workers: int = 1,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    pool: Executor | None = None,
+) -> DicomScan:
+    """Classify every file under ``root`` (``workers`` processes, or ``pool``'s); group image files into
+    series. A deflated file that inflates past the limit for ``max_voxels`` is quarantined without being
+    inflated."""
+    root = Path(root)
+    paths = list(files) if files is not None else discover_files(root)
+    chunk = max(8, len(paths) // (workers * 8))
+    if pool is not None and len(paths) > PARALLEL_SCAN_FILES:
+        # the workers read what needs no pydicom; this process reads the rest, so that pydicom is imported
+        # once, here, and workers forked later for the series inherit it
+        kinds = list(pool.map(_classify_without_pydicom, paths, [max_voxels] * len(paths), chunksize=chunk))
+        kinds = [k if k is not None else _classify_with_pydicom(p, max_voxels) for p, k in zip(paths, kinds, strict=True)]
+    elif workers > 1 and len(paths) > PARALLEL_SCAN_FILES:
+        with process_pool(workers) as own_pool:
+            kinds = list(own_pool.map(_classify, paths, [max_voxels] * len(paths), chunksize=chunk))
+    else:
+        kinds = [_classify(p, max_voxels) for p in paths]
+    series: dict[str, list[Path]] = defaultdict(list)
+    segs: list[Path] = []
+    quarantine: list[QuarantineEntry] = []
+    nifti: list[Path] = []
+    headers: dict[Path, FastHeader] = {}
+    for path, (kind, detail, header) in zip(paths, kinds, strict=False):
+        if header is not None:
+            headers[path] = header
+        if progress:
+            progress(path)
+        if kind == "nifti":
+            nifti.append(path)
+        elif kind == "seg":
+            segs.append(path)
+        elif kind == "bad":
+            quarantine.append(QuarantineEntry(_rel(path, root), detail))
+        else:
+            series[detail].append(path)
+    return DicomScan(dict(series), segs, quarantine, nifti, headers)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[list[DicomVolume], list[QuarantineEntry]]:
+    """Convert one series' files into volumes (split where needed) of at most ``max_voxels`` each.
+
+    Returns the volumes and the quarantine entries of sub-series or files that failed.
+    """
+    volumes: list[DicomVolume] = []
+    quarantine: list[QuarantineEntry] = []
+    header = files[0][1]
+    mosaics = [(p, ds) for p, ds in files if is_mosaic(ds)]
+    if mosaics:
+        by_echo: dict[str, list[tuple[Path, Dataset | FastHeader]]] = defaultdict(list)
+        for p, ds in mosaics:
+            by_echo[f"{ds.get('EchoNumbers', '')}|{'ph' if _is_phase(ds) else ''}|{'derived' if is_derived(ds) else ''}"].append((p, ds))
+        for i, (_echo, group) in enumerate(sorted(by_echo.items())):
+            paths = [p for p, _ds in group]
+            try:
+                data, aff, notes = _mosaic_volume(group)
+                suffix = "" if len(by_echo) == 1 else f"_{i + 1}"
+                volumes.append(DicomVolume(data, aff, header, paths, suffix, notes))
+            except SeriesError as exc:
+                quarantine.append(QuarantineEntry(_common_parent(paths), str(exc)))
+        files = [(p, ds) for p, ds in files if not is_mosaic(ds)]
+        if not files:
+            return volumes, quarantine
+    slices: list[Slice] = []
+    for path, ds in files:
+        try:
+            if is_enhanced(ds):
+                slices.extend(enhanced_slices(path, ds))
+            else:
+                slices.append(classic_slice(path, ds))
+        except SeriesError as exc:
+            quarantine.append(QuarantineEntry(str(path), str(exc)))
+    groups = split_slices(slices)
+    ordered_keys = sorted(groups, key=lambda k: (str(k[3]), str(k[0]), k[1], k[2]))
+    for i, key in enumerate(ordered_keys):
+        group = groups[key]
+        paths = sorted({s.path for s in group})
+        try:
+            data, aff, notes, firsts = stack_slices(group, max_voxels=max_voxels)
+        except SeriesError as exc:
+            where = str(paths[0]) if len(paths) == 1 else _common_parent(paths)
+            reason = str(exc)
+            if len(groups) > 1:
+                reason += f" (sub-series {i + 1} of {len(groups)}: orientation/size/echo/phase/derived split)"
+            quarantine.append(QuarantineEntry(where, reason))
+            continue
+        suffix = "" if len(groups) == 1 else f"_{i + 1}"
+        hdr = next(ds for p, ds in files if p == paths[0])
+        if len(groups) > 1:
+            kind = " (derived image)" if "derived" in key[3] else ""
+            notes.append(f"split {i + 1}/{len(groups)} of the series by orientation/size/echo/phase/derived image{kind}")
+        split = isotropic_split(data, firsts)
+        if split is None:
+            volumes.append(DicomVolume(data, aff, hdr, paths, suffix, notes))
+            continue
+        acquired, with_isotropic, note = split
+        volumes.append(DicomVolume(acquired, aff, hdr, paths, suffix, [*notes, note]))
+        volumes.append(DicomVolume(with_isotropic, aff, hdr, paths, suffix + "_ADC", [*notes, note + "; this volume: all of them, those last"]))
+    return volumes, quarantine
+
+
+def _common_parent(paths: list[Path]) -> str:
+    parts = [Path(p).parts for p in paths]
+    common = []
+    for items in zip(*parts, strict=False):
+        if len(set(items)) == 1:
+            common.append(items[0])
+        else:
+            break
+    return str(Path(*common)) if common else str(paths[0])

@@ -1,0 +1,139 @@
+"""Image files -> ``Slice`` objects: a classic single-frame file (from its top-level attributes, read by
+pydicom or the fast reader) and an enhanced multi-frame object (one Slice a frame, from its functional
+groups)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medsynth.io.dicom.attributes import _image_type, _is_phase, is_derived
+from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop
+from medsynth.io.dicom.philips import philips_diffusion, philips_float_scaling, philips_scale_slope
+from medsynth.io.dicom.pixels import _check_rescale, _FrameCache, decode_pixels
+from medsynth.io.dicom_fast import FastHeader
+from medsynth.io.quarantine import SeriesError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+
+def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
+    """One single-frame image file -> Slice (geometry from its top-level attributes); ``ds`` is the
+    file read by pydicom or by the fast reader (which answer alike)."""
+    if "VFRAME" in _image_type(ds):
+        raise SeriesError("UIH grid image (ImageType VFRAME) without its grid tags (0065,1050) and (0065,1051): removed by "
+                          "de-identification? keep them with deid.retain_safe_private: true")
+    iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
+    ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
+    ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    ps = _floats(ps, 2, "PixelSpacing", path)
+    if np.any(ps <= 0):
+        raise SeriesError(f"PixelSpacing must be positive, got {list(ps)}")
+    echo = ds.get("EchoNumbers", None)
+    time_key = (
+        int(ds.get("TemporalPositionIdentifier", 0) or 0),
+        int(ds.get("AcquisitionNumber", 0) or 0),
+        str(ds.get("AcquisitionTime", "")),
+        str(ds.get("TriggerTime", "")),
+        int(ds.get("InstanceNumber", 0) or 0),
+    )
+
+    def load() -> np.ndarray:
+        arr = ds.pixel_array() if isinstance(ds, FastHeader) else decode_pixels(path, ds)
+        if arr.ndim != 2:
+            raise SeriesError(f"expected a 2D image, pixel array has shape {arr.shape}")
+        return arr
+
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    diffusion = None
+    if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
+        slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
+        diffusion = philips_diffusion(ds)
+    _check_rescale(slope, intercept)
+    return Slice(
+        path=path,
+        frame=None,
+        iop=iop,
+        ipp=ipp,
+        pixel_spacing=(float(ps[0]), float(ps[1])),
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        slope=slope,
+        intercept=intercept,
+        split_key=(str(echo) if echo is not None else "", "ph" if _is_phase(ds) else "", "derived" if is_derived(ds) else ""),
+        time_key=time_key,
+        loader=load,
+        diffusion=diffusion,
+    )
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _fg_item(per_frame: Dataset, shared: Dataset | None, seq: str) -> Dataset | None:
+    for group in (per_frame, shared):
+        if group is not None and seq in group and len(group[seq].value):
+            return group[seq].value[0]
+    return None
+
+
+def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
+    """Enhanced (multi-frame) object -> one Slice per frame, geometry from the functional groups."""
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame_seq is None or len(per_frame_seq) != n:
+        raise SeriesError("multi-frame object without per-frame functional groups: geometry unknown")
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    cache = _FrameCache(path, ds)
+    is_philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
+    slices = []
+    for i, pf in enumerate(per_frame_seq):
+        pos = _fg_item(pf, shared, "PlanePositionSequence")
+        ori = _fg_item(pf, shared, "PlaneOrientationSequence")
+        meas = _fg_item(pf, shared, "PixelMeasuresSequence")
+        if pos is None or ori is None or meas is None:
+            raise SeriesError(f"frame {i + 1}: plane position, orientation or pixel measures missing")
+        iop = _norm_iop(_floats(ori.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
+        ipp = _floats(pos.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
+        ps = _floats(meas.get("PixelSpacing"), 2, "PixelSpacing", path)
+        pvt = _fg_item(pf, shared, "PixelValueTransformationSequence")
+        slope = float(pvt.get("RescaleSlope", 1.0)) if pvt is not None else float(ds.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(pvt.get("RescaleIntercept", 0.0)) if pvt is not None else float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        if is_philips:
+            priv = pf.get((0x2005, 0x140F))
+            item = priv.value[0] if priv is not None and priv.VR == "SQ" and len(priv.value) else None
+            slope, inter = philips_float_scaling(slope, inter, philips_scale_slope(item))
+        _check_rescale(slope, inter, f"frame {i + 1}: ")
+        content = _fg_item(pf, None, "FrameContentSequence")
+        echo_item = _fg_item(pf, shared, "MREchoSequence")
+        echo = f"{float(echo_item.get('EffectiveEchoTime', 0)):.3f}" if echo_item is not None else ""
+        ftype_item = _fg_item(pf, shared, "MRImageFrameTypeSequence") or _fg_item(pf, shared, "CTImageFrameTypeSequence")
+        ftype = ""
+        if ftype_item is not None:
+            ftype = "\\".join(str(x) for x in (ftype_item.get("FrameType") or []))
+            ftype += "|" + str(ftype_item.get("ComplexImageComponent", ""))
+        stack = str(content.get("StackID", "")) if content is not None else ""
+        temporal = int(content.get("TemporalPositionIndex", 0) or 0) if content is not None else 0
+        t_time = str(content.get("FrameAcquisitionDateTime", "")) if content is not None else ""
+        slices.append(
+            Slice(
+                path=path,
+                frame=i,
+                iop=iop,
+                ipp=ipp,
+                pixel_spacing=(float(ps[0]), float(ps[1])),
+                rows=int(ds.Rows),
+                cols=int(ds.Columns),
+                slope=slope,
+                intercept=inter,
+                split_key=(echo, ftype, stack),
+                time_key=(temporal, t_time, i),
+                loader=(lambda i=i: cache.frame(i)),
+            )
+        )
+    return slices
