@@ -400,7 +400,9 @@ class TrainConfig(_Section):
 
 
 class SynthConfig(_Section):
-    per_condition: dict[str, int] = {"normal": 8, "lesion": 8}
+    per_condition: dict[str, int] = Field(
+        {"normal": 8, "lesion": 8}, description="synthetic cases per condition; each key a condition of the cohort (the demo's "
+        "normal and lesion, the labels CSV's conditions or data.npz_class_names; checked at load)")
     temperature: float = Field(1.0, gt=0, le=2.0)
     batch_size: int = Field(8, ge=1)
     min_island_voxels: int = Field(4, ge=0)
@@ -551,9 +553,51 @@ class Params(_Section):
         if self.data.rare_condition == self.data.default_condition:
             raise ValueError("data.rare_condition and data.default_condition must differ")
         problems = roi_problems(self.preprocess.roi_size, self.train)
+        conditions = cohort_conditions(self.data)
+        unknown = sorted(set(self.synthesize.per_condition) - conditions) if conditions is not None else []
+        if unknown:
+            problems.append(f"synthesize.per_condition: {', '.join(map(repr, unknown))} is not a condition of this cohort; its conditions "
+                            f"are {', '.join(map(repr, sorted(conditions)))} ({_conditions_source(self.data)})")
         if problems:
             raise PydanticCustomError("medsynth_config", "{detail}", {"detail": "\n  ".join(problems)})
         return self
+
+
+DEMO_CONDITIONS = ("normal", "lesion")  # what the embedded demo cohort's cases are labelled
+
+
+def cohort_conditions(data: DataConfig) -> set[str] | None:
+    """The conditions the cohort's cases can have, known from params.yaml and the labels CSV alone: the
+    demo's, the npz class names, or the labels CSV's conditions plus ``default_condition`` (cases the CSV
+    omits). None for DICOM/NIfTI input without a labels CSV (every case gets ``default_condition``: a
+    cohort to de-identify or convert, not yet to synthesize from; the train stage checks
+    ``synthesize.per_condition`` against the preprocessed cohort) and for a CSV that cannot be read
+    (ingest reports why)."""
+    if data.input == "demo":
+        return set(DEMO_CONDITIONS)
+    if data.input.endswith(".npz"):
+        return set(data.npz_class_names)
+    if not data.labels:
+        return None
+    try:
+        text = Path(data.labels).read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if "condition" not in (reader.fieldnames or []):
+        return None
+    return {(row.get("condition") or "").strip() for row in reader} - {""} | {data.default_condition}
+
+
+def _conditions_source(data: DataConfig) -> str:
+    if data.input == "demo":
+        return "the demo cohort"
+    if data.input.endswith(".npz"):
+        return "data.npz_class_names"
+    return f"data.labels {data.labels} and data.default_condition"
 
 
 def roi_problems(roi: tuple[int, int, int], train: TrainConfig) -> list[str]:

@@ -97,3 +97,23 @@ def test_params_yaml_holds_the_schema_defaults_unless_said_otherwise():
 
     walk(schema, shipped, "")
     assert not drift, drift
+
+
+def test_a_condition_the_cohort_does_not_have_is_rejected_at_load(tmp_path):
+    """synthesize.per_condition is checked against the demo's conditions, the npz class names and the real
+    hippocampus labels CSV before anything runs; cohorts whose conditions are known only after ingest pass."""
+    from tests.conftest import shared
+
+    with pytest.raises(ConfigError, match=r"synthesize.per_condition: 'tumour' is not a condition of this cohort; its conditions are 'lesion', 'normal'"):
+        parse_params({"synthesize": {"per_condition": {"normal": 2, "tumour": 2}}})
+    hippo = shared("hippocampus")
+    data = {"input": str(hippo), "labels": str(hippo / "labels.csv"), "rare_condition": "small", "default_condition": "typical"}
+    with pytest.raises(ConfigError, match=r"'lesion', 'normal' is not a condition .* 'small', 'typical' \(data.labels .*labels.csv"):
+        parse_params({"data": data})  # the default per_condition names the demo's conditions
+    assert parse_params({"data": data, "synthesize": {"per_condition": {"typical": 4, "small": 4}}}).synthesize.per_condition == {"typical": 4, "small": 4}
+    npz = {"input": "cohort.npz", "npz_class_names": ["benign", "mass"], "rare_condition": "mass", "default_condition": "benign"}
+    with pytest.raises(ConfigError, match=r"'lesion', 'normal' is not a condition .* 'benign', 'mass' \(data.npz_class_names\)"):
+        parse_params({"data": npz})
+    (tmp_path / "latin1.csv").write_bytes("case,condition\né,normal\n".encode("latin-1"))
+    for unknown_yet in ({"input": str(tmp_path)}, {"input": str(tmp_path), "labels": str(tmp_path / "latin1.csv")}):
+        assert parse_params({"data": unknown_yet}).synthesize.per_condition == {"normal": 8, "lesion": 8}

@@ -23,7 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
-from medsynth.config import DemoConfig
+from medsynth.config import DEMO_CONDITIONS, DemoConfig
 from medsynth.io.dicom import LPS_TO_RAS
 from medsynth.io.writers import write_csv_atomic
 
@@ -273,7 +273,7 @@ def generate_demo_cohort(out_dir: Path, cfg: DemoConfig, seed: int = 1234, progr
     for i in range(n):
         prng = np.random.default_rng([seed, i])
         ident = _fake_identity(prng, i)
-        condition = "lesion" if i in rare else "normal"
+        condition = DEMO_CONDITIONS[1] if i in rare else DEMO_CONDITIONS[0]
         phantom = Phantom.random(prng, lesion=i in rare)
         plane = "axial" if i % 5 not in (3, 4) else ("sagittal" if i % 5 == 3 else "oblique")
         grid = make_grid(plane, prng)
