@@ -17,10 +17,16 @@ training): models refuse settings that would export such a value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+if TYPE_CHECKING:
+    from medsynth.models.base import GenerativeModule as _Module
+else:
+    _Module = object
 
 
 def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
@@ -78,7 +84,7 @@ def private_gradients(nets: dict[str, nn.Module], loss_of_one: Callable[..., tor
         param.grad = (total[name] + noise * max_grad_norm * z) / expected_batch
 
 
-class PrivateTraining:
+class PrivateTraining(_Module):
     """DP-SGD state and accounting of a generative module (mixed into :class:`GenerativeModule`).
 
     A subclass sets ``dp_networks`` (the networks whose gradients see training cases),
@@ -89,6 +95,9 @@ class PrivateTraining:
     dp_networks: tuple[str, ...] = ()
     dp_releases_per_step: int = 1
     dp_covers: str = ""
+    cfg: Any  # the model's settings, with dp, steps and batch_size
+    dp_rate: float
+    dp_noise_multiplier: torch.Tensor
 
     def init_dp(self) -> None:
         self.automatic_optimization = False
@@ -101,6 +110,7 @@ class PrivateTraining:
     def setup_dp(self) -> None:
         from medsynth.models.base import TrainingDataError
 
+        assert self.bank_y is not None, "attach_bank() before training"
         dp, n = self.dp_settings, len(self.bank_y)
         if dp.delta >= 1.0 / n:
             raise TrainingDataError(f"train.{self.name}.dp.delta {dp.delta:g} is not below 1 / {n} training cases: the guarantee would allow "
@@ -122,6 +132,7 @@ class PrivateTraining:
 
     def dp_batch(self, purpose: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A Poisson batch of training cases (bank layout, on the module's device) and their conditions."""
+        assert self.bank_x is not None and self.bank_y is not None, "attach_bank() before training"
         idx = poisson_batch(len(self.bank_y), self.dp_rate, self.step_generator(purpose)).to(self.bank_x.device)
         return self.layout(self.bank_x[idx].to(self.device).float()), self.bank_y[idx].to(self.device)
 
