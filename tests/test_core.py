@@ -488,7 +488,7 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(preprocessed, tmp_path):
     with pytest.warns(UserWarning, match="another version of the network"):
         assert _train("cgan", preprocessed, cut, 7, extra={"lr_g": 1e-4})["steps"] == 7
     # fewer steps than the checkpoint holds (its last one: step 6, dvc exp run -S train.cgan.steps=4): retrained, not exported at step 6
-    with pytest.warns(UserWarning, match=r"not resumed, at step 6, beyond the 4 steps now configured \(steps was lowered\)"):
+    with pytest.warns(UserWarning, match=r"not resumed, at step 6, beyond steps = 4 \(steps was lowered\)"):
         s = _train("cgan", preprocessed, cut, 4, extra={"lr_g": 1e-4})
     assert s["steps"] == 4 and "steps was lowered" in s["fresh_start"] and s["config"]["steps"] == 4
     _train("cgan", preprocessed, tmp_path / "fresh4", 4, extra={"lr_g": 1e-4})

@@ -38,6 +38,13 @@ def _run(cmd, cwd):
     return r.stdout + r.stderr
 
 
+def _dvc_json(args: list[str], cwd: Path):
+    """A dvc command's --json output, parsed; it fails the test when DVC could not load a revision's metrics."""
+    r = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "failed to load" not in r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
 def _plant_canaries(root: Path) -> dict:
     """Canary values into the identifying attributes of every DICOM file under ``root`` (in place: this
     is the test's own copy of the input). Returns what an output must never contain."""
@@ -168,6 +175,7 @@ def tiny_repo(tmp_path_factory):
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.email=ci@medsynth.invalid", "-c", "user.name=ci", "commit", "-qm", "tiny"], repo)
+    _run(["git", "tag", "sources"], repo)  # the repository's own files, before any run (the PHI scan skips them)
     _run([sys.executable, "-m", "dvc", "repro"], repo)
     return {"repo": repo, "raw": raw, "key": key, **planted}
 
@@ -202,7 +210,7 @@ def test_dvc_repro_tiny(tiny_repo):
         assert img.shape == (16, 16, 16) and b"SYNTHETIC" in bytes(img.header["descrip"])
         assert (repo / "models" / m / "checkpoints" / "last.ckpt").is_file()
         assert len(list((repo / "data/synth" / m / "dicom").glob("*/image/*.dcm"))) == 6 * 16
-    for f in ("metrics.json", "gates.json", "fidelity.json", "privacy.json", "utility.json"):
+    for f in ("gates.json", "fidelity.json", "privacy.json", "utility.json"):
         outside = estimates_outside_their_intervals(json.loads((repo / "reports/eval" / f).read_text()))  # finite only (the writer refuses NaN)
         assert not outside, f"{f}: point estimates outside their own 95% interval: {outside[:5]}"
     utility = json.loads((repo / "reports/eval/utility.json").read_text())
@@ -217,6 +225,9 @@ def test_dvc_repro_tiny(tiny_repo):
     assert gates["overall"] in ("fail", "inconclusive")
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and 'id="verdict-table"' in html
+    assert 'id="params-provenance">as in commit' in html  # params.yaml is the committed one
+    check_summary_metrics(repo, gates)
+    check_plots_render_offline(repo)
     # the counterfactual model: real train cases without the lesion, changed to have it; internal use only
     cf = repo / "data/synth/counterfactual"
     with open(repo / "data/preprocess/manifest.csv", newline="") as fh:
@@ -241,8 +252,8 @@ def test_dvc_repro_tiny(tiny_repo):
     assert any(r.startswith("BurnedInAnnotation is YES") for r in reasons), reasons  # deid-data ultrasound
     out = _run(dvc + ["repro"], repo)
     assert re.findall(r"Running stage '([^']+)'", out) == ["fingerprint"]  # second run: only the input is looked at
-    assert "unchanged since the last ingest" in out and "out of date" not in out  # and it says what is true
-    _run(dvc + ["metrics", "show"], repo)
+    said = " ".join(out.split())  # rich wraps long lines
+    assert "unchanged since the last ingest" in said and "out of date" not in said  # and it says what is true
     _run(dvc + ["params", "diff"], repo)
     # the export changes behind the same path (a label edited in the CSV): ingest is stale, and DVC knows
     labels = tiny_repo["raw"] / "labels.csv"
@@ -288,6 +299,92 @@ def test_dvc_repro_resumes_training_and_keeps_its_curves(tiny_repo):
     assert json.loads((repo / "models/cgan/train.json").read_text())["steps"] == 5
 
 
+def check_summary_metrics(repo: Path, gates: dict) -> None:
+    """metrics/summary.json is the one metrics file: what `dvc metrics show` reads, each model's verdict and
+    gate states as gates.json has them, its key figures the very numbers of fidelity/privacy/utility.json."""
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    (workspace,) = _dvc_json(["metrics", "show"], repo).values()  # the workspace, DVC's key ""
+    assert list(workspace["data"]) == ["metrics/summary.json"], workspace  # not 393 columns of every JSON
+    assert workspace["data"]["metrics/summary.json"]["data"] == without_nulls(summary)  # DVC leaves out what was not measured
+    fidelity, privacy = (json.loads((repo / "reports/eval" / f).read_text()) for f in ("fidelity.json", "privacy.json"))
+    utility = json.loads((repo / "reports/eval/utility.json").read_text())
+    assert summary["verdict"] == gates["overall"]
+    for m in params_models(repo):
+        s = summary[m]
+        mine = [g for g in gates["gates"] if g["gate"].startswith(f"{m}: ")]
+        assert sorted(s["gates"].values()) == sorted(g["state"] for g in mine) and s["gates_failed"] == sum(g["state"] == "fail" for g in mine)
+        assert s["fidelity_nn_distance_ratio"] == fidelity[m]["nn_distance_ratio"] > 0
+        assert s["utility_difference"] == utility[m]["differences"]["real+synthetic - real"]["overall"]["mean"]
+        assert s["gates"]["utility"] == "inconclusive"  # 3 steps of a 4-channel UNet: as the gates say
+        if m != "counterfactual":  # 6 members, 2 non-members: too few for an attack; the summary says null, not a number
+            assert s["privacy_strongest_attack_auc"] == privacy[m]["strongest"]["all"].get("auc")
+            assert (s["privacy_strongest_attack_auc"] is None) == (s["gates"]["membership_inference_auc_all_cases"] == "not measured")
+            assert s["privacy_dcr_share"] == privacy[m]["dcr_share"]
+        for key in ("fidelity_nn_distance_ratio", "fidelity_mmd2", "utility_real", "utility_real_synthetic", "utility_difference"):
+            assert isinstance(s[key], (int, float)), (m, key, s[key])
+    assert "config" not in json.dumps(summary) and "steps" not in json.dumps(summary)  # no config values: those are params
+
+
+def check_plots_render_offline(repo: Path) -> None:
+    """`dvc plots show` renders the figures as images in a page that fetches nothing: no script at all."""
+    out = repo / "dvc_plots"
+    _run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(out)], repo)
+    page = (out / "index.html").read_text()
+    assert "<script" not in page and not re.search(r"""(src|href)=["']?https?://""", page), page[:2000]
+    figures = sorted((repo / "reports/eval/figures").glob("*.png")) + sorted((repo / "reports/figures").glob("*.png"))
+    assert {f"{m}_training_curves.png" for m in params_models(repo)} <= {f.name for f in figures}
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(figures) >= 20 and all((out / src).stat().st_size > 1000 for src in sources), sources
+
+
+@pytest.mark.integration
+def test_dvc_exp_run_with_fewer_steps_retrains_and_exp_show_compares_the_runs(tiny_repo):
+    """The results committed as a user would (dvc.lock, metrics/summary.json), then `dvc exp run -S` with
+    fewer cGAN steps than its checkpoint holds (as `-S train.cgan.steps=20` after 300 steps): the cGAN is
+    retrained from scratch to exactly those steps (its curves restart), `dvc exp show` has the summary's
+    numbers for the commit and for the experiment (not `!`), and `dvc metrics diff` reads the commit's.
+    The experiment runs the train stage only, to keep the suite short: evaluate's summary is unchanged."""
+    import torch
+
+    repo = tiny_repo["repo"]
+    dvc = [sys.executable, "-m", "dvc"]
+    git = ["git", "-c", "user.email=ci@medsynth.invalid", "-c", "user.name=ci"]
+    _run(git + ["add", "dvc.lock", "metrics/summary.json", "params.yaml"], repo)
+    _run(git + ["commit", "-qm", "results"], repo)
+    assert "metrics/summary.json" in _run(["git", "ls-files", "metrics"], repo)  # git keeps it: not ignored
+    committed = json.loads((repo / "metrics/summary.json").read_text())
+    checkpoint = int(torch.load(repo / "models/cgan/checkpoints/last.ckpt", weights_only=True)["state_dict"]["iteration"])
+    assert checkpoint >= 2  # checkpoint_every: 2
+    out = _run(dvc + ["exp", "run", "-n", "fewer", "-S", "train.cgan.steps=1", "train@cgan"], repo)
+    assert "Running stage 'train@cgan'" in out
+    summary = json.loads((repo / "models/cgan/train.json").read_text())
+    assert summary["steps"] == summary["config"]["steps"] == 1, summary
+    assert f"at step {checkpoint}, beyond steps = 1 (steps was lowered)" in summary["fresh_start"]
+    curve = (repo / "dvclive/cgan/plots/metrics/loss_g.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in curve[1:]] == ["0"], curve  # the curves restart with the run
+    shown = _dvc_json(["exp", "show"], repo)
+    assert "fewer" in json.dumps(shown)
+    runs = [d["data"] for d in _find(shown, "metrics/summary.json") if isinstance(d, dict) and "data" in d]
+    assert len(runs) >= 2 and all(r == without_nulls(committed) for r in runs), runs  # the commit's and the experiment's, numbers and all
+    d = _dvc_json(["metrics", "diff", "--all"], repo)["metrics/summary.json"]  # HEAD (the commit) against the workspace
+    assert d["cgan.fidelity_nn_distance_ratio"] == {"old": committed["cgan"]["fidelity_nn_distance_ratio"],
+                                                     "new": committed["cgan"]["fidelity_nn_distance_ratio"], "diff": 0}, d
+
+
+def without_nulls(node):
+    """A JSON tree without its null leaves, as DVC reads a metrics file."""
+    return {k: without_nulls(v) for k, v in node.items() if v is not None} if isinstance(node, dict) else node
+
+
+def _find(node, key: str) -> list:
+    """Every value of ``key`` anywhere in a JSON tree."""
+    if isinstance(node, dict):
+        return ([node[key]] if key in node else []) + [x for v in node.values() for x in _find(v, key)]
+    if isinstance(node, list):
+        return [x for v in node for x in _find(v, key)]
+    return []
+
+
 def _texts(root: Path):
     for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()
@@ -310,7 +407,7 @@ def test_no_identifier_in_any_file_the_pipeline_writes(tiny_repo):
     chance = set(tiny_repo["originals"]) & set(tiny_repo["shifted_dates"])
     needles += [o.encode() for o in tiny_repo["originals"] if o not in chance]
     assert tiny_repo["real_files"] > 200 and len(tiny_repo["originals"]) - len(chance) > 20 and len(chance) <= 3, chance
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split())
+    tracked = set(subprocess.run(["git", "ls-tree", "-r", "--name-only", "sources"], cwd=repo, capture_output=True, text=True, check=True).stdout.split())
     written = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts and p.relative_to(repo).as_posix() not in tracked]
     scanned, hits = 0, []
     for p, data in _texts(repo):
@@ -320,7 +417,8 @@ def test_no_identifier_in_any_file_the_pipeline_writes(tiny_repo):
         for needle in needles:
             if needle in data:
                 hits.append((p.relative_to(repo).as_posix(), needle.decode()))
-        if str(raw).encode() in data and p.name != "dvc.lock":  # dvc.lock records params.yaml's data.input
+        # dvc.lock and DVC's experiment cache (what `dvc exp show` read) record params.yaml's data.input
+        if str(raw).encode() in data and p.name != "dvc.lock" and not p.relative_to(repo).as_posix().startswith(".dvc/tmp/exps/cache/"):
             hits.append((p.relative_to(repo).as_posix(), "input path"))
     kinds = {p.suffix for p in written}
     assert scanned > 100 and {".gz", ".csv", ".json", ".html", ".pdf", ".dcm", ".lock"} <= kinds | {".lock"}

@@ -103,7 +103,9 @@ def evaluate_models(
     rare_condition: str | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
-    """Fidelity (weight-free and learned features), privacy, utility and gates for every model.
+    """Fidelity (weight-free and learned features), privacy, utility and gates for every model, written
+    to ``out_dir`` (fidelity.json, privacy.json, utility.json, gates.json, figures/) and returned as
+    ``{"overall", "gates", "fidelity", "privacy", "utility"}`` (the last three keyed by model).
 
     ``encoder_path``: the encoder stage's ``encoder.pt`` (or a user's TorchScript encoder); without one
     the learned-feature metrics are left out and say so."""
@@ -229,19 +231,10 @@ def evaluate_models(
     write_json_atomic(out_dir / "privacy.json", privacy_all)
     write_json_atomic(out_dir / "utility.json", utility_all)
     write_json_atomic(out_dir / "gates.json", {"overall": verdict, "gates": gates, "strict": cfg.strict, "checkpoints": checkpoints})
-    summary = {m: {"nn_distance_ratio": fidelity_all[m]["nn_distance_ratio"], "mmd2": fidelity_all[m]["mmd2"], "dcr_share": privacy_all[m]["dcr_share"],
-                   "membership_auc": privacy_all[m]["membership_auc_blackbox"],
-                   "membership_auc_strongest": privacy_all[m]["strongest"]["all"].get("auc"),
-                   "membership_auc_strongest_rare_condition": privacy_all[m]["strongest"]["rare_condition"].get("auc"),
-                   "copies": privacy_all[m]["copies"]} if privacy_all[m].get("kind") != "counterfactual" else
-               {"nn_distance_ratio": fidelity_all[m]["nn_distance_ratio"], "mmd2": fidelity_all[m]["mmd2"],
-                "structure_copies": privacy_all[m]["copies"], "seam_ratio": fidelity_all[m]["counterfactual"]["seam_ratio_to_source"]["median"],
-                "use": "internal augmentation only"} for m in models}
-    write_json_atomic(out_dir / "metrics.json", {"overall": verdict, **summary})
     failed = [g["gate"] for g in gates if g["state"] == "fail"]
     if cfg.strict and failed:
         raise GateFailure(f"evaluate.strict is true and {len(failed)} gate(s) failed: " + "; ".join(failed))
-    return {"overall": verdict, "gates": gates}
+    return {"overall": verdict, "gates": gates, "fidelity": fidelity_all, "privacy": privacy_all, "utility": utility_all}
 
 
 def _load_encoder(path: Path | None, cfg: EvalConfig):

@@ -111,7 +111,7 @@ def discard_foreign_checkpoint(ckpt_dir: Path, module, steps: int | None = None,
             changed += [f"{k}: {cfg_old.get(k)!r} -> {cfg_new.get(k)!r}" for k in sorted(set(cfg_old) | set(cfg_new)) if cfg_old.get(k) != cfg_new.get(k)]
             reason = "written under other settings (" + "; ".join(changed) + ")"
     if reason is None and steps is not None and done > steps:
-        reason = f"at step {done}, beyond the {steps} steps now configured (steps was lowered)"
+        reason = f"at step {done}, beyond steps = {steps} (steps was lowered)"
     if reason is None:
         own = module.state_dict()
         if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):

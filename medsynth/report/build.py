@@ -116,7 +116,14 @@ def cohort_ranges(manifest: Path) -> dict:
 
 
 def training_curves(live_dir: Path, model: str) -> str | None:
-    """The model's DVCLive scalars (plots/metrics/*.tsv) as one embedded PNG, or None without logs."""
+    """The model's training curves as an embedded PNG (data URI), or None without logs."""
+    png = training_curves_png(live_dir, model)
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def training_curves_png(live_dir: Path, model: str) -> bytes | None:
+    """The model's logged scalars (``live_dir``/plots/metrics/*.tsv, as DVCLive writes them) as one PNG,
+    or None without logs."""
     import csv
     import io
 
@@ -148,7 +155,7 @@ def training_curves(live_dir: Path, model: str) -> str | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
 def _share(k, n, ci) -> str:
@@ -246,7 +253,11 @@ def build_report(
     params: dict,
     repo_root: Path | None = None,
     live_root: Path | None = None,
+    params_changed: bool | None = None,
 ) -> Path:
+    """The report of ``models`` at ``out_path``. ``params_changed``: whether the parameters the results
+    were made with differ from those of the git commit the report names (True: say so in the
+    provenance; None: not known)."""
     ingest = _json(Path(ingest_dir) / "ingest.json")
     pre = _json(Path(preprocess_dir) / "preprocess.json")
     fidelity = _json(Path(eval_dir) / "fidelity.json")
@@ -281,7 +292,7 @@ def build_report(
         title=title, verdict=verdict, verdicts=verdicts, verdict_rule=VERDICT_RULE, gates=all_gates, ingest=ingest, pre=pre, cards=cards,
         ranges=cohort_ranges(Path(ingest_dir) / "manifest.csv"),
         params="\n".join(f"{k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(redact_params(params).items())), versions=_versions(),
-        commit=_git_commit(repo_root or Path.cwd()), lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
+        commit=_git_commit(repo_root or Path.cwd()), params_changed=params_changed, lock=_lock_hashes((repo_root or Path.cwd()) / "dvc.lock"),
         created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(), version=__version__,
     )
     write_text_atomic(out_path, html)
