@@ -86,7 +86,8 @@ def test_fingerprint_stage_tracks_a_stable_key_but_not_a_throw_away_one(tmp_path
     import yaml
 
     data = _export(tmp_path / "export")
-    params = {"data": {"input": data.input, "labels": data.labels}, "deid": {"ephemeral_key": True}}
+    params = {"data": {"input": data.input, "labels": data.labels}, "deid": {"ephemeral_key": True},
+              "synthesize": {"per_condition": {"normal": 1}}}  # the one condition the labels name
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
@@ -117,7 +118,8 @@ def test_fingerprint_stage_says_changed_only_when_ingest_ran_on_another_input(tm
     import yaml
 
     data = _export(tmp_path / "export")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"input": data.input, "labels": data.labels}, "deid": {"ephemeral_key": True}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"input": data.input, "labels": data.labels}, "deid": {"ephemeral_key": True},
+                                                          "synthesize": {"per_condition": {"normal": 1}}}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MEDSYNTH_DEID_KEY", raising=False)
     out = tmp_path / "data" / "fingerprints" / "input.json"
