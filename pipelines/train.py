@@ -33,6 +33,11 @@ def main(argv: list[str]) -> int:
         if model_cfg is None:
             raise ConfigError(f"train.{name}: no such model section; allowed: cgan, cvae, vaegan (or a plug-in's own section)")
         info = read_preprocess_info(Path("data/preprocess"))
+        unknown = sorted(set(params.synthesize.per_condition) - set(info["conditions"]))
+        if unknown:  # checked here too for cohorts whose conditions are known only after ingest
+            raise ConfigError(f"synthesize.per_condition: {', '.join(map(repr, unknown))} is not a condition of the preprocessed cohort "
+                              f"({', '.join(map(repr, info['conditions']))}); synthesis would fail after training: set "
+                              "synthesize.per_condition to the cohort's conditions")
         summary = train_model(
             name, model_cfg.model_dump(), params.train, Path("data/preprocess"), Path("models") / name, params.seed,
             expected_hash=transform_hash(params.preprocess, info["modality"]),

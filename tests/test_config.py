@@ -117,3 +117,23 @@ def test_a_condition_the_cohort_does_not_have_is_rejected_at_load(tmp_path):
     (tmp_path / "latin1.csv").write_bytes("case,condition\né,normal\n".encode("latin-1"))
     for unknown_yet in ({"input": str(tmp_path)}, {"input": str(tmp_path), "labels": str(tmp_path / "latin1.csv")}):
         assert parse_params({"data": unknown_yet}).synthesize.per_condition == {"normal": 8, "lesion": 8}
+
+
+def test_the_train_stage_refuses_conditions_the_preprocessed_cohort_lacks_before_training(tmp_path):
+    """DICOM/NIfTI input without a labels CSV: the conditions are known only after ingest. The train stage
+    checks synthesize.per_condition against preprocess.json before it trains, naming both."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"input": str(tmp_path / "export")}}))
+    (tmp_path / "data" / "preprocess").mkdir(parents=True)
+    (tmp_path / "data" / "preprocess" / "preprocess.json").write_text(json.dumps({"conditions": ["normal"], "modality": "CT"}))
+    run = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py"), "cvae"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr
+    msg = " ".join(run.stderr.split())
+    assert "synthesize.per_condition: 'lesion' is not a condition of the preprocessed cohort ('normal')" in msg
+    assert not (tmp_path / "models").exists()  # nothing trained
