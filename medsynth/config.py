@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS
 
@@ -555,7 +555,7 @@ class Params(_Section):
         problems = roi_problems(self.preprocess.roi_size, self.train)
         conditions = cohort_conditions(self.data)
         unknown = sorted(set(self.synthesize.per_condition) - conditions) if conditions is not None else []
-        if unknown:
+        if unknown and conditions is not None:
             problems.append(f"synthesize.per_condition: {', '.join(map(repr, unknown))} is not a condition of this cohort; its conditions "
                             f"are {', '.join(map(repr, sorted(conditions)))} ({_conditions_source(self.data)})")
         if problems:
@@ -619,7 +619,7 @@ def roi_problems(roi: tuple[int, int, int], train: TrainConfig) -> list[str]:
     return problems
 
 
-def _describe_error(err: dict[str, Any]) -> str:
+def _describe_error(err: ErrorDetails) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "<root>"
     value = err.get("input")
     msg = err["msg"]

@@ -36,11 +36,22 @@ def is_inert(path: Path) -> bool:
     return True
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` (imports for the type checker, never executed)."""
+    return {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and (getattr(node.test, "id", None) == "TYPE_CHECKING" or getattr(node.test, "attr", None) == "TYPE_CHECKING")
+            for stmt in node.body for n in ast.walk(stmt)}
+
+
 def imported_modules(path: Path, by_name: bool = True) -> tuple[set[str], set[str]]:
-    """(modules the file imports, anywhere in it; their parent packages, which importing them executes).
-    ``by_name``: with the modules it names as entry points."""
+    """(modules the file imports, anywhere in it but under ``if TYPE_CHECKING:``; their parent packages,
+    which importing them executes). ``by_name``: with the modules it names as entry points."""
     named: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             named.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from medsynth.config import DEMO_CONDITIONS, DemoConfig
 from medsynth.io.dicom import LPS_TO_RAS
@@ -53,13 +53,14 @@ class Phantom:
         body = (float(rng.uniform(50, 60)), float(rng.uniform(38, 46)), float(rng.uniform(56, 66)))
         organ_c = (float(rng.uniform(-24, -14)), float(rng.uniform(-8, 2)), float(rng.uniform(-14, -4)))
         organ_r = (float(rng.uniform(20, 26)), float(rng.uniform(16, 21)), float(rng.uniform(18, 24)))
-        lesion_c = None
+        lesion_c: tuple[float, float, float] | None = None
         if lesion:
             off = rng.uniform(-0.4, 0.4, size=3) * np.array(organ_r)
-            lesion_c = tuple(float(c + o) for c, o in zip(organ_c, off, strict=False))
+            lesion_c = (float(organ_c[0] + off[0]), float(organ_c[1] + off[1]), float(organ_c[2] + off[2]))
+        w = rng.uniform(0.0, 2 * np.pi, size=3)
         return cls(
             body=body,
-            wobble=tuple(float(x) for x in rng.uniform(0.0, 2 * np.pi, size=3)),
+            wobble=(float(w[0]), float(w[1]), float(w[2])),
             organ_center=organ_c,
             organ_radii=organ_r,
             lesion_center=lesion_c,
@@ -198,7 +199,7 @@ def _slice_dataset(ident: dict, case: DemoCase, grid: Grid, k: int, pixels: np.n
     sop_uid = _uid(f"{series_uid}/{k}")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.SourceApplicationEntityTitle = "ELSEWHERE_CT1"
     ds = Dataset()

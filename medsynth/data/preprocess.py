@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def preprocess_cohort(
     ref[:3, 3] = -(np.array(cfg.roi_size) - 1) / 2 * np.array(cfg.spacing)
     write_manifest(out_dir / "manifest.csv", cases)
     counts = {s: dict(sorted(Counter(c["condition"] for c in cases if c["split"] == s).items())) for s in SPLITS}
-    stats = {
+    stats: dict[str, Any] = {
         "cases": len(cases),
         "patients": len(split_of),
         "modality": modality,
@@ -125,7 +126,7 @@ MIN_STRUCTURE_VOXELS = 20  # below this median size on the model grid a structur
 def label_voxel_summary(counts: dict[str, list[np.ndarray]], n_labels: int) -> dict:
     """Per condition and label on the model grid: share of cases holding the label, median / min / max voxels
     among cases that hold it."""
-    out = {}
+    out: dict[str, dict] = {}
     for cond, rows in sorted(counts.items()):
         vox = np.array([[int(r[k]) if k < len(r) else 0 for k in range(1, n_labels + 1)] for r in rows]).reshape(len(rows), n_labels)
         out[cond] = {}
@@ -137,7 +138,7 @@ def label_voxel_summary(counts: dict[str, list[np.ndarray]], n_labels: int) -> d
     return out
 
 
-def cohort_extent(cases: list[dict], roi: tuple[int, ...]) -> tuple[list[float] | None, list[float] | None]:
+def cohort_extent(cases: Sequence[Mapping[str, Any]], roi: tuple[int, ...]) -> tuple[list[float] | None, list[float] | None]:
     """90th percentile physical extent (mm) of the ingested images per axis and the isotropic spacing at which
     it fits the ROI (from the manifest's shape and spacing)."""
     try:

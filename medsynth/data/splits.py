@@ -7,6 +7,8 @@ No patient ever sits in two splits: the privacy test compares the generator's tr
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +35,7 @@ def _allocate(n: int, fractions: dict[str, float], minimum: int) -> dict[str, in
 
 
 def assign_splits(
-    cases: list[dict],
+    cases: Sequence[Mapping[str, Any]],
     fractions: dict[str, float],
     seed: int,
     rare_condition: str | None = None,

@@ -21,13 +21,14 @@ besides what it measures of every synthetic set (fidelity, conditional fidelity 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from medsynth.eval.privacy import aligned_similarity, copy_detection, privacy_reference
+from medsynth.io.nifti import voxel_array
 
 INTERNAL_ONLY = ("Counterfactual cases are real patients' scans with a synthetic structure painted in: for internal "
                  "augmentation only, never to share. The membership and distance tests of whole cases do not apply (every "
@@ -38,7 +39,7 @@ def read_counterfactual_set(sdir: Path, rows: list[dict]) -> tuple[np.ndarray, l
     """The edit regions (N, D, H, W) and source case ids of a counterfactual set, in manifest order."""
     regions, sources = [], []
     for r in rows:
-        regions.append(np.asarray(nib.load(str(Path(sdir) / "regions" / f"{r['case_id']}.nii.gz")).dataobj) > 0)
+        regions.append(voxel_array(Path(sdir) / "regions" / f"{r['case_id']}.nii.gz") > 0)
         sources.append(json.loads((Path(sdir) / "sidecars" / f"{r['case_id']}.json").read_text())["source_case_id"])
     return np.stack(regions), sources
 
@@ -64,7 +65,7 @@ def structure_cut(img: np.ndarray, mask: np.ndarray, labels: list[int], margin: 
     return np.stack([np.where(region, img, -1.0), np.where(np.isin(mask, labels), mask, 0)]).astype(np.float32)
 
 
-def _summary(v: np.ndarray) -> dict:
+def _summary(v: np.ndarray | Sequence[float]) -> dict:
     v = np.asarray(v, float)
     v = v[np.isfinite(v)]
     if not len(v):
@@ -95,14 +96,14 @@ def seam_and_look(cf_img: np.ndarray, cf_mask: np.ndarray, regions: np.ndarray, 
             real_inside.append((img[s].mean(), img[s].std()))
     ratio = np.asarray(seam_src)
     real_med = float(np.median(real_border)) if real_border else None
-    inside, real_inside = np.asarray(inside, float).reshape(-1, 2), np.asarray(real_inside, float).reshape(-1, 2)
+    inside_a, real_inside_a = np.asarray(inside, float).reshape(-1, 2), np.asarray(real_inside, float).reshape(-1, 2)
     return {
         "seam_ratio_to_source": _summary(ratio),
         "seam_ratio_to_source_per_case": [round(float(v), 4) for v in ratio],
         "seam_ratio_to_real_rare": _summary(np.asarray(seam_real_abs) / real_med) if real_med else _summary([]),
         "seam_deviation": float(np.median(np.maximum(ratio, 1 / np.maximum(ratio, 1e-8)))) if len(ratio) else None,
-        "structure_mean": {"counterfactual": _summary(inside[:, 0]), "real_rare": _summary(real_inside[:, 0])},
-        "structure_std": {"counterfactual": _summary(inside[:, 1]), "real_rare": _summary(real_inside[:, 1])},
+        "structure_mean": {"counterfactual": _summary(inside_a[:, 0]), "real_rare": _summary(real_inside_a[:, 0])},
+        "structure_std": {"counterfactual": _summary(inside_a[:, 1]), "real_rare": _summary(real_inside_a[:, 1])},
         "ring_mean": {"counterfactual": _summary(ring_cf), "source": _summary(ring_src)},
         "changed_labels": labels, "margin": margin,
     }

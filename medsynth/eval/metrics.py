@@ -106,7 +106,10 @@ def feature_fidelity(syn: np.ndarray, train: np.ndarray, test: np.ndarray, seed:
     k = max(1, min(5, len(train) - 1, len(syn) - 1))
     radii = knn_radii(train, k)
     for key, val in p.items():
-        ci = bootstrap_ci(lambda r, key=key: prdc(train, syn[r.choice(len(syn), len(syn))], k, radii)[key], max(10, n_boot // 2), seed, point=val)
+        def resampled(r: np.random.Generator, key: str = key) -> float:
+            return prdc(train, syn[r.choice(len(syn), len(syn))], k, radii)[key]
+
+        ci = bootstrap_ci(resampled, max(10, n_boot // 2), seed, point=val)
         out[key] = {"value": val, "ci": [float(ci[0]), float(ci[1])], "real_baseline": base.get(key)}
     ab = alpha_precision_beta_recall(train, syn)
     ab_base = alpha_precision_beta_recall(train, test) if len(test) > 2 else {}

@@ -19,7 +19,9 @@ synthetic set against it; the evaluate stage calls both.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -127,8 +129,8 @@ def attack_report(s_mem: np.ndarray, s_non: np.ndarray, seed: int, n_boot: int) 
     point = [_auc(s_mem, s_non), _tpr_at(s_mem, s_non, 0.0), *(_tpr_at(s_mem, s_non, a) for a in fprs)]
     # a resampled holdout's highest score is never above the full one's, so TPRs at the lowest FPRs
     # skew upwards under the bootstrap: each interval holds its point estimate (percentile_interval)
-    boot = np.array(boot)
-    ci = [percentile_interval(boot[:, j], p) for j, p in enumerate(point)]
+    boot_a = np.array(boot)
+    ci = [percentile_interval(boot_a[:, j], p) for j, p in enumerate(point)]
     low = []
     for a in LOW_FPRS:
         if a in fprs:
@@ -186,7 +188,7 @@ def strongest_attacks(attacks: dict, audience: str) -> dict:
     """The attack with the highest AUC, on all cases and on the rare condition, among those the
     audience allows: black-box only for ``internal``, white-box too for ``share``."""
     allowed = {k: a for k, a in attacks.items() if audience == "share" or a["kind"] == "black-box"}
-    out = {}
+    out: dict[str, Any] = {}
     for subset in ("all", "rare_condition"):
         measured = {k: a[subset] for k, a in allowed.items() if a[subset].get("measured")}
         if not measured:
@@ -237,7 +239,7 @@ class Aligned:
     informative: np.ndarray
 
 
-def _centre_of_mass(weight: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
+def _centre_of_mass(weight: np.ndarray, grids: Sequence[np.ndarray]) -> np.ndarray:
     total = weight.sum()
     return np.array([(g * weight).sum() / total for g in grids]) if total > 0 else (np.array(weight.shape) - 1) / 2
 

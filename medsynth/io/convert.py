@@ -37,6 +37,7 @@ from medsynth.io.writers import atomic_path, remove_stale_temps, write_csv_atomi
 
 if TYPE_CHECKING:
     import nibabel as nib
+    from pydicom.dataset import Dataset
 
     from medsynth.io.seg import SegMask
 
@@ -104,7 +105,7 @@ def _convert_series_worker(args: tuple[str, list[str], int, list[FastHeader | No
     """Process-pool worker: paths of one series (with the fast headers the scan read) -> serialisable
     volumes + quarantine entries."""
     root, paths, max_voxels, headers = Path(args[0]), [Path(p) for p in args[1]], args[2], args[3]
-    files = []
+    files: list[tuple[Path, Dataset | FastHeader]] = []
     quarantine = []
     for p, header in zip(paths, headers, strict=True):
         if header is not None:
@@ -359,4 +360,5 @@ def _write_seg_masks(output_dir: Path, segs: list[SegMask], written: dict[str, l
                 "source": seg.source,
             })
         if len(rows) == rows_before:
+            assert miss is not None  # every target raised
             quarantine.append(QuarantineEntry(seg.source, miss))  # mask_on_image's reason: no overlap

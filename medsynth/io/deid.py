@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -545,7 +545,8 @@ def standard_code_meaning(scheme: str, code: str) -> str | None:
     if not _CODE_MEANINGS:
         from pydicom.sr._concepts_dict import concepts
 
-        for sch, by_name in concepts.items():
+        # pydicom's generated table: scheme -> concept name -> code -> (meaning, context groups)
+        for sch, by_name in cast("dict[str, dict[str, dict[str, tuple[str, list[int]]]]]", concepts).items():
             for codes in by_name.values():
                 for value, (meaning, _cids) in codes.items():
                     _CODE_MEANINGS[(sch, value)] = meaning

@@ -189,10 +189,10 @@ def _decode(raw: bytes, vr: str, charset: str = "latin-1"):
     if vr in NUMERIC_TEXT:
         parts = [p.strip() for p in text.split("\\")]
         try:
-            values = [int(p) if vr == "IS" else float(p) for p in parts]
+            numbers = [int(p) if vr == "IS" else float(p) for p in parts]
         except ValueError:
             return text  # not a number: the caller's check names it
-        return values[0] if len(values) == 1 else values
+        return numbers[0] if len(numbers) == 1 else numbers
     if vr == "CS" and "\\" in text:
         return [p.strip() for p in text.split("\\")]
     return text

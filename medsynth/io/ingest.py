@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -208,7 +209,7 @@ def _deid_files(input_dir: Path, out_dir: Path, rels: list[str], deid: Deidentif
     """De-identify and write each file of ``rels``; one result per file, in order (worker or in-process)."""
     deid = deid or _WORKER_DEID
     assert deid is not None
-    out = []
+    out: list[dict[str, Any]] = []
     for rel in rels:
         path = input_dir / rel
         if path.suffix.lower() in _NOT_IMAGES and path.name.lower() != "dicomdir":
@@ -422,9 +423,10 @@ def ingest(
             elif seg is not None:
                 mask_arr = mask_on_image(seg, img)
         except SeriesError as exc:
-            mask_path = input_dir / label[1].mask if label is not None and label[1].mask else None
+            mask_name = label[1].mask if label is not None and label[1].mask else None
+            mask_path = input_dir / mask_name if mask_name else None
             reason = _sanitize_reason(f"mask unusable: {exc}", [input_dir], mask_path)
-            mask_qid = pseudo.file_id(os.path.normpath(label[1].mask)) if mask_path is not None else file_qid(seg.source) if seg else qid
+            mask_qid = pseudo.file_id(os.path.normpath(mask_name)) if mask_name else file_qid(seg.source) if seg else qid
             quarantine.append({"file_id": mask_qid, "kind": "mask", "reason": reason})
             return
         write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
@@ -490,7 +492,7 @@ def ingest(
     write_manifest(out_dir / "manifest.csv", cases)
     write_csv_atomic(out_dir / "quarantine.csv", quarantine, QUARANTINE_FIELDS)
     write_csv_atomic(out_dir / "deid_log.csv", deid_log, DEID_LOG_FIELDS)
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for row in deid_log:
         for f in DEID_LOG_FIELDS[4:]:
             totals[f] += int(row[f])

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
 from medsynth.io.nifti_write import compact_dtype, reorient_to_ras
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, SeriesError, error_text
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 
 def make_ras_image(data: np.ndarray, affine: np.ndarray, descrip: str = "") -> nib.Nifti1Image:
@@ -40,6 +44,14 @@ def clean_header(img: nib.Nifti1Image, descrip: str = "") -> nib.Nifti1Image:
     hdr["intent_name"] = b""
     hdr.extensions.clear()
     return img
+
+
+def voxel_array(path: str | Path, dtype: npt.DTypeLike | None = None) -> np.ndarray:
+    """The voxels of a NIfTI file as stored, on its own grid: ``np.asarray(nib.load(path).dataobj, dtype)``."""
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image):  # NIfTI-2 images are Nifti1Image subclasses
+        raise TypeError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__})")
+    return np.asarray(img.dataobj, dtype)
 
 
 def load_nifti_checked(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> nib.Nifti1Image:

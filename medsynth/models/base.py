@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from typing import TYPE_CHECKING, TypeVar
 
 import lightning as L
 import numpy as np
@@ -18,7 +19,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from medsynth.models.blocks import one_hot_mask
+from medsynth.models.blocks import Sampler, one_hot_mask
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 class DivergenceError(RuntimeError):
@@ -48,8 +52,17 @@ class GenerativeModule(L.LightningModule):
     """Base LightningModule. Subclasses define ``sampler`` (an nn.Module with ``sample(y, z)``)."""
 
     name = "base"
-    config_class = None  # a pydantic model validating train.<name> (medsynth.config.ModelSection if None)
+    config_class: type[BaseModel] | None = None  # a pydantic model validating train.<name> (medsynth.config.ModelSection if None)
     export_settings: tuple[str, ...] = ()  # settings read only by prepare_export: not part of the run signature
+    iteration: torch.Tensor  # a buffer: optimizer steps taken (registered in __init__)
+    _members: dict[int, list[int]]  # bank indices of each condition (on_fit_start)
+
+    if TYPE_CHECKING:  # what every subclass defines (declared here for the type checker only)
+        @property
+        def sampler(self) -> Sampler: ...
+
+        @classmethod
+        def build_sampler(cls, config: dict, data_info: dict) -> Sampler: ...
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
         super().__init__()
@@ -103,7 +116,7 @@ class GenerativeModule(L.LightningModule):
         return self.layout(torch.cat([x[:, :1], one_hot_mask(x[:, 1:], self.n_mask_labels)], 1))
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.bank_x is not None, "attach_bank() before training"
+        assert self.bank_x is not None and self.bank_y is not None, "attach_bank() before training"
         g = self.step_generator(1)
         # class-balanced draws: the rare condition is seen as often as the common one
         cls = torch.randint(0, self.n_classes, (batch_size,), generator=g)
@@ -117,6 +130,7 @@ class GenerativeModule(L.LightningModule):
         return self.layout(x), y
 
     def on_fit_start(self) -> None:
+        assert self.bank_x is not None and self.bank_y is not None, "attach_bank() before training"
         ys = self.bank_y.cpu().numpy()
         present = [c for c in range(self.n_classes) if (ys == c).any()]
         self._members = {c: np.flatnonzero(ys == c).tolist() for c in present}
@@ -156,7 +170,7 @@ class GenerativeModule(L.LightningModule):
     def enable_checkpointing(self) -> None:
         for m in self.modules():
             if hasattr(m, "checkpoint_blocks"):
-                m.checkpoint_blocks = True
+                m.checkpoint_blocks = True  # type: ignore[assignment]  # nn.Module.__setattr__'s stub admits only tensors and modules
 
     # ------------------------------------------------------------------ guards and monitors
     def check_finite(self, **losses: torch.Tensor) -> None:
@@ -190,6 +204,7 @@ class GenerativeModule(L.LightningModule):
         one condition drawn from different (fixed) noise, over the same for real training cases of that
         condition; the mean over conditions. 1 = as diverse as real patients; near 0 = every noise gives
         the same case. (Across conditions samples differ anyway, so pairs never mix conditions.)"""
+        assert self.bank_x is not None, "attach_bank() before training"
         g = torch.Generator().manual_seed(self.seed + 17)
         members = getattr(self, "_members", None) or {}
         ratios = []
@@ -227,6 +242,7 @@ class GenerativeModule(L.LightningModule):
         that class in the bank), so monitoring samples stay comparable across steps; () otherwise."""
         if not getattr(self.sampler, "needs_mask", False):
             return ()
+        assert self.bank_x is not None, "attach_bank() before training"
         idx = [self._members[int(c)][0] if self._members.get(int(c)) else 0 for c in y.tolist()]
         return (self.bank_x[torch.tensor(idx, device=self.bank_x.device), 1:].to(self.device).float(),)
 
@@ -318,11 +334,14 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
     """target <- decay * target + (1 - decay) * source (weights); buffers copied."""
     for t, p in zip(target.parameters(), source.parameters(), strict=False):
         t.lerp_(p.detach(), 1.0 - decay)
-    for t, b in zip(target.buffers(), source.buffers(), strict=False):
-        t.copy_(b)
+    for tb, b in zip(target.buffers(), source.buffers(), strict=False):
+        tb.copy_(b)
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def frozen_copy(module: _M) -> _M:
     c = copy.deepcopy(module).eval()
     for p in c.parameters():
         p.requires_grad_(False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
@@ -65,6 +67,7 @@ class SPADENorm3d(nn.Module):
         self.class_norm = ConditionalNorm3d(channels, n_classes)
         for conv in (self.gamma, self.beta):  # start as plain class-conditional normalisation
             nn.init.zeros_(conv.weight)
+            assert conv.bias is not None  # Conv3d's default bias=True
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -107,7 +110,17 @@ class DownBlock(nn.Module):
         return nn.functional.leaky_relu(self.conv2(h), 0.2)
 
 
-class _DecoderTrunk(nn.Module):
+class Sampler(nn.Module):
+    """A model's exported network, what synthesis loads: ``sample(y, z, *masks)`` draws (image, label map)
+    for conditions ``y`` from noise ``z`` of ``z_dim`` per case (and, where ``needs_mask``, given label
+    maps). Declarations only: each sampler defines them (the counterfactual sampler, ``needs_source``,
+    changes given cases instead of sampling noise)."""
+
+    z_dim: int
+    sample: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+class _DecoderTrunk(Sampler):
     """Latent + class embedding -> 4^3 seed -> residual up-blocks (``block(cin, cout)``) doubling the size
     up to ``size``; the shared trunk of both generators below."""
 
@@ -148,6 +161,9 @@ class LatentPrior(nn.Module):
     training cases; a condition with fewer (a rare condition of a few patients) gets the distribution fitted
     to the codes of all training cases (the condition enters the decoder through its class embedding), and
     the standard prior only when the whole train split has fewer than ``min_cases``."""
+
+    mean: torch.Tensor  # buffers
+    scale_tril: torch.Tensor
 
     def __init__(self, n_classes: int, z_dim: int):
         super().__init__()

@@ -27,6 +27,8 @@ generator is averaged (EMA) for sampling.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -35,7 +37,7 @@ from torch.nn import functional as F
 
 from medsynth.config import CounterfactualConfig
 from medsynth.models.base import GenerativeModule, TrainingDataError, ema_update, frozen_copy, grad_norm
-from medsynth.models.blocks import ProjectionDiscriminator, one_hot_mask
+from medsynth.models.blocks import ProjectionDiscriminator, Sampler, one_hot_mask
 
 KEEP, INSERT, RESCALE = 0, 1, 2
 MODES = {KEEP: "keep", INSERT: "insert", RESCALE: "rescale"}
@@ -56,6 +58,15 @@ class StructurePrior(nn.Module):
     """Per label (index 0 unused): its mode (keep / insert / rescale) and, for an inserted label, the
     fitted statistics of where and how large it is; for the rescaled labels, the fitted volume factor.
     Buffers, so they travel in the exported state_dict."""
+
+    mode: torch.Tensor
+    host: torch.Tensor
+    inside: torch.Tensor
+    log_volume: torch.Tensor
+    offset_mean: torch.Tensor
+    offset_tril: torch.Tensor
+    rescale_log_volume: torch.Tensor
+    intensity_quantiles: torch.Tensor
 
     def __init__(self, n_mask_labels: int):
         super().__init__()
@@ -85,7 +96,7 @@ class StructurePrior(nn.Module):
         masks, y = np.asarray(masks).astype(np.int64), np.asarray(y)
         rare, other = masks[y == rare_index], masks[y != rare_index]
         rare_images = np.asarray(images)[y == rare_index]
-        report = {"rare_cases": int(len(rare)), "other_cases": int(len(other)), "labels": {}}
+        report: dict[str, Any] = {"rare_cases": int(len(rare)), "other_cases": int(len(other)), "labels": {}}
         self.mode.zero_()
         if len(rare) < MIN_STRUCTURE_CASES or len(other) == 0:
             report["reason"] = (f"{len(rare)} rare-condition and {len(other)} other training cases: at least "
@@ -142,17 +153,17 @@ class StructurePrior(nn.Module):
             inside.append(float((around == host).mean()) if host > 0 else 0.0)
             base = (m == host) | sel if host > 0 else (m > 0)
             offsets.append(_centroid(sel) - _centroid(base))
-        offsets, logv = np.array(offsets), np.array(logv)
-        cov = np.cov(offsets.T) if len(offsets) > 2 else np.diag(np.full(3, 1.0))
+        offsets_a, logv_a = np.array(offsets), np.array(logv)
+        cov = np.cov(offsets_a.T) if len(offsets_a) > 2 else np.diag(np.full(3, 1.0))
         cov = 0.9 * cov + 0.1 * np.diag(np.diag(cov)) + 0.25 * np.eye(3)  # full rank, at least half a voxel of spread
         self.mode[k] = INSERT
         self.host[k] = host
         self.inside[k] = float(np.mean(inside) >= 0.5)
-        self.log_volume[k] = torch.tensor([logv.mean(), max(logv.std(), 0.05), logv.min(), logv.max()])
-        self.offset_mean[k] = torch.tensor(offsets.mean(0))
+        self.log_volume[k] = torch.tensor([logv_a.mean(), max(logv_a.std(), 0.05), logv_a.min(), logv_a.max()])
+        self.offset_mean[k] = torch.tensor(offsets_a.mean(0))
         self.offset_tril[k] = torch.tensor(np.linalg.cholesky(cov))
         return {"mode": "insert", "cases": int(len(cases)), "host_label": host, "inside_host": bool(self.inside[k]),
-                "median_volume": round(float(np.exp(np.median(logv))), 1)}
+                "median_volume": round(float(np.exp(np.median(logv_a))), 1)}
 
     # ------------------------------------------------------------------ drawing
     def draw(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -274,7 +285,7 @@ class Inpainter(nn.Module):
         return image * (1 - region) + painted * region
 
 
-class CounterfactualSampler(nn.Module):
+class CounterfactualSampler(Sampler):
     """The exported generator: the structure prior and the (EMA) inpainter. ``needs_source``: synthesis
     gives it real cases to change, not noise."""
 
@@ -332,11 +343,11 @@ class CounterfactualModule(GenerativeModule):
         self.prior_report: dict = {}
 
     @property
-    def sampler(self) -> nn.Module:
+    def sampler(self) -> CounterfactualSampler:
         return self.g_ema
 
     @classmethod
-    def build_sampler(cls, config: dict, data_info: dict) -> nn.Module:
+    def build_sampler(cls, config: dict, data_info: dict) -> CounterfactualSampler:
         cfg = CounterfactualConfig(**config)
         return CounterfactualSampler(len(data_info["conditions"]), int(data_info["n_mask_labels"]), cfg.base_channels,
                                      int(data_info["roi_size"][0]), cfg.margin)
@@ -349,6 +360,7 @@ class CounterfactualModule(GenerativeModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        assert self.bank_x is not None and self.bank_y is not None, "attach_bank() before training"
         masks = self.bank_x[:, 1].float().cpu().numpy().round().astype(np.int64)
         self.prior_report = self.generator.prior.fit(self.bank_x[:, 0].float().cpu().numpy(), masks, self.bank_y.cpu().numpy(), self.rare_index,
                                                      self.cfg.defining_presence_gap, self.cfg.defining_volume_ratio)
@@ -399,7 +411,9 @@ class CounterfactualModule(GenerativeModule):
         return self.layout(torch.cat([image, onehot, region], 1))
 
     def step(self):
-        opt_g, opt_d = self.optimizers()
+        opts = self.optimizers()
+        assert isinstance(opts, list)  # configure_optimizers returns two: Lightning gives them as a list
+        opt_g, opt_d = opts
         cfg = self.cfg
         x, y = self.batch(cfg.batch_size)
         image = x[:, :1]
@@ -450,6 +464,7 @@ class CounterfactualModule(GenerativeModule):
     # ------------------------------------------------------------------ monitoring
     def _monitor_cases(self, n: int) -> list[dict]:
         """Counterfactuals of the first ``n`` training cases without the rare condition (fixed seed)."""
+        assert self.bank_x is not None, "attach_bank() before training"
         others = [i for c, idx in self._members.items() if c != self.rare_index for i in idx][:n]
         rng = np.random.default_rng(self.seed + 17)
         out = []
@@ -471,6 +486,7 @@ class CounterfactualModule(GenerativeModule):
         rare = list(self._members.get(self.rare_index, []))[:per_class]
         if len(cases) < 2 or len(rare) < 2:
             return 1.0
+        assert self.bank_x is not None, "attach_bank() before training"
         fake = torch.tensor(np.stack([c["image"] * c["region"] for c in cases])).flatten(1)
         labels = self.bank_x[torch.tensor(rare, device=self.bank_x.device), 1].round().long().cpu()
         regions = self.regions(labels).cpu()[:, 0]

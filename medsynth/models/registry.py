@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medsynth.models.base import GenerativeModule
 
 GROUP = "medsynth.models"
 _BUILTIN = {"cgan": "medsynth.models.cgan:CGANModule", "cvae": "medsynth.models.cvae:CVAEModule", "vaegan": "medsynth.models.vaegan:VAEGANModule",
             "counterfactual": "medsynth.models.counterfactual:CounterfactualModule"}
-_REGISTERED: dict[str, type] = {}
+_REGISTERED: dict[str, type[GenerativeModule]] = {}
 
 
 class UnknownModelError(KeyError):
     pass
 
 
-def register(name: str, cls: type) -> None:
+def register(name: str, cls: type[GenerativeModule]) -> None:
     _REGISTERED[name] = cls
 
 
-def _load(spec: str) -> type:
+def _load(spec: str) -> type[GenerativeModule]:
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -40,7 +44,7 @@ def available() -> dict[str, str]:
     return dict(sorted(names.items()))
 
 
-def get(name: str) -> type:
+def get(name: str) -> type[GenerativeModule]:
     if name in _REGISTERED:
         return _REGISTERED[name]
     for ep in entry_points(group=GROUP):

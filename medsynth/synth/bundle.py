@@ -31,14 +31,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import numpy as np
 import torch
 
 from medsynth import __version__
+from medsynth.cohort import ManifestRow
 from medsynth.eval.gates import VERDICT_RULE, model_gates, model_verdict, overall
 from medsynth.io.writers import save_torch_atomic, write_json_atomic
 from medsynth.models import registry
+from medsynth.models.blocks import Sampler
 from medsynth.synth.counterfactual import INTERNAL_USE as COUNTERFACTUAL_USE
 from medsynth.synth.counterfactual import is_counterfactual
 from medsynth.synth.sampler import LoadedSampler, file_sha256, load_sampler, synthesize
@@ -194,7 +198,7 @@ def _contents(sampler: LoadedSampler, model_path: Path) -> dict:
     for key, t in sd.items():
         modules[key.split(".")[0]] = modules.get(key.split(".")[0], 0) + t.numel()
     stats = {k: list(t.shape) for k, t in sd.items() if k.startswith("prior.")}
-    out = {"weights": f"state_dict of the {sampler.kind} sampler network; values per top-level module: {modules}",
+    out: dict[str, Any] = {"weights": f"state_dict of the {sampler.kind} sampler network; values per top-level module: {modules}",
            "training_data": "none: no image, mask, identifier or per-case value of a training patient"}
     if stats:
         train = model_path.parent if model_path.suffix == ".pt" else model_path
@@ -223,7 +227,7 @@ def running_bundle_root() -> str:
     its config file (the running ``ConfigWorkflow``'s ``config_root_path``, found on the call stack)."""
     from monai.bundle import ConfigWorkflow
 
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         wf = frame.f_locals.get("self")
         if isinstance(wf, ConfigWorkflow):
@@ -233,7 +237,7 @@ def running_bundle_root() -> str:
     raise RuntimeError("bundle_root: not run by monai.bundle run's ConfigWorkflow; pass --bundle_root DIR")
 
 
-def network_def(bundle_root: str | Path):
+def network_def(bundle_root: str | Path) -> Sampler:
     """The bundle's sampler network, untrained (MONAI's ``network_def``; ``models/model.pt`` holds its state_dict)."""
     spec = json.loads((Path(bundle_root) / "configs" / "medsynth_model.json").read_text())
     return registry.get(spec["kind"]).build_sampler(spec["config"], spec["data_info"])
@@ -313,7 +317,7 @@ def check_bundle(bundle_root: str | Path) -> None:
                           "medsynth export-bundle never writes; refused")
 
 
-def load_bundle(bundle_root: str | Path, device: str = "cpu", net: torch.nn.Module | None = None) -> LoadedSampler:
+def load_bundle(bundle_root: str | Path, device: str = "cpu", net: Sampler | None = None) -> LoadedSampler:
     """The bundle's generator (``net``: its :func:`network_def`, built here when None), ready for
     :func:`sample_bundle` (or ``medsynth.synth.sampler``)."""
     root = Path(bundle_root)
@@ -325,7 +329,7 @@ def load_bundle(bundle_root: str | Path, device: str = "cpu", net: torch.nn.Modu
 
 
 def sample_bundle(sampler: LoadedSampler, output_dir: str | Path, condition: str, num_samples: int = 1, seed: int = 0,
-                  temperature: float = 1.0, device: str = "cpu") -> list[dict]:
+                  temperature: float = 1.0, device: str = "cpu") -> list[ManifestRow]:
     """Sample ``num_samples`` cases of ``condition`` into ``output_dir`` (NIfTI + sidecars + manifest)."""
     if condition not in sampler.conditions:
         raise ValueError(f"condition {condition!r} unknown to this bundle; it knows {sampler.conditions}")

@@ -14,14 +14,15 @@ case's), ``sidecars/`` (source case id, model, checkpoint hash, seed, what was d
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from medsynth import __version__
-from medsynth.cohort import generated_row, write_manifest
+from medsynth.cohort import ManifestRow, generated_row, write_manifest
+from medsynth.io.nifti import voxel_array
 from medsynth.io.writers import write_json_atomic
 from medsynth.synth.sampler import write_synthetic_case
 
@@ -36,7 +37,7 @@ def is_counterfactual(sampler) -> bool:
     return bool(getattr(getattr(sampler, "net", sampler), "needs_source", False))
 
 
-def is_counterfactual_set(rows: list[dict]) -> bool:
+def is_counterfactual_set(rows: Sequence[Mapping[str, Any]]) -> bool:
     """True when a synthetic manifest's rows are counterfactual cases."""
     return bool(rows) and all(str(r.get("source", "")).startswith(f"{KIND}:") for r in rows)
 
@@ -53,7 +54,9 @@ def counterfactual_arrays(sampler, sources: list[tuple[str, np.ndarray]], condit
         raise ValueError(f"no source case to change to {condition!r}: the counterfactual generator needs real cases without it")
     c = sampler.conditions.index(condition)
     order = np.random.default_rng(seed).permutation(len(sources))
-    cases, skipped, bad = [], [], set()
+    cases: list[dict] = []
+    skipped: list[dict] = []
+    bad: set[int] = set()
     i = 0
     while len(cases) < n and len(bad) < len(sources):
         j = int(order[i % len(sources)])
@@ -76,7 +79,7 @@ def synthesize_counterfactuals(
     sampler, out_dir: Path, sources: list[tuple[str, np.ndarray]], condition: str, n: int, seed: int,
     to_physical: Callable[[np.ndarray], np.ndarray], params_hash: str = "", device: str = "cpu",
     progress: Callable[[int], None] | None = None, formats: tuple[str, ...] = ("nifti",),
-) -> tuple[list[dict], list[dict]]:
+) -> tuple[list[ManifestRow], list[dict]]:
     """Write ``n`` counterfactual cases of ``condition`` and synthetic_manifest.csv; return the manifest
     rows and the skipped sources."""
     out_dir = Path(out_dir)
@@ -84,7 +87,7 @@ def synthesize_counterfactuals(
     affine = np.asarray(sampler.data_info["reference_affine"], dtype=np.float64)
     spacing = sampler.data_info["spacing"]
     created = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
-    rows = []
+    rows: list[ManifestRow] = []
     for i, cf in enumerate(cases):
         case_id = f"CF-{sampler.kind}-{condition}-{i:04d}"
         sidecar = {
@@ -122,7 +125,7 @@ def read_sources(folder: Path, to_model: Callable[[np.ndarray], np.ndarray], roi
         m = next((p for p in (folder / "masks" / f"{case}.nii.gz", folder / "masks" / f"{case}.nii") if p.is_file()), None)
         if m is None:
             raise FileNotFoundError(f"{f}: no label map {folder / 'masks' / (case + '.nii.gz')} beside it (a counterfactual changes a labelled case)")
-        img, mask = np.asarray(nib.load(f).dataobj, np.float32), np.asarray(nib.load(m).dataobj)
+        img, mask = voxel_array(f, np.float32), voxel_array(m)
         for arr, path in ((img, f), (mask, m)):
             if tuple(arr.shape) != tuple(roi):
                 raise ValueError(f"{path}: shape {arr.shape} is not the model grid {tuple(roi)} (preprocess.roi_size)")

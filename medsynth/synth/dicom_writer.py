@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from medsynth import __version__
 from medsynth.io.writers import atomic_path
@@ -94,7 +94,7 @@ def build_series(volume: np.ndarray, affine_ras: np.ndarray, modality: str, case
         sop_uid = derived_uid(uids["series"], str(k))
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationVersionName = f"medsynth {__version__}"[:16]
         ds.file_meta = meta

@@ -15,20 +15,21 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from scipy import ndimage
 
 from medsynth import __version__
-from medsynth.cohort import generated_row, write_manifest
-from medsynth.io.nifti import nifti_on_grid
+from medsynth.cohort import ManifestRow, generated_row, write_manifest
+from medsynth.io.nifti import nifti_on_grid, voxel_array
 from medsynth.io.writers import write_json_atomic, write_nifti_atomic
 from medsynth.models import registry
+from medsynth.models.blocks import Sampler
 
 SYNTHETIC_DESCRIP = "SYNTHETIC medsynth"
 
@@ -36,7 +37,7 @@ SYNTHETIC_DESCRIP = "SYNTHETIC medsynth"
 @dataclass
 class LoadedSampler:
     kind: str
-    net: torch.nn.Module
+    net: Sampler
     config: dict
     data_info: dict
     checkpoint_sha256: str
@@ -114,7 +115,7 @@ def read_mask_folder(folder: Path, roi: tuple[int, ...] | list[int], condition: 
                                     f"{sorted({c for c in of_case.values() if c})})")
     out = []
     for f in files:
-        arr = np.asarray(nib.load(f).dataobj)
+        arr = voxel_array(f)
         if tuple(arr.shape) != tuple(roi):
             raise ValueError(f"{f}: mask shape {arr.shape} is not the model grid {tuple(roi)} (preprocess.roi_size)")
         out.append(np.rint(arr).astype(np.uint8))
@@ -213,7 +214,7 @@ def synthesize(
     progress: Callable[[int], None] | None = None,
     formats: tuple[str, ...] = ("nifti",),
     masks: dict[str, np.ndarray] | None = None,
-) -> list[dict]:
+) -> list[ManifestRow]:
     """Sample every condition's count, write cases + sidecars + synthetic_manifest.csv; return the rows.
 
     ``formats``: "nifti" (always written: evaluation reads it) and optionally "dicom" (a CT/MR series
@@ -227,7 +228,7 @@ def synthesize(
         from medsynth.synth.dicom_writer import write_dicom_case  # highdicom is only needed for DICOM output
     affine = np.asarray(sampler.data_info["reference_affine"], dtype=np.float64)
     spacing = sampler.data_info["spacing"]
-    rows = []
+    rows: list[ManifestRow] = []
     for ci, (condition, n) in enumerate(sorted(per_condition.items())):
         if n <= 0:
             continue
@@ -263,12 +264,13 @@ def synthesize(
     return rows
 
 
-def model_space_arrays(out_dir: Path, rows: list[dict], to_model: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def model_space_arrays(out_dir: Path, rows: Sequence[Mapping[str, Any]],
+                       to_model: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read written synthetic cases back as model-space arrays (for evaluation)."""
     imgs, masks, conds = [], [], []
     for r in rows:
-        imgs.append(to_model(np.asarray(nib.load(str(out_dir / "images" / f"{r['case_id']}.nii.gz")).dataobj)))
-        masks.append(np.asarray(nib.load(str(out_dir / "masks" / f"{r['case_id']}.nii.gz")).dataobj))
+        imgs.append(to_model(voxel_array(out_dir / "images" / f"{r['case_id']}.nii.gz")))
+        masks.append(voxel_array(out_dir / "masks" / f"{r['case_id']}.nii.gz"))
         conds.append(r["condition"])
     return np.stack(imgs), np.stack(masks), conds
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 
-def _image_type(ds: Dataset) -> tuple[str, ...]:
+def _image_type(ds: Dataset | FastHeader) -> tuple[str, ...]:
     it = ds.get("ImageType")
     if it is None:
         return ()
@@ -32,7 +32,7 @@ def is_derived(ds: Dataset | FastHeader) -> bool:
     return "DERIVED" in joined or any(f"_{t}_" in joined for t in DERIVED_DIFFUSION)
 
 
-def _is_phase(ds: Dataset) -> bool:
+def _is_phase(ds: Dataset | FastHeader) -> bool:
     it = _image_type(ds)
     return "P" in it or "PHASE" in it
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 
-def is_mosaic(ds: Dataset) -> bool:
+def is_mosaic(ds: Dataset | FastHeader) -> bool:
     return "MOSAIC" in _image_type(ds) or is_uih_grid(ds)
 
 
@@ -28,7 +28,7 @@ UIH_SLICES_IN_GRID = (0x0065, 0x1050)  # DS "MR Number Of Slice In Volume"
 UIH_VFRAME_SEQUENCE = (0x0065, 0x1051)  # one item per slice: ImagePositionPatient, AcquisitionTime ...
 
 
-def is_uih_grid(ds: Dataset | FastHeader) -> bool:
+def is_uih_grid(ds: Dataset | FastHeader) -> TypeGuard[Dataset]:
     """A United Imaging (UIH) grid: one volume's slices tiled in one image ("VFRAME")."""
     if isinstance(ds, FastHeader):
         return False  # the fast reader leaves grids to pydicom
@@ -83,7 +83,7 @@ def _untile(ds: Dataset | FastHeader, pixels: np.ndarray, n: int, n_col: int, n_
     return data
 
 
-def _slice_spacing(ds: Dataset) -> float:
+def _slice_spacing(ds: Dataset | FastHeader) -> float:
     return float(ds.get("SpacingBetweenSlices", 0) or 0) or float(ds.get("SliceThickness", 0) or 0)
 
 

@@ -44,8 +44,9 @@ def philips_diffusion(ds: Dataset | FastHeader) -> tuple[float, tuple[float, ...
     if b_value is None:
         return None
     parts = [_private_numbers(ds, 0x2005, "PHILIPS MR IMAGING DD 001", off, "f") for off in (0xB0, 0xB1, 0xB2)]
-    if all(parts):
-        vector = tuple(float(p[0]) for p in parts)
+    present = [p for p in parts if p]
+    if len(present) == len(parts):
+        vector = tuple(float(p[0]) for p in present)
     else:
         public = ds.get("DiffusionGradientOrientation")
         vector = tuple(float(v) for v in public) if public is not None and len(public) == 3 else (0.0, 0.0, 0.0)
@@ -57,9 +58,10 @@ def isotropic_split(data: np.ndarray, firsts: list[Slice]) -> tuple[np.ndarray, 
     acquisitions (b > 0, no gradient direction): (the acquired volumes without them, all volumes with
     them last, a note); None when there are none, or when removing them would leave fewer than two
     volumes or leave a b=0 + trace pair."""
-    if data.ndim != 4 or any(f.diffusion is None for f in firsts):
+    diffusion = [f.diffusion for f in firsts if f.diffusion is not None]
+    if data.ndim != 4 or len(diffusion) != len(firsts):
         return None
-    iso = [t for t, f in enumerate(firsts) if f.diffusion[0] != 0 and all(abs(v) < 1e-6 for v in f.diffusion[1])]
+    iso = [t for t, (b, vector) in enumerate(diffusion) if b != 0 and all(abs(v) < 1e-6 for v in vector)]
     rest = [t for t in range(len(firsts)) if t not in iso]
     if not iso or len(rest) < 2 or (len(iso) == 1 and len(rest) == 1):
         return None

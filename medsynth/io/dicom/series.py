@@ -40,7 +40,7 @@ class DicomVolume:
 
     data: np.ndarray
     affine: np.ndarray
-    header: Dataset  # header (no pixels) of a representative file
+    header: Dataset | FastHeader  # header (no pixels) of a representative file, read by pydicom or the fast reader
     files: list[Path]
     split_suffix: str = ""
     notes: list[str] = field(default_factory=list)
@@ -158,8 +158,8 @@ def scan_folder(
     if pool is not None and len(paths) > PARALLEL_SCAN_FILES:
         # the workers read what needs no pydicom; this process reads the rest, so that pydicom is imported
         # once, here, and workers forked later for the series inherit it
-        kinds = list(pool.map(_classify_without_pydicom, paths, [max_voxels] * len(paths), chunksize=chunk))
-        kinds = [k if k is not None else _classify_with_pydicom(p, max_voxels) for p, k in zip(paths, kinds, strict=True)]
+        fast = list(pool.map(_classify_without_pydicom, paths, [max_voxels] * len(paths), chunksize=chunk))
+        kinds = [k if k is not None else _classify_with_pydicom(p, max_voxels) for p, k in zip(paths, fast, strict=True)]
     elif workers > 1 and len(paths) > PARALLEL_SCAN_FILES:
         with process_pool(workers) as own_pool:
             kinds = list(own_pool.map(_classify, paths, [max_voxels] * len(paths), chunksize=chunk))
@@ -193,7 +193,7 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[list[DicomVolume], list[QuarantineEntry]]:
+def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[list[DicomVolume], list[QuarantineEntry]]:
     """Convert one series' files into volumes (split where needed) of at most ``max_voxels`` each.
 
     Returns the volumes and the quarantine entries of sub-series or files that failed.
@@ -206,10 +206,10 @@ def load_series(files: list[tuple[Path, Dataset]], max_voxels: int = DEFAULT_MAX
         by_echo: dict[str, list[tuple[Path, Dataset | FastHeader]]] = defaultdict(list)
         for p, ds in mosaics:
             by_echo[f"{ds.get('EchoNumbers', '')}|{'ph' if _is_phase(ds) else ''}|{'derived' if is_derived(ds) else ''}"].append((p, ds))
-        for i, (_echo, group) in enumerate(sorted(by_echo.items())):
-            paths = [p for p, _ds in group]
+        for i, (_echo, tiled) in enumerate(sorted(by_echo.items())):
+            paths = [p for p, _ds in tiled]
             try:
-                data, aff, notes = _mosaic_volume(group)
+                data, aff, notes = _mosaic_volume(tiled)
                 suffix = "" if len(by_echo) == 1 else f"_{i + 1}"
                 volumes.append(DicomVolume(data, aff, header, paths, suffix, notes))
             except SeriesError as exc:

@@ -4,8 +4,9 @@ groups)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
@@ -71,7 +72,8 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
     )
 
 
-def is_enhanced(ds: Dataset) -> bool:
+def is_enhanced(ds: Dataset | FastHeader) -> TypeGuard[Dataset]:
+    """A multi-frame object (never a file the fast reader read: those are single-frame)."""
     return int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
 
 
@@ -133,7 +135,7 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
                 intercept=inter,
                 split_key=(echo, ftype, stack),
                 time_key=(temporal, t_time, i),
-                loader=(lambda i=i: cache.frame(i)),
+                loader=partial(cache.frame, i),
             )
         )
     return slices
