@@ -99,6 +99,12 @@ class GenerativeModule(L.LightningModule):
     def step_index(self) -> int:
         return self._step
 
+    def optimizer_list(self) -> list:
+        """The LightningOptimizers of manual optimisation, in configure_optimizers' order (Lightning gives
+        one optimizer bare and several as a list)."""
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
     def step_generator(self, purpose: int = 0) -> torch.Generator:
         """Seeded by (seed, step, purpose, rank): a resumed run draws what the uninterrupted one drew, and
         under DDP every process draws its own batch and noise (rank 0 draws what a single process would)."""

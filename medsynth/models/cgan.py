@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from medsynth.config import CGANConfig
@@ -30,6 +29,7 @@ from medsynth.models.blocks import (
     ConditionalDecoder,
     MaskConditionalDecoder,
     ProjectionDiscriminator,
+    Sampler,
     compose_sample,
     one_hot_mask,
     random_cutout,
@@ -38,7 +38,7 @@ from medsynth.models.dp import PrivateTraining
 from medsynth.models.losses import label_volume_loss
 
 
-def build_generator(cfg: CGANConfig, n_classes: int, n_mask_labels: int, size: int) -> nn.Module:
+def build_generator(cfg: CGANConfig, n_classes: int, n_mask_labels: int, size: int) -> Sampler:
     cls = MaskConditionalDecoder if cfg.conditioning == "mask" else ConditionalDecoder
     return cls(cfg.z_dim, n_classes, n_mask_labels, cfg.base_channels, size, upsample=cfg.upsample)
 
@@ -76,7 +76,7 @@ def diff_augment(x: torch.Tensor, g: torch.Generator, p: torch.Tensor | float = 
     return x * keep + background * (1 - keep)
 
 
-class CGANModule(GenerativeModule, PrivateTraining):
+class CGANModule(PrivateTraining, GenerativeModule):
     name = "cgan"
     dp_networks = ("discriminator",)
     dp_covers = ("the discriminator's weights and the generator's (which sees training cases only through the discriminator), "
@@ -86,6 +86,10 @@ class CGANModule(GenerativeModule, PrivateTraining):
     # the discriminator's spectral norm updates its power-iteration vector in place, which torch.compile
     # rejects under the R1 double backward: only the generator is compiled
     compile_targets = ("generator",)
+    augment_p: torch.Tensor  # buffers (registered in __init__)
+    ada_signs: torch.Tensor
+    ada_count: torch.Tensor
+    ada_rt: torch.Tensor
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100):
         super().__init__(config, data_info, seed, log_every, image_every)
@@ -106,11 +110,11 @@ class CGANModule(GenerativeModule, PrivateTraining):
             self.init_dp()
 
     @property
-    def sampler(self) -> nn.Module:
+    def sampler(self) -> Sampler:
         return self.g_ema
 
     @classmethod
-    def build_sampler(cls, config: dict, data_info: dict) -> nn.Module:
+    def build_sampler(cls, config: dict, data_info: dict) -> Sampler:
         # a model exported before `upsample` existed was trained with nearest upsampling: sample it that way
         cfg = CGANConfig(**{"upsample": "nearest", **config})
         return build_generator(cfg, len(data_info["conditions"]), int(data_info["n_mask_labels"]), int(data_info["roi_size"][0]))
@@ -164,7 +168,7 @@ class CGANModule(GenerativeModule, PrivateTraining):
         cfg = self.cfg
         if cfg.dp is not None:
             return self.dp_step()
-        opt_d = self.optimizers()[1]
+        opt_d = self.optimizer_list()[1]
         x, y = self.batch(cfg.batch_size)
         real = self.joint(x)
         z = self.noise(len(y), cfg.z_dim)
@@ -205,7 +209,7 @@ class CGANModule(GenerativeModule, PrivateTraining):
                         real_labels: torch.Tensor | None, y_real: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         """One generator update against the discriminator (plus mode seeking, and the label-volume term when
         ``real_labels`` of the batch's cases ``y_real`` are given); the loss and the values to log."""
-        opt_g = self.optimizers()[0]
+        opt_g = self.optimizer_list()[0]
         cfg = self.cfg
         h = len(y) // 2 if cfg.mode_seeking > 0 else 0
         if h:  # the second half repeats the first half's conditions (and masks) with other noise
@@ -215,8 +219,8 @@ class CGANModule(GenerativeModule, PrivateTraining):
         fake = compose_sample(img, logits)
         d_fake_g = self.discriminator(self._augment(fake, 12), y)
         loss_g = self._g_loss(d_fake_g)
-        extras = {}
-        if real_labels is not None and cfg.label_volume_weight > 0 and cfg.conditioning == "class":
+        extras: dict[str, torch.Tensor | None] = {}
+        if real_labels is not None and y_real is not None and cfg.label_volume_weight > 0 and cfg.conditioning == "class":
             volume = label_volume_loss(logits, y, real_labels, y_real, self.n_mask_labels)
             loss_g = loss_g + cfg.label_volume_weight * volume
             extras["label_volume"] = volume.detach()
@@ -254,7 +258,7 @@ class CGANModule(GenerativeModule, PrivateTraining):
         condition) gets its own gradient, clipped and noised (:mod:`medsynth.models.dp`); the generated
         cases' term adds its ordinary gradient. The generator then learns from the discriminator alone, on
         conditions drawn uniformly: its weights are post-processing of the private discriminator's."""
-        opt_d = self.optimizers()[1]
+        opt_d = self.optimizer_list()[1]
         cfg = self.cfg
         real_x, y_real = self.dp_batch(1)
         real = self.joint(real_x)
@@ -301,6 +305,7 @@ class CGANModule(GenerativeModule, PrivateTraining):
         self.private_step(real_loss_of_one, (real_aug, real, paired, a, y_real), 31)
         for p, g in zip(self.discriminator.parameters(), fake_grads, strict=True):
             if g is not None:
+                assert p.grad is not None  # private_step sets every parameter's gradient
                 p.grad = p.grad + g
         return d_fake
 

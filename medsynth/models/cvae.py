@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig
 from medsynth.models.base import GenerativeModule, grad_norm, kl_anneal
-from medsynth.models.blocks import ConditionalDecoder, DownBlock, n_levels, one_hot
+from medsynth.models.blocks import ConditionalDecoder, DownBlock, Sampler, n_levels, one_hot
 from medsynth.models.dp import PrivateTraining
 from medsynth.models.losses import label_rarity_weights, mask_loss
 
@@ -46,14 +46,14 @@ class Encoder(nn.Module):
         return self.mu(h), 10.0 * torch.tanh(self.logvar(h) / 10.0)
 
 
-class CVAEModule(GenerativeModule, PrivateTraining):
+class CVAEModule(PrivateTraining, GenerativeModule):
     name = "cvae"
-    dp_networks = ("encoder", "decoder")
+    dp_networks: tuple[str, ...] = ("encoder", "decoder")
     dp_covers = ("the exported weights; not the logged losses, the diversity monitor or other values computed on training "
                  "cases without noise (train.json, DVCLive): keep those inside")
     export_settings = ("prior_shrinkage", "prior_min_cases")  # used at export only: a change refits, no retraining
     config_class = CVAEConfig  # validates train.cvae (and a plug-in subclass's section, unless it names its own)
-    compile_targets = ("encoder", "decoder")
+    compile_targets: tuple[str, ...] = ("encoder", "decoder")
 
     def __init__(self, config: dict, data_info: dict, seed: int = 0, log_every: int = 10, image_every: int = 100,
                  build_networks: bool = True):
@@ -69,11 +69,11 @@ class CVAEModule(GenerativeModule, PrivateTraining):
             self.init_dp()
 
     @property
-    def sampler(self) -> nn.Module:
+    def sampler(self) -> Sampler:
         return self.decoder
 
     @classmethod
-    def build_sampler(cls, config: dict, data_info: dict) -> nn.Module:
+    def build_sampler(cls, config: dict, data_info: dict) -> Sampler:
         # a model exported before `latent_prior` existed sampled N(0, I) and has no prior tensors
         cfg = CVAEConfig(**{"latent_prior": "standard", **config})
         return Decoder(cfg.latent_dim, len(data_info["conditions"]), int(data_info["n_mask_labels"]), cfg.base_channels, int(data_info["roi_size"][0]),
@@ -87,6 +87,7 @@ class CVAEModule(GenerativeModule, PrivateTraining):
         super().on_fit_start()
         if self.cfg.dp is not None:
             self.setup_dp()
+        assert self.bank_x is not None, "attach_bank() before training"
         self.label_weights = (label_rarity_weights(self.bank_x[:, 1], self.n_mask_labels)
                               if self.cfg.mask_label_weighting == "rarity" else None)
 
@@ -113,7 +114,7 @@ class CVAEModule(GenerativeModule, PrivateTraining):
 
     def dp_step(self) -> None:
         """One DP-SGD step: a Poisson batch of the training cases, per-case clipped gradients plus noise."""
-        cfg, opt = self.cfg, self.optimizers()
+        cfg, opt = self.cfg, self.optimizer_list()[0]
         x, y = self.dp_batch(1)
         eps = self.noise(len(y), cfg.latent_dim)
         beta = cfg.kl_weight * kl_anneal(self.step_index, cfg.kl_anneal_steps)
@@ -149,6 +150,7 @@ class CVAEModule(GenerativeModule, PrivateTraining):
         prior = getattr(self.sampler, "prior", None)
         if prior is None:
             return {"dp": self.dp_record()} if self.cfg.dp is not None else {}
+        assert self.bank_x is not None and self.bank_y is not None, "attach_bank() before training"
         was_training = self.training
         self.eval()
         before = round(self.diversity(), 4)

@@ -24,8 +24,9 @@ from torch.nn import functional as F
 
 from medsynth.config import CVAEConfig, VAEGANConfig
 from medsynth.models.base import grad_norm, kl_anneal, mode_seeking_loss
-from medsynth.models.blocks import ProjectionDiscriminator, compose_sample, split_output
+from medsynth.models.blocks import ProjectionDiscriminator, Sampler, compose_sample, split_output
 from medsynth.models.cvae import CVAEModule
+from medsynth.models.perceptual import PerceptualLoss3d
 
 
 def class_channels(y: torch.Tensor, n_classes: int, like: torch.Tensor) -> torch.Tensor:
@@ -39,11 +40,11 @@ def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return (0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1)).flatten(1).sum(1)
 
 
-class ConditionalAutoencoderKL(nn.Module):
+class ConditionalAutoencoderKL(Sampler):
     """MONAI AutoencoderKL with the condition at the input (one-hot channels) and at the bottleneck
     (a learned per-class offset of the spatial latent). Decodes image + mask logits."""
 
-    def __init__(self, cfg: VAEGANConfig, n_classes: int, n_mask_labels: int, roi: tuple[int, int, int]):
+    def __init__(self, cfg: VAEGANConfig, n_classes: int, n_mask_labels: int, roi: tuple[int, ...]):
         super().__init__()
         from monai.networks.nets import AutoencoderKL
 
@@ -94,7 +95,7 @@ class ConditionalPatchDiscriminator(nn.Module):
 
 class VAEGANModule(CVAEModule):
     name = "vaegan"
-    dp_networks = ("encoder", "decoder", "discriminator")
+    dp_networks: tuple[str, ...] = ("encoder", "decoder", "discriminator")
     dp_releases_per_step = 2  # the discriminator's gradient and the VAE's, each on its own Poisson batch
     dp_covers = ("the exported weights (encoder, decoder and the discriminator that trained them); not the logged losses, the "
                  "diversity monitor or other values computed on training cases without noise (train.json, DVCLive): keep those inside")
@@ -107,6 +108,7 @@ class VAEGANModule(CVAEModule):
         super().__init__(base, data_info, seed, log_every, image_every, build_networks=not kl)
         self.config = dict(config)
         in_ch = 2 + self.n_mask_labels
+        self.discriminator: nn.Module
         if kl:
             self.kl = ConditionalAutoencoderKL(self.vg, self.n_classes, self.n_mask_labels, self.roi)
             self.discriminator = ConditionalPatchDiscriminator(in_ch, self.n_classes, self.vg.disc_layers, self.vg.disc_channels)
@@ -116,10 +118,9 @@ class VAEGANModule(CVAEModule):
                                                          minibatch_std=self.vg.minibatch_std)
             self.compile_targets = ("encoder", "decoder")  # spectral-norm discriminator: see cgan.py
         self.automatic_optimization = False
-        self.perceptual = None
+        self.perceptual: PerceptualLoss3d | None = None
         if self.vg.perceptual_weight > 0:
-            from medsynth.models.perceptual import PerceptualLoss3d
-
+            assert self.vg.perceptual_network is not None  # VAEGANConfig refuses a weight without a network
             self.perceptual = PerceptualLoss3d(self.vg.perceptual_network, self.vg.perceptual_sha256)
 
     def on_fit_start(self) -> None:
@@ -128,7 +129,7 @@ class VAEGANModule(CVAEModule):
             self.perceptual.to(self.device)
 
     @property
-    def sampler(self) -> nn.Module:
+    def sampler(self) -> Sampler:
         return self.kl if self.vg.backbone == "autoencoderkl" else self.decoder
 
     @property
@@ -136,7 +137,7 @@ class VAEGANModule(CVAEModule):
         return self.sampler.z_dim
 
     @classmethod
-    def build_sampler(cls, config: dict, data_info: dict):
+    def build_sampler(cls, config: dict, data_info: dict) -> Sampler:
         cfg = VAEGANConfig(**config)
         if cfg.backbone == "autoencoderkl":
             roi = tuple(int(s) for s in data_info["roi_size"])
@@ -178,7 +179,7 @@ class VAEGANModule(CVAEModule):
         gradient, plus noise; the prior samples' term (no training case in it) its ordinary gradient. VAE:
         each case's reconstruction, mask, KL and adversarial terms likewise; the prior samples' adversarial
         and mode-seeking terms, on conditions drawn uniformly, their ordinary gradient."""
-        opt_vae, opt_d = self.optimizers()
+        opt_vae, opt_d = self.optimizer_list()
         cfg = self.vg
         use_adv = self.step_index >= cfg.adv_start
         n = cfg.batch_size
@@ -235,7 +236,7 @@ class VAEGANModule(CVAEModule):
     def step(self):
         if self.cfg.dp is not None:
             return self.dp_step()
-        opt_vae, opt_d = self.optimizers()
+        opt_vae, opt_d = self.optimizer_list()
         cfg = self.vg
         x, y = self.batch(cfg.batch_size)
         eps = self.noise(len(y), self.latent_dim)
