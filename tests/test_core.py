@@ -547,16 +547,25 @@ def test_vaegan_mode_seeking_and_minibatch_std(preprocessed, tmp_path, monkeypat
     assert m.discriminator.minibatch_std
 
 
-def test_cgan_upsamples_trilinearly_and_old_exports_keep_nearest():
+def test_cgan_upsamples_trilinearly_and_old_exports_keep_nearest(tmp_path):
     """The generator upsamples trilinearly by default (nearest left a background speckle); a model exported
-    before the setting existed was trained with nearest and is rebuilt that way for sampling."""
+    in format 1, before the setting existed, was trained with nearest and is rebuilt that way for sampling;
+    a format newer than this medsynth reads is refused, naming the file."""
     from medsynth.models.cgan import CGANModule
+    from medsynth.models.export_format import EXPORT_FORMAT, ExportFormatError
+    from medsynth.synth.sampler import load_sampler
 
-    cfg = Params().train.cgan.model_dump()
+    cfg = Params().train.cgan.model_dump(mode="json")
     info = {"conditions": ["normal", "lesion"], "n_mask_labels": 1, "roi_size": [16, 16, 16]}
     new = CGANModule.build_sampler(cfg, info)
-    old = CGANModule.build_sampler({k: v for k, v in cfg.items() if k != "upsample"}, info)
-    assert [b.upsample for b in new.ups] == ["trilinear"] * 2 and [b.upsample for b in old.ups] == ["nearest"] * 2
+    old_cfg = {k: v for k, v in cfg.items() if k != "upsample"}
+    torch.save({"kind": "cgan", "config": old_cfg, "data_info": info, "state_dict": new.state_dict()}, tmp_path / "old.pt")
+    old = load_sampler(tmp_path / "old.pt")
+    assert [b.upsample for b in new.ups] == ["trilinear"] * 2 and [b.upsample for b in old.net.ups] == ["nearest"] * 2
+    assert old.config["upsample"] == "nearest"
+    torch.save({"format": EXPORT_FORMAT + 1, "kind": "cgan", "config": cfg, "data_info": info, "state_dict": new.state_dict()}, tmp_path / "new.pt")
+    with pytest.raises(ExportFormatError, match=rf"new.pt: exported in model format {EXPORT_FORMAT + 1}; this medsynth reads up to format"):
+        load_sampler(tmp_path / "new.pt")
     x = torch.zeros(1, 1, 2, 2, 2)
     x[0, 0, 0, 0, 0] = 1.0
     from medsynth.models.blocks import upsample2
@@ -601,7 +610,6 @@ def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standar
     """Training ends by fitting the decoder's latent prior to the encoder's codes of the training cases:
     train.json says per condition how, model.pt carries it, sampling uses it; a model exported before
     the setting existed (no prior tensors) loads and samples N(0, I); latent_prior: standard exports none."""
-    from medsynth.models.cvae import CVAEModule
     from medsynth.synth.sampler import load_sampler, sample_arrays
 
     s = train_tiny("cvae", preprocessed, tmp_path / "fitted", 2, extra={"prior_min_cases": 2})
@@ -630,11 +638,14 @@ def test_cvae_fits_its_latent_prior_at_export_and_old_exports_sample_the_standar
     normal = sampler.conditions.index("normal")  # the fitted condition
     tril = blob2["state_dict"]["prior.scale_tril"][normal]
     assert torch.equal(tril, torch.diag(torch.diag(tril))) and not torch.equal(tril, blob["state_dict"]["prior.scale_tril"][normal])  # shrunk to its diagonal
-    # an export from before latent_prior: no key in the config, no prior tensors
+    # an export from before latent_prior (format 1): no key in the config, no prior tensors
+    assert blob["format"] == 2
     old_cfg = {k: v for k, v in blob["config"].items() if k not in ("latent_prior", "prior_shrinkage", "prior_min_cases")}
-    old = CVAEModule.build_sampler(old_cfg, blob["data_info"])
-    old.load_state_dict({k: v for k, v in blob["state_dict"].items() if not k.startswith("prior.")})
-    assert old.prior is None
+    torch.save({"kind": "cvae", "config": old_cfg, "data_info": blob["data_info"],
+                "state_dict": {k: v for k, v in blob["state_dict"].items() if not k.startswith("prior.")}}, tmp_path / "old.pt")
+    old = load_sampler(tmp_path / "old.pt")
+    assert old.net.prior is None and old.config["latent_prior"] == "standard"
+    assert np.isfinite(sample_arrays(old, "lesion", 2, seed=0)[0]).all()
     s = train_tiny("cvae", preprocessed, tmp_path / "standard", 1, extra={"latent_prior": "standard"})
     assert "latent_prior" not in s
     assert not any(k.startswith("prior.") for k in torch.load(tmp_path / "standard" / "model.pt", weights_only=True)["state_dict"])

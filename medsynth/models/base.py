@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from medsynth.models.blocks import Sampler, one_hot_mask
+from medsynth.models.export_format import EXPORT_FORMAT
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -321,6 +322,7 @@ class GenerativeModule(L.LightningModule):
 
     def export(self) -> dict:
         return {
+            "format": EXPORT_FORMAT,
             "kind": self.name,
             "config": self.config,
             "data_info": self.data_info,

@@ -115,8 +115,7 @@ class CGANModule(PrivateTraining, GenerativeModule):
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> Sampler:
-        # a model exported before `upsample` existed was trained with nearest upsampling: sample it that way
-        cfg = CGANConfig(**{"upsample": "nearest", **config})
+        cfg = CGANConfig(**config)
         return build_generator(cfg, len(data_info["conditions"]), int(data_info["n_mask_labels"]), int(data_info["roi_size"][0]))
 
     def configure_optimizers(self):

@@ -74,8 +74,7 @@ class CVAEModule(PrivateTraining, GenerativeModule):
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> Sampler:
-        # a model exported before `latent_prior` existed sampled N(0, I) and has no prior tensors
-        cfg = CVAEConfig(**{"latent_prior": "standard", **config})
+        cfg = CVAEConfig(**config)
         return Decoder(cfg.latent_dim, len(data_info["conditions"]), int(data_info["n_mask_labels"]), cfg.base_channels, int(data_info["roi_size"][0]),
                        latent_prior=cfg.latent_prior == "fitted")
 

@@ -43,6 +43,7 @@ from medsynth.eval.gates import VERDICT_RULE, model_gates, model_verdict, overal
 from medsynth.io.writers import save_torch_atomic, write_json_atomic
 from medsynth.models import registry
 from medsynth.models.blocks import Sampler
+from medsynth.models.export_format import EXPORT_FORMAT, migrate
 from medsynth.synth.counterfactual import INTERNAL_USE as COUNTERFACTUAL_USE
 from medsynth.synth.counterfactual import is_counterfactual
 from medsynth.synth.sampler import LoadedSampler, file_sha256, load_sampler, synthesize
@@ -91,7 +92,7 @@ def export_bundle(model_path: Path, out_dir: Path, name: str | None = None, gate
     model_pt = out_dir / "models" / "model.pt"
     save_torch_atomic(model_pt, {k: v.detach().cpu() for k, v in sampler.net.state_dict().items()})
     write_json_atomic(out_dir / "configs" / "medsynth_model.json", {
-        "kind": sampler.kind, "config": sampler.config, "data_info": info, "source_checkpoint_sha256": sampler.checkpoint_sha256,
+        "format": EXPORT_FORMAT, "kind": sampler.kind, "config": sampler.config, "data_info": info, "source_checkpoint_sha256": sampler.checkpoint_sha256,
     })
     metadata = {
         "schema": SCHEMA_URL,
@@ -239,8 +240,14 @@ def running_bundle_root() -> str:
 
 def network_def(bundle_root: str | Path) -> Sampler:
     """The bundle's sampler network, untrained (MONAI's ``network_def``; ``models/model.pt`` holds its state_dict)."""
-    spec = json.loads((Path(bundle_root) / "configs" / "medsynth_model.json").read_text())
+    spec = model_spec(bundle_root)
     return registry.get(spec["kind"]).build_sampler(spec["config"], spec["data_info"])
+
+
+def model_spec(bundle_root: str | Path) -> dict:
+    """The bundle's ``configs/medsynth_model.json`` (kind, config, data info), in the current export format."""
+    path = Path(bundle_root) / "configs" / "medsynth_model.json"
+    return migrate(json.loads(path.read_text()), str(path))
 
 
 def inference_config(conditions: list[str]) -> dict:
@@ -321,7 +328,7 @@ def load_bundle(bundle_root: str | Path, device: str = "cpu", net: Sampler | Non
     """The bundle's generator (``net``: its :func:`network_def`, built here when None), ready for
     :func:`sample_bundle` (or ``medsynth.synth.sampler``)."""
     root = Path(bundle_root)
-    spec = json.loads((root / "configs" / "medsynth_model.json").read_text())
+    spec = model_spec(root)
     net = network_def(root) if net is None else net
     net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
     net.eval().to(device)

@@ -30,6 +30,7 @@ from medsynth.io.nifti import nifti_on_grid, voxel_array
 from medsynth.io.writers import write_json_atomic, write_nifti_atomic
 from medsynth.models import registry
 from medsynth.models.blocks import Sampler
+from medsynth.models.export_format import migrate
 
 SYNTHETIC_DESCRIP = "SYNTHETIC medsynth"
 
@@ -61,7 +62,7 @@ def load_sampler(path: Path, device: str = "cpu") -> LoadedSampler:
         path = path / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no exported model (train first, or pass a model.pt)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = migrate(torch.load(path, map_location="cpu", weights_only=True), str(path))
     kind = blob["kind"]
     net = registry.get(kind).build_sampler(blob["config"], blob["data_info"])
     net.load_state_dict(blob["state_dict"])
