@@ -160,3 +160,18 @@ def test_a_private_vaegan_spends_two_noised_gradients_per_step(preprocessed, tmp
     q, sigma = dp["sample_rate"], dp["noise_multiplier"]
     assert sigma == pytest.approx(noise_multiplier(8.0, 1e-3, q, 6), rel=1e-3) and sigma > noise_multiplier(8.0, 1e-3, q, 3)
     assert dp["epsilon"] == pytest.approx(epsilon_spent(sigma, q, 6, 1e-3), rel=1e-3) and dp["epsilon"] <= 8.0 * 1.01
+
+
+def test_a_private_step_advances_spectral_norm_like_an_ordinary_forward_pass(preprocessed):
+    """The per-case pass cannot update spectral norm's singular vectors in place, so private_step advances
+    them once itself: a discriminator whose every pass is private (the VAE-GAN without prior_adversarial)
+    would otherwise keep the random vectors of its initialisation."""
+    m, x, y = _module("vaegan", preprocessed, dp={"epsilon": 10, "delta": 1e-3}, **PRIVATE_VAEGAN)
+    m.dp_noise_multiplier.fill_(1.0)
+    # (a layer with one output has a one-element u, always +-1: its v moves instead)
+    vectors = {k: v.clone() for k, v in m.discriminator.named_buffers() if k.endswith(("weight_u", "weight_v")) and v.numel() > 1}
+    assert vectors
+    d = m.discriminator
+    m.private_step(lambda r, yy: d(r, yy).sum(), (m.joint(x[:3].float()), y[:3]), 31, networks=("discriminator",))
+    assert all(not torch.equal(v, dict(d.named_buffers())[k]) for k, v in vectors.items())
+    assert m.training  # restored

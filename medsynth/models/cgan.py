@@ -294,18 +294,17 @@ class CGANModule(PrivateTraining, GenerativeModule):
                 loss = loss + cfg.gp_weight * (gx.flatten().norm() - 1) ** 2
             return loss
 
-        # the generated cases first: this forward pass also advances spectral norm's power iteration, which the
-        # per-case pass then uses as it stands
-        d_fake = self.discriminator(fake_aug, y_fake)
+        self.private_step(real_loss_of_one, (real_aug, real, paired, a, y_real), 31)
+        # the generated cases' term with the singular vectors the private pass used (eval: not advanced again)
+        was_training = self.discriminator.training
+        self.discriminator.eval()
+        try:
+            d_fake = self.discriminator(fake_aug, y_fake)
+        finally:
+            self.discriminator.train(was_training)
         loss_fake = self._fake_term(d_fake).mean()
         self.check_finite(loss_d=loss_fake)
-        self.manual_backward(loss_fake)
-        fake_grads = [p.grad for p in self.discriminator.parameters()]
-        self.private_step(real_loss_of_one, (real_aug, real, paired, a, y_real), 31)
-        for p, g in zip(self.discriminator.parameters(), fake_grads, strict=True):
-            if g is not None:
-                assert p.grad is not None  # private_step sets every parameter's gradient
-                p.grad = p.grad + g
+        self.manual_backward(loss_fake)  # adds to the private gradient of the real cases
         return d_fake
 
     def prepare_export(self) -> dict:

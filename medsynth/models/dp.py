@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 if TYPE_CHECKING:
     from medsynth.models.base import GenerativeModule as _Module
@@ -144,11 +145,16 @@ class PrivateTraining(_Module):
     def private_step(self, loss_of_one: Callable[..., torch.Tensor], cases: tuple[torch.Tensor, ...], g_purpose: int,
                      networks: tuple[str, ...] | None = None) -> None:
         """Set the gradients of ``networks`` (default ``dp_networks``) to the DP-SGD gradient of ``loss_of_one``
-        over ``cases`` (other networks ``loss_of_one`` calls are used as they are, not updated). The module is in eval mode
-        meanwhile: spectral norm then uses its stored singular vectors instead of updating them in place,
-        which per-case gradients cannot do (ordinary forward passes of the same step update them)."""
+        over ``cases`` (other networks ``loss_of_one`` calls are used as they are, not updated). Spectral norm's
+        power iteration advances once first; the per-case pass then runs in eval mode, using those singular
+        vectors without updating them in place, which per-case gradients cannot do."""
         nets = {name.replace(".", "_"): self.get_submodule(name) for name in (networks or self.dp_networks)}
         was_training = self.training
+        if was_training:  # one power iteration, as an ordinary forward pass would do
+            for m in self.modules():
+                for hook in list(m._forward_pre_hooks.values()):
+                    if isinstance(hook, SpectralNorm):
+                        hook(m, ())
         self.eval()
         try:
             private_gradients(nets, loss_of_one, cases, self.dp_settings.max_grad_norm, float(self.dp_noise_multiplier),
