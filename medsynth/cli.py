@@ -104,7 +104,7 @@ def deid(
 @app.command()
 def keygen(
     path: Path = typer.Argument(..., help="key file to create, e.g. ~/.medsynth/site.key (keep it outside the repository)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing key: pseudonyms from the old key can no longer be reproduced"),
+    force: bool = typer.Option(False, "--force", help="replace an existing key: pseudonyms made with the replaced key can no longer be reproduced"),
 ) -> None:
     """Write a new random site key (64 hex digits, mode 600) for deid --key-file / deid.key_file."""
     import os

@@ -127,11 +127,11 @@ class DPConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0, description="each case's gradient is clipped to this L2 norm before noise is added")
 
 
-def _refused_with_dp(settings: list[tuple[str, object, object]]) -> None:
-    """Raise naming each (key, value, value allowed with dp) whose value differs."""
+def _refused_with_dp(settings: list[tuple[str, object, object]], why: str) -> None:
+    """Raise naming each (key, value, value allowed with dp) whose value differs, and ``why``."""
     bad = [f"{k}: {v} (allowed with dp: {ok})" for k, v, ok in settings if v != ok]
     if bad:
-        raise ValueError("dp is set, but " + "; ".join(bad))
+        raise ValueError("dp is set, but " + "; ".join(bad) + ": " + why)
 
 
 class CGANConfig(_Section):
@@ -176,12 +176,10 @@ class CGANConfig(_Section):
     @model_validator(mode="after")
     def _dp_settings(self) -> CGANConfig:
         if self.dp is not None:
-            try:
-                _refused_with_dp([("minibatch_std", self.minibatch_std, False), ("ada_target", self.ada_target, 0.0),
-                                  ("label_volume_weight", self.label_volume_weight, 0.0), ("conditioning", self.conditioning, "class")])
-            except ValueError as e:
-                raise ValueError(f"{e}: each would use the training cases outside the differential-privacy guarantee (a batch "
-                                 "statistic of real cases, their discriminator scores, their label volumes, their masks)") from None
+            _refused_with_dp([("minibatch_std", self.minibatch_std, False), ("ada_target", self.ada_target, 0.0),
+                              ("label_volume_weight", self.label_volume_weight, 0.0), ("conditioning", self.conditioning, "class")],
+                             "each would use the training cases outside the differential-privacy guarantee (a batch statistic of "
+                             "real cases, their discriminator scores, their label volumes, their masks)")
         return self
 
 
@@ -233,10 +231,8 @@ class CVAEConfig(_Section):
     @model_validator(mode="after")
     def _dp_settings(self) -> CVAEConfig:
         if self.dp is not None:
-            try:
-                _refused_with_dp([("latent_prior", self.latent_prior, "standard"), ("mask_label_weighting", self.mask_label_weighting, "none")])
-            except ValueError as e:
-                raise ValueError(f"{e}: those fit values to the training cases outside the differential-privacy guarantee") from None
+            _refused_with_dp([("latent_prior", self.latent_prior, "standard"), ("mask_label_weighting", self.mask_label_weighting, "none")],
+                             "those fit values to the training cases outside the differential-privacy guarantee")
         return self
 
 
@@ -275,13 +271,11 @@ class VAEGANConfig(CVAEConfig):
     @model_validator(mode="after")
     def _kl_shape(self) -> VAEGANConfig:
         if self.dp is not None:
-            try:
-                _refused_with_dp([("backbone", self.backbone, "conv"), ("minibatch_std", self.minibatch_std, False),
-                                  ("perceptual_weight", self.perceptual_weight, 0.0)])
-            except ValueError as e:
-                raise ValueError(f"{e}: DP-SGD computes each training case's gradient alone, through encoder, decoder and "
-                                 "discriminator; a batch statistic (minibatch_std) or networks without per-case gradients "
-                                 "(autoencoderkl's batch-normalised discriminator, a TorchScript perceptual network) cannot") from None
+            _refused_with_dp([("backbone", self.backbone, "conv"), ("minibatch_std", self.minibatch_std, False),
+                              ("perceptual_weight", self.perceptual_weight, 0.0)],
+                             "DP-SGD computes each training case's gradient alone, through encoder, decoder and discriminator; a "
+                             "batch statistic (minibatch_std) or networks without per-case gradients (autoencoderkl's "
+                             "batch-normalised discriminator, a TorchScript perceptual network) cannot")
         if len(self.attention_levels) != len(self.kl_channels):
             raise ValueError(f"attention_levels {list(self.attention_levels)} needs one entry per kl_channels level {list(self.kl_channels)}")
         if any(c % self.norm_num_groups for c in self.kl_channels):

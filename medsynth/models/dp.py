@@ -104,15 +104,11 @@ class PrivateTraining(_Module):
         self.automatic_optimization = False
         self.register_buffer("dp_noise_multiplier", torch.zeros(()))  # set at the first fit start, kept through resumes
 
-    @property
-    def dp_settings(self):
-        return self.cfg.dp
-
     def setup_dp(self) -> None:
         from medsynth.models.base import TrainingDataError
 
         assert self.bank_y is not None, "attach_bank() before training"
-        dp, n = self.dp_settings, len(self.bank_y)
+        dp, n = self.cfg.dp, len(self.bank_y)
         if dp.delta >= 1.0 / n:
             raise TrainingDataError(f"train.{self.name}.dp.delta {dp.delta:g} is not below 1 / {n} training cases: the guarantee would allow "
                                     f"one patient's data to leak whole; set delta below {1.0 / n:.2g} (e.g. {10 ** -len(str(n)) / 10:g})")
@@ -123,7 +119,7 @@ class PrivateTraining(_Module):
 
     def dp_record(self) -> dict:
         """The privacy spent so far (train.json, the model card, the report)."""
-        dp, sigma = self.dp_settings, float(self.dp_noise_multiplier)
+        dp, sigma = self.cfg.dp, float(self.dp_noise_multiplier)
         releases = int(self.iteration) * self.dp_releases_per_step
         return {"epsilon": round(epsilon_spent(sigma, self.dp_rate, releases, dp.delta), 4), "epsilon_target": dp.epsilon, "delta": dp.delta,
                 "noise_multiplier": round(sigma, 4), "max_grad_norm": dp.max_grad_norm, "sample_rate": round(self.dp_rate, 5),
@@ -157,7 +153,7 @@ class PrivateTraining(_Module):
                         hook(m, ())
         self.eval()
         try:
-            private_gradients(nets, loss_of_one, cases, self.dp_settings.max_grad_norm, float(self.dp_noise_multiplier),
+            private_gradients(nets, loss_of_one, cases, self.cfg.dp.max_grad_norm, float(self.dp_noise_multiplier),
                               self.cfg.batch_size, self.step_generator(g_purpose))
         finally:
             self.train(was_training)
