@@ -1,5 +1,5 @@
 """Which disguised copies does the privacy audit find? Real hippocampus MR cases (MSD Task04 at 2 mm, the
-cohort and split of tests/test_privacy_audit.py) returned by a "generator" under a disguise, at several
+cohort and split of tests/eval/test_privacy_audit.py) returned by a "generator" under a disguise, at several
 strengths, through the evaluate stage's audit and privacy gates with the default params.
 
 Two settings: ``all`` -- 60 of the 142 training patients returned, every one disguised (the test's
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine  # noqa: E402
-from tests.test_privacy_audit import CFG, RARE, audit, disguise, load_cohort  # noqa: E402
+from tests.eval.test_privacy_audit import CFG, RARE, audit, disguise, load_cohort  # noqa: E402
 
 MATRIX = [("noise", s) for s in (0.02, 0.05, 0.1)] + [("flip", a) for a in (0, 1, 2)] + [("shift", s) for s in (1, 2, 4)] + \
     [("scale", s) for s in (0.8, 1.25, 1.5)] + [("blend", a) for a in (0.9, 0.7, 0.5)] + [("label_swap", 0)] + \

@@ -17,7 +17,7 @@ from medsynth.eval.conditional import (
     fit_condition_classifier,
     wilson_interval,
 )
-from tests.hippocampus import load_hippocampus
+from tests.fixtures.hippocampus import load_hippocampus
 
 CONDITIONS = ["small", "typical"]
 NAMES = {1: "anterior hippocampus", 2: "posterior hippocampus"}

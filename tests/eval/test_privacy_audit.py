@@ -16,7 +16,7 @@ from medsynth.config import Params
 from medsynth.eval.features import volume_features
 from medsynth.eval.gates import copies_gate, privacy_gates
 from medsynth.eval.privacy import attack_report, audit_privacy, privacy_reference
-from tests.hippocampus import load_hippocampus
+from tests.fixtures.hippocampus import load_hippocampus
 
 CONDITIONS = ("typical", "small")
 RARE = 1

@@ -28,7 +28,7 @@ from medsynth.io.deid import Deidentifier, DeidKey
 from medsynth.io.ingest import IngestError, deidentify_tree, ingest
 from medsynth.io.nifti import load_nifti_checked
 from tests.conftest import ROOT
-from tests.phi import ct_dataset
+from tests.fixtures.phi import ct_dataset
 
 KEY = DeidKey(b"0123456789abcdef-hostile-inputs", "file", True)
 P = Params()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 PACKAGE = "medsynth"
 ENTRY_POINT = re.compile(rf"^{PACKAGE}(\.\w+)+:\w+$")  # "medsynth.models.cgan:CGANModule", imported by name
 # Importers that use a module only for what it names, never loading the modules it imports by name:

@@ -11,7 +11,7 @@ import pytest
 from medsynth.config import DeidConfig, Params
 from medsynth.io.deid import Deidentifier, DeidKey, DeidKeyError, compact_table, load_key, load_table
 from tests.conftest import shared
-from tests.phi import element_at, originals_of, output_bytes, plant_canaries, real_dicom_files, walk_elements
+from tests.fixtures.phi import element_at, originals_of, output_bytes, plant_canaries, real_dicom_files, walk_elements
 
 KEY = DeidKey(b"0123456789abcdef-test-key", "file", True)
 

@@ -27,7 +27,7 @@ from medsynth.models.base import TrainingDataError
 from medsynth.models.counterfactual import CounterfactualSampler, StructurePrior
 from medsynth.synth.counterfactual import INTERNAL_USE, synthesize_counterfactuals
 from medsynth.synth.sampler import load_sampler, physical_transform
-from tests.hippocampus import load_hippocampus
+from tests.fixtures.hippocampus import load_hippocampus
 
 BRIGHT, DARK = 0.6, -0.5
 RARE, NORMAL = 0, 1  # condition indices: ["lesion", "normal"]

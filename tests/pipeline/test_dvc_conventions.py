@@ -1,6 +1,6 @@
 """DVC used as DVC users expect: one small git-tracked metrics file that `dvc exp show` and `dvc metrics
 diff` can compare, plots that are static images (rendered offline), the report naming a params.yaml
-that differs from the commit. The real `dvc repro` / `dvc exp run` checks are in tests/test_pipeline.py."""
+that differs from the commit. The real `dvc repro` / `dvc exp run` checks are in tests/pipeline/test_pipeline.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from medsynth.config import ConfigError, DeidConfig, Params, parse_params
 from medsynth.io.deid import Deidentifier, DeidKey
 from medsynth.io.ingest import DeidSelfCheckError, deidentify_tree, ingest
 from medsynth.io.phi_scan import identifiers_of, scan_outputs
-from tests.phi import ct_dataset
+from tests.fixtures.phi import ct_dataset
 
 KEY = DeidKey(b"0123456789abcdef-hostile-key", "file", True)
 LETTER = "Mrs Victoria Probe, born 22 Nov 1958, seen by Dr Gregory House at Saint Probe Hospital"

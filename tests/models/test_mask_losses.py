@@ -5,9 +5,9 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import torch
-from conftest import shared
 
 from medsynth.models.losses import label_rarity_weights, label_volume_loss, label_volumes, mask_loss, soft_dice_loss
+from tests.conftest import shared
 
 
 def _hippocampus_labels(n: int = 4) -> torch.Tensor:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, SHARED
-from tests.phi import originals_of, plant_canaries, real_dicom_files
+from tests.fixtures.phi import originals_of, plant_canaries, real_dicom_files
 
 CANARY = "CANARYQV"
 # identifying text attributes of the demo headers (the de-identification profile removes or replaces them)
