@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -14,11 +15,11 @@ from rich.progress import Progress
 
 from medsynth import __version__
 
-app = typer.Typer(help="medsynth: de-identify, convert, synthesize and report on 3D medical images.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="medsynth: de-identify, convert and synthesize 3D medical images.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 
 
-def _fail(msg: str, code: int = 1) -> None:
+def _fail(msg: str, code: int = 1) -> NoReturn:
     console.print(f"[red]error:[/red] {escape(msg)}")
     raise typer.Exit(code)
 
@@ -306,8 +307,8 @@ def export_bundle_cmd(
 
     try:
         gates = json.loads(report.read_text()) if report else None
-        privacy = report.with_name("privacy.json") if report else None
-        privacy = json.loads(privacy.read_text()) if privacy and privacy.is_file() else {}
+        privacy_path = report.with_name("privacy.json") if report else None
+        privacy = json.loads(privacy_path.read_text()) if privacy_path and privacy_path.is_file() else {}
         name_in_gates = model_name or (model.parent.name if model.suffix == ".pt" else model.name)
         out = export_bundle(model, output, name, gates, name_in_gates, force, privacy.get(name_in_gates, {}).get("audience"))
     except (FileNotFoundError, ExportRefused) as exc:
@@ -320,25 +321,6 @@ def export_bundle_cmd(
                          f"verify_metadata --meta_file {out}/configs/metadata.json --filepath {SCHEMA_PATH}; sample: medsynth synth "
                          f"--bundle {out} OUT -c CONDITION (never runs the bundle's config) or python -m monai.bundle run --config_file "
                          f"{out}/configs/inference.json (runs it: a bundle's config is code)"))
-
-
-@app.command()
-def report(
-    root: Path = typer.Option(Path("."), help="the pipeline folder holding data/, models/, reports/"),
-    out: Path = typer.Option(Path("reports/report.html"), help="HTML file to write"),
-    pdf: bool = typer.Option(True, help="also print a PDF with local Chromium"),
-) -> None:
-    """Rebuild the synthesis report from existing outputs (no retraining)."""
-    from medsynth.config import load_params
-    from medsynth.report.build import build_report
-    from medsynth.report.pdf import html_to_pdf
-
-    params = load_params(root / "params.yaml")
-    html = build_report(root / "data/ingest", root / "data/preprocess", root / "models", root / "reports/eval", out,
-                        params.train.models, params.report.title, params.model_dump(mode="json"), repo_root=root,
-                        live_root=root / "dvclive")
-    made = html_to_pdf(html, out.with_suffix(".pdf")) if pdf else None
-    console.print(f"report: wrote {html}" + (f" and {made}" if made else ""))
 
 
 @app.command("models")

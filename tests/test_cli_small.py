@@ -130,3 +130,18 @@ def test_a_failed_convert_leaves_the_previous_outputs_as_they_were(tmp_path, mon
     with pytest.raises(RuntimeError):
         convert.convert_folder(tmp_path / "in", out, workers=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nor a temporary folder left
+
+
+def test_the_command_knows_no_stage_layout():
+    """The report is the pipeline's (dvc repro report / pipelines/report.py); no option of the command
+    defaults to a folder or file of the stage layout."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    assert "report" not in group.commands and {"deid", "convert", "synth", "check-params"} <= set(group.commands)
+    assert _run("report").exit_code == 2
+    stage_paths = ("data/", "models", "reports", "dvclive")
+    defaults = {f"{name} {p.name}": str(p.default) for name, cmd in group.commands.items() for p in cmd.params
+                if isinstance(p.default, (str, Path))}
+    assert defaults, "no path or text default found: the check looks at nothing"
+    assert [k for k, v in defaults.items() if v.startswith(stage_paths)] == []
