@@ -4,9 +4,10 @@ groups)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, NamedTuple, TypeGuard
 
 import numpy as np
 
@@ -21,18 +22,40 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 
+class _Plane(NamedTuple):
+    """Where one 2D image lies: unit row and column cosines, the first voxel's position and the spacing
+    (between rows, between columns), each checked numeric and finite."""
+
+    iop: np.ndarray
+    ipp: np.ndarray
+    spacing: np.ndarray
+
+
+def _plane(path: Path, orientation, position, spacing) -> _Plane:
+    """The checked ImageOrientationPatient, ImagePositionPatient and PixelSpacing values of one image or frame."""
+    iop = _norm_iop(_floats(orientation, 6, "ImageOrientationPatient", path))
+    ipp = _floats(position, 3, "ImagePositionPatient", path)
+    return _Plane(iop, ipp, _floats(spacing, 2, "PixelSpacing", path))
+
+
+def _slice(path: Path, ds: Dataset | FastHeader, frame: int | None, plane: _Plane, slope: float, intercept: float, split_key: tuple,
+           time_key: tuple, loader: Callable[[], np.ndarray], diffusion: tuple[float, tuple[float, ...]] | None = None) -> Slice:
+    """The Slice of one image (``frame`` None) or one frame of a multi-frame object ``ds``: its plane, the
+    object's Rows x Columns, the rescale to apply and the keys that split and order a series."""
+    return Slice(path=path, frame=frame, iop=plane.iop, ipp=plane.ipp, pixel_spacing=(float(plane.spacing[0]), float(plane.spacing[1])),
+                 rows=int(ds.Rows), cols=int(ds.Columns), slope=slope, intercept=intercept, split_key=split_key, time_key=time_key,
+                 loader=loader, diffusion=diffusion)
+
+
 def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
     """One single-frame image file -> Slice (geometry from its top-level attributes); ``ds`` is the
     file read by pydicom or by the fast reader (which answer alike)."""
     if "VFRAME" in _image_type(ds):
         raise SeriesError("UIH grid image (ImageType VFRAME) without its grid tags (0065,1050) and (0065,1051): removed by "
                           "de-identification? keep them with deid.retain_safe_private: true")
-    iop = _norm_iop(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
-    ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
-    ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    ps = _floats(ps, 2, "PixelSpacing", path)
-    if np.any(ps <= 0):
-        raise SeriesError(f"PixelSpacing must be positive, got {list(ps)}")
+    plane = _plane(path, ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
+    if np.any(plane.spacing <= 0):
+        raise SeriesError(f"PixelSpacing must be positive, got {list(plane.spacing)}")
     echo = ds.get("EchoNumbers", None)
     time_key = (
         int(ds.get("TemporalPositionIdentifier", 0) or 0),
@@ -55,21 +78,8 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
         slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
         diffusion = philips_diffusion(ds)
     _check_rescale(slope, intercept)
-    return Slice(
-        path=path,
-        frame=None,
-        iop=iop,
-        ipp=ipp,
-        pixel_spacing=(float(ps[0]), float(ps[1])),
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
-        slope=slope,
-        intercept=intercept,
-        split_key=(str(echo) if echo is not None else "", "ph" if _is_phase(ds) else "", "derived" if is_derived(ds) else ""),
-        time_key=time_key,
-        loader=load,
-        diffusion=diffusion,
-    )
+    split_key = (str(echo) if echo is not None else "", "ph" if _is_phase(ds) else "", "derived" if is_derived(ds) else "")
+    return _slice(path, ds, None, plane, slope, intercept, split_key, time_key, load, diffusion)
 
 
 def is_enhanced(ds: Dataset | FastHeader) -> TypeGuard[Dataset]:
@@ -100,9 +110,7 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
         meas = _fg_item(pf, shared, "PixelMeasuresSequence")
         if pos is None or ori is None or meas is None:
             raise SeriesError(f"frame {i + 1}: plane position, orientation or pixel measures missing")
-        iop = _norm_iop(_floats(ori.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path))
-        ipp = _floats(pos.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
-        ps = _floats(meas.get("PixelSpacing"), 2, "PixelSpacing", path)
+        plane = _plane(path, ori.get("ImageOrientationPatient"), pos.get("ImagePositionPatient"), meas.get("PixelSpacing"))
         pvt = _fg_item(pf, shared, "PixelValueTransformationSequence")
         slope = float(pvt.get("RescaleSlope", 1.0)) if pvt is not None else float(ds.get("RescaleSlope", 1.0) or 1.0)
         inter = float(pvt.get("RescaleIntercept", 0.0)) if pvt is not None else float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -122,20 +130,5 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
         stack = str(content.get("StackID", "")) if content is not None else ""
         temporal = int(content.get("TemporalPositionIndex", 0) or 0) if content is not None else 0
         t_time = str(content.get("FrameAcquisitionDateTime", "")) if content is not None else ""
-        slices.append(
-            Slice(
-                path=path,
-                frame=i,
-                iop=iop,
-                ipp=ipp,
-                pixel_spacing=(float(ps[0]), float(ps[1])),
-                rows=int(ds.Rows),
-                cols=int(ds.Columns),
-                slope=slope,
-                intercept=inter,
-                split_key=(echo, ftype, stack),
-                time_key=(temporal, t_time, i),
-                loader=partial(cache.frame, i),
-            )
-        )
+        slices.append(_slice(path, ds, i, plane, slope, inter, (echo, ftype, stack), (temporal, t_time, i), partial(cache.frame, i)))
     return slices
