@@ -3,8 +3,10 @@ cohort and split of tests/eval/test_privacy_audit.py) returned by a "generator" 
 strengths, through the evaluate stage's audit and privacy gates with the default params.
 
 Two settings: ``all`` -- 60 of the 142 training patients returned, every one disguised (the test's
-matrix); ``hidden`` -- 10 disguised training patients among 50 real patients the audit never saw, where
-only the copy test can see them. Per row: copies found of those planted (and by the image alone, as
+matrix); ``hidden`` -- 10 disguised training patients among 23 real patients the audit never saw, where
+only the copy test can see them. Two controls: the unseen patients themselves (must pass), and
+structureless cases placed where the holdout differs from every other patient (a group difference,
+not a leak: the membership gate must say inconclusive, never fail on membership nor pass). Per row: copies found of those planted (and by the image alone, as
 if the label map had been disguised too), unseen patients wrongly flagged, the privacy gates that fail,
 the strongest membership attack's AUC (all cases, rare condition) and the DCR share. Disguises past
 the issue's list (rotation, zoom, smoothing) show where the copy test stops. Prints a markdown table and writes ``--out``::
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine  # noqa: E402
-from tests.eval.test_privacy_audit import CFG, RARE, audit, disguise, load_cohort  # noqa: E402
+from tests.eval.test_privacy_audit import CFG, RARE, audit, disguise, load_cohort, odd_generator  # noqa: E402
 
 MATRIX = [("noise", s) for s in (0.02, 0.05, 0.1)] + [("flip", a) for a in (0, 1, 2)] + [("shift", s) for s in (1, 2, 4)] + \
     [("scale", s) for s in (0.8, 1.25, 1.5)] + [("blend", a) for a in (0.9, 0.7, 0.5)] + [("label_swap", 0)] + \
@@ -70,6 +72,7 @@ def row(cohort: dict, setting: str, kind: str, strength, syn: np.ndarray, syn_y:
         "detection_rate": round(sum(1 for i in flagged if planted[i]) / planted.sum(), 3) if planted.sum() else None,
         "privacy_gates_failed": sorted(g for g, s in gates.items() if s == "fail"),
         "privacy_gates_warned": sorted(g for g, s in gates.items() if s == "warn"),
+        "privacy_gates_inconclusive": sorted(g for g, s in gates.items() if s == "inconclusive"),
         "membership_auc_strongest_all": round(st["all"]["auc"], 3),
         "membership_auc_strongest_rare_condition": round(st["rare_condition"]["auc"], 3) if st["rare_condition"].get("measured") else None,
         "dcr_share": round(priv["dcr_share"], 3),
@@ -83,15 +86,16 @@ def markdown(result: dict) -> str:
     short = {"membership inference AUC, all cases": "MIA all", "membership inference AUC, rare condition": "MIA rare",
              "share closer to training than to unseen patients": "DCR share", "near-copies of training patients": "copies"}
     out.append("| setting | disguise | strength | copies found / planted | by the image alone | unseen flagged | gates failed | "
-               "MIA AUC all / rare | DCR share |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+               "gates inconclusive | MIA AUC all / rare | DCR share |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         failed = ", ".join(short[g] for g in r["privacy_gates_failed"]) or "none"
+        inconclusive = ", ".join(short[g] for g in r.get("privacy_gates_inconclusive", [])) or "none"
         rare_auc = "-" if r["membership_auc_strongest_rare_condition"] is None else f"{r['membership_auc_strongest_rare_condition']:.2f}"
         strength = "" if r["strength"] is None else r["strength"]
         out.append(f"| {r['setting']} | {r['disguise']} | {strength} | {r['copies_found']} / {r['planted_copies']} | "
-                   f"{r['copies_found_by_image_alone']} | "
-                   f"{r['unseen_flagged_as_copies']} | {failed} | {r['membership_auc_strongest_all']:.2f} / {rare_auc} | {r['dcr_share']:.2f} |")
+                   f"{r['copies_found_by_image_alone']} | {r['unseen_flagged_as_copies']} | {failed} | {inconclusive} | "
+                   f"{r['membership_auc_strongest_all']:.2f} / {rare_auc} | {r['dcr_share']:.2f} |")
     return "\n".join(out)
 
 
@@ -107,14 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     cohort = load_cohort()
     x, y = cohort["train"]
     ux, uy = cohort["unseen"]
-    rows = [row(cohort, "control", "unseen real patients", None, ux, uy, np.zeros(len(ux), bool))]
+    rows = [row(cohort, "control", "unseen real patients", None, ux, uy, np.zeros(len(ux), bool)),
+            row(cohort, "group difference", "structureless cases away from the holdout", 6.0, odd_generator(cohort, 6.0), np.zeros(32, int),
+                np.zeros(32, bool))]
+    others = np.concatenate([ux, cohort["control"][0]])  # patients no "generator" trained on: label maps to swap in
     for kind, strength in MATRIX:
         rng = np.random.default_rng(1)
-        partner = ux[:60] if kind == "label_swap" else x[60:120]
+        partner = others[:60] if kind == "label_swap" else x[60:120]
         syn = disguised(kind, strength, x[:60], partner, rng)
         rows.append(row(cohort, "all", kind, strength, syn, y[:60], np.ones(60, bool)))
-        rows.append(row(cohort, "hidden", kind, strength, np.concatenate([syn[:10], ux[10:60]]), np.r_[y[:10], uy[10:60]],
-                        np.r_[np.ones(10, bool), np.zeros(50, bool)]))
+        rows.append(row(cohort, "hidden", kind, strength, np.concatenate([syn[:10], ux[10:]]), np.r_[y[:10], uy[10:]],
+                        np.r_[np.ones(10, bool), np.zeros(len(ux) - 10, bool)]))
     rare = np.flatnonzero(y == RARE)
     syn = np.concatenate([disguised("noise", 0.02, x[rare], x[rare], np.random.default_rng(2)), ux[uy != RARE]])
     rows.append(row(cohort, "rare only", "noise", 0.02, syn, np.r_[y[rare], uy[uy != RARE]],
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "privacy audit against disguised copies",
         "machine": machine(),
         "cohort": {"name": "MSD Task04 hippocampus, 2 mm, 24x32x24",
-                   **{f"{s}_cases": int(len(cohort[s][1])) for s in ("train", "holdout", "unseen")},
+                   **{f"{s}_cases": int(len(cohort[s][1])) for s in ("train", "holdout", "unseen", "control")},
                    "rare_condition": "small", "train_rare_cases": int((y == RARE).sum())},
         "params": {"audience": CFG.audience, "copy_distance_factor": CFG.copy_distance_factor, "mia_auc_max": CFG.gates.mia_auc_max,
                    "dcr_share_max": CFG.gates.dcr_share_max, "copies_max": CFG.gates.copies_max, "bootstrap": CFG.bootstrap},

@@ -25,38 +25,74 @@ def upper_gate(name: str, value: float | None, threshold: float, margin: float, 
     return {"gate": name, "area": area, "state": state, "value": value, "threshold": threshold, "rule": "<=", "sentence": sentence}
 
 
+def confounded(report: dict, threshold: float) -> bool:
+    """Whether an attack's control says its AUC measures a difference between the holdout and the other
+    patients rather than membership: the control cases (never seen by the generator) are told from the
+    non-members as well (AUC above the threshold) while the members are not told from the control cases
+    (members vs control at or below it). Without a measured control: False."""
+    control = report.get("control") or {}
+    if not control.get("measured"):
+        return False
+    return control["control_vs_nonmembers"]["auc"] > threshold and control["members_vs_control"]["auc"] <= threshold
+
+
+def _control_sentence(name: str, report: dict) -> str:
+    c = report["control"]
+    return (f" {name} scores AUC {report['auc']:.2f} but tells {c['n_control']} other patients the generator never saw from the "
+            f"non-members as well (AUC {c['control_vs_nonmembers']['auc']:.2f}), and the members from those patients at "
+            f"{c['members_vs_control']['auc']:.2f}: it measures how the holdout differs from the other patients as seen from these "
+            "synthetic cases, not membership. Inconclusive, not a pass: a second holdout (another split seed) or more cases can settle it.")
+
+
 def membership_gate(model: str, privacy: dict, subset: str, cfg: GatesConfig) -> dict:
-    """The strongest membership attack the audience allows (privacy.json ``strongest``) on all cases or
-    on the rare condition's. All cases: fails above ``mia_auc_max``. Rare condition: fails above it only
-    when the 95% interval also clears chance (0.5); above it with an interval reaching chance it warns,
-    because a handful of rare holdout cases alone makes AUCs of 0.7 common by chance."""
-    best = privacy.get("strongest", {}).get(subset, {"measured": False, "reason": "no attack ran"})
+    """The membership attacks the audience allows (privacy.json ``strongest.attacks_considered``) on all
+    cases or on the rare condition's. The gate takes the strongest attack whose control does not
+    explain it (``confounded``). All cases: fails above ``mia_auc_max``. Rare condition: fails above it
+    only when the 95% interval also clears chance (0.5); above it with an interval reaching chance it
+    warns, because a handful of rare holdout cases alone makes AUCs of 0.7 common by chance. When a
+    confounded attack is above the threshold and no other attack fails, the gate is inconclusive."""
+    strongest = privacy.get("strongest", {})
+    best = strongest.get(subset, {"measured": False, "reason": "no attack ran"})
     label = "all cases" if subset == "all" else "rare condition"
     audience = privacy.get("audience", "share")
     scope = "black-box and white-box attacks (the model is to be shared)" if audience == "share" else "black-box attacks (internal use)"
     name = f"{model}: membership inference AUC, {label}"
     if not best.get("measured"):
         return upper_gate(name, None, cfg.mia_auc_max, cfg.warn_margin, f"Not measured: {best.get('reason')}.", "privacy")
-    gate = upper_gate(name, best["auc"], cfg.mia_auc_max, cfg.warn_margin,
-                      f"The strongest of the {scope}, {best['attack']} ({best['n_members']} members vs {best['n_nonmembers']} "
-                      "unseen patients): how well it tells who was in the training set (0.5 = chance).", "privacy")
-    gate["ci"] = best["auc_ci"]
-    gate["attack"] = best["attack"]
-    if subset != "all" and gate["state"] == "fail" and best["auc_ci"][0] <= 0.5:
+    attacks = privacy.get("attacks", {})
+    considered = [k for k in strongest.get("attacks_considered", attacks) if attacks.get(k, {}).get(subset, {}).get("measured")]
+    reports = {k: {**attacks[k][subset], "kind": attacks[k]["kind"]} for k in considered} or {best["attack"]: best}
+    thr = cfg.mia_auc_max
+    clean = {k: r for k, r in reports.items() if not confounded(r, thr)}
+    above_confounded = sorted((k for k in reports if k not in clean and reports[k]["auc"] > thr), key=lambda k: -reports[k]["auc"])
+    pick = max(clean or reports, key=lambda k: reports[k]["auc"])
+    r = reports[pick]
+    gate = upper_gate(name, r["auc"], thr, cfg.warn_margin,
+                      f"The strongest of the {scope} whose control does not explain it, {pick} ({r['n_members']} members vs "
+                      f"{r['n_nonmembers']} unseen patients): how well it tells who was in the training set (0.5 = chance).", "privacy")
+    gate["ci"] = r["auc_ci"]
+    gate["attack"] = pick
+    control = r.get("control") or {}
+    if control.get("measured"):
+        gate["control"] = {"n_control": control["n_control"], "control_vs_nonmembers": control["control_vs_nonmembers"]["auc"],
+                           "members_vs_control": control["members_vs_control"]["auc"]}
+    if subset != "all" and gate["state"] == "fail" and r["auc_ci"][0] <= 0.5:
         gate["state"] = "warn"
         gate["sentence"] += " Above the threshold, but with so few cases the 95% interval still includes chance."
+    if above_confounded and (gate["state"] != "fail" or pick not in clean):
+        top = above_confounded[0]
+        gate.update(state="inconclusive", value=reports[top]["auc"], ci=reports[top]["auc_ci"], attack=top)
+        gate["sentence"] = f"The strongest of the {scope}." + _control_sentence(top, reports[top])
     return gate
 
 
 def privacy_gates(model: str, privacy: dict, cfg: GatesConfig) -> list[dict]:
-    m = cfg.warn_margin
-    det = privacy["copy_detection"]
     return [
         membership_gate(model, privacy, "all", cfg),
         membership_gate(model, privacy, "rare_condition", cfg),
-        upper_gate(f"{model}: share closer to training than to unseen patients", privacy["dcr_share"], cfg.dcr_share_max, m,
+        upper_gate(f"{model}: share closer to training than to unseen patients", privacy["dcr_share"], cfg.dcr_share_max, cfg.warn_margin,
                    "0.5 means synthetic cases are no closer to training patients than to patients the model never saw.", "privacy"),
-        copies_gate(model, det, cfg),
+        copies_gate(model, privacy["copy_detection"], cfg),
     ]
 
 

@@ -148,11 +148,43 @@ def attack_report(s_mem: np.ndarray, s_non: np.ndarray, seed: int, n_boot: int) 
     }
 
 
+def _auc_with_ci(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int) -> dict:
+    rng = np.random.default_rng(seed)
+    point = _auc(a, np.sort(b))
+    boot = np.array([_auc(a[rng.integers(0, len(a), len(a))], np.sort(b[rng.integers(0, len(b), len(b))])) for _ in range(n_boot)])
+    return {"auc": point, "auc_ci": percentile_interval(boot, point)}
+
+
+def control_report(s_mem: np.ndarray, s_non: np.ndarray, s_ctrl: np.ndarray | None, seed: int, n_boot: int, reason: str | None = None) -> dict:
+    """The attack's own baseline. The control cases are real patients the generator never saw and the
+    audit does not use as non-members; scored by the same attack they should look like non-members.
+    ``control_vs_nonmembers``: the attack with the control cases in the members' place (about 0.5 when
+    the attack measures membership; as high as the attack itself when the holdout merely differs from
+    the other patients as seen from these synthetic cases). ``members_vs_control``: members against
+    the control cases, both not non-members (about 0.5 unless members stand out)."""
+    if s_ctrl is None:
+        return {"measured": False, "reason": reason or "no control cases (real cases the generator never saw, other than the non-members)"}
+    s_mem, s_non, s_ctrl = (np.asarray(s, float) for s in (s_mem, s_non, s_ctrl))
+    if min(len(s_mem), len(s_non), len(s_ctrl)) < MIN_SUBSET_CASES:
+        return {"measured": False, "n_control": int(len(s_ctrl)),
+                "reason": f"{len(s_ctrl)} control cases: at least {MIN_SUBSET_CASES} are needed"}
+    return {"measured": True, "n_control": int(len(s_ctrl)), "control_vs_nonmembers": _auc_with_ci(s_ctrl, s_non, seed, n_boot),
+            "members_vs_control": _auc_with_ci(s_mem, s_ctrl, seed + 1, n_boot)}
+
+
 def membership_attack(kind: str, signal: str, s_mem: np.ndarray, s_non: np.ndarray, rare_mem: np.ndarray, rare_non: np.ndarray,
-                      seed: int, n_boot: int) -> dict:
-    """One attack (higher score = guessed member) on all cases and on the rare condition's cases alone."""
-    return {"kind": kind, "signal": signal, "all": attack_report(s_mem, s_non, seed, n_boot),
-            "rare_condition": attack_report(s_mem[rare_mem], s_non[rare_non], seed + 1, n_boot)}
+                      seed: int, n_boot: int, s_ctrl: np.ndarray | None = None, rare_ctrl: np.ndarray | None = None,
+                      control_reason: str | None = None) -> dict:
+    """One attack (higher score = guessed member) on all cases and on the rare condition's cases alone,
+    each with its control (``control_report``) when control scores ``s_ctrl`` are given."""
+    out: dict[str, Any] = {"kind": kind, "signal": signal}
+    for subset, sel_m, sel_n, sel_c, sd in (("all", slice(None), slice(None), slice(None), seed), ("rare_condition", rare_mem, rare_non, rare_ctrl, seed + 1)):
+        report = attack_report(s_mem[sel_m], s_non[sel_n], sd, n_boot)
+        if report["measured"]:
+            ctrl = None if s_ctrl is None or sel_c is None else np.asarray(s_ctrl)[sel_c]
+            report["control"] = control_report(s_mem[sel_m], s_non[sel_n], ctrl, sd + 13, n_boot, control_reason)
+        out[subset] = report
+    return out
 
 
 DENSITY_DIMS = 16  # principal components the densities of the density-ratio attack are estimated in
@@ -199,7 +231,8 @@ def strongest_attacks(attacks: dict, audience: str) -> dict:
         best = measured[name]
         out[subset] = {"measured": True, "attack": name, "kind": allowed[name]["kind"], "auc": best["auc"], "auc_ci": best["auc_ci"],
                        "tpr_at_low_fpr": best["tpr_at_low_fpr"], "tpr_with_no_false_positive": best["tpr_with_no_false_positive"],
-                       "n_members": best["n_members"], "n_nonmembers": best["n_nonmembers"]}
+                       "n_members": best["n_members"], "n_nonmembers": best["n_nonmembers"],
+                       "control": best.get("control", {"measured": False, "reason": "no control cases"})}
     out["attacks_considered"] = sorted(allowed)
     return out
 
@@ -316,13 +349,24 @@ class PrivacyReference:
     real_nn: np.ndarray  # (3, holdout + train): each real case's aligned distance to its nearest other train patient, per CHANNELS
     real_informative: np.ndarray  # (3, holdout + train): the channel varies (a constant label map identifies nobody)
     reference_features: np.ndarray | None = None  # real cases in neither split (the density-ratio attack's population)
+    # the attacks' control: real cases the generator never saw, other than the non-members (control_report)
+    control_features: np.ndarray | None = None
+    control_aligned: Aligned | None = None
+    control_y: np.ndarray | None = None
+    control_in_density_reference: np.ndarray | None = None  # per control case: also in reference_features (no control of the density ratio)
 
 
 def privacy_reference(train_x: np.ndarray, train_y: np.ndarray, holdout_x: np.ndarray, holdout_y: np.ndarray,
                       train_features: np.ndarray, holdout_features: np.ndarray, rare_index: int,
-                      reference_features: np.ndarray | None = None) -> PrivacyReference:
+                      reference_features: np.ndarray | None = None, control_x: np.ndarray | None = None,
+                      control_y: np.ndarray | None = None, control_features: np.ndarray | None = None,
+                      control_in_density_reference: np.ndarray | None = None) -> PrivacyReference:
     """Real cases' vectors and the real-to-real baseline of the copy test: each holdout case's and each
-    train case's (itself left out) aligned distance to its nearest train patient, flips included."""
+    train case's (itself left out) aligned distance to its nearest train patient, flips included.
+
+    ``control_x``/``control_y``/``control_features``: real cases the generator never saw that are neither
+    members nor non-members (the pipeline: val and test), the attacks' control; without them every
+    attack says its control was not measured."""
     train_al, hold_al = aligned_vectors(train_x, False), aligned_vectors(holdout_x, False)
     (sim_hold,), inf_hold = aligned_similarity(holdout_x, (train_al,))
     (sim_train,), inf_train = aligned_similarity(train_x, (train_al,))
@@ -330,9 +374,14 @@ def privacy_reference(train_x: np.ndarray, train_y: np.ndarray, holdout_x: np.nd
     real_nn = _distance(np.concatenate([sim_hold, sim_train], 1).max(2))
     inf = np.concatenate([inf_hold, inf_train])
     real_informative = np.stack([np.ones(len(inf), bool), inf[:, 0], inf[:, 1]])
+    control = None
+    if control_x is not None and control_y is not None and control_features is not None and len(control_x) > 0:
+        in_ref = np.zeros(len(control_x), dtype=np.bool_) if control_in_density_reference is None else np.asarray(control_in_density_reference, np.bool_)
+        control = (np.asarray(control_features), aligned_vectors(control_x, False), np.asarray(control_y), in_ref)
     return PrivacyReference(np.asarray(train_features), np.asarray(holdout_features), train_al, hold_al, np.asarray(train_y),
                             np.asarray(holdout_y), int(rare_index), real_nn, real_informative,
-                            None if reference_features is None else np.asarray(reference_features))
+                            None if reference_features is None else np.asarray(reference_features),
+                            *(control or (None, None, None, None)))
 
 
 def copy_detection(sim_syn_train: np.ndarray, syn_informative: np.ndarray, ref: PrivacyReference, syn_y: np.ndarray, factor: float) -> dict:
@@ -378,30 +427,44 @@ def audit_privacy(ref: PrivacyReference, syn_x: np.ndarray, syn_features: np.nda
     """Every privacy measurement of one synthetic set (``syn_x`` (N, 2, D, H, W) in model space, its
     weight-free features and condition indices) against the real reference.
 
-    ``whitebox``: ``{"signal": str, "members": scores, "nonmembers": scores}``, the model's own score
-    of the train and holdout cases in their order in ``ref`` (higher = better explained)."""
+    ``whitebox``: ``{"signal": str, "members": scores, "nonmembers": scores, "control": scores or None}``,
+    the model's own score of the train, holdout and control cases in their order in ``ref`` (higher =
+    better explained)."""
     syn_y = np.asarray(syn_y)
     out = privacy_metrics(syn_features, ref.train_features, ref.holdout_features, seed, n_boot)
-    (sim_train, sim_hold), informative = aligned_similarity(syn_x, (ref.train_aligned, ref.holdout_aligned))
+    refs = (ref.train_aligned, ref.holdout_aligned) + ((ref.control_aligned,) if ref.control_aligned is not None else ())
+    sims, informative = aligned_similarity(syn_x, refs)
+    sim_train, sim_hold = sims[0], sims[1]
     det = copy_detection(sim_train, informative, ref, syn_y, copy_distance_factor)
     rare_m, rare_n = ref.train_y == ref.rare_index, ref.holdout_y == ref.rare_index
+    ctrl_f = ref.control_features
+    ctrl = ctrl_f is not None
+    rare_c = np.asarray(ref.control_y == ref.rare_index, bool) if ref.control_y is not None else None
     s_aligned = (sim_train[0].max(0), sim_hold[0].max(0))
     attacks = {
         "distance_features": membership_attack("black-box", "nearest synthetic case, weight-free features",
                                                -nearest(ref.train_features, syn_features)[:, 0],
                                                -nearest(ref.holdout_features, syn_features)[:, 0],
-                                               rare_m, rare_n, seed + 3, n_boot),
+                                               rare_m, rare_n, seed + 3, n_boot,
+                                               -nearest(ctrl_f, syn_features)[:, 0] if ctrl_f is not None else None, rare_c),
         "distance_aligned": membership_attack("black-box", "nearest synthetic case, aligned image and label map",
-                                              *s_aligned, rare_m, rare_n, seed + 5, n_boot),
+                                              *s_aligned, rare_m, rare_n, seed + 5, n_boot,
+                                              sims[2][0].max(0) if len(sims) > 2 else None, rare_c),
     }
     not_run = {}
     density = None
     if ref.reference_features is not None:
-        density = density_ratio_scores(syn_features, ref.reference_features, np.concatenate([ref.train_features, ref.holdout_features]))
+        queries = [ref.train_features, ref.holdout_features] + ([ctrl_f] if ctrl_f is not None else [])
+        density = density_ratio_scores(syn_features, ref.reference_features, np.concatenate(queries))
     if density is not None:
+        n_m, n_n = len(ref.train_features), len(ref.holdout_features)
+        d_ctrl, rare_dc, why = None, None, "its control cases are all in the reference density it divides by"
+        if ctrl and ref.control_in_density_reference is not None and rare_c is not None:
+            own = ~ref.control_in_density_reference  # control cases outside the reference population
+            d_ctrl, rare_dc = (density[n_m + n_n:][own], rare_c[own]) if own.any() else (None, None)
         attacks["density_ratio"] = membership_attack("black-box", "synthetic over reference density (DOMIAS), weight-free features",
-                                                     density[: len(ref.train_features)], density[len(ref.train_features):],
-                                                     rare_m, rare_n, seed + 11, n_boot)
+                                                     density[:n_m], density[n_m:n_m + n_n], rare_m, rare_n, seed + 11, n_boot,
+                                                     d_ctrl, rare_dc, why if ctrl else None)
     else:
         not_run["density_ratio"] = ("no reference cases (real cases in neither the train nor the holdout split)" if ref.reference_features is None
                                     else "too few synthetic or reference cases to estimate their densities")
@@ -409,7 +472,9 @@ def audit_privacy(ref: PrivacyReference, syn_x: np.ndarray, syn_features: np.nda
     out["membership_roc_aligned"] = {"fpr": fpr, "tpr": tpr}
     if whitebox:
         s_m, s_n = np.asarray(whitebox["members"], float), np.asarray(whitebox["nonmembers"], float)
-        attacks["whitebox"] = membership_attack("white-box", whitebox["signal"], s_m, s_n, rare_m, rare_n, seed + 7, n_boot)
+        s_c = np.asarray(whitebox["control"], float) if whitebox.get("control") is not None and ctrl else None
+        attacks["whitebox"] = membership_attack("white-box", whitebox["signal"], s_m, s_n, rare_m, rare_n, seed + 7, n_boot, s_c, rare_c,
+                                                None if s_c is not None else "the model's score of the control cases was not computed")
         out.update(whitebox_membership(s_m, s_n, seed + 9, n_boot))
         out["whitebox_signal"] = whitebox["signal"]
     out.update({

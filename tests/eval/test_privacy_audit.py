@@ -27,18 +27,20 @@ CFG = Params().evaluate
 def load_cohort(seed: int = 0) -> dict:
     """All 260 cases in model space, (N, 2, 24, 32, 24): image in [-1, 1] (1st-99th percentile per
     case), label map. Split per condition (seeded, one case per patient): train 55% (the members),
-    holdout 20% (the audit's non-members), unseen 25% (cases neither the audit nor any "generator"
-    trained on: the control)."""
+    holdout 20% (the audit's non-members), unseen 12.5% (cases neither the audit nor any "generator"
+    trained on: what a fair "generator" returns) and control 12.5% (the attacks' control, as val and
+    test are in the pipeline)."""
     x, y = load_hippocampus(CONDITIONS)
     rng = np.random.default_rng(seed)
     split = np.empty(len(y), object)
     for c in range(len(CONDITIONS)):
         idx = rng.permutation(np.flatnonzero(y == c))
-        a, b = int(0.55 * len(idx)), int(0.75 * len(idx))
-        split[idx[:a]], split[idx[a:b]], split[idx[b:]] = "train", "holdout", "unseen"
-    parts = {s: (x[split == s], y[split == s]) for s in ("train", "holdout", "unseen")}
+        a, b, d = int(0.55 * len(idx)), int(0.75 * len(idx)), int(0.875 * len(idx))
+        split[idx[:a]], split[idx[a:b]], split[idx[b:d]], split[idx[d:]] = "train", "holdout", "unseen", "control"
+    parts = {s: (x[split == s], y[split == s]) for s in ("train", "holdout", "unseen", "control")}
+    cx, cy = parts["control"]
     parts["reference"] = privacy_reference(*parts["train"], *parts["holdout"], features(parts["train"][0]), features(parts["holdout"][0]),
-                                           RARE)
+                                           RARE, control_x=cx, control_y=cy, control_features=features(cx))
     return parts
 
 
@@ -90,8 +92,8 @@ def test_each_disguised_copy_fails_a_privacy_gate(cohort, kind, strength):
     x, y = cohort["train"]
     rng = np.random.default_rng(1)
     src = np.arange(60)
-    # blend partners: other training patients; label maps swapped in: unseen patients', so only the image can give it away
-    partner = cohort["unseen"][0][:60] if kind == "label_swap" else x[src + 60]
+    # blend partners: other training patients; label maps swapped in: patients no generator trained on, so only the image can give it away
+    partner = np.concatenate([cohort["unseen"][0], cohort["control"][0]])[:60] if kind == "label_swap" else x[src + 60]
     syn = disguise(kind, strength, x[src], partner, rng)
     priv, gates = audit(cohort, syn, y[src])
     assert gates["near-copies of training patients"] == "fail"
@@ -127,6 +129,8 @@ def test_unseen_real_patients_pass_every_privacy_gate(cohort):
     priv, gates = audit(cohort, ux, uy)
     assert priv["copy_detection"]["copies"] == 0
     assert all(state == "pass" for state in gates.values()), gates
+    for attack in priv["attacks"].values():  # each attack's control: the control patients look like non-members
+        assert attack["all"]["control"]["measured"] and attack["all"]["control"]["control_vs_nonmembers"]["auc"] < CFG.gates.mia_auc_max
     # the copy threshold keeps its margin: no unseen patient comes near it
     closest = priv["copy_detection"]["closest_pairs"][0]["ratio_to_real_min"]
     assert closest > 1.5 * CFG.copy_distance_factor
@@ -202,3 +206,50 @@ def test_the_density_ratio_attack_finds_memorised_members_and_not_unseen_patient
     ctrl = clean["attacks"]["density_ratio"]["all"]
     assert ctrl["auc_ci"][0] < 0.5 < ctrl["auc_ci"][1] and ctrl["auc"] < CFG.gates.mia_auc_max, ctrl
     assert "density_ratio" in audit(cohort, ux[control], uy[control])[0]["attacks_not_run"]  # no reference: not run, and said
+
+
+def odd_generator(cohort: dict, push: float, n: int = 32) -> np.ndarray:
+    """Structureless "synthetic" cases (the mean image of 175 patients, one label map) pushed away from
+    the holdout's mean image: samples that single out no member, placed where, as seen from them, the
+    holdout differs from every other patient (as the samples of a generator trained with strong DP noise
+    can happen to lie)."""
+    rest = np.concatenate([cohort["train"][0], cohort["control"][0]])
+    away = rest[:, 0].mean(0) - cohort["holdout"][0][:, 0].mean(0)
+    img = np.clip(rest[:, 0].mean(0) + push * away + np.random.default_rng(0).normal(0, 0.02, (n, *away.shape)), -1, 1)
+    return np.stack([img, np.repeat(np.median(rest[:, 1], 0)[None], n, 0).round()], 1).astype(np.float32)
+
+
+def test_an_attack_its_control_explains_is_inconclusive_and_a_leak_beside_it_is_not(cohort):
+    """The odd samples put the holdout far away: the feature-distance attack scores above the threshold,
+    but tells the control patients (never seen by anyone) from the holdout as well, and the members from
+    the control patients no better than chance. That is a group difference, so the gate is inconclusive
+    (never a pass). The same samples with 40 members copied beside them: members now stand out from
+    the control patients too, and the copies fail."""
+    thr = CFG.gates.mia_auc_max
+    priv, gates = audit(cohort, odd_generator(cohort, 6.0), np.zeros(32, int))
+    attack = priv["attacks"]["distance_features"]["all"]
+    ctrl = attack["control"]
+    assert attack["auc"] > thr and ctrl["measured"] and ctrl["n_control"] == len(cohort["control"][1])
+    assert ctrl["control_vs_nonmembers"]["auc"] > thr and ctrl["members_vs_control"]["auc"] < 0.5
+    assert gates["membership inference AUC, all cases"] == "inconclusive"
+    gate = next(g for g in privacy_gates("m", priv, CFG.gates) if g["gate"] == "m: membership inference AUC, all cases")
+    assert gate["attack"] == "distance_features" and "never saw" in gate["sentence"] and gate["value"] == attack["auc"]
+
+    x, y = cohort["train"]
+    copies = disguise("noise", 0.05, x[:40], x[:40], np.random.default_rng(1))
+    priv, gates = audit(cohort, np.concatenate([odd_generator(cohort, 6.0), copies]), np.r_[np.zeros(32, int), y[:40]])
+    assert gates["near-copies of training patients"] == "fail"
+    assert priv["attacks"]["distance_aligned"]["all"]["control"]["members_vs_control"]["auc"] > thr
+    assert gates["membership inference AUC, all cases"] != "inconclusive"
+
+
+def test_confounded_needs_both_halves_of_the_control():
+    from medsynth.eval.gates import confounded
+
+    def report(c_vs_n, m_vs_c):
+        return {"auc": 0.65, "control": {"measured": True, "n_control": 30, "control_vs_nonmembers": {"auc": c_vs_n},
+                                         "members_vs_control": {"auc": m_vs_c}}}
+    assert confounded(report(0.66, 0.52), 0.6)
+    assert not confounded(report(0.66, 0.63), 0.6)  # members stand out from the control cases too: membership
+    assert not confounded(report(0.52, 0.62), 0.6)  # the control looks like non-members: the attack is calibrated
+    assert not confounded({"auc": 0.65, "control": {"measured": False, "reason": "none"}}, 0.6)
