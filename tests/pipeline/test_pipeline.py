@@ -449,6 +449,54 @@ def test_report_escapes_text_from_params_and_inputs(tiny_repo, tmp_path):
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
+NUMBER = r"-?\d+(?:\.\d+)?"
+ESTIMATE_WITH_CI = re.compile(rf"^({NUMBER}) \(({NUMBER}) – ({NUMBER})")  # "0.614 (0.543 – 0.705)..." in one cell
+INTERVAL = re.compile(rf"^({NUMBER}) – ({NUMBER})$")  # a CI cell beside the estimate's cell
+
+
+def assert_estimates_within_intervals(rows: list[list[str]]) -> int:
+    """Every point estimate the report prints with a 95% interval lies within it (as printed, 3 decimals)."""
+    checked = 0
+    for cells in rows:
+        for i, cell in enumerate(cells):
+            for part in cell.split("; "):
+                m = ESTIMATE_WITH_CI.match(part)
+                if m:
+                    v, lo, hi = map(float, m.groups())
+                    assert lo <= v <= hi, (cells, part)
+                    checked += 1
+            m = INTERVAL.match(cell)
+            if m and i > 0 and re.fullmatch(NUMBER, cells[i - 1]):
+                v, (lo, hi) = float(cells[i - 1]), map(float, m.groups())
+                assert lo <= v <= hi, cells
+                checked += 1
+    assert checked >= 5, f"only {checked} estimates with intervals found: the report's tables changed shape"
+    return checked
+
+
+def assert_captions_agree_with_tables(rows: list[list[str]], captions: list[str]) -> None:
+    """A number a figure caption states is the number its model's table gives: near-copies found."""
+    in_tables = [re.match(r"\d+", cells[1]).group() for cells in rows
+                 if len(cells) > 1 and cells[0].startswith("Near-copies of training patients") and re.match(r"\d+", cells[1])]
+    in_captions = [m.group(1) for c in captions for m in [re.search(r"Near-copies found: (\d+)", c)] if m]
+    assert in_captions and in_captions == in_tables, (in_captions, in_tables)
+
+
+def test_the_interval_and_caption_checks_catch_what_they_are_for():
+    good = [["Membership inference AUC, all cases", "0.614", "0.543 – 0.705", "0.5 = chance"],
+            ["distance_features", "all", "0.614 (0.543 – 0.705)", "0.500 (0.400 – 0.600); 0.52 (0.41 – 0.63); 33 control patients"],
+            ["Share closer", "0.421", "0.380 – 0.470", ""], ["x", "0.2 (0.1 – 0.3)"], ["y", "0.2 (0.1 – 0.3)"],
+            ["Near-copies of training patients (aligned)", "2 (1 rare)", "", "0 expected"]]
+    assert assert_estimates_within_intervals(good) == 7
+    with pytest.raises(AssertionError):
+        assert_estimates_within_intervals(good + [["TPR at 1%", "all", "0.810 (0.820 – 0.900)"]])
+    with pytest.raises(AssertionError):
+        assert_estimates_within_intervals(good + [["DCR", "0.300", "0.310 – 0.400", ""]])
+    assert_captions_agree_with_tables(good, ["Copy check by eye: ... Near-copies found: 2."])
+    with pytest.raises(AssertionError):
+        assert_captions_agree_with_tables(good, ["Copy check by eye: ... Near-copies found: 0."])
+
+
 @pytest.mark.integration
 def test_report_in_headless_chromium_and_pdf_pages(tiny_repo, tmp_path):
     chromium = shutil.which("chromium")
@@ -468,12 +516,16 @@ def test_report_in_headless_chromium_and_pdf_pages(tiny_repo, tmp_path):
         page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
         page.goto(report.as_uri(), wait_until="load")
         images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        table_rows = page.evaluate("Array.from(document.querySelectorAll('tr')).map(r => Array.from(r.cells).map(c => c.innerText.trim()))")
+        captions = page.evaluate("Array.from(document.querySelectorAll('figcaption')).map(c => c.innerText)")
         rows = page.locator("#verdict-table tbody tr").count()
         verdict = page.locator("#overall-verdict").inner_text()
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert not errors, errors
     assert not external, external  # self-contained: nothing fetched from the network
+    assert_estimates_within_intervals(table_rows)
+    assert_captions_agree_with_tables(table_rows, captions)
     assert len(images) >= 6 and all(c and w > 0 and h > 0 for c, w, h in images), images
     assert rows >= 3 and re.search(r"Overall verdict: (PASS|WARN|FAIL)", verdict, re.I)
     assert (tmp_path / "report.png").stat().st_size > 20_000
