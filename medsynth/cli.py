@@ -170,13 +170,13 @@ def locate(
         _fail(f"{input}: not a folder", 2)
     p = Pseudonymizer(key)
     if file_id.startswith("L"):
-        from medsynth.io.ingest import IngestError, read_labels
+        from medsynth.io.labels import LabelsError, read_labels
 
         if labels is None:
             _fail(f"{file_id} names a labels CSV row: give the labels CSV with --labels", 2)
         try:
             rows = read_labels(labels)
-        except IngestError as exc:
+        except LabelsError as exc:
             _fail(str(exc), 2)
         for case, row in rows.items():
             if p.label_id(case) == file_id:

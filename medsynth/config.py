@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from medsynth.io.labels import LabelsError, read_labels
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS
 
 
@@ -565,8 +566,8 @@ def cohort_conditions(data: DataConfig) -> set[str] | None:
     demo's, the npz class names, or the labels CSV's conditions plus ``default_condition`` (cases the CSV
     omits). None for DICOM/NIfTI input without a labels CSV (every case gets ``default_condition``: a
     cohort to de-identify or convert, not yet to synthesize from; the train stage checks
-    ``synthesize.per_condition`` against the preprocessed cohort) and for a CSV that cannot be read
-    (ingest reports why)."""
+    ``synthesize.per_condition`` against the preprocessed cohort) and for a CSV that ingest refuses
+    (ingest names the file and the line)."""
     if data.input == "demo":
         return set(DEMO_CONDITIONS)
     if data.input.endswith(".npz"):
@@ -574,16 +575,10 @@ def cohort_conditions(data: DataConfig) -> set[str] | None:
     if not data.labels:
         return None
     try:
-        text = Path(data.labels).read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
+        rows = read_labels(data.labels)
+    except LabelsError:
         return None
-    import csv
-    import io
-
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if "condition" not in (reader.fieldnames or []):
-        return None
-    return {(row.get("condition") or "").strip() for row in reader} - {""} | {data.default_condition}
+    return {r.condition for r in rows.values()} | {data.default_condition}
 
 
 def _conditions_source(data: DataConfig) -> str:

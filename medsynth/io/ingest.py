@@ -13,8 +13,6 @@ Order of work, so that nothing downstream ever sees identifying data:
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shutil
@@ -35,6 +33,8 @@ from medsynth.config import DEFAULT_MAX_VOXELS, DataConfig, DeidConfig
 from medsynth.io.convert import ConvertedVolume, iter_volumes
 from medsynth.io.deid import BurnedInTextError, Deidentifier, DeidKey, Pseudonymizer
 from medsynth.io.dicom import QuarantineEntry, SeriesError, discover_files, is_nifti, read_image_dataset
+from medsynth.io.labels import LabelRow, LabelsError
+from medsynth.io.labels import read_labels as read_labels_csv
 from medsynth.io.nifti import clean_header, load_nifti_checked, make_ras_image, nifti_on_grid, resample_mask_to
 from medsynth.io.phi_scan import IdentifierSet, identifiers_of, scan_outputs
 from medsynth.io.pool import process_pool
@@ -51,14 +51,6 @@ class IngestError(RuntimeError):
 
 
 @dataclass
-class LabelRow:
-    condition: str
-    mask: str | None
-    patient: str | None = None
-    line: int = 0  # line number in the labels CSV
-
-
-@dataclass
 class IngestResult:
     cases: list[dict]
     quarantine: list[dict]
@@ -66,36 +58,11 @@ class IngestResult:
 
 
 def read_labels(path: Path) -> dict[str, LabelRow]:
-    """labels CSV (UTF-8, with or without a byte-order mark): ``case`` (relative path, PatientID or
-    SeriesInstanceUID), ``condition``, optional ``mask``, ``patient``."""
-    path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"{path}: labels CSV not found (data.labels)")
+    """The labels CSV's rows by case (:func:`medsynth.io.labels.read_labels`); an IngestError naming the file and the line for one ingest cannot use."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise IngestError(f"{path}: labels CSV cannot be read ({exc.strerror or type(exc).__name__})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise IngestError(f"{path}:{line}: labels CSV is not UTF-8 (byte 0x{raw[exc.start]:02x}: Latin-1 or Windows-1252?): "
-                          "save it as UTF-8 (Excel: 'CSV UTF-8'; or iconv -f latin1 -t utf-8)") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    cols = set(reader.fieldnames or [])
-    if not {"case", "condition"} <= cols:
-        raise IngestError(f"{path}: labels CSV needs columns 'case' and 'condition' (optional 'mask', 'patient'); found {sorted(cols)}")
-    out: dict[str, LabelRow] = {}
-    for row in reader:
-        i = reader.line_num
-        key = (row.get("case") or "").strip().strip("/")
-        cond = (row.get("condition") or "").strip()
-        if not key or not cond:
-            raise IngestError(f"{path}:{i}: empty 'case' or 'condition'")
-        if key in out:
-            raise IngestError(f"{path}:{i}: case {key!r} listed twice (first on line {out[key].line})")
-        out[key] = LabelRow(cond, (row.get("mask") or "").strip() or None, (row.get("patient") or "").strip() or None, i)
-    return out
+        return read_labels_csv(path)
+    except LabelsError as exc:
+        raise IngestError(str(exc)) from None
 
 
 def check_mask_paths(labels: dict[str, LabelRow], input_dir: Path, labels_path: Path | None) -> set[Path]:
