@@ -327,18 +327,54 @@ def _dicom_candidates(k: _SeriesKeys) -> list[str]:
 # --------------------------------------------------------------------------- main entry
 
 
-def ingest(
-    input_dir: Path,
-    out_dir: Path,
-    data_cfg: DataConfig,
-    deid_cfg: DeidConfig,
-    key: DeidKey,
-    labels_path: Path | None = None,
-    workers: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> IngestResult:
-    """De-identify and convert a folder of DICOM/NIfTI into ``out_dir`` (images/, masks/, dicom/, CSVs)."""
-    input_dir, out_dir = Path(input_dir), Path(out_dir)
+@dataclass(frozen=True)
+class _Inputs:
+    """What ingest reads besides the images: the labels CSV rows by case and the files to leave out of the
+    image search (the masks the rows name, the labels CSV itself), as resolved paths."""
+
+    labels: dict[str, LabelRow]
+    skip: set[Path]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every conversion step of one ingest reads and none changes."""
+
+    input_dir: Path
+    out_dir: Path
+    data_cfg: DataConfig
+    labels: dict[str, LabelRow]
+    pseudo: Pseudonymizer
+    tree: DeidTree
+
+    # Quarantine ids name what medsynth locate finds in the input with the key: a file by its path
+    # (file_id), a series by the path of its first file (series_id), a labels CSV row by its case
+    # (label_id). Conversion sees only the de-identified copies; tree.origins leads back to the input.
+    def series_qid(self, deid_paths: list[str]) -> str:
+        first = self.tree.first_original(deid_paths)
+        return self.pseudo.series_id(first) if first is not None else self.pseudo.file_id(deid_paths[0])
+
+    def file_qid(self, deid_path: str) -> str:
+        first = self.tree.first_original([deid_path])
+        return self.pseudo.file_id(first if first is not None else deid_path)
+
+
+@dataclass
+class _Collected:
+    """What the conversion steps gather: manifest rows, quarantine rows (in the order met) and the keys of
+    the labels CSV rows matched to a case."""
+
+    cases: list[dict] = field(default_factory=list)
+    quarantine: list[dict] = field(default_factory=list)
+    used_labels: set[str] = field(default_factory=set)
+
+    def quarantined(self, file_id: str, kind: str, reason: str) -> None:
+        self.quarantine.append({"file_id": file_id, "kind": kind, "reason": reason})
+
+
+def _discover_inputs(input_dir: Path, out_dir: Path, labels_path: Path | None) -> _Inputs:
+    """The labels CSV rows and the files they name; an IngestError for a missing input folder, an output
+    folder inside it (or holding it), an unusable labels CSV or a mask it names that is outside or missing."""
     if not input_dir.is_dir():
         raise IngestError(f"{input_dir}: data.input folder not found")
     if out_dir.resolve().is_relative_to(input_dir.resolve()) or input_dir.resolve().is_relative_to(out_dir.resolve()):
@@ -346,119 +382,121 @@ def ingest(
                           "only read, never written")
     labels = read_labels(labels_path) if labels_path else {}
     mask_paths = check_mask_paths(labels, input_dir, labels_path)
-    deid = Deidentifier(deid_cfg, key, version=__version__)
-    pseudo: Pseudonymizer = deid.pseudo
+    return _Inputs(labels, mask_paths | ({Path(labels_path).resolve()} if labels_path else set()))
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Empty image, mask and DICOM folders, and no temporary file of a run killed while writing."""
     for sub in ("images", "masks", "dicom"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)  # left by a run killed while writing manifest.csv, ingest.json, ...
-    tree = deidentify_tree(
-        input_dir, out_dir / "dicom", deid, progress=progress, skip=mask_paths | ({Path(labels_path).resolve()} if labels_path else set()),
-        workers=workers, max_voxels=data_cfg.max_voxels,
-    )
-    series_keys, quarantine, deid_log, niftis = tree.keys, tree.quarantine, tree.log, tree.niftis
-    cases: list[dict] = []
-    used_labels: set[str] = set()
 
-    # Quarantine ids name what medsynth locate finds in the input with the key: a file by its path
-    # (file_id), a series by the path of its first file (series_id), a labels CSV row by its case
-    # (label_id). Conversion sees only the de-identified copies; tree.origins leads back to the input.
-    def series_qid(deid_paths: list[str]) -> str:
-        first = tree.first_original(deid_paths)
-        return pseudo.series_id(first) if first is not None else pseudo.file_id(deid_paths[0])
 
-    def file_qid(deid_path: str) -> str:
-        first = tree.first_original([deid_path])
-        return pseudo.file_id(first if first is not None else deid_path)
+def _add_case(run: _Run, got: _Collected, img: nib.Nifti1Image, patient: str, case_id: str, modality: str,
+              label: tuple[str, LabelRow] | None, source: str, qid: str, seg: SegMask | None = None) -> None:
+    """Write one converted volume (and its mask) as a case, or quarantine it: not 3D, a modality not
+    selected, or a mask that does not fit the image."""
+    data_cfg = run.data_cfg
+    if img.ndim != 3:
+        got.quarantined(qid, "series", f"{img.ndim}D volume {img.shape}: the cohort takes 3D volumes only")
+        return
+    if data_cfg.modality and modality != data_cfg.modality:
+        got.quarantined(qid, "series", f"modality {modality} not selected (data.modality: {data_cfg.modality})")
+        return
+    condition = label[1].condition if label is not None else data_cfg.default_condition
+    mask_arr = None
+    try:
+        if label is not None and label[1].mask:  # a mask named in the labels CSV wins over a DICOM SEG
+            mask_img = load_nifti_checked(run.input_dir / label[1].mask, data_cfg.max_voxels)
+            mask_arr = resample_mask_to(nib.as_closest_canonical(mask_img), img)
+        elif seg is not None:
+            mask_arr = mask_on_image(seg, img)
+    except SeriesError as exc:
+        mask_name = label[1].mask if label is not None and label[1].mask else None
+        mask_path = run.input_dir / mask_name if mask_name else None
+        mask_qid = run.pseudo.file_id(os.path.normpath(mask_name)) if mask_name else run.file_qid(seg.source) if seg else qid
+        got.quarantined(mask_qid, "mask", _sanitize_reason(f"mask unusable: {exc}", [run.input_dir], mask_path))
+        return
+    write_nifti_atomic(run.out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
+    if mask_arr is not None:
+        write_nifti_atomic(run.out_dir / "masks" / f"{case_id}.nii.gz", nifti_on_grid(mask_arr, img.affine, f"medsynth {case_id} mask"))
+    got.cases.append({
+        "case_id": case_id, "patient": patient, "condition": condition, "modality": modality,
+        "shape": "x".join(str(s) for s in img.shape),
+        "spacing": "x".join(f"{float(z):.4g}" for z in img.header.get_zooms()[:3]),
+        "source": source, "has_mask": int(mask_arr is not None), "split": "",
+    })
 
-    def add_case(img: nib.Nifti1Image, patient: str, case_id: str, modality: str, label: tuple[str, LabelRow] | None, source: str,
-                 qid: str, seg: SegMask | None = None) -> None:
-        if img.ndim != 3:
-            quarantine.append({"file_id": qid, "kind": "series", "reason": f"{img.ndim}D volume {img.shape}: the cohort takes 3D volumes only"})
-            return
-        if data_cfg.modality and modality != data_cfg.modality:
-            quarantine.append({"file_id": qid, "kind": "series", "reason": f"modality {modality} not selected (data.modality: {data_cfg.modality})"})
-            return
-        condition = data_cfg.default_condition
-        mask_arr = None
-        if label is not None:
-            condition = label[1].condition
-        try:
-            if label is not None and label[1].mask:  # a mask named in the labels CSV wins over a DICOM SEG
-                mask_img = load_nifti_checked(input_dir / label[1].mask, data_cfg.max_voxels)
-                mask_arr = resample_mask_to(nib.as_closest_canonical(mask_img), img)
-            elif seg is not None:
-                mask_arr = mask_on_image(seg, img)
-        except SeriesError as exc:
-            mask_name = label[1].mask if label is not None and label[1].mask else None
-            mask_path = input_dir / mask_name if mask_name else None
-            reason = _sanitize_reason(f"mask unusable: {exc}", [input_dir], mask_path)
-            mask_qid = pseudo.file_id(os.path.normpath(mask_name)) if mask_name else file_qid(seg.source) if seg else qid
-            quarantine.append({"file_id": mask_qid, "kind": "mask", "reason": reason})
-            return
-        write_nifti_atomic(out_dir / "images" / f"{case_id}.nii.gz", clean_header(img, descrip=f"medsynth {case_id} de-identified"))
-        if mask_arr is not None:
-            write_nifti_atomic(out_dir / "masks" / f"{case_id}.nii.gz", nifti_on_grid(mask_arr, img.affine, f"medsynth {case_id} mask"))
-        cases.append({
-            "case_id": case_id, "patient": patient, "condition": condition, "modality": modality,
-            "shape": "x".join(str(s) for s in img.shape),
-            "spacing": "x".join(f"{float(z):.4g}" for z in img.header.get_zooms()[:3]),
-            "source": source, "has_mask": int(mask_arr is not None), "split": "",
-        })
 
-    # DICOM: converted from the de-identified copies only. SEG masks arrive first; each is matched to the
-    # series it references (the keyed UID replacement keeps those references intact).
+def _convert_dicom(run: _Run, got: _Collected, workers: int | None, progress: Callable[[str], None] | None) -> None:
+    """Every series of the de-identified copies (never the input) -> a case. SEG masks arrive first; each
+    is matched to the series it references (the keyed UID replacement keeps those references intact)."""
     segs: dict[str, SegMask] = {}
     matched_segs: set[str] = set()
-    for item in iter_volumes(out_dir / "dicom", workers=workers, progress=progress, max_voxels=data_cfg.max_voxels):
+    for item in iter_volumes(run.out_dir / "dicom", workers=workers, progress=progress, max_voxels=run.data_cfg.max_voxels):
         if isinstance(item, QuarantineEntry):
-            quarantine.append({"file_id": series_qid([item.path]), "kind": "series", "reason": _sanitize_reason(item.reason, [out_dir])})
+            got.quarantined(run.series_qid([item.path]), "series", _sanitize_reason(item.reason, [run.out_dir]))
             continue
         if isinstance(item, SegMask):
             for uid in item.referenced_series:
                 segs.setdefault(uid, item)
             continue
         assert isinstance(item, ConvertedVolume)
-        k = series_keys.get((item.patient_id, item.series_uid), _SeriesKeys())
+        k = run.tree.keys.get((item.patient_id, item.series_uid), _SeriesKeys())
         patient = item.patient_id or k.patient
-        case_id = f"{patient}-{pseudo.short_id('case', item.series_uid + item.source, 8)}"
+        case_id = f"{patient}-{run.pseudo.short_id('case', item.series_uid + item.source, 8)}"
         seg = segs.get(item.series_uid)
         if seg is not None:
             matched_segs.add(seg.source)
-        qid = series_qid(item.source_files or [item.source])
+        qid = run.series_qid(item.source_files or [item.source])
         try:
-            label = _match_label(labels, _dicom_candidates(k), used_labels)
+            label = _match_label(run.labels, _dicom_candidates(k), got.used_labels)
         except LabelConflict as exc:
-            quarantine.append({"file_id": qid, "kind": "label", "reason": str(exc)})
+            got.quarantined(qid, "label", str(exc))
             continue
-        add_case(item.image, patient, case_id, item.modality or "OT", label, "dicom", qid, seg)
+        _add_case(run, got, item.image, patient, case_id, item.modality or "OT", label, "dicom", qid, seg)
     for source in sorted({s.source for s in segs.values()} - matched_segs):
-        quarantine.append({"file_id": file_qid(source), "kind": "mask", "reason": "DICOM SEG: the image series it references is not in the input"})
-    # NIfTI
-    for path in niftis:
-        rel = str(path.relative_to(input_dir))
+        got.quarantined(run.file_qid(source), "mask", "DICOM SEG: the image series it references is not in the input")
+
+
+def _convert_niftis(run: _Run, got: _Collected) -> None:
+    """Every NIfTI input -> a RAS case with a cleared header; one named and shaped like a mask that no labels
+    CSV row names is quarantined instead of becoming a patient."""
+    for path in run.tree.niftis:
+        rel = str(path.relative_to(run.input_dir))
         try:
-            img = load_nifti_checked(path, data_cfg.max_voxels)
+            img = load_nifti_checked(path, run.data_cfg.max_voxels)
         except SeriesError as exc:
-            quarantine.append({"file_id": pseudo.file_id(rel), "kind": "file", "reason": _sanitize_reason(str(exc), [input_dir], path)})
+            got.quarantined(run.pseudo.file_id(rel), "file", _sanitize_reason(str(exc), [run.input_dir], path))
             continue
-        label = _match_label(labels, [rel], used_labels)
-        if label is None and _looks_like_mask(path, img):  # a mask no row names must not become a patient
-            quarantine.append({"file_id": pseudo.file_id(rel), "kind": "mask", "reason": "looks like a mask (named so, at most 32 "
-                               "integer labels) that no labels CSV row names in 'mask': name it there, or move it out of data.input"})
+        label = _match_label(run.labels, [rel], got.used_labels)
+        if label is None and _looks_like_mask(path, img):
+            got.quarantined(run.pseudo.file_id(rel), "mask", "looks like a mask (named so, at most 32 integer labels) that no labels "
+                            "CSV row names in 'mask': name it there, or move it out of data.input")
             continue
         patient_key = (label[1].patient if label and label[1].patient else None) or f"nifti:{rel}"
-        patient = pseudo.patient("id:" + patient_key if label and label[1].patient else patient_key)
+        patient = run.pseudo.patient("id:" + patient_key if label and label[1].patient else patient_key)
         ras = make_ras_image(np.asarray(img.dataobj), img.affine)
-        add_case(ras, patient, f"{patient}-{pseudo.short_id('case', rel, 8)}", data_cfg.nifti_modality, label, "nifti", pseudo.file_id(rel))
-    for key_ in sorted(set(labels) - used_labels):
-        quarantine.append({"file_id": pseudo.label_id(key_), "kind": "label", "reason": "labels CSV row matched no converted case"})
-    cases.sort(key=lambda c: c["case_id"])
-    if not cases:
-        raise IngestError(f"{input_dir}: no usable volume found ({len(quarantine)} item(s) quarantined; see quarantine.csv)")
-    write_manifest(out_dir / "manifest.csv", cases)
-    write_csv_atomic(out_dir / "quarantine.csv", quarantine, QUARANTINE_FIELDS)
+        _add_case(run, got, ras, patient, f"{patient}-{run.pseudo.short_id('case', rel, 8)}", run.data_cfg.nifti_modality, label, "nifti",
+                  run.pseudo.file_id(rel))
+
+
+def _quarantine_unmatched_labels(run: _Run, got: _Collected) -> None:
+    for key_ in sorted(set(run.labels) - got.used_labels):
+        got.quarantined(run.pseudo.label_id(key_), "label", "labels CSV row matched no converted case")
+
+
+def _write_tables(out_dir: Path, got: _Collected, deid_log: list[dict]) -> None:
+    write_manifest(out_dir / "manifest.csv", got.cases)
+    write_csv_atomic(out_dir / "quarantine.csv", got.quarantine, QUARANTINE_FIELDS)
     write_csv_atomic(out_dir / "deid_log.csv", deid_log, DEID_LOG_FIELDS)
+
+
+def _summary(got: _Collected, deid_log: list[dict], deid: Deidentifier, key: DeidKey) -> dict:
+    """ingest.json but its self-check: counts of cases, patients, conditions, modalities, masks and
+    quarantine reasons; what de-identification did; condition spelling warnings."""
+    cases, quarantine = got.cases, got.quarantine
     totals: Counter[str] = Counter()
     for row in deid_log:
         for f in DEID_LOG_FIELDS[4:]:
@@ -474,7 +512,7 @@ def ingest(
         "deid": {
             "profile": "DICOM PS3.15 Table E.1-1 Basic Application Confidentiality Profile",
             "options": sorted(deid.options),
-            "codes": [c for c in _codes(deid)],
+            "codes": _codes(deid),
             "dicom_files_deidentified": len(deid_log),
             "actions": dict(totals),
             "key_source": key.source,
@@ -483,13 +521,47 @@ def ingest(
         },
     }
     summary["warnings"] = condition_spelling_warnings(summary["by_condition"])
-    # every output written so far is searched for the original identifiers; ingest.json (which records
-    # the result) is searched as well, after it is written
-    summary["deid"]["self_check"] = self_check(out_dir, tree.identifiers, INGEST_OUTPUTS)
+    return summary
+
+
+def _write_summary(out_dir: Path, summary: dict, identifiers: IdentifierSet) -> None:
+    """ingest.json with the self-check's result. Every output written before it is searched for the original
+    identifiers (all outputs deleted on a finding); ingest.json itself is searched after it is written."""
+    summary["deid"]["self_check"] = self_check(out_dir, identifiers, INGEST_OUTPUTS)
     summary["deid"]["self_check"]["files_scanned"] += 1
     write_json_atomic(out_dir / "ingest.json", summary)
-    self_check(out_dir, tree.identifiers, INGEST_OUTPUTS, only=[out_dir / "ingest.json"])
-    return IngestResult(cases, quarantine, summary)
+    self_check(out_dir, identifiers, INGEST_OUTPUTS, only=[out_dir / "ingest.json"])
+
+
+def ingest(
+    input_dir: Path,
+    out_dir: Path,
+    data_cfg: DataConfig,
+    deid_cfg: DeidConfig,
+    key: DeidKey,
+    labels_path: Path | None = None,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> IngestResult:
+    """De-identify and convert a folder of DICOM/NIfTI into ``out_dir`` (images/, masks/, dicom/, CSVs)."""
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    inputs = _discover_inputs(input_dir, out_dir, labels_path)
+    deid = Deidentifier(deid_cfg, key, version=__version__)
+    _clear_outputs(out_dir)
+    tree = deidentify_tree(input_dir, out_dir / "dicom", deid, progress=progress, skip=inputs.skip, workers=workers,
+                           max_voxels=data_cfg.max_voxels)
+    run = _Run(input_dir, out_dir, data_cfg, inputs.labels, deid.pseudo, tree)
+    got = _Collected(quarantine=list(tree.quarantine))
+    _convert_dicom(run, got, workers, progress)
+    _convert_niftis(run, got)
+    _quarantine_unmatched_labels(run, got)
+    got.cases.sort(key=lambda c: c["case_id"])
+    if not got.cases:
+        raise IngestError(f"{input_dir}: no usable volume found ({len(got.quarantine)} item(s) quarantined; see quarantine.csv)")
+    _write_tables(out_dir, got, tree.log)
+    summary = _summary(got, tree.log, deid, key)
+    _write_summary(out_dir, summary, tree.identifiers)
+    return IngestResult(got.cases, got.quarantine, summary)
 
 
 def condition_spelling_warnings(by_condition: dict[str, int]) -> list[str]:
