@@ -2,18 +2,21 @@
 
 A worker of a plain :class:`~concurrent.futures.ProcessPoolExecutor` outlives a parent killed with
 ``kill -9``: it waits on its task queue for ever. Workers of :func:`process_pool` end with their parent.
+
+multiprocessing (with subprocess, socket, ctypes ...) is imported when the first pool is made: a
+conversion that needs no pool does not pay for it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -29,10 +32,15 @@ def die_with_parent(creator: int) -> None:
     """Make this process end when its parent ends, however it ends: on Linux the kernel sends it SIGKILL
     (``PR_SET_PDEATHSIG``); elsewhere a thread checks the parent every half second. ``creator`` is the
     process that made the pool (the parent itself, or the fork server's parent)."""
+    import signal
+    import threading
+
     parent = os.getppid()
     armed = False
     if sys.platform.startswith("linux"):
         try:
+            import ctypes
+
             armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
         except (OSError, AttributeError):
             armed = False
@@ -52,4 +60,8 @@ def _init_worker(creator: int, initializer: Callable | None, initargs: tuple) ->
 def process_pool(max_workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
     """A :class:`ProcessPoolExecutor` of ``max_workers`` whose workers end with this process;
     ``initializer(*initargs)`` runs in each worker as usual."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    if sys.platform.startswith("linux"):
+        import ctypes  # noqa: F401 -- here, so that forked workers inherit it instead of each importing it
     return ProcessPoolExecutor(max_workers=max_workers, initializer=_init_worker, initargs=(os.getpid(), initializer, initargs))

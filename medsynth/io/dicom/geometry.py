@@ -116,6 +116,13 @@ def _cluster_positions(d: np.ndarray, tol: float) -> list[np.ndarray]:
     return [np.array(c) for c in clusters]
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of finite values, without the import of numpy.ma that np.median makes (its NaN check)."""
+    ordered = np.sort(values)
+    mid = len(ordered) // 2
+    return float(ordered[mid]) if len(ordered) % 2 else float((ordered[mid - 1] + ordered[mid]) / 2)
+
+
 def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels: int = DEFAULT_MAX_VOXELS
                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[Slice]]:
     """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine, with the notes and
@@ -139,7 +146,7 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels:
     n_t = counts.pop()
     pos = np.array([d[c[0]] for c in clusters])
     gaps = np.diff(pos)
-    med = float(np.median(gaps))
+    med = _median(gaps)
     if np.any(gaps > 1.5 * med):
         k = int(np.argmax(gaps))
         missing = int(round(gaps[k] / med)) - 1
