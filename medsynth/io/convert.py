@@ -10,6 +10,7 @@ import csv
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
@@ -162,10 +163,11 @@ def iter_volumes(
     with ExitStack() as stack:
         # one pool for the scan and the series, when the scan is worth a pool
         pool = stack.enter_context(process_pool(n_workers)) if n_workers > 1 and len(paths) > PARALLEL_SCAN_FILES else None
+        had_pydicom = "pydicom" in sys.modules
         scan = scan_folder(root, files=paths, workers=n_workers, max_voxels=max_voxels, pool=pool)
-        if pool is not None and scan.needs_pydicom:
-            # this process has imported pydicom to classify those files: workers forked from now on
-            # inherit it instead of importing it each (half a second a worker)
+        if pool is not None and not had_pydicom and "pydicom" in sys.modules:
+            # this process has imported pydicom to classify files the fast reader could not: workers forked
+            # from now on inherit it instead of importing it each (half a second a worker)
             pool.shutdown(wait=True)
             pool = stack.enter_context(process_pool(n_workers))
         yield from _scanned_volumes(root, scan, n_workers, pool, progress, max_voxels)

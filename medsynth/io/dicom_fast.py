@@ -1,19 +1,24 @@
 """A fast header reader for the common DICOM image file, without pydicom.
 
-Most files a scanner exports are single-frame, uncompressed, little endian, with the 128-byte preamble.
-pydicom parses every element of such a file in Python (several hundred per MR file, most of them in
-private groups conversion never reads), and importing pydicom costs half a second: together most of
+Most files a scanner exports are uncompressed, little endian, with the 128-byte preamble. pydicom
+parses every element of such a file in Python (several hundred per MR file, most of them in private
+groups conversion never reads), and importing pydicom costs half a second: together most of
 ``medsynth convert``'s time. :func:`read_image_header` walks the elements with ``struct`` and keeps the
 raw values of the attributes conversion reads (:data:`TAGS`, and the vendor private elements of
 :data:`PRIVATE`: Siemens mosaic and CSA, Philips scaling and diffusion) and where the pixel data lie.
+An enhanced multi-frame object (explicit VR) keeps its shared and per-frame functional groups whole,
+as :class:`FastItem` trees that answer the way pydicom's items do.
 It returns None for every other file (compressed, big endian or deflated transfer syntax, no preamble,
-multi-frame, UIH grid, colour, SEG, a character set other than the default, Latin-1 or UTF-8, truncated,
-a layout it cannot walk); those are read by pydicom, which also names what is wrong with a broken file.
-Values are decoded as pydicom decodes them (tests/test_dicom_fast.py).
+UIH grid, colour, SEG, a character set other than the default, Latin-1 or UTF-8, truncated, a layout it
+cannot walk); those are read by pydicom, which also names what is wrong with a broken file. The header
+alone of a compressed or explicit big-endian file (:func:`read_fast_header`, ``header_only``)
+classifies it without pydicom; its pixel data are pydicom's.
+Values are decoded as pydicom decodes them (tests/io/test_dicom_fast.py).
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +28,16 @@ import numpy as np
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-MAX_FAST_FILE_BYTES = 64 << 20  # larger files (multi-frame) are read by pydicom
+MAX_FAST_FILE_BYTES = 64 << 20  # larger files are read by pydicom
 
-# keyword -> (tag, VR) of every attribute the converter reads from a single-frame file
+
+def is_encapsulated_syntax(ts: str) -> bool:
+    """A compressed transfer syntax: explicit VR little-endian data set, encapsulated pixel data (JPEG
+    family, JPEG-LS, JPEG 2000, HTJ2K, MPEG, JPEG XL under 1.2.840.10008.1.2.4, and RLE)."""
+    return ts.startswith("1.2.840.10008.1.2.4.") or ts == "1.2.840.10008.1.2.5"
+
+
+# keyword -> (tag, VR) of every top-level attribute the converter reads
 TAGS: dict[str, tuple[int, str]] = {
     "SpecificCharacterSet": (0x00080005, "CS"),
     "ImageType": (0x00080008, "CS"),
@@ -67,6 +79,36 @@ TAGS: dict[str, tuple[int, str]] = {
 }
 _TAG_VR = {tag: vr for tag, vr in TAGS.values()}
 _KEYWORD = {tag: kw for kw, (tag, _vr) in TAGS.items()}
+# the functional groups of an enhanced multi-frame object, kept whole (as FastItem trees)
+FRAME_SEQUENCES = {"SharedFunctionalGroupsSequence": 0x52009229, "PerFrameFunctionalGroupsSequence": 0x52009230}
+FRAME_GROUPS = frozenset(FRAME_SEQUENCES.values())
+# keyword -> tag of what conversion reads inside the functional groups (a FastItem is asked by keyword
+# for these only; every value is decoded by the VR the file gives, as pydicom does for explicit VR)
+ITEM_TAGS: dict[str, int] = {
+    "PlanePositionSequence": 0x00209113,
+    "PlaneOrientationSequence": 0x00209116,
+    "PixelMeasuresSequence": 0x00289110,
+    "PixelValueTransformationSequence": 0x00289145,
+    "FrameContentSequence": 0x00209111,
+    "MREchoSequence": 0x00189114,
+    "MRImageFrameTypeSequence": 0x00189226,
+    "CTImageFrameTypeSequence": 0x00189329,
+    "ImagePositionPatient": 0x00200032,
+    "ImageOrientationPatient": 0x00200037,
+    "PixelSpacing": 0x00280030,
+    "SliceThickness": 0x00180050,
+    "SpacingBetweenSlices": 0x00180088,
+    "RescaleSlope": 0x00281053,
+    "RescaleIntercept": 0x00281052,
+    "StackID": 0x00209056,
+    "InStackPositionNumber": 0x00209057,
+    "TemporalPositionIndex": 0x00209128,
+    "FrameAcquisitionDateTime": 0x00189074,
+    "DimensionIndexValues": 0x00209157,
+    "EffectiveEchoTime": 0x00189082,
+    "FrameType": 0x00089007,
+    "ComplexImageComponent": 0x00089208,
+}
 PHILIPS_GROUP = 0x2005
 # private elements conversion reads: (group, private creator) -> {element low byte: name in FastHeader.private}
 PRIVATE = {
@@ -80,34 +122,108 @@ PRIVATE_GROUPS = frozenset(group for group, _creator in PRIVATE)
 UIH_GROUP, UIH_SLICES_IN_GRID = 0x0065, 0x1050
 PIXEL_DATA = 0x7FE00010
 TRANSFER_SYNTAX = 0x00020010
-FRAME_GROUPS = frozenset({0x52009229, 0x52009230})  # shared / per-frame functional groups
+_RARE_GROUPS = frozenset({UIH_GROUP, 0x5200, 0x7FE0})  # groups with an element the walk stops or branches at
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
+                       b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+_HEAD_BYTES = {**{vr: 12 for vr in LONG_VRS}, **{vr: 8 for vr in SHORT_VRS}}  # explicit VR element header sizes
 NUMERIC_TEXT = frozenset({"DS", "IS"})
+TEXT_VRS = frozenset({"LO", "SH", "UC", "PN"})  # decoded in the file's character set, several values
+SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT"})  # one value, backslashes included
 
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _head16 = struct.Struct("<HH2sH").unpack_from
 _head32 = struct.Struct("<HHI").unpack_from
 _u32 = struct.Struct("<I").unpack_from
+_BIG_ENDIAN = (struct.Struct(">HH2sH").unpack_from, struct.Struct(">HHI").unpack_from, struct.Struct(">I").unpack_from)
 
 
 class _NotFast(Exception):
     """The file needs pydicom's reader."""
 
 
+class FastElement:
+    """One element of a :class:`FastItem` as pydicom's DataElement shows it: ``VR`` and ``value``."""
+
+    __slots__ = ("VR", "value")
+
+    def __init__(self, vr: str, value):
+        self.VR = vr
+        self.value = value
+
+
+class FastItem:
+    """One item of a functional-group sequence: every element it holds, raw, with the VR the file gives.
+
+    ``get(keyword, default)`` (keywords of :data:`ITEM_TAGS`) answers with the value as pydicom does (a
+    list of FastItems for a sequence); ``get((group, element))`` with a :class:`FastElement`, as
+    ``Dataset.get`` of a tag does. A keyword outside ITEM_TAGS raises KeyError."""
+
+    __slots__ = ("elements", "charset")
+
+    def __init__(self, elements: dict[int, tuple[str, object]], charset: str = "latin-1"):
+        self.elements = elements  # tag -> (VR, raw bytes, or a list of FastItems for SQ)
+        self.charset = charset
+
+    @staticmethod
+    def _tag(key) -> int:
+        if isinstance(key, str):
+            tag = ITEM_TAGS.get(key)
+            if tag is None:  # loud: a silent default would convert differently from the pydicom path
+                raise KeyError(f"the fast reader does not know {key} in a functional group: add it to dicom_fast.ITEM_TAGS")
+            return tag
+        return (key[0] << 16) | key[1] if isinstance(key, tuple) else int(key)
+
+    def _value(self, tag: int):
+        vr, raw = self.elements[tag]
+        if vr == "SQ":
+            return [FastItem(e, self.charset) for e in raw]  # type: ignore[attr-defined]
+        return _decode(raw, vr, self.charset)  # type: ignore[arg-type]
+
+    def get(self, key, default=None):
+        tag = self._tag(key)
+        if tag not in self.elements:
+            return default
+        if isinstance(key, str):
+            value = self._value(tag)
+            return default if value is None else value
+        return FastElement(self.elements[tag][0], self._value(tag))
+
+    def __contains__(self, key) -> bool:
+        return self._tag(key) in self.elements
+
+    def __getitem__(self, key) -> FastElement:
+        tag = self._tag(key)
+        return FastElement(self.elements[tag][0], self._value(tag))
+
+    def __getattr__(self, keyword: str):
+        if keyword.startswith("_") or keyword not in ITEM_TAGS:
+            raise AttributeError(keyword)
+        value = self.get(keyword)
+        if value is None:
+            raise AttributeError(keyword)
+        return value
+
+
 @dataclass
 class FastHeader:
-    """The attributes of one single-frame uncompressed little-endian image file, decoded on use.
+    """The attributes of one uncompressed little-endian image file, decoded on use.
 
     ``get(keyword, default)`` answers as a pydicom Dataset does for the keywords in :data:`TAGS`
-    (numbers for IS/DS/US/FD, a list for several values, stripped text otherwise) and raises KeyError
-    for any other keyword."""
+    (numbers for IS/DS/US/FD, a list for several values, stripped text otherwise) and for the two
+    functional-group sequences of an enhanced object (lists of :class:`FastItem`), and raises KeyError
+    for any other keyword. ``header_only``: the pixel data are pydicom's to decode (compressed, or big
+    endian: binary values are kept little endian all the same)."""
 
     path: Path
     raw: dict[int, bytes]
     pixel_offset: int
     pixel_length: int
     private: dict[str, bytes] = field(default_factory=dict)  # the PRIVATE elements found, raw
+    frame_groups: dict[int, list[dict]] = field(default_factory=dict)  # FRAME_GROUPS tag -> items' elements
+    header_only: bool = False
     _decoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, keyword: str, default=None):
@@ -116,9 +232,13 @@ class FastHeader:
             value = decoded[keyword]
         else:
             tag = TAGS.get(keyword)
-            if tag is None:  # loud: a silent default would convert differently from the pydicom path
+            if tag is not None:
+                value = None if tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1], self._charset())
+            elif keyword in FRAME_SEQUENCES:
+                items = self.frame_groups.get(FRAME_SEQUENCES[keyword])
+                value = None if items is None else [FastItem(e, self._charset()) for e in items]
+            else:  # loud: a silent default would convert differently from the pydicom path
                 raise KeyError(f"the fast reader does not keep {keyword}: add it to dicom_fast.TAGS")
-            value = None if tag[0] not in self.raw else _decode(self.raw[tag[0]], tag[1], self._charset())
             decoded[keyword] = value
         return default if value is None else value
 
@@ -133,23 +253,31 @@ class FastHeader:
         return charset
 
     def __contains__(self, keyword: str) -> bool:
+        if keyword in FRAME_SEQUENCES:
+            return FRAME_SEQUENCES[keyword] in self.frame_groups
         tag = TAGS.get(keyword)
         return tag is not None and tag[0] in self.raw
 
     def __getattr__(self, keyword: str):
-        if keyword.startswith("_") or keyword not in TAGS:
+        if keyword.startswith("_") or (keyword not in TAGS and keyword not in FRAME_SEQUENCES):
             raise AttributeError(keyword)
         value = self.get(keyword)
         if value is None:
             raise AttributeError(keyword)
         return value
 
+    def frames(self) -> int:
+        return int(self.get("NumberOfFrames", 1) or 1)
+
     def pixel_array(self) -> np.ndarray:
-        """The stored values (Rows x Columns), bits above BitsStored masked or sign-extended."""
+        """The stored values (Rows x Columns, or frames x Rows x Columns), bits above BitsStored masked or
+        sign-extended."""
+        if self.pixel_offset < 0:
+            raise ValueError(f"{self.path}: compressed pixel data: the fast reader read the header only")
         with open(self.path, "rb") as fh:
             fh.seek(self.pixel_offset)
             raw = fh.read(self.pixel_length)
-        return stored_values(raw, int(self.get("Rows")), int(self.get("Columns")), 1, int(self.get("BitsAllocated")),
+        return stored_values(raw, int(self.get("Rows")), int(self.get("Columns")), self.frames(), int(self.get("BitsAllocated")),
                              int(self.get("BitsStored", self.get("BitsAllocated"))), int(self.get("PixelRepresentation", 0)) == 1)
 
 
@@ -171,7 +299,8 @@ _CHARSET_KEY = "\x00charset"  # where FastHeader keeps its text encoding among t
 TEXT_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO 2022 IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
-BINARY_VRS = {"FD": "d", "US": "H"}  # VR -> struct code of one little-endian value
+BINARY_VRS = {"FD": "d", "FL": "f", "US": "H", "SS": "h", "UL": "I", "SL": "i"}  # VR -> struct code of one little-endian value
+BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "AT"})  # values pydicom leaves as bytes (AT: never asked)
 
 
 def _decode(raw: bytes, vr: str, charset: str = "latin-1"):
@@ -183,124 +312,210 @@ def _decode(raw: bytes, vr: str, charset: str = "latin-1"):
             return None
         values = struct.unpack(f"<{n}{code}", raw[:size * n])
         return values[0] if n == 1 else list(values)
-    text = raw.decode(charset, "replace").rstrip("\x00 ").lstrip(" ") if vr != "UI" else raw.decode("latin-1").rstrip("\x00 ")
-    if text == "":
-        return None
+    if vr in BYTES_VRS:
+        return raw
+    # pydicom's text rules: LO, SH, UC in the character set, each value stripped of trailing padding;
+    # LT, ST, UT one value; the other string VRs (CS, UI, DA, TM, DT, AS, DS, IS) in the default
+    # encoding, the trailing padding of the whole value stripped
+    if vr in SINGLE_TEXT_VRS:
+        return raw.decode(charset, "replace").rstrip("\x00 ") or None
+    if vr in TEXT_VRS:
+        parts = [p.rstrip("\x00 ") for p in raw.decode(charset, "replace").split("\\")]
+    else:
+        parts = raw.decode("latin-1").rstrip(" \x00").split("\\")
     if vr in NUMERIC_TEXT:
-        parts = [p.strip() for p in text.split("\\")]
         try:
             numbers = [int(p) if vr == "IS" else float(p) for p in parts]
         except ValueError:
-            return text  # not a number: the caller's check names it
+            return "\\".join(parts) or None  # not a number: the caller's check names it
         return numbers[0] if len(numbers) == 1 else numbers
-    if vr == "CS" and "\\" in text:
-        return [p.strip() for p in text.split("\\")]
-    return text
+    if len(parts) == 1:
+        return parts[0] or None
+    return parts
 
 
-def _skip_sequence(data: bytes, pos: int, explicit: bool) -> int:
+def _skip_sequence(data: bytes, pos: int, explicit: bool, big: bool = False) -> int:
     """Position after an undefined-length sequence whose first item starts at ``pos``."""
     end = len(data)
+    head32 = _BIG_ENDIAN[1] if big else _head32
     while pos + 8 <= end:
-        group, elem, length = _head32(data, pos)
+        group, elem, length = head32(data, pos)
         tag = (group << 16) | elem
         pos += 8
         if tag == SEQUENCE_END:
             return pos
         if tag != ITEM:
             raise _NotFast
-        pos = pos + length if length != UNDEFINED else _walk(data, pos, explicit)
+        pos = pos + length if length != UNDEFINED else _walk(data, pos, explicit, big)
     raise _NotFast
 
 
-def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, int, bytes, int, int]:
+def _element(data: bytes, pos: int, explicit: bool, big: bool = False) -> tuple[int, int, bytes, int, int]:
     """(group, element, VR, value length, value position) of the element at ``pos``."""
-    group, elem, vr, short_len = _head16(data, pos)
+    head16, _head, u32 = _BIG_ENDIAN if big else (_head16, _head32, _u32)
+    group, elem, vr, short_len = head16(data, pos)
     if not explicit or group == 0xFFFE:
-        return group, elem, b"", _u32(data, pos + 4)[0], pos + 8
+        return group, elem, b"", u32(data, pos + 4)[0], pos + 8
     if vr in LONG_VRS:
-        return group, elem, vr, _u32(data, pos + 8)[0], pos + 12
+        return group, elem, vr, u32(data, pos + 8)[0], pos + 12
     if vr[0] > 64 and vr[1] > 64:
         return group, elem, vr, short_len, pos + 8
     raise _NotFast  # an implicit element in an explicit data set
 
 
-def _walk(data: bytes, pos: int, explicit: bool) -> int:
+def _walk(data: bytes, pos: int, explicit: bool, big: bool = False) -> int:
     """Walk the elements of one undefined-length item from ``pos``; the position after its delimiter."""
     end = len(data)
     while pos + 8 <= end:
-        group, elem, vr, length, pos = _element(data, pos, explicit)
+        group, elem, vr, length, pos = _element(data, pos, explicit, big)
         if group == 0xFFFE:
             if elem == 0xE00D:
                 return pos
             raise _NotFast
         if length == UNDEFINED:
-            pos = _skip_sequence(data, pos, explicit and vr != b"UN")  # an undefined-length UN holds implicit-VR items
+            pos = _skip_sequence(data, pos, explicit and vr != b"UN", big)  # an undefined-length UN holds implicit-VR items
         else:
             pos += length
     raise _NotFast
 
 
-def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader) -> None:
-    """Keep the wanted top-level values in ``header`` and find the pixel data. Past group 0028 (and
-    group 2005 for Philips files) nothing more is kept: the pixel data are looked for at the end of the
-    file first, with the exact length the image needs, and the walk goes on only if they are not there."""
-    end = len(data)
-    keep = header.raw
-    blocks: dict[int, dict[int, str]] = {}  # (group << 8 | block) -> the wanted elements of that private block
-    looked_at_end = False
-    while pos + 8 <= end:
-        group, elem, vr, length = _head16(data, pos)  # inlined _element: this loop is the reader's cost
-        if not explicit or group == 0xFFFE:
-            length, pos = _u32(data, pos + 4)[0], pos + 8
-            if group == 0xFFFE:
-                raise _NotFast
-        elif vr in LONG_VRS:
-            length, pos = _u32(data, pos + 8)[0], pos + 12
-        elif vr[0] > 64 and vr[1] > 64:
-            pos += 8
-        else:
-            raise _NotFast
-        if group > 0x0028 and not looked_at_end and group > _last_group_read(keep.get(0x00080070, b"")):
-            looked_at_end = True
-            if _pixel_data_at_end(data, explicit, header):
-                return
-        if group == UIH_GROUP and elem == UIH_SLICES_IN_GRID:
-            raise _NotFast  # a UIH grid: pydicom unpacks it
+def _parse_sequence(data: bytes, pos: int, length: int) -> tuple[list[dict], int]:
+    """The items of an explicit-VR sequence whose value starts at ``pos`` (``length`` bytes, or
+    undefined up to its delimiter), each as {tag: (VR, raw value or items)}; the position after it."""
+    items: list[dict] = []
+    end = pos + length if length != UNDEFINED else len(data)
+    if end > len(data):
+        raise _NotFast
+    while pos < end:
+        group, elem, item_length = _head32(data, pos)
         tag = (group << 16) | elem
-        if tag == PIXEL_DATA:
-            if length == UNDEFINED or pos + length > end:
-                raise _NotFast  # encapsulated (compressed) or truncated pixel data
-            header.pixel_offset, header.pixel_length = pos, length
-            return
-        if length == UNDEFINED:
-            if tag in FRAME_GROUPS:
-                raise _NotFast
-            pos = _skip_sequence(data, pos, explicit and vr != b"UN")  # an undefined-length UN holds implicit-VR items
+        pos += 8
+        if tag == SEQUENCE_END and length == UNDEFINED:
+            return items, pos
+        if tag != ITEM:
+            raise _NotFast
+        elements, pos = _parse_item(data, pos, item_length)
+        items.append(elements)
+    if length == UNDEFINED or pos != end:
+        raise _NotFast
+    return items, pos
+
+
+def _parse_item(data: bytes, pos: int, length: int) -> tuple[dict, int]:
+    """The elements of one item from ``pos`` (``length`` bytes, or undefined up to its delimiter)."""
+    elements: dict[int, tuple[str, object]] = {}
+    end = pos + length if length != UNDEFINED else len(data)
+    if end > len(data):
+        raise _NotFast
+    while pos + 8 <= end:
+        group, elem, vr, value_length = _head16(data, pos)
+        if group == 0xFFFE:
+            if elem == 0xE00D and length == UNDEFINED:
+                return elements, pos + 8
+            raise _NotFast
+        size = _HEAD_BYTES.get(vr)
+        if size is None:
+            raise _NotFast  # an implicit element in an explicit data set
+        if size == 12:
+            value_length = _u32(data, pos + 8)[0]
+        pos += size
+        tag = (group << 16) | elem
+        if vr == b"SQ":
+            items, pos = _parse_sequence(data, pos, value_length)
+            elements[tag] = ("SQ", items)
             continue
-        if tag in _TAG_VR:
+        if value_length == UNDEFINED or pos + value_length > end:
+            raise _NotFast  # an undefined-length UN sequence (pydicom may read it as a known VR) or a value past the item
+        elements[tag] = (vr.decode("ascii"), data[pos:pos + value_length])
+        pos += value_length
+    if length == UNDEFINED or pos != end:
+        raise _NotFast
+    return elements, pos
+
+
+def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader, header_only: bool = False, big: bool = False) -> None:
+    """Keep the wanted top-level values in ``header`` and find the pixel data. Past group 0028 (and the
+    vendor groups and functional groups :func:`_last_group_read` names) nothing more is kept: the pixel
+    data are looked for at the end of the file first, with the exact length the image needs, and the
+    walk goes on only if they are not there. ``header_only`` (a compressed or big-endian transfer syntax):
+    the walk ends at the pixel data element, whose value pydicom decodes; the functional groups are skipped. A file that ends before its pixel data
+    (truncated, or none) raises struct.error: this loop is the reader's cost, so it checks no bounds."""
+    end = len(data)
+    keep, private = header.raw, header.private
+    tag_vr, private_groups, rare_groups, head_bytes = _TAG_VR, PRIVATE_GROUPS, _RARE_GROUPS, _HEAD_BYTES
+    head16, _head, u32 = _BIG_ENDIAN if big else (_head16, _head32, _u32)
+    blocks: dict[int, dict[int, str]] = {}  # (group << 8 | block) -> the wanted elements of that private block
+    last_group = 0x0028 if not header_only else 0xFFFD  # past it: the pixel data are looked for at the end (once)
+    resolved = header_only
+    while True:
+        group, elem, vr, length = head16(data, pos)  # inlined _element
+        if explicit:
+            try:
+                size = head_bytes[vr]
+            except KeyError:
+                raise _NotFast from None  # an item tag, or an implicit element in an explicit data set
+            if size == 12:
+                length = u32(data, pos + 8)[0]
+            pos += size
+        else:
+            length = u32(data, pos + 4)[0]
+            pos += 8
+        if group > last_group:
+            if group >= 0xFFFE:
+                raise _NotFast  # an item or delimiter tag at the top level
+            if not resolved:
+                resolved = True
+                last_group = _last_group_read(keep)
+            if group > last_group:
+                last_group = 0xFFFD
+                if _pixel_data_at_end(data, explicit, header):
+                    return
+        tag = (group << 16) | elem
+        if length == UNDEFINED:
+            if tag == PIXEL_DATA and header_only and not big:  # encapsulated (compressed) pixel data
+                header.header_only = True
+                return
+            if tag in FRAME_GROUPS and explicit and vr == b"SQ" and not header_only:
+                header.frame_groups[tag], pos = _parse_sequence(data, pos, length)
+            else:
+                pos = _skip_sequence(data, pos, explicit and vr != b"UN", big)  # an undefined-length UN holds implicit-VR items
+            continue
+        if tag in tag_vr:
             keep[tag] = data[pos:pos + length]
-        elif group in PRIVATE_GROUPS:
-            if 0x10 <= elem <= 0xFF:
+        elif group in private_groups:
+            if 0x10 <= elem <= 0xFF:  # a private creator
                 wanted = PRIVATE.get((group, data[pos:pos + length].rstrip(b"\x00 ").upper()))
                 if wanted:
                     blocks[(group << 8) | elem] = wanted
-            else:
-                name = blocks.get((group << 8) | (elem >> 8), {}).get(elem & 0xFF)
-                if name:
-                    header.private[name] = data[pos:pos + length]
-        elif tag in FRAME_GROUPS:
-            raise _NotFast
+            elif blocks:
+                wanted = blocks.get((group << 8) | (elem >> 8))
+                if wanted is not None and (elem & 0xFF) in wanted:
+                    private[wanted[elem & 0xFF]] = data[pos:pos + length]
+        elif group in rare_groups:
+            if tag == PIXEL_DATA:
+                if (header_only and not big) or pos + length > end:
+                    raise _NotFast  # compressed data of a defined length, or truncated pixel data
+                if big:
+                    header.header_only = True
+                else:
+                    header.pixel_offset, header.pixel_length = pos, length
+                return
+            if tag in FRAME_GROUPS and not header_only:
+                if not explicit or vr != b"SQ":
+                    raise _NotFast
+                header.frame_groups[tag], pos = _parse_sequence(data, pos, length)
+                continue
+            if group == UIH_GROUP and elem == UIH_SLICES_IN_GRID:
+                raise _NotFast  # a UIH grid: pydicom unpacks it
         pos += length
-        if pos > end:
-            raise _NotFast  # truncated: pydicom names it
-    raise _NotFast  # no pixel data
 
 
-def _last_group_read(manufacturer: bytes) -> int:
-    """The last group whose elements matter: 0028, or a vendor's private group (Philips scale slope,
-    UIH grid) that comes after it."""
-    name = manufacturer.upper().lstrip()
+def _last_group_read(keep: dict[int, bytes]) -> int:
+    """The last group whose elements matter: 0028, the functional groups (5200) of a multi-frame object,
+    or a vendor's private group (Philips scale slope, UIH grid) that comes after 0028."""
+    if 0x00280008 in keep:  # NumberOfFrames: an enhanced object's functional groups follow
+        return 0x5200
+    name = keep.get(0x00080070, b"").upper().lstrip()
     if b"PHILIPS" in name:
         return PHILIPS_GROUP
     if name.startswith(b"SIEMENS") or name.startswith(b"CPS"):
@@ -312,11 +527,13 @@ def _last_group_read(manufacturer: bytes) -> int:
 
 def _pixel_data_at_end(data: bytes, explicit: bool, header: FastHeader) -> bool:
     """Whether the file ends with a pixel data element exactly as long as Rows x Columns x BitsAllocated
-    needs (even-padded); if so, where its value lies is set in ``header``."""
+    (x NumberOfFrames) needs (even-padded); if so, where its value lies is set in ``header``."""
     raw = header.raw
     try:
         need = _decode(raw[0x00280010], "US") * _decode(raw[0x00280011], "US") * _decode(raw[0x00280100], "US") // 8
-    except (KeyError, TypeError):
+        if 0x00280008 in raw:
+            need *= int(_decode(raw[0x00280008], "IS"))
+    except (KeyError, TypeError, ValueError):
         return False
     need += need & 1
     size = struct.pack("<I", need)
@@ -367,14 +584,16 @@ def is_not_dicom(path: Path) -> bool:
     return struct.unpack_from("<H", head, 0)[0] not in _FIRST_GROUPS
 
 
-def read_image_header(path: Path) -> FastHeader | None:
-    """The header of a single-frame, uncompressed, little-endian, grey-level image file with its pixel
-    data complete; None when the file is anything else (pydicom reads those)."""
+def read_fast_header(path: Path) -> FastHeader | None:
+    """The header of an image file with the preamble: an uncompressed little-endian grey-level file with
+    its pixel data complete (:func:`read_image_header`), or the header alone of a compressed or explicit
+    big-endian one (``header_only``: enough to classify it; its pixel data are pydicom's). None for
+    anything else."""
     try:
-        size = path.stat().st_size
-        if size < 144 or size > MAX_FAST_FILE_BYTES:
-            return None
         with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < 144 or size > MAX_FAST_FILE_BYTES:
+                return None
             data = fh.read()
     except OSError:
         return None
@@ -383,12 +602,48 @@ def read_image_header(path: Path) -> FastHeader | None:
     header = FastHeader(path, {}, -1, 0)
     try:
         ts, pos = _meta(data)
-        if ts not in (IMPLICIT_LE, EXPLICIT_LE):
+        big = ts == EXPLICIT_BE
+        header_only = big or is_encapsulated_syntax(ts)
+        if ts not in (IMPLICIT_LE, EXPLICIT_LE) and not header_only:
             return None
-        _walk_header(data, pos, ts == EXPLICIT_LE, header)
+        _walk_header(data, pos, ts != IMPLICIT_LE, header, header_only, big)
     except (_NotFast, struct.error):
         return None
+    if big:
+        _to_little_endian(header.raw)
+    if header.header_only:
+        return header if _classifiable(header) else None
     return header if _fast_image(header) else None
+
+
+def read_image_header(path: Path) -> FastHeader | None:
+    """The header of an uncompressed, little-endian, grey-level image file (single frame, or an
+    enhanced multi-frame object with its functional groups) with its pixel data complete; None when
+    the file is anything else (pydicom reads those)."""
+    header = read_fast_header(path)
+    return None if header is None or header.header_only else header
+
+
+def _to_little_endian(raw: dict[int, bytes]) -> None:
+    """The binary values of a big-endian file's kept attributes, byte-swapped in place."""
+    for tag, value in raw.items():
+        code = BINARY_VRS.get(_TAG_VR[tag])
+        if code is not None:
+            size = struct.calcsize(code)
+            n = len(value) // size
+            raw[tag] = struct.pack(f"<{n}{code}", *struct.unpack(f">{n}{code}", value[:n * size]))
+
+
+def _classifiable(h: FastHeader) -> bool:
+    """Whether a header-only file's header answers what the scan asks (SOP class, image size, series
+    key) as pydicom's would: an image, not a SEG, text in a character set the reader decodes."""
+    try:
+        rows, cols = int(h.get("Rows", 0)), int(h.get("Columns", 0))
+        h.frames()
+    except (TypeError, ValueError):
+        return False
+    return (rows > 0 and cols > 0 and h.character_set() in TEXT_CHARSETS and "SOPClassUID" in h
+            and h.get("SOPClassUID") != SEG_SOP_CLASS)
 
 
 def _fast_image(h: FastHeader) -> bool:
@@ -403,9 +658,14 @@ def _fast_image(h: FastHeader) -> bool:
         return False
     if h.character_set() not in TEXT_CHARSETS:
         return False  # other character sets (ISO 2022 escapes, GB18030 ...): pydicom decodes the text
+    if frames != 1 or h.frame_groups:
+        # a multi-frame object: an enhanced one, its frames described by one per-frame item each
+        per_frame = h.frame_groups.get(FRAME_SEQUENCES["PerFrameFunctionalGroupsSequence"])
+        if frames < 1 or per_frame is None or len(per_frame) != frames:
+            return False
     image_type = h.get("ImageType", "")
     image_type = image_type if isinstance(image_type, list) else [image_type]
-    return (rows > 0 and cols > 0 and bits in (8, 16, 32) and 0 < stored <= bits and frames == 1 and samples == 1
+    return (rows > 0 and cols > 0 and bits in (8, 16, 32) and 0 < stored <= bits and samples == 1
             and str(h.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME")
             and h.get("SOPClassUID") != SEG_SOP_CLASS and "SOPClassUID" in h
-            and h.pixel_length >= rows * cols * bits // 8)
+            and h.pixel_length >= rows * cols * frames * bits // 8)

@@ -1,4 +1,5 @@
-"""The fast header reader answers as pydicom does, on every file it accepts, and leaves the rest to pydicom."""
+"""The fast header reader answers as pydicom does, on every file it accepts (single-frame, enhanced multi-frame, and the
+header alone of compressed and big-endian files), and leaves the rest to pydicom."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pydicom
 import pytest
 
 from medsynth.io.dicom import discover_files, raw_little_endian_pixels
-from medsynth.io.dicom_fast import TAGS, is_not_dicom, read_image_header
+from medsynth.io.dicom_fast import ITEM_TAGS, TAGS, is_not_dicom, read_fast_header, read_image_header
 from tests.conftest import SHARED
 
 
@@ -61,7 +62,7 @@ def test_shared_corpus_is_mostly_read_fast():
     if not files:
         pytest.skip("../shared/data/dicom is not present")
     fast = sum(read_image_header(p) is not None for p in files)
-    assert fast / len(files) > 0.9  # single-frame uncompressed files: all but mosaics, enhanced, compressed
+    assert fast / len(files) > 0.9  # uncompressed files: all but the compressed and big-endian ones
 
 
 def _written(tmp_path: Path, **attrs) -> Path:
@@ -120,3 +121,84 @@ def test_not_dicom_is_only_what_cannot_start_a_data_set(tmp_path):
     without_preamble.write_bytes(path.read_bytes()[132:])  # starts with the file meta group
     assert not is_not_dicom(path) and not is_not_dicom(without_preamble)
     assert read_image_header(without_preamble) is None  # pydicom reads files without the preamble
+
+
+def _items_equal(fast_items, full_items, where: str) -> int:
+    """Every ITEM_TAGS value of every item (recursively) equal; the number of values compared."""
+    assert len(fast_items) == len(full_items), where
+    compared = 0
+    for i, (fast, full) in enumerate(zip(fast_items, full_items, strict=True)):
+        for keyword in ITEM_TAGS:
+            assert (keyword in fast) == (keyword in full), (where, i, keyword)
+            if keyword not in full:
+                continue
+            if full[keyword].VR == "SQ":
+                compared += _items_equal(fast.get(keyword), list(full[keyword].value), f"{where}[{i}].{keyword}")
+            else:
+                assert _as_plain(fast.get(keyword)) == _as_plain(full.get(keyword)), (where, i, keyword)
+                compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("root", _corpora(), ids=lambda p: p.name)
+def test_enhanced_objects_read_as_pydicom_reads_them(root):
+    """An enhanced multi-frame object's functional groups answer as pydicom's, and the frames the
+    converter makes of them (geometry, scaling, split and time keys, pixels) are the same."""
+    from medsynth.io.dicom import enhanced_slices, is_enhanced
+
+    enhanced = [(p, h) for p in _dicom_files(root) if (h := read_image_header(p)) is not None and h.frame_groups]
+    if not enhanced:
+        pytest.skip(f"{root.name}: no uncompressed enhanced object")
+    for path, header in enhanced:
+        full = pydicom.dcmread(path)
+        assert is_enhanced(header) and is_enhanced(full)
+        compared = 0
+        for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            assert (keyword in header) == (keyword in full), (path.name, keyword)
+            if keyword in full:
+                compared += _items_equal(header.get(keyword), list(full[keyword].value), f"{path.name}:{keyword}")
+        assert compared >= 3 * int(full.NumberOfFrames), path.name  # at least position, orientation and spacing a frame
+        fast_slices, full_slices = enhanced_slices(path, header), enhanced_slices(path, full)
+        assert len(fast_slices) == len(full_slices) == int(full.NumberOfFrames)
+        for a, b in zip(fast_slices, full_slices, strict=True):
+            np.testing.assert_array_equal(a.iop, b.iop)
+            np.testing.assert_array_equal(a.ipp, b.ipp)
+            assert (a.pixel_spacing, a.slope, a.intercept, a.split_key, a.time_key, a.rows, a.cols) == \
+                (b.pixel_spacing, b.slope, b.intercept, b.split_key, b.time_key, b.rows, b.cols), (path.name, a.frame)
+            np.testing.assert_array_equal(a.pixels(), b.pixels(), err_msg=f"{path.name} frame {a.frame}")
+
+
+def test_the_shared_enhanced_objects_are_read_fast():
+    files = _dicom_files(SHARED / "dicom" / "dcm_qa_enh" / "In")
+    if not files:
+        pytest.skip("../shared/data/dicom/dcm_qa_enh is not present")
+    headers = [read_image_header(p) for p in files]
+    assert all(h is not None and h.frame_groups for h in headers), [p.name for p, h in zip(files, headers, strict=True) if h is None]
+    philips = next(h for h in headers if "PHILIPS" in h.get("Manufacturer").upper())
+    per_frame = philips.get("PerFrameFunctionalGroupsSequence")
+    assert len(per_frame) == philips.frames() == 64
+    # the Philips private per-frame item the scale slope is read from, as pydicom shows it
+    private = per_frame[0].get((0x2005, 0x140F))
+    assert private is not None and private.VR == "SQ" and len(private.value) == 1
+
+
+@pytest.mark.parametrize("root", _corpora(), ids=lambda p: p.name)
+def test_a_compressed_or_big_endian_file_is_classified_from_its_header_alone(root):
+    """Its header's attributes are pydicom's, the scan gives it the kind and series key pydicom's scan
+    gives, and its pixels are left to pydicom (no header for the series)."""
+    from medsynth.io.dicom.series import _classify_with_pydicom, _classify_without_pydicom
+
+    header_only = [(p, h) for p in _dicom_files(root) if (h := read_fast_header(p)) is not None and h.header_only]
+    if not header_only:
+        pytest.skip(f"{root.name}: no compressed or big-endian file")
+    big_endian = 0
+    for path, header in header_only:
+        full = pydicom.dcmread(path, stop_before_pixels=True)
+        big_endian += str(full.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.2"
+        for keyword in TAGS:
+            assert _as_plain(header.get(keyword)) == _as_plain(full.get(keyword)), (path.name, keyword)
+        assert read_image_header(path) is None
+        kind, key, series_header = _classify_without_pydicom(path)
+        assert (kind, key) == _classify_with_pydicom(path)[:2] and series_header is None, path.name
+    if root == SHARED / "dicom":
+        assert len(header_only) >= 7 and big_endian >= 1  # dcm_qa_ts: RLE, JPEG, JPEG-LS, JPEG 2000, explicit big endian

@@ -1,6 +1,7 @@
-"""``medsynth convert IN OUT`` converts plain DICOM without importing typer, rich, pydicom, nibabel or
-pydantic; every other command line goes to the typer app."""
+"""``medsynth convert IN OUT`` converts plain DICOM without importing typer, rich, pydicom, nibabel,
+pydantic or (without a pool) multiprocessing; every other command line goes to the typer app."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -26,16 +27,36 @@ def test_only_the_plain_convert_command_line_bypasses_typer(argv, want):
     assert _plain_convert(argv) == want
 
 
-def test_plain_convert_imports_neither_the_cli_framework_nor_pydicom_nor_nibabel(tmp_path):
+# what a plain conversion never imports: the command-line framework, pydicom and nibabel (half a second
+# each), the config layer, entry-point scanning, numpy.ma (np.median's NaN check) and, without a pool,
+# multiprocessing and subprocess
+NOT_IMPORTED = ("typer", "rich", "pydicom", "nibabel", "pydantic", "medsynth.config", "importlib.metadata", "numpy.ma",
+                "multiprocessing", "concurrent.futures.process", "subprocess")
+
+
+def _convert_and_list_imports(src: Path, dest: Path, workers: int) -> subprocess.CompletedProcess:
+    code = (f"import sys; sys.argv = ['medsynth', 'convert', sys.argv[1], sys.argv[2], '--workers', '{workers}']\n"
+            "from medsynth.launcher import main\nmain()\n"
+            f"print(sorted(m for m in {NOT_IMPORTED!r} if m in sys.modules))")
+    return subprocess.run([sys.executable, "-c", code, str(src), str(dest)], capture_output=True, text=True, check=True)
+
+
+def test_plain_convert_imports_only_what_it_needs(tmp_path):
     series = shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004")
     shutil.copytree(series, tmp_path / "in")
-    code = ("import sys; sys.argv = ['medsynth', 'convert', sys.argv[1], sys.argv[2], '--workers', '1']\n"
-            "from medsynth.launcher import main\nmain()\n"
-            "print(sorted(m for m in ('typer', 'rich', 'pydicom', 'nibabel', 'pydantic') if m in sys.modules))")
-    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out")], capture_output=True, text=True, check=True)
+    res = _convert_and_list_imports(tmp_path / "in", tmp_path / "out", workers=1)
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
     assert "convert: wrote 1 volume(s)" in res.stderr
     assert (tmp_path / "out" / "series_0001.nii.gz").exists()
+
+
+def test_compressed_and_big_endian_series_import_pydicom_in_the_worker_only(tmp_path):
+    """The scan classifies them from their headers alone; the pool worker that converts them imports pydicom."""
+    shutil.copytree(shared("dicom", "dcm_qa_ts", "In"), tmp_path / "in")  # 2 uncompressed, 6 compressed, 1 big-endian mosaic
+    res = _convert_and_list_imports(tmp_path / "in", tmp_path / "out", workers=2)
+    imported = ast.literal_eval(res.stdout.strip().splitlines()[-1])
+    assert "pydicom" not in imported and "nibabel" not in imported, res.stdout + res.stderr
+    assert "convert: wrote 9 volume(s)" in res.stderr and "0 item(s) quarantined" in res.stderr, res.stderr
 
 
 def test_plain_convert_fails_as_the_typer_command_does(tmp_path):

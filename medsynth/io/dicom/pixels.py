@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom_fast import stored_values
+from medsynth.io.dicom_fast import FastHeader, stored_values
 from medsynth.io.quarantine import SeriesError, error_text
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class _FrameCache:
     """Decode a multi-frame object's pixel data once and hand out frames."""
 
-    def __init__(self, path: Path, ds: Dataset | None = None):
+    def __init__(self, path: Path, ds: Dataset | FastHeader | None = None):
         self.path = path
         self.ds = ds
         self._arr: np.ndarray | None = None
@@ -61,9 +61,14 @@ def raw_little_endian_pixels(ds: Dataset) -> np.ndarray | None:
     return stored_values(raw, rows, cols, frames, bits, int(ds.get("BitsStored", bits) or bits), signed)
 
 
-def decode_pixels(path: Path, ds: Dataset | None = None) -> np.ndarray:
-    """Decode a file's pixel data (from ``ds`` when it was read with its pixels already); any failure
-    becomes a SeriesError with the reason."""
+def decode_pixels(path: Path, ds: Dataset | FastHeader | None = None) -> np.ndarray:
+    """Decode a file's pixel data (from ``ds`` when it was read with its pixels already, or through the
+    fast reader's header); any failure becomes a SeriesError with the reason."""
+    if isinstance(ds, FastHeader):
+        try:
+            return ds.pixel_array()
+        except (OSError, ValueError) as exc:
+            raise SeriesError(f"pixel data cannot be read: {error_text(exc)}") from None
     import pydicom
 
     try:

@@ -21,7 +21,7 @@ from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import _mosaic_volume, is_mosaic
 from medsynth.io.dicom.philips import isotropic_split
 from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
-from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_image_header
+from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_fast_header
 from medsynth.io.pool import process_pool
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
 
@@ -104,7 +104,9 @@ def _series_key(ds: Dataset | FastHeader, path: Path) -> str:
     uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
     # PACS exports reuse one UID for several series numbers, and anonymisers or broken exports one UID
     # for several patients' series: a series is one UID and number of one patient's study
-    return f"{uid}#{ds.get('SeriesNumber', '')}#{ds.get('PatientID', '')}#{ds.get('StudyInstanceUID', '')}"
+    # an empty element is None to pydicom and absent to the fast reader: both are ''
+    number, patient, study = (ds.get(k) for k in ("SeriesNumber", "PatientID", "StudyInstanceUID"))
+    return f"{uid}#{'' if number is None else number}#{patient or ''}#{study or ''}"
 
 
 def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
@@ -115,12 +117,15 @@ def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, st
 
 
 def _classify_without_pydicom(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None] | None:
-    """:func:`_classify` for NIfTI, non-DICOM and the files the fast reader reads; None for the rest."""
+    """:func:`_classify` for NIfTI, non-DICOM and the files the fast reader reads (a compressed or
+    big-endian file's header alone: its pixels are read by pydicom with its series); None for the rest."""
     if is_nifti(path):
         return "nifti", "", None
-    header = read_image_header(path)
-    if header is not None and int(header.Rows) * int(header.Columns) <= max_voxels:
-        return "image", _series_key(header, path), header
+    header = read_fast_header(path)
+    if header is not None:
+        # over the size limit: classified here, and pydicom's read of the series quarantines it with the reason
+        fits = int(header.Rows) * int(header.Columns) * header.frames() <= max_voxels
+        return "image", _series_key(header, path), header if fits and not header.header_only else None
     if is_not_dicom(path):
         return "bad", NOT_DICOM, None
     return None
