@@ -142,6 +142,23 @@ def test_gantry_tilt_is_quarantined_with_that_reason(good_series, tmp_path):
     assert any(r.startswith("slices are sheared by 15.00 degrees (gantry tilt") for r in reasons), reasons
 
 
+def test_a_zero_pixel_spacing_is_quarantined_in_a_single_frame_file_and_in_a_frame_of_an_enhanced_one(good_series, tmp_path):
+    from tests.conftest import shared
+
+    first = _sorted_slices(good_series)[0]
+    ds = pydicom.dcmread(first)
+    ds.PixelSpacing = [0, 1]
+    ds.save_as(first)
+    ds = pydicom.dcmread(shared("dicom", "dcm_qa_enh", "In", "Siemens", "XA10", "6_1.dcm"))  # 6 frames, spacing per frame
+    ds.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence[0].PixelSpacing = [1, 0]
+    (tmp_path / "in" / "enhanced").mkdir()
+    ds.save_as(tmp_path / "in" / "enhanced" / "6_1.dcm")
+    rows, reasons = _convert(tmp_path)
+    assert sorted(r for r in reasons if "PixelSpacing" in r) == ["PixelSpacing must be positive, got [0.0, 1.0]",
+                                                                 "PixelSpacing must be positive, got [1.0, 0.0]"]
+    assert len(rows) == 1  # the rest of the single-frame series is converted
+
+
 def test_condition_names_that_differ_only_in_case_are_flagged():
     from medsynth.io.ingest import condition_spelling_warnings
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 class _Plane(NamedTuple):
     """Where one 2D image lies: unit row and column cosines, the first voxel's position and the spacing
-    (between rows, between columns), each checked numeric and finite."""
+    (between rows, between columns), each checked numeric and finite, the spacing positive."""
 
     iop: np.ndarray
     ipp: np.ndarray
@@ -32,10 +32,14 @@ class _Plane(NamedTuple):
 
 
 def _plane(path: Path, orientation, position, spacing) -> _Plane:
-    """The checked ImageOrientationPatient, ImagePositionPatient and PixelSpacing values of one image or frame."""
+    """The checked ImageOrientationPatient, ImagePositionPatient and PixelSpacing values of one image or frame
+    (a zero spacing would give the volume a singular affine)."""
     iop = _norm_iop(_floats(orientation, 6, "ImageOrientationPatient", path))
     ipp = _floats(position, 3, "ImagePositionPatient", path)
-    return _Plane(iop, ipp, _floats(spacing, 2, "PixelSpacing", path))
+    ps = _floats(spacing, 2, "PixelSpacing", path)
+    if np.any(ps <= 0):
+        raise SeriesError(f"PixelSpacing must be positive, got {[float(v) for v in ps]}")
+    return _Plane(iop, ipp, ps)
 
 
 def _slice(path: Path, ds: Dataset | FastHeader, frame: int | None, plane: _Plane, slope: float, intercept: float, split_key: tuple,
@@ -54,8 +58,6 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
         raise SeriesError("UIH grid image (ImageType VFRAME) without its grid tags (0065,1050) and (0065,1051): removed by "
                           "de-identification? keep them with deid.retain_safe_private: true")
     plane = _plane(path, ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
-    if np.any(plane.spacing <= 0):
-        raise SeriesError(f"PixelSpacing must be positive, got {list(plane.spacing)}")
     echo = ds.get("EchoNumbers", None)
     time_key = (
         int(ds.get("TemporalPositionIdentifier", 0) or 0),
