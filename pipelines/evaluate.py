@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from medsynth.config import ConfigError, load_params
-from medsynth.eval.evaluate import GateFailure, evaluate_models
+from medsynth.eval.evaluate import EvalJob, EvalResults, GateFailure, evaluate_models
 from medsynth.eval.gates import model_gates, model_verdict, overall
 from medsynth.io.writers import write_json_atomic
 
@@ -69,7 +69,7 @@ def model_summary(model: str, gates: list[dict], fidelity: dict, privacy: dict, 
     return out
 
 
-def summary_metrics(results: dict, models: list[str]) -> dict:
+def summary_metrics(results: EvalResults, models: list[str]) -> dict:
     """metrics/summary.json from what evaluate_models returned."""
     out: dict = {"verdict": results["overall"], "gates_failed": sum(g["state"] == "fail" for g in results["gates"])}
     for m in models:
@@ -83,10 +83,10 @@ def main() -> int:
     try:
         params = load_params("params.yaml")
         with console.status("evaluating fidelity and privacy"):
-            res = evaluate_models(Path("data/preprocess"), Path("data/synth"), Path("models"), params.train.models,
-                                  params.preprocess, params.evaluate, params.seed, Path("reports/eval"),
-                                  encoder_path=Path("models/encoder/encoder.pt"), rare_condition=params.data.rare_condition,
-                                  cache_dir=Path("data/features"))
+            res = evaluate_models(EvalJob(
+                preprocess_dir=Path("data/preprocess"), synth_root=Path("data/synth"), models_root=Path("models"), models=params.train.models,
+                preprocess=params.preprocess, cfg=params.evaluate, seed=params.seed, out_dir=Path("reports/eval"),
+                encoder_path=Path("models/encoder/encoder.pt"), rare_condition=params.data.rare_condition, cache_dir=Path("data/features")))
     except (ConfigError, GateFailure) as exc:
         console.print(f"[red]evaluate failed:[/red] {escape(str(exc))}")
         return 1

@@ -325,7 +325,6 @@ def condition_fidelity_gate(model: str, cond: dict, clf: dict, cfg: GatesConfig)
     pc = cond["per_condition"][rare]
     n_s, n_r = pc["n_synthetic"], pc["n_real"]
     base = {"gate": f"{model}: condition fidelity", "area": "fidelity"}
-    head = f"{model}'s {n_s} synthetic {rare} cases: "
     if n_s == 0:
         return {**base, "state": "inconclusive", "value": None, "threshold": None, "rule": "", "checks": [],
                 "sentence": f"{model} has no synthetic {rare} case: the rare condition cannot be checked."}
@@ -333,59 +332,80 @@ def condition_fidelity_gate(model: str, cond: dict, clf: dict, cfg: GatesConfig)
         return {**base, "state": "inconclusive", "value": None, "threshold": cfg.condition_min_real_cases, "rule": ">=", "checks": [],
                 "sentence": f"Only {n_r} real {rare} case(s) (at least {cfg.condition_min_real_cases} needed): too few to say what "
                             f"the condition looks like, so {model}'s {n_s} synthetic {rare} cases cannot be checked against it."}
-    m = cfg.warn_margin
     rank = {"presence": 0, "absence": 0, "volume": 1}
     defining = {d["label"]: d for d in sorted((d for d in cond["defining_labels"] if d["defined_by"]), key=lambda d: rank[d["defined_by"]])}
     keys = list(defining) + [k for k in pc["labels"] if k not in defining]  # defining labels first, by presence before by volume
     checks = []
     for key in keys:
-        lab = pc["labels"][key]
-        name, p, v = lab["name"], lab["presence"], lab["volume"]
-        d = defining.get(key)
-        gap = p["synthetic_share"] - p["real_share"]
-        gmax = cfg.condition_presence_gap_max
-        state = _state(abs(gap) > gmax, abs(gap) > gmax * (1 - m))
-        if state != "pass":
-            if gap < 0:
-                why = ("the condition's defining structure is missing" if d and d["defined_by"] == "presence"
-                       else f"a structure real {rare} cases have is missing")
-            else:
-                why = (f"drawn where real {rare} cases lack it, and the condition is defined by its absence"
-                       if d and d["defined_by"] == "absence" else f"drawn more often than in real {rare} cases")
-        else:
-            why = ""
-        checks.append({"check": "presence", "label": key, "state": state, "value": p["synthetic_share"], "rule": "within",
-                       "threshold": [round(max(0.0, p["real_share"] - gmax), 3), round(min(1.0, p["real_share"] + gmax), 3)],
-                       "text": f"{p['synthetic']} of {n_s} contain {name}, real {rare} cases {p['real']} of {n_r}"
-                               + (f"; {why}" if why else "")})
-        ratio = v["median_ratio"]
-        if ratio is None or v["real"]["n"] < cfg.condition_min_real_cases:
-            continue
-        lo, hi = cfg.condition_volume_ratio_min, cfg.condition_volume_ratio_max
-        if d and d["defined_by"] == "volume":  # half way (log scale) to the other conditions' median volume
-            h = math.sqrt(d["volume_ratio"])
-            lo, hi = max(lo, min(h, 1 / h)), min(hi, max(h, 1 / h))
-        text = (f"{name} median volume {v['synthetic']['median']:.0f} voxels, real {rare} cases {v['real']['median']:.0f} "
-                f"({ratio:.2f}x; allowed {lo:.2f}-{hi:.2f}x")
-        text += (f": half way to the other conditions' {1 / d['volume_ratio']:.2f}x)" if d and d["defined_by"] == "volume" else ")")
-        spread = v["median_ratio_real_range"]
-        outside = not lo <= ratio <= hi
-        if outside and spread and spread[0] <= ratio <= spread[1]:
-            # outside the range, but as far as medians of as many real cases stray by sampling alone
-            state = "warn"
-            text += (f"; outside the allowed range, but medians of {v['synthetic']['n']} real {rare} cases range "
-                     f"{spread[0]:.2f}-{spread[1]:.2f}x by sampling alone")
-        else:
-            state = _state(outside, not lo * (1 + m) <= ratio <= hi * (1 - m))
-            if state != "pass":
-                text += "; drawn too " + ("small" if ratio < 1 else "large")
-                if d and d["defined_by"] == "volume":
-                    text += f" for a condition defined by its {'smaller' if d['volume_ratio'] < 1 else 'larger'} volume"
-        checks.append({"check": "volume", "label": key, "state": state, "value": ratio, "rule": "within",
-                       "threshold": [round(lo, 3), round(hi, 3)], "text": text})
+        lab, d = pc["labels"][key], defining.get(key)
+        checks.append(_presence_check(key, lab, d, rare, n_s, n_r, cfg))
+        volume = _volume_check(key, lab, d, rare, cfg)
+        if volume is not None:
+            checks.append(volume)
     checks.append(_classifier_gate_check(clf, rare, cfg))
     worst = max(checks, key=lambda c: SEVERITY[c["state"]])
-    state = worst["state"]
+    return {**base, "state": worst["state"], "value": worst["value"], "threshold": worst["threshold"], "rule": worst["rule"], "checks": checks,
+            "defining_labels": [d["name"] + f" ({d['defined_by']})" for d in defining.values()],
+            "sentence": _gate_sentence(f"{model}'s {n_s} synthetic {rare} cases: ", checks, defining, rare, worst["state"])}
+
+
+def _presence_check(key: str, lab: dict, d: dict | None, rare: str, n_s: int, n_r: int, cfg: GatesConfig) -> dict:
+    """The share of the rare condition's synthetic cases that contain label ``key`` against the real share
+    (``d``: the label's defining-label record, None when it does not define the condition)."""
+    name, p = lab["name"], lab["presence"]
+    gap = p["synthetic_share"] - p["real_share"]
+    gmax = cfg.condition_presence_gap_max
+    state = _state(abs(gap) > gmax, abs(gap) > gmax * (1 - cfg.warn_margin))
+    if state != "pass":
+        if gap < 0:
+            why = ("the condition's defining structure is missing" if d and d["defined_by"] == "presence"
+                   else f"a structure real {rare} cases have is missing")
+        else:
+            why = (f"drawn where real {rare} cases lack it, and the condition is defined by its absence"
+                   if d and d["defined_by"] == "absence" else f"drawn more often than in real {rare} cases")
+    else:
+        why = ""
+    return {"check": "presence", "label": key, "state": state, "value": p["synthetic_share"], "rule": "within",
+            "threshold": [round(max(0.0, p["real_share"] - gmax), 3), round(min(1.0, p["real_share"] + gmax), 3)],
+            "text": f"{p['synthetic']} of {n_s} contain {name}, real {rare} cases {p['real']} of {n_r}" + (f"; {why}" if why else "")}
+
+
+def _volume_check(key: str, lab: dict, d: dict | None, rare: str, cfg: GatesConfig) -> dict | None:
+    """Label ``key``'s synthetic/real median volume ratio against the allowed range (for a volume-defining
+    label narrowed to half way, log scale, to the other conditions'); None without a ratio or with too few
+    real cases containing the label."""
+    name, v = lab["name"], lab["volume"]
+    ratio = v["median_ratio"]
+    if ratio is None or v["real"]["n"] < cfg.condition_min_real_cases:
+        return None
+    m = cfg.warn_margin
+    by_volume = d if d and d["defined_by"] == "volume" else None  # the label defines the condition by its volume
+    lo, hi = cfg.condition_volume_ratio_min, cfg.condition_volume_ratio_max
+    if by_volume:  # half way (log scale) to the other conditions' median volume
+        h = math.sqrt(by_volume["volume_ratio"])
+        lo, hi = max(lo, min(h, 1 / h)), min(hi, max(h, 1 / h))
+    text = (f"{name} median volume {v['synthetic']['median']:.0f} voxels, real {rare} cases {v['real']['median']:.0f} "
+            f"({ratio:.2f}x; allowed {lo:.2f}-{hi:.2f}x")
+    text += (f": half way to the other conditions' {1 / by_volume['volume_ratio']:.2f}x)" if by_volume else ")")
+    spread = v["median_ratio_real_range"]
+    outside = not lo <= ratio <= hi
+    if outside and spread and spread[0] <= ratio <= spread[1]:
+        # outside the range, but as far as medians of as many real cases stray by sampling alone
+        state = "warn"
+        text += (f"; outside the allowed range, but medians of {v['synthetic']['n']} real {rare} cases range "
+                 f"{spread[0]:.2f}-{spread[1]:.2f}x by sampling alone")
+    else:
+        state = _state(outside, not lo * (1 + m) <= ratio <= hi * (1 - m))
+        if state != "pass":
+            text += "; drawn too " + ("small" if ratio < 1 else "large")
+            if by_volume:
+                text += f" for a condition defined by its {'smaller' if by_volume['volume_ratio'] < 1 else 'larger'} volume"
+    return {"check": "volume", "label": key, "state": state, "value": ratio, "rule": "within", "threshold": [round(lo, 3), round(hi, 3)], "text": text}
+
+
+def _gate_sentence(head: str, checks: list[dict], defining: dict, rare: str, state: str) -> str:
+    """The gate's sentence: its failing and warning checks, worst first (else the defining labels' checks
+    and the classifier's), then the inconclusive ones."""
     problems = [c["text"] for c in sorted(checks, key=lambda c: -SEVERITY[c["state"]]) if c["state"] in ("fail", "warn")]
     notes = [c["text"] for c in checks if c["state"] == "inconclusive"]
     if problems:
@@ -398,8 +418,7 @@ def condition_fidelity_gate(model: str, cond: dict, clf: dict, cfg: GatesConfig)
         sentence += " Inconclusive: " + "; ".join(notes) + "."
     if state == "inconclusive":
         sentence += " A check whose baseline did not work does not pass."
-    return {**base, "state": state, "value": worst["value"], "threshold": worst["threshold"], "rule": worst["rule"], "checks": checks,
-            "defining_labels": [d["name"] + f" ({d['defined_by']})" for d in defining.values()], "sentence": sentence}
+    return sentence
 
 
 def _classifier_gate_check(clf: dict, rare: str, cfg: GatesConfig) -> dict:
