@@ -172,17 +172,18 @@ def evaluate_models(job: EvalJob) -> EvalResults:
     fig_dir = job.out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     evaluations: dict[str, ModelEvaluation] = {}
+    gates: list[dict] = []  # every model's, in the order of job.models
     checkpoints: dict[str, str | None] = {}  # the model.pt each model's gates were measured on (export-bundle checks it)
     shared_arms = None  # the utility arms without synthetic data (real, real+augmentation): trained once, shared by every model
     for k, model in enumerate(job.models):
         syn = load_synthetic_set(job, ref, model)
         checkpoints[model] = syn.checkpoint_sha256
-        evaluations[model] = evaluate_model(job, ref, syn, job.seed + k, shared_arms)
-        shared_arms = shared_part(evaluations[model].utility) or shared_arms
-        write_model_figures(fig_dir, job, ref, syn, evaluations[model])
+        evaluations[model] = ev = evaluate_model(job, ref, syn, job.seed + k, shared_arms)
+        gates += ev.gates
+        shared_arms = shared_part(ev.utility) or shared_arms
+        write_model_figures(fig_dir, job, ref, syn, ev)
     utility = {m: e.utility for m, e in evaluations.items()}
     compare_counterfactual_utility(job.models, utility, job.seed)
-    gates = [g for e in evaluations.values() for g in e.gates]
     results: EvalResults = {"overall": overall(gates), "gates": gates, "fidelity": {m: e.fidelity for m, e in evaluations.items()},
                             "privacy": {m: e.privacy for m, e in evaluations.items()}, "utility": utility}
     write_results(job.out_dir, results, job.cfg.strict, checkpoints)
