@@ -1,5 +1,7 @@
 """What every medsynth generative model shares: the in-memory data bank, step-seeded batches,
-EMA, the divergence guard, diversity alarm, sample images and the export format.
+EMA, the divergence guard, the diversity measure and sample picture that the training callbacks
+(:mod:`medsynth.models.callbacks`) watch, checkpoint contents and the export format. A GenerativeModule
+provides everything :mod:`medsynth.models.contract` names.
 
 Batches are chosen from the step counter with a seeded generator, never from a shuffling
 DataLoader: training interrupted and resumed from a checkpoint sees exactly the batches and noise an
@@ -16,14 +18,25 @@ from typing import TYPE_CHECKING, TypeVar
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from medsynth.models.blocks import Sampler, one_hot_mask
+from medsynth.models.contract import CheckpointableBlocks
 from medsynth.models.export_format import EXPORT_FORMAT
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
+    from medsynth.models.contract import (
+        Accelerable,
+        DiversityMonitored,
+        DrawsSampleImages,
+        PreparesExport,
+        ReportsSummary,
+        SignedRun,
+        TimedTraining,
+        TrainableModule,
+    )
 
 
 class DivergenceError(RuntimeError):
@@ -55,6 +68,7 @@ class GenerativeModule(L.LightningModule):
     name = "base"
     config_class: type[BaseModel] | None = None  # a pydantic model validating train.<name> (medsynth.config.ModelSection if None)
     export_settings: tuple[str, ...] = ()  # settings read only by prepare_export: not part of the run signature
+    run_signature: dict | None = None  # what a checkpoint must share with this run to be resumed (set by train_model)
     iteration: torch.Tensor  # a buffer: optimizer steps taken (registered in __init__)
     _members: dict[int, list[int]]  # bank indices of each condition (on_fit_start)
 
@@ -71,7 +85,7 @@ class GenerativeModule(L.LightningModule):
         self.data_info = dict(data_info)
         self.seed = int(seed)
         self.log_every = log_every
-        self.image_every = image_every
+        self.image_every = image_every  # steps between sample images and diversity checks (train_model gives its callbacks the same)
         self.n_classes = len(data_info["conditions"])
         self.n_mask_labels = int(data_info["n_mask_labels"])
         self.roi = tuple(int(s) for s in data_info["roi_size"])
@@ -83,8 +97,7 @@ class GenerativeModule(L.LightningModule):
         self._train_t0: float | None = None
         self.bank_x: torch.Tensor | None = None  # (N, 2, D, H, W)
         self.bank_y: torch.Tensor | None = None
-        self.diversity_alarm = 0.0  # train.diversity_alarm: below this relative diversity, warn (mode collapse)
-        self.diversity_alarms: list[dict] = []
+        self.diversity_alarms: list[dict] = []  # raised by callbacks.ModeCollapseAlarm; kept in checkpoints
 
     # ------------------------------------------------------------------ data
     def attach_bank(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -176,8 +189,8 @@ class GenerativeModule(L.LightningModule):
 
     def enable_checkpointing(self) -> None:
         for m in self.modules():
-            if hasattr(m, "checkpoint_blocks"):
-                m.checkpoint_blocks = True  # type: ignore[assignment]  # nn.Module.__setattr__'s stub admits only tensors and modules
+            if isinstance(m, CheckpointableBlocks):
+                m.checkpoint_blocks = True
 
     # ------------------------------------------------------------------ guards and monitors
     def check_finite(self, **losses: torch.Tensor) -> None:
@@ -227,19 +240,6 @@ class GenerativeModule(L.LightningModule):
             ratios.append(float(_mean_pairwise_l1(fake) / (_mean_pairwise_l1(real) + 1e-8)))
         return float(np.mean(ratios)) if ratios else 1.0
 
-    def final_diversity(self) -> float:
-        """The diversity of what synthesis will draw (called after :meth:`prepare_export`), judged by the
-        training-time alarm; an alarm raised here is recorded with ``"at": "export"`` unless training
-        already raised it at this step for the same sampler."""
-        d = round(self.diversity(), 4)
-        sampling = self.export_sampling()
-        last = self.diversity_alarms[-1] if self.diversity_alarms else None
-        if d < self.diversity_alarm and not (last and last["step"] == self._step and not sampling):
-            self.diversity_alarms.append({"step": int(self._step), "diversity": d, "at": "export", **sampling})
-            rank_zero_warn(f"{self.name}: what synthesis draws is {d:.2f}x as diverse as real pairs (alarm below "
-                           f"train.diversity_alarm = {self.diversity_alarm}); train longer or with another seed")
-        return d
-
     def export_sampling(self) -> dict:
         """How synthesis samples when it differs from training-time monitoring (e.g. ``{"prior": "fitted"}``)."""
         return {}
@@ -263,17 +263,15 @@ class GenerativeModule(L.LightningModule):
             self.log_dict({k: float(v) for k, v in values.items()}, on_step=True, prog_bar=False, logger=True)
 
     @torch.no_grad()
-    def log_sample_image(self) -> None:
-        logger = self.logger
-        live = getattr(logger, "experiment", None)
-        if live is None or not hasattr(live, "log_image"):
-            return
+    def sample_image(self) -> np.ndarray | None:
+        """The middle axial slice of one fixed-noise sample per condition, side by side, as uint8 (for
+        callbacks.SampleImages): the same noise every time, so pictures of successive steps compare."""
         y = torch.arange(self.n_classes, device=self.device)
         z = torch.randn(self.n_classes, self.sampler.z_dim, generator=torch.Generator().manual_seed(self.seed)).to(self.device)
         img, mask = self.sampler.sample(y, z, *self.monitoring_masks(y))
         mid = img.shape[-1] // 2
         tiles = [((img[i, 0, :, :, mid].float().cpu().numpy().T[::-1] + 1) * 127.5).clip(0, 255) for i in range(len(y))]
-        live.log_image(f"samples/step_{self._step:06d}.png", np.concatenate(tiles, axis=1).astype(np.uint8))
+        return np.concatenate(tiles, axis=1).astype(np.uint8)
 
     def step(self):
         raise NotImplementedError
@@ -286,23 +284,10 @@ class GenerativeModule(L.LightningModule):
         self._step += 1
         return out
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self._step % self.image_every == 0:
-            self.log_sample_image()
-            d = self.diversity()
-            self.log("diversity", d, on_step=True)
-            if d < self.diversity_alarm:
-                # mode-collapse alarm: samples of a fixed noise batch barely differ from each other
-                self.diversity_alarms.append({"step": int(self._step), "diversity": round(float(d), 4)})
-                rank_zero_warn(
-                    f"{self.name}: possible mode collapse at step {self._step}: samples are {d:.2f}x as diverse as real "
-                    f"pairs (alarm below train.diversity_alarm = {self.diversity_alarm}); see the sample images in dvclive"
-                )
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.raise_if_diverged()
         checkpoint["medsynth_config"] = json.loads(json.dumps(self.config))
-        checkpoint["medsynth_run"] = json.loads(json.dumps(getattr(self, "run_signature", None)))
+        checkpoint["medsynth_run"] = json.loads(json.dumps(self.run_signature))
         checkpoint["medsynth_diversity_alarms"] = list(self.diversity_alarms)
         checkpoint["medsynth_train_seconds"] = float(self.train_seconds())
 
@@ -329,6 +314,12 @@ class GenerativeModule(L.LightningModule):
             "iteration": int(self.iteration),
             "state_dict": {k: v.detach().cpu() for k, v in self.sampler.state_dict().items()},
         }
+
+
+if TYPE_CHECKING:  # the type checker verifies that a GenerativeModule provides the whole training contract
+    def _provides_contract(m: GenerativeModule) -> tuple[TrainableModule, Accelerable, SignedRun, TimedTraining, PreparesExport, ReportsSummary,
+                                                        DiversityMonitored, DrawsSampleImages]:
+        return m, m, m, m, m, m, m, m
 
 
 def _mean_pairwise_l1(x: torch.Tensor) -> torch.Tensor:

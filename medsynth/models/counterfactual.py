@@ -495,19 +495,16 @@ class CounterfactualModule(GenerativeModule):
         return float(pair(fake) / (pair(real) + 1e-8))
 
     @torch.no_grad()
-    def log_sample_image(self) -> None:
-        live = getattr(self.logger, "experiment", None)
-        if live is None or not hasattr(live, "log_image"):
-            return
+    def sample_image(self) -> np.ndarray | None:
+        """Source and counterfactual of up to three monitoring cases side by side, each at its edit region's centre slice."""
         cases = self._monitor_cases(3)
         if not cases:
-            return
+            return None
         tiles = []
         for c in cases:
             z = int(np.argwhere(c["region"]).mean(0)[2]) if c["region"].any() else c["image"].shape[2] // 2
             tiles += [c["source"][:, :, z].T[::-1], c["image"][:, :, z].T[::-1]]
-        img = ((np.concatenate(tiles, axis=1) + 1) * 127.5).clip(0, 255).astype(np.uint8)
-        live.log_image(f"samples/step_{self._step:06d}.png", img)
+        return ((np.concatenate(tiles, axis=1) + 1) * 127.5).clip(0, 255).astype(np.uint8)
 
     def prepare_export(self) -> dict:
         return {"structure_prior": self.prior_report}
