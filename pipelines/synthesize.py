@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from medsynth.cohort import load_bank
+from medsynth.cohort import check_per_condition, load_bank, read_preprocess_info
 from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import from_model_space
 from medsynth.io.writers import staging_dir
@@ -34,23 +34,20 @@ def main(argv: list[str]) -> int:
     name = argv[0]
     try:
         params = load_params("params.yaml")
-    except ConfigError as exc:
+        info = read_preprocess_info(Path("data/preprocess"))
+    except (ConfigError, FileNotFoundError) as exc:
         console.print(f"[red]synthesize failed:[/red] {escape(str(exc))}")
         return 1
-    info = json.loads(Path("data/preprocess/preprocess.json").read_text())
     params_hash = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
     device = "cuda" if params.train.accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
     total = sum(params.synthesize.per_condition.values())
     out = Path("data/synth") / name
+    model = Path("models") / name / "model.pt"
     try:
-        sampler = load_sampler(Path("models") / name / "model.pt", device)
-    except FileNotFoundError as exc:
+        sampler = load_sampler(model, device)
+        check_per_condition(params.synthesize.per_condition, sampler.conditions, f"the cohort {model} was trained on")
+    except (FileNotFoundError, ConfigError) as exc:
         console.print(f"[red]synthesize failed:[/red] {escape(str(exc))}")
-        return 1
-    unknown = sorted(set(params.synthesize.per_condition) - set(sampler.conditions))
-    if unknown:
-        console.print(f"[red]synthesize failed:[/red] synthesize.per_condition: {', '.join(map(repr, unknown))} is not a condition "
-                      f"of this model; it knows {sampler.conditions}")
         return 1
     if is_counterfactual(sampler):
         return _counterfactuals(console, name, sampler, params, info, params_hash, device, out)

@@ -13,10 +13,11 @@ from dvclive_logger import dvclive_logger
 from rich.console import Console
 from rich.markup import escape
 
-from medsynth.cohort import StaleCacheError, read_preprocess_info
+from medsynth.cohort import StaleCacheError, check_per_condition, read_preprocess_info
 from medsynth.config import ConfigError, load_params
 from medsynth.data.transforms import transform_hash
 from medsynth.models.base import DivergenceError, TrainingDataError
+from medsynth.models.contract import ModelContractError
 from medsynth.models.registry import UnknownModelError
 from medsynth.models.training import train_model
 
@@ -33,17 +34,14 @@ def main(argv: list[str]) -> int:
         if model_cfg is None:
             raise ConfigError(f"train.{name}: no such model section; allowed: cgan, cvae, vaegan (or a plug-in's own section)")
         info = read_preprocess_info(Path("data/preprocess"))
-        unknown = sorted(set(params.synthesize.per_condition) - set(info["conditions"]))
-        if unknown:  # checked here too for cohorts whose conditions are known only after ingest
-            raise ConfigError(f"synthesize.per_condition: {', '.join(map(repr, unknown))} is not a condition of the preprocessed cohort "
-                              f"({', '.join(map(repr, info['conditions']))}); synthesis would fail after training: set "
-                              "synthesize.per_condition to the cohort's conditions")
+        # before training, for cohorts whose conditions are known only after ingest: synthesis would fail after it
+        check_per_condition(params.synthesize.per_condition, info["conditions"])
         summary = train_model(
             name, model_cfg.model_dump(), params.train, Path("data/preprocess"), Path("models") / name, params.seed,
             expected_hash=transform_hash(params.preprocess, info["modality"]),
             logger=lambda resume: dvclive_logger(Path("dvclive") / name, resume=resume),
         )
-    except (ConfigError, StaleCacheError, UnknownModelError, DivergenceError, TrainingDataError, FileNotFoundError) as exc:
+    except (ConfigError, StaleCacheError, UnknownModelError, ModelContractError, DivergenceError, TrainingDataError, FileNotFoundError) as exc:
         console.print(f"[red]train {name} failed:[/red] {escape(str(exc))}")
         return 1
     if summary.get("fresh_start"):
