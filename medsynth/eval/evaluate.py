@@ -123,6 +123,7 @@ class RealReference:
     privacy: PrivacyReference
     ms_ssim_real: float | None
     conditional: ConditionalReference | None = None  # built on first use (conditional_reference)
+    control: ControlCases | None = None  # the membership attacks' control cases (val, test)
 
     @property
     def conditions(self) -> list[str]:
@@ -211,11 +212,35 @@ def load_real_reference(job: EvalJob) -> RealReference:
     conditions = info["conditions"]
     rare_index = conditions.index(job.rare_condition) if job.rare_condition in conditions else len(conditions) - 1
     train, holdout = banks["train"], banks["holdout"]
+    control = _control_cases(job, info, n_labels, banks["test"], features["test"])
     priv = privacy_reference(train.x.float().numpy(), train.y.numpy(), holdout.x.float().numpy(), holdout.y.numpy(), features["train"],
                              features["holdout"], rare_index,
-                             reference_features=features["test"])  # the density-ratio attack's population: neither members nor non-members
+                             reference_features=features["test"],  # the density-ratio attack's population: neither members nor non-members
+                             control_x=control.x.float().numpy(), control_y=control.y.numpy(), control_features=control.features,
+                             control_in_density_reference=control.in_density_reference)
     return RealReference(info, n_labels, rare_index, banks, features, train_images, train_masks, learned, priv,
-                         ms_ssim_diversity(train_images, seed=job.seed))
+                         ms_ssim_diversity(train_images, seed=job.seed), control=control)
+
+
+@dataclass(frozen=True)
+class ControlCases:
+    """The membership attacks' control (privacy.control_report): real patients no generator trained on and
+    the audit does not use as non-members, the val split then the test split. ``in_density_reference``:
+    the case is in the density-ratio attack's reference population (the test split)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    features: np.ndarray
+    in_density_reference: np.ndarray
+
+
+def _control_cases(job: EvalJob, info: PreprocessInfo, n_labels: int, test: TensorBank, test_features: np.ndarray) -> ControlCases:
+    val = load_bank(job.preprocess_dir, ("val",), info)
+    key = ["weightfree-v1", str(n_labels), info["transform_hash"], *(r["case_id"] for r in val.rows)]
+    val_features = (cached_features(job.cache_dir, "weightfree-val", key, partial(_weightfree_features, val, n_labels)) if len(val.y)
+                    else np.zeros((0, test_features.shape[1])))
+    return ControlCases(torch.cat([val.x, test.x]), torch.cat([val.y, test.y]), np.concatenate([val_features, test_features]),
+                        np.r_[np.zeros(len(val.y), bool), np.ones(len(test.y), bool)])
 
 
 def _weightfree_features(bank: TensorBank, n_labels: int) -> np.ndarray:
@@ -405,7 +430,9 @@ def measure_privacy(job: EvalJob, ref: RealReference, syn: SyntheticSet, seed: i
     white-box one from its checkpoint), with the distance tests repeated in the encoder's feature space."""
     cfg = job.cfg
     train, holdout = ref.banks["train"], ref.banks["holdout"]
-    whitebox = _whitebox(syn.model, job.models_root / syn.model / "checkpoints" / "last.ckpt", ref.info, (train.x, train.y), (holdout.x, holdout.y))
+    control = (ref.control.x, ref.control.y) if ref.control is not None and len(ref.control.y) else None
+    whitebox = _whitebox(syn.model, job.models_root / syn.model / "checkpoints" / "last.ckpt", ref.info, (train.x, train.y), (holdout.x, holdout.y),
+                         control)
     priv = audit_privacy(ref.privacy, np.stack([syn.images, syn.masks.astype(np.float32)], 1), syn.features, syn.y, cfg.audience,
                          cfg.copy_distance_factor, seed, cfg.bootstrap, whitebox)
     if ref.learned is not None and syn.learned is not None:  # second opinion: the same distance tests in the encoder's feature space
@@ -416,9 +443,9 @@ def measure_privacy(job: EvalJob, ref: RealReference, syn: SyntheticSet, seed: i
     return priv
 
 
-def _whitebox(model: str, ckpt: Path, info: PreprocessInfo, members: tuple, nonmembers: tuple) -> dict | None:
+def _whitebox(model: str, ckpt: Path, info: PreprocessInfo, members: tuple, nonmembers: tuple, control: tuple | None = None) -> dict | None:
     """Load the full checkpoint (weights only) and score real cases with D (GAN) or the ELBO (VAE):
-    the white-box attack's scores of members and non-members (None: no checkpoint or no score)."""
+    the white-box attack's scores of members, non-members and control cases (None: no checkpoint or no score)."""
     if not ckpt.is_file():
         return None
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -433,8 +460,9 @@ def _whitebox(model: str, ckpt: Path, info: PreprocessInfo, members: tuple, nonm
     with torch.no_grad():
         s_m = score(members[0].float(), members[1]).float().numpy()
         s_n = score(nonmembers[0].float(), nonmembers[1]).float().numpy()
+        s_c = score(control[0].float(), control[1]).float().numpy() if control is not None else None
     signal = "discriminator score" if hasattr(module, "discriminator_score") else "negative ELBO loss"
-    return {"signal": signal, "members": s_m, "nonmembers": s_n}
+    return {"signal": signal, "members": s_m, "nonmembers": s_n, "control": s_c}
 
 
 def _counterfactual_checks(syn: SyntheticSet, ref: RealReference, models_root: Path, cfg: EvalConfig) -> tuple[dict, dict, np.ndarray]:

@@ -25,23 +25,26 @@ def upper_gate(name: str, value: float | None, threshold: float, margin: float, 
     return {"gate": name, "area": area, "state": state, "value": value, "threshold": threshold, "rule": "<=", "sentence": sentence}
 
 
-def confounded(report: dict, threshold: float) -> bool:
-    """Whether an attack's control says its AUC measures a difference between the holdout and the other
-    patients rather than membership: the control cases (never seen by the generator) are told from the
-    non-members as well (AUC above the threshold) while the members are not told from the control cases
-    (members vs control at or below it). Without a measured control: False."""
+def confounded(report: dict) -> bool:
+    """Whether an attack's control explains its AUC: the attack does not tell members from non-members
+    better than it tells the control patients (never seen by the generator) from the non-members (its
+    AUC lies within the control's 95% interval), and the members are not told from the control patients
+    (that interval reaches 0.5). Then what it measures is how the holdout differs from everyone else,
+    not membership. Without a measured control: False."""
     control = report.get("control") or {}
     if not control.get("measured"):
         return False
-    return control["control_vs_nonmembers"]["auc"] > threshold and control["members_vs_control"]["auc"] <= threshold
+    return report["auc"] <= control["control_vs_nonmembers"]["auc_ci"][1] and control["members_vs_control"]["auc_ci"][0] <= 0.5
 
 
 def _control_sentence(name: str, report: dict) -> str:
     c = report["control"]
+    a, m = c["control_vs_nonmembers"], c["members_vs_control"]
     return (f" {name} scores AUC {report['auc']:.2f} but tells {c['n_control']} other patients the generator never saw from the "
-            f"non-members as well (AUC {c['control_vs_nonmembers']['auc']:.2f}), and the members from those patients at "
-            f"{c['members_vs_control']['auc']:.2f}: it measures how the holdout differs from the other patients as seen from these "
-            "synthetic cases, not membership. Inconclusive, not a pass: a second holdout (another split seed) or more cases can settle it.")
+            f"non-members about as well ({a['auc']:.2f}, 95% CI {a['auc_ci'][0]:.2f}-{a['auc_ci'][1]:.2f}), and the members from those "
+            f"patients at {m['auc']:.2f} ({m['auc_ci'][0]:.2f}-{m['auc_ci'][1]:.2f}, reaching chance): it measures how the holdout differs "
+            "from the other patients as seen from these synthetic cases, not membership. Inconclusive, not a pass: a second holdout "
+            "(another split seed) or more patients can settle it.")
 
 
 def membership_gate(model: str, privacy: dict, subset: str, cfg: GatesConfig) -> dict:
@@ -63,7 +66,7 @@ def membership_gate(model: str, privacy: dict, subset: str, cfg: GatesConfig) ->
     considered = [k for k in strongest.get("attacks_considered", attacks) if attacks.get(k, {}).get(subset, {}).get("measured")]
     reports = {k: {**attacks[k][subset], "kind": attacks[k]["kind"]} for k in considered} or {best["attack"]: best}
     thr = cfg.mia_auc_max
-    clean = {k: r for k, r in reports.items() if not confounded(r, thr)}
+    clean = {k: r for k, r in reports.items() if not confounded(r)}
     above_confounded = sorted((k for k in reports if k not in clean and reports[k]["auc"] > thr), key=lambda k: -reports[k]["auc"])
     pick = max(clean or reports, key=lambda k: reports[k]["auc"])
     r = reports[pick]

@@ -246,10 +246,10 @@ def test_an_attack_its_control_explains_is_inconclusive_and_a_leak_beside_it_is_
 def test_confounded_needs_both_halves_of_the_control():
     from medsynth.eval.gates import confounded
 
-    def report(c_vs_n, m_vs_c):
-        return {"auc": 0.65, "control": {"measured": True, "n_control": 30, "control_vs_nonmembers": {"auc": c_vs_n},
-                                         "members_vs_control": {"auc": m_vs_c}}}
-    assert confounded(report(0.66, 0.52), 0.6)
-    assert not confounded(report(0.66, 0.63), 0.6)  # members stand out from the control cases too: membership
-    assert not confounded(report(0.52, 0.62), 0.6)  # the control looks like non-members: the attack is calibrated
-    assert not confounded({"auc": 0.65, "control": {"measured": False, "reason": "none"}}, 0.6)
+    def report(auc, c_vs_n_ci, m_vs_c_ci):
+        return {"auc": auc, "control": {"measured": True, "n_control": 30, "control_vs_nonmembers": {"auc": sum(c_vs_n_ci) / 2, "auc_ci": c_vs_n_ci},
+                                        "members_vs_control": {"auc": sum(m_vs_c_ci) / 2, "auc_ci": m_vs_c_ci}}}
+    assert confounded(report(0.61, [0.48, 0.69], [0.46, 0.62]))  # the DP cGAN at epsilon 10 on the hippocampus cohort
+    assert not confounded(report(0.61, [0.48, 0.69], [0.52, 0.70]))  # members stand out from the control patients too
+    assert not confounded(report(0.68, [0.40, 0.60], [0.46, 0.62]))  # the attack beats its control: the control looks like non-members
+    assert not confounded({"auc": 0.65, "control": {"measured": False, "reason": "none"}})
