@@ -5,7 +5,8 @@ parses every element of such a file in Python (several hundred per MR file, most
 groups conversion never reads), and importing pydicom costs half a second: together most of
 ``medsynth convert``'s time. :func:`read_image_header` walks the elements with ``struct`` and keeps the
 raw values of the attributes conversion reads (:data:`TAGS`, and the vendor private elements of
-:data:`PRIVATE`: Siemens mosaic and CSA, Philips scaling and diffusion) and where the pixel data lie.
+:data:`PRIVATE`: Siemens mosaic and CSA, GE diffusion and image type, Philips scaling, diffusion and
+trigger) and where the pixel data lie.
 An enhanced multi-frame object (explicit VR) keeps its shared and per-frame functional groups whole,
 as :class:`FastItem` trees that answer the way pydicom's items do.
 It returns None for every other file (compressed, big endian or deflated transfer syntax, no preamble,
@@ -43,13 +44,20 @@ TAGS: dict[str, tuple[int, str]] = {
     "ImageType": (0x00080008, "CS"),
     "SOPClassUID": (0x00080016, "UI"),
     "SOPInstanceUID": (0x00080018, "UI"),
+    "StudyDate": (0x00080020, "DA"),
+    "StudyTime": (0x00080030, "TM"),
     "AcquisitionTime": (0x00080032, "TM"),
     "Modality": (0x00080060, "CS"),
     "Manufacturer": (0x00080070, "LO"),
     "SeriesDescription": (0x0008103E, "LO"),
     "PatientID": (0x00100020, "LO"),
+    "RepetitionTime": (0x00180080, "DS"),
+    "EchoTime": (0x00180081, "DS"),
     "EchoNumbers": (0x00180086, "IS"),
+    "ProtocolName": (0x00181030, "LO"),
     "TriggerTime": (0x00181060, "DS"),
+    "Exposure": (0x00181152, "IS"),
+    "FlipAngle": (0x00181314, "DS"),
     "ImagerPixelSpacing": (0x00181164, "DS"),
     "SliceThickness": (0x00180050, "DS"),
     "SpacingBetweenSlices": (0x00180088, "DS"),
@@ -109,14 +117,18 @@ ITEM_TAGS: dict[str, int] = {
     "FrameType": 0x00089007,
     "ComplexImageComponent": 0x00089208,
 }
-PHILIPS_GROUP = 0x2005
+PHILIPS_GROUP, GE_GROUP = 0x2005, 0x0043
 # private elements conversion reads: (group, private creator) -> {element low byte: name in FastHeader.private}
 PRIVATE = {
     (0x0019, b"SIEMENS MR HEADER"): {0x0A: "mosaic_images", 0x29: "mosaic_slice_times"},
+    (0x0019, b"GEMS_ACQU_01"): {0xBB: "ge_gradient_x", 0xBC: "ge_gradient_y", 0xBD: "ge_gradient_z", 0xE0: "ge_diffusion_directions"},
+    (0x0021, b"GEMS_RELA_01"): {0x5A: "ge_series_diffusion_type"},
     (0x0029, b"SIEMENS CSA HEADER"): {0x10: "csa_image"},
-    (0x2001, b"PHILIPS IMAGING DD 001"): {0x03: "philips_b_value"},
-    (PHILIPS_GROUP, b"PHILIPS MR IMAGING DD 001"): {0x0E: "philips_scale_slope", 0xB0: "philips_gradient_x",
-                                                    0xB1: "philips_gradient_y", 0xB2: "philips_gradient_z"},
+    (GE_GROUP, b"GEMS_PARM_01"): {0x2F: "ge_image_type", 0x30: "ge_diffusion_type", 0x39: "ge_b_value"},
+    (0x2001, b"PHILIPS IMAGING DD 001"): {0x03: "philips_b_value", 0x08: "philips_phase_number"},
+    (PHILIPS_GROUP, b"PHILIPS MR IMAGING DD 001"): {0x0E: "philips_scale_slope", 0xA0: "philips_dynamic_scan_begin",
+                                                    0xB0: "philips_gradient_x", 0xB1: "philips_gradient_y", 0xB2: "philips_gradient_z"},
+    (PHILIPS_GROUP, b"PHILIPS MR IMAGING DD 005"): {0x29: "philips_label_type"},
 }
 PRIVATE_GROUPS = frozenset(group for group, _creator in PRIVATE)
 UIH_GROUP, UIH_SLICES_IN_GRID = 0x0065, 0x1050
@@ -512,7 +524,7 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader, head
 
 def _last_group_read(keep: dict[int, bytes]) -> int:
     """The last group whose elements matter: 0028, the functional groups (5200) of a multi-frame object,
-    or a vendor's private group (Philips scale slope, UIH grid) that comes after 0028."""
+    or a vendor's private group (Siemens CSA, GE diffusion, Philips scale slope, UIH grid) after 0028."""
     if 0x00280008 in keep:  # NumberOfFrames: an enhanced object's functional groups follow
         return 0x5200
     name = keep.get(0x00080070, b"").upper().lstrip()
@@ -520,6 +532,8 @@ def _last_group_read(keep: dict[int, bytes]) -> int:
         return PHILIPS_GROUP
     if name.startswith(b"SIEMENS") or name.startswith(b"CPS"):
         return 0x0029  # the CSA headers
+    if name.startswith(b"GE"):
+        return GE_GROUP  # diffusion b value, image type
     if name.startswith(b"UI"):
         return UIH_GROUP
     return 0x0028

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medsynth.io.dicom import discover_files, raw_little_endian_pixels
+from medsynth.io.dicom import discover_files, ge_diffusion, philips_diffusion, raw_little_endian_pixels, stack_key
 from medsynth.io.dicom_fast import ITEM_TAGS, TAGS, is_not_dicom, read_fast_header, read_image_header
 from tests.conftest import SHARED
 
@@ -53,6 +53,8 @@ def test_every_accepted_file_reads_as_pydicom_reads_it(root):
         full = pydicom.dcmread(path, force=True)
         for keyword in TAGS:
             assert _as_plain(header.get(keyword)) == _as_plain(full.get(keyword)), (path.name, keyword)
+        for derived in (stack_key, ge_diffusion, philips_diffusion):  # what the vendor private elements make of them
+            assert derived(header) == derived(full), (path.name, derived.__name__)
         np.testing.assert_array_equal(header.pixel_array(), raw_little_endian_pixels(full), err_msg=path.name)
     assert accepted > 0, f"{root}: the fast reader accepted no file"
 
@@ -91,6 +93,43 @@ def test_utf8_text_is_decoded_and_iso2022_text_is_left_to_pydicom(tmp_path):
     assert read_image_header(path).get("SeriesDescription") == pydicom.dcmread(path).SeriesDescription == "Schädel – axial"
     path = _written(tmp_path, SpecificCharacterSet=["ISO 2022 IR 6", "ISO 2022 IR 87"], SeriesDescription="axial")
     assert read_image_header(path) is None
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_the_private_elements_that_split_a_series_read_as_pydicom_reads_them(tmp_path, implicit):
+    """GE diffusion and image type, Philips cardiac phase, dynamic scan time and ASL label: what
+    ``stack_key`` and the diffusion readers make of them is the same through both readers."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    for vendor, elements in {
+        "GE MEDICAL SYSTEMS": [((0x0019, 0x0010), "LO", "GEMS_ACQU_01"), ((0x0019, 0x10BB), "DS", "0.57735"),
+                               ((0x0019, 0x10BC), "DS", "-0.57735"), ((0x0019, 0x10BD), "DS", "0.57735"), ((0x0019, 0x10E0), "DS", "0.000000"),
+                               ((0x0021, 0x0010), "LO", "GEMS_RELA_01"), ((0x0021, 0x105A), "SL", 0),
+                               ((0x0043, 0x0010), "LO", "GEMS_PARM_01"), ((0x0043, 0x102F), "SS", 1), ((0x0043, 0x1030), "SS", 3),
+                               ((0x0043, 0x1039), "IS", ["1000001000", "8", "0", "0"])],
+        "Philips Medical Systems": [((0x2001, 0x0010), "LO", "Philips Imaging DD 001"), ((0x2001, 0x1003), "FL", 1000.0),
+                                    ((0x2001, 0x1008), "IS", "3"), ((0x2005, 0x0010), "LO", "Philips MR Imaging DD 001"),
+                                    ((0x2005, 0x10A0), "FL", 0.25), ((0x2005, 0x0014), "LO", "Philips MR Imaging DD 005"),
+                                    ((0x2005, 0x1429), "CS", "LABEL")],
+    }.items():
+        path = _written(tmp_path, Manufacturer=vendor, TriggerTime="250", RepetitionTime="3000", EchoTime="30", FlipAngle="90",
+                        ProtocolName="dwi", StudyDate="20180918", StudyTime="114023.5", ImageType=["ORIGINAL", "PRIMARY", "P", "ND"])
+        ds = pydicom.dcmread(path)
+        for tag, vr, value in elements:
+            ds.add_new(tag, vr, value)
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+        header, full = read_image_header(path), pydicom.dcmread(path)
+        assert header is not None
+        key = dict(stack_key(header))
+        assert stack_key(header) == stack_key(full) and key["real/imaginary/phase"] == (False, False, True)
+        assert key["TR"] == 3000.0 and key["study date/time"] == 20180918114023.5
+        if vendor.startswith("GE"):
+            assert ge_diffusion(header) == ge_diffusion(full) == (1000.0, (0.57735, -0.57735, 0.57735))
+        else:
+            assert key["trigger time"] is None  # an ASL label image: its trigger time never splits
+            assert philips_diffusion(header) == philips_diffusion(full)
 
 
 def test_an_undefined_length_un_sequence_is_walked_as_implicit_vr(tmp_path):

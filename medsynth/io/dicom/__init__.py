@@ -9,8 +9,10 @@ Geometry rules (see docs/architecture.md, "DICOM geometry"):
 * RescaleSlope / RescaleIntercept are applied per slice (per frame for enhanced objects);
 * enhanced multi-frame objects are read frame by frame from their functional groups;
 * Siemens mosaics (with or without the CSA header) and UIH grids are unpacked by dcm2niix's rules;
-* one SeriesInstanceUID is split when it holds several orientations, image sizes, echoes or
-  magnitude/phase images;
+* one SeriesInstanceUID is split when it holds several orientations or image sizes, and where
+  dcm2niix's ``isSameSet`` splits it by default: derived images, vendor, modality, study date/time,
+  and (not X-ray) real/imaginary/phase, TR, flip angle, echo time/number, Philips trigger time and
+  protocol name;
 * repeated positions with the same count per position make a 4D (time) series;
 * missing slices, uneven spacing, gantry tilt, single 2D images, objects without pixel data, empty
   images, NaN / Inf after rescaling and sizes over ``max_voxels`` (declared sizes, checked before
@@ -20,10 +22,12 @@ The sub-modules, each importing only those above it:
 
 * ``files``: discovery under a folder, the checks before a file is read (empty, unreadable, deflate
   bombs), the pydicom readers and the pixel-data completeness check;
-* ``attributes``: ImageType words (derived, phase) and private elements found by their creator;
+* ``attributes``: ImageType words (derived, phase), private elements found by their creator and the
+  attributes that split a series (``stack_key``);
 * ``pixels``: decoding (raw little endian, else pydicom), multi-frame caching, rescale checks;
 * ``geometry``: ``Slice``, orientation, ``lps_affine`` / ``LPS_TO_RAS``, splitting and stacking slices;
 * ``philips``: the Philips scale slope, diffusion b values and the isotropic DWI volumes;
+* ``ge``: GE diffusion b values of non-DTI series (whose trace volumes are set apart as Philips ones);
 * ``slices``: files -> Slices (classic single-frame files, enhanced multi-frame objects);
 * ``mosaics``: Siemens mosaics (CSA header) and UIH grids;
 * ``series``: the folder scan and classification, and a series' files -> ``DicomVolume``s.
@@ -35,7 +39,7 @@ underscore are private to this package (shared between its sub-modules, not for 
 
 from __future__ import annotations
 
-from medsynth.io.dicom.attributes import DERIVED_DIFFUSION, is_derived
+from medsynth.io.dicom.attributes import DERIVED_DIFFUSION, complex_parts, is_derived, is_xray, manufacturer, stack_key
 from medsynth.io.dicom.files import (
     NIFTI_SUFFIXES,
     dataset_pixel_problem,
@@ -46,6 +50,7 @@ from medsynth.io.dicom.files import (
     read_header,
     read_image_dataset,
 )
+from medsynth.io.dicom.ge import ge_diffusion, ge_non_dti
 from medsynth.io.dicom.geometry import LPS_TO_RAS, Slice, lps_affine, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import (
     UIH_SLICES_IN_GRID,
@@ -76,9 +81,10 @@ from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesEr
 __all__ = [
     "DEFAULT_MAX_VOXELS", "DERIVED_DIFFUSION", "LPS_TO_RAS", "NIFTI_SUFFIXES", "NOT_DICOM", "PARALLEL_SCAN_FILES", "SEG_SOP_CLASS",
     "UIH_SLICES_IN_GRID", "UIH_VFRAME_SEQUENCE", "DicomScan", "DicomVolume", "QuarantineEntry", "SeriesError", "Slice",
-    "classic_slice", "classify_file", "dataset_pixel_problem", "decode_pixels", "discover_files", "enhanced_slices", "error_text",
-    "is_derived", "is_enhanced", "is_mosaic", "is_nifti", "is_uih_grid", "isotropic_split", "load_series", "lps_affine",
-    "max_decoded_bytes", "mosaic_slice_count", "philips_diffusion", "philips_float_scaling", "philips_scale_slope",
-    "raw_little_endian_pixels", "read_dataset", "read_full_dataset", "read_header", "read_image_dataset", "read_scan_header",
-    "scan_folder", "siemens_csa_image", "siemens_mosaic", "split_slices", "stack_slices", "uih_grid",
+    "classic_slice", "classify_file", "complex_parts", "dataset_pixel_problem", "decode_pixels", "discover_files", "enhanced_slices",
+    "error_text", "ge_diffusion", "ge_non_dti", "is_derived", "is_enhanced", "is_mosaic", "is_nifti", "is_uih_grid", "is_xray",
+    "isotropic_split", "load_series", "lps_affine", "manufacturer", "max_decoded_bytes", "mosaic_slice_count", "philips_diffusion",
+    "philips_float_scaling", "philips_scale_slope", "raw_little_endian_pixels", "read_dataset", "read_full_dataset", "read_header",
+    "read_image_dataset", "read_scan_header", "scan_folder", "siemens_csa_image", "siemens_mosaic", "split_slices", "stack_key",
+    "stack_slices", "uih_grid",
 ]

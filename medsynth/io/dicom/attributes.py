@@ -1,8 +1,11 @@
 """What a header's attributes say, whichever reader read it (pydicom or the fast reader): the ImageType
-words (derived, phase) and private elements looked up through their private creator."""
+words (derived, phase), private elements looked up through their private creator, and the attributes
+whose differences split one series into several outputs as dcm2niix's ``isSameSet`` splits them."""
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 from typing import TYPE_CHECKING
 
@@ -59,6 +62,28 @@ def _private_bytes(ds: Dataset | FastHeader, group: int, creator: str, offset: i
     return None
 
 
+def _private_text(ds: Dataset | FastHeader, group: int, creator: str, offset: int) -> str | None:
+    """:func:`_private_bytes` of a text element (DS, IS, CS ...) as its text, several values joined by a
+    backslash; None when absent."""
+    v = _private_bytes(ds, group, creator, offset)
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("latin-1").strip("\x00 ")
+    return "\\".join(str(x) for x in v)
+
+
+def _private_int(ds: Dataset | FastHeader, group: int, creator: str, offset: int) -> int | None:
+    """:func:`_private_bytes` of a binary integer element (SS, SL, US, UL; signed as dcm2niix reads them)."""
+    v = _private_bytes(ds, group, creator, offset)
+    if isinstance(v, bytes):
+        return struct.unpack("<h" if len(v) == 2 else "<i", v[:4])[0] if len(v) in (2, 4) else None
+    try:
+        return int(v[0]) if v else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _private_numbers(ds: Dataset | FastHeader, group: int, creator: str, offset: int, fmt: str) -> tuple | None:
     """:func:`_private_bytes` as numbers (``fmt``: the struct code of raw bytes)."""
     v = _private_bytes(ds, group, creator, offset)
@@ -67,3 +92,131 @@ def _private_numbers(ds: Dataset | FastHeader, group: int, creator: str, offset:
         n = len(v) // size
         return struct.unpack(f"<{n}{fmt}", v[:n * size]) if n else None
     return v
+
+
+_LEADING_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _first(value):
+    """The first of several values (a list or pydicom MultiValue), else the value."""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        value = next(iter(value), None)
+    return value
+
+
+def atof(value) -> float:
+    """A value as C's ``atof`` reads its text (dcm2niix's ``dcmStrFloat``): the leading number, 0.0 without one."""
+    value = _first(value)
+    if value is None:
+        return 0.0
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _LEADING_NUMBER.match(str(value))
+    return float(m.group()) if m else 0.0
+
+
+def atoi(value) -> int:
+    """A value as C's ``atoi`` reads its text (dcm2niix's ``dcmStrInt``)."""
+    value = _first(value)
+    if isinstance(value, int):
+        return value
+    m = re.match(r"\s*[+-]?\d+", "" if value is None else str(value))
+    return int(m.group()) if m else 0
+
+
+def _float32(value) -> float:
+    """A number at single precision: dcm2niix stores TR, TE and flip angle as ``float`` and compares them
+    within FLT_EPSILON."""
+    return float(struct.unpack("<f", struct.pack("<f", value))[0]) if math.isfinite(value) else value
+
+
+# dcm2niix's dcmStrManufacturer: the vendor from the first two letters of Manufacturer (0008,0070)
+MANUFACTURERS = {"SI": "SIEMENS", "CP": "SIEMENS", "GE": "GE", "HI": "HITACHI", "ME": "MEDISO", "PH": "PHILIPS", "TO": "TOSHIBA",
+                 "CA": "CANON", "UI": "UIH", "BR": "BRUKER", "MR": "MRSOLUTIONS", "HY": "HYPERFINE"}
+MODALITIES = ("CR", "CT", "MR", "PT", "US")
+
+
+def manufacturer(ds: Dataset | FastHeader) -> str:
+    """The vendor as dcm2niix names it ('' when it does not know the name)."""
+    return MANUFACTURERS.get(str(ds.get("Manufacturer", "") or "")[:2].upper(), "")
+
+
+def _modality(ds: Dataset | FastHeader) -> str:
+    """Modality as dcm2niix tells them apart: CR, CT, MR, PT or US (first letter as written), else ''."""
+    m = str(ds.get("Modality", "") or "")
+    code = m[:1] + m[1:2].upper()
+    return code if code in MODALITIES else ""
+
+
+def _image_type_text(ds: Dataset | FastHeader) -> str:
+    """ImageType as dcm2niix matches it: the values joined by '_', case kept."""
+    it = ds.get("ImageType")
+    if it is None:
+        return ""
+    return (it if isinstance(it, str) else "\\".join(str(x) for x in it)).replace("\\", "_")
+
+
+def complex_parts(ds: Dataset | FastHeader) -> tuple[bool, bool, bool]:
+    """(real, imaginary, phase) as dcm2niix reads them: ImageType with an inner R / REAL, I / IMAGINARY or
+    P value, or PHASE anywhere in it ("PHASE MAP", "PHASE CONTRAST M"); a GE image also by its private
+    image type (0043,xx2F: 1 phase, 2 real, 3 imaginary)."""
+    text = _image_type_text(ds)
+    real = "_R_" in text or "_REAL_" in text
+    imaginary = "_I_" in text or "_IMAGINARY_" in text
+    phase = "_P_" in text or (len(text) > 6 and "PHASE" in text)
+    if manufacturer(ds) == "GE":
+        ge = _private_int(ds, 0x0043, "GEMS_PARM_01", 0x2F)
+        real, imaginary, phase = real or ge == 2, imaginary or ge == 3, phase or ge == 1
+    return real, imaginary, phase
+
+
+def is_xray(ds: Dataset | FastHeader) -> bool:
+    """dcm2niix's X-ray test: an Exposure (0018,1152) without a non-zero EchoTime before it. dcm2niix stacks
+    such images (CT) whatever their TR, flip angle, echo, exposure, phase, coil or protocol name."""
+    return "Exposure" in ds and atof(ds.get("EchoTime")) == 0.0
+
+
+def _philips_trigger(ds: Dataset | FastHeader) -> float | None:
+    """A Philips image's TriggerTime as dcm2niix keeps it to split a series: 0 when the image has a cardiac
+    phase number (2001,xx08) or its trigger is the dynamic scan's begin time (2005,xxA0, in s); None for an
+    ASL label or control image (2005,xx29 in the 'DD 005' block: L / C), whose trigger times never split."""
+    label = _private_text(ds, 0x2005, "PHILIPS MR IMAGING DD 005", 0x29)
+    if label and label[:1].upper() in ("L", "C"):
+        return None
+    trigger = _float32(atof(ds.get("TriggerTime")))
+    if atoi(_private_text(ds, 0x2001, "PHILIPS IMAGING DD 001", 0x08)) > 0:
+        return 0.0
+    begin = _private_numbers(ds, 0x2005, "PHILIPS MR IMAGING DD 001", 0xA0, "f")
+    if begin and abs(_float32(float(begin[0]) * 1000.0) - trigger) <= 1.1920929e-07:
+        return 0.0
+    return trigger
+
+
+def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
+    """The attributes beyond geometry whose differences make dcm2niix (``isSameSet``, default options)
+    write one series as several outputs, as (name, value) pairs: derived image, vendor, modality, study
+    date and time; and, except for X-ray images (:func:`is_xray`), real / imaginary / phase, TR, flip
+    angle, echo time and number, a Philips trigger time and the protocol name (else the series
+    description). Receive coil and acquisition number do not split (dcm2niix stacks them by default)."""
+    key: list[tuple[str, object]] = [
+        ("derived", is_derived(ds)),
+        ("vendor", manufacturer(ds)),
+        ("modality", _modality(ds)),
+        ("study date/time", atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))),
+    ]
+    if is_xray(ds):  # medsynth splits them by echo number and phase still: never stacks phase with magnitude
+        echo = ds.get("EchoNumbers")
+        return (*key, ("x-ray", True), ("echo", "" if echo is None else str(echo)), ("phase", _is_phase(ds)))
+    protocol = str(ds.get("ProtocolName", "") or "").strip()
+    if not protocol:
+        description = str(ds.get("SeriesDescription", "") or "").strip()
+        protocol = description if len(description) > 1 else ""
+    key += [
+        ("real/imaginary/phase", complex_parts(ds)),
+        ("TR", _float32(atof(ds.get("RepetitionTime")))),
+        ("flip angle", _float32(atof(ds.get("FlipAngle")))),
+        ("echo", (_float32(atof(ds.get("EchoTime"))), atoi(ds.get("EchoNumbers")))),
+        ("trigger time", _philips_trigger(ds) if manufacturer(ds) == "PHILIPS" else None),
+        ("protocol", protocol),
+    ]
+    return tuple(key)

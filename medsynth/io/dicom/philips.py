@@ -1,6 +1,6 @@
 """Philips: the private MR scale slope and the "floating point" values dcm2niix writes with it, the
-diffusion b value and direction, and the isotropic (trace / ADC) volumes of a DWI set apart as
-dcm2niix sets them apart."""
+diffusion b value and direction, and the isotropic (trace / ADC) volumes of a DWI (Philips, and GE
+non-DTI diffusion) set apart as dcm2niix sets them apart."""
 
 from __future__ import annotations
 
@@ -53,13 +53,21 @@ def philips_diffusion(ds: Dataset | FastHeader) -> tuple[float, tuple[float, ...
     return float(b_value), vector
 
 
+MIN_B_VALUE = 6.0  # dcm2niix's minBvalThreshold (Philips, GE): series whose b values are all this or less are not DWI
+
+
 def isotropic_split(data: np.ndarray, firsts: list[Slice]) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """dcm2niix's handling of the isotropic (trace / ADC) volumes a Philips DWI series holds among its
+    """dcm2niix's handling (nii_saveDTI) of the isotropic (trace / ADC) volumes a Philips DWI series, or a
+    GE non-DTI diffusion series (the Slices' ``diffusion`` is set only for those), holds among its
     acquisitions (b > 0, no gradient direction): (the acquired volumes without them, all volumes with
-    them last, a note); None when there are none, or when removing them would leave fewer than two
-    volumes or leave a b=0 + trace pair."""
+    them last, a note); None when there are none, when every volume has the same b value of at most
+    :data:`MIN_B_VALUE` and the first no direction (no DWI), or when removing them would leave fewer
+    than two volumes or leave a b=0 + trace pair."""
     diffusion = [f.diffusion for f in firsts if f.diffusion is not None]
     if data.ndim != 4 or len(diffusion) != len(firsts):
+        return None
+    b_values = {b for b, _vector in diffusion}
+    if len(b_values) == 1 and max(b_values) <= MIN_B_VALUE and all(abs(v) < 1e-6 for v in diffusion[0][1]):
         return None
     iso = [t for t, (b, vector) in enumerate(diffusion) if b != 0 and all(abs(v) < 1e-6 for v in vector)]
     rest = [t for t in range(len(firsts)) if t not in iso]

@@ -1,7 +1,7 @@
 """Series: every file under a folder classified (NIfTI, SEG, image series by key, or quarantined with
 the reason; the fast reader first, pydicom's partial read for the rest) and one series' files converted
-into volumes (mosaics, split by geometry / echo / phase / derived image, stacked, isotropic DWI volumes
-set apart)."""
+into volumes (mosaics, split by geometry and by the attributes dcm2niix splits a series by, stacked,
+isotropic DWI volumes set apart)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import _is_phase, is_derived
+from medsynth.io.dicom.attributes import stack_key
 from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import _mosaic_volume, is_mosaic
@@ -208,17 +208,20 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
     header = files[0][1]
     mosaics = [(p, ds) for p, ds in files if is_mosaic(ds)]
     if mosaics:
-        by_echo: dict[str, list[tuple[Path, Dataset | FastHeader]]] = defaultdict(list)
+        by_key: dict[tuple, list[tuple[Path, Dataset | FastHeader]]] = defaultdict(list)
         for p, ds in mosaics:
-            by_echo[f"{ds.get('EchoNumbers', '')}|{'ph' if _is_phase(ds) else ''}|{'derived' if is_derived(ds) else ''}"].append((p, ds))
-        for i, (_echo, tiled) in enumerate(sorted(by_echo.items())):
+            by_key[stack_key(ds)].append((p, ds))
+        mosaic_keys = sorted(by_key, key=_sortable)
+        for i, key in enumerate(mosaic_keys):
+            tiled = by_key[key]
             paths = [p for p, _ds in tiled]
+            split_note = "" if len(by_key) == 1 else f"split {i + 1}/{len(by_key)} of the series by {_differing(mosaic_keys)}"
             try:
                 data, aff, notes = _mosaic_volume(tiled)
-                suffix = "" if len(by_echo) == 1 else f"_{i + 1}"
-                volumes.append(DicomVolume(data, aff, header, paths, suffix, notes))
+                suffix = "" if len(by_key) == 1 else f"_{i + 1}"
+                volumes.append(DicomVolume(data, aff, header, paths, suffix, [*notes, split_note] if split_note else notes))
             except SeriesError as exc:
-                quarantine.append(QuarantineEntry(_common_parent(paths), str(exc)))
+                quarantine.append(QuarantineEntry(_common_parent(paths), f"{exc} ({split_note})" if split_note else str(exc)))
         files = [(p, ds) for p, ds in files if not is_mosaic(ds)]
         if not files:
             return volumes, quarantine
@@ -232,7 +235,8 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         except SeriesError as exc:
             quarantine.append(QuarantineEntry(str(path), str(exc)))
     groups = split_slices(slices)
-    ordered_keys = sorted(groups, key=lambda k: (str(k[3]), str(k[0]), k[1], k[2]))
+    ordered_keys = sorted(groups, key=lambda k: (_sortable(k[3]), str(k[0]), k[1], k[2]))
+    why = _differing([k[3] for k in ordered_keys], orientation={k[0] for k in ordered_keys}, size={k[1:3] for k in ordered_keys})
     for i, key in enumerate(ordered_keys):
         group = groups[key]
         paths = sorted({s.path for s in group})
@@ -242,14 +246,14 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
             where = str(paths[0]) if len(paths) == 1 else _common_parent(paths)
             reason = str(exc)
             if len(groups) > 1:
-                reason += f" (sub-series {i + 1} of {len(groups)}: orientation/size/echo/phase/derived split)"
+                reason += f" (sub-series {i + 1} of {len(groups)}, split by {why})"
             quarantine.append(QuarantineEntry(where, reason))
             continue
         suffix = "" if len(groups) == 1 else f"_{i + 1}"
         hdr = next(ds for p, ds in files if p == paths[0])
         if len(groups) > 1:
-            kind = " (derived image)" if "derived" in key[3] else ""
-            notes.append(f"split {i + 1}/{len(groups)} of the series by orientation/size/echo/phase/derived image{kind}")
+            kind = " (derived image)" if dict(key[3]).get("derived") else ""
+            notes.append(f"split {i + 1}/{len(groups)} of the series by {why}{kind}")
         split = isotropic_split(data, firsts)
         if split is None:
             volumes.append(DicomVolume(data, aff, hdr, paths, suffix, notes))
@@ -258,6 +262,30 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         volumes.append(DicomVolume(acquired, aff, hdr, paths, suffix, [*notes, note]))
         volumes.append(DicomVolume(with_isotropic, aff, hdr, paths, suffix + "_ADC", [*notes, note + "; this volume: all of them, those last"]))
     return volumes, quarantine
+
+
+def _sortable(value) -> tuple:
+    """A key of (name, value) pairs made comparable whatever its values' types (None, numbers, text,
+    tuples): sub-series are numbered in this order (not derived first, then by echo time ...)."""
+    if value is None:
+        return (0,)
+    if isinstance(value, (bool, int, float)):
+        return (1, float(value))
+    if isinstance(value, str):
+        return (2, value)
+    return (3, tuple(_sortable(v) for v in value))
+
+
+def _differing(keys: list[tuple], orientation: set | None = None, size: set | None = None) -> str:
+    """What tells the sub-series apart: 'orientation', 'size' and the names of the split attributes whose
+    values differ between ``keys`` (each a tuple of (name, value) pairs)."""
+    names = [name for name, values in (("orientation", orientation), ("size", size)) if values is not None and len(values) > 1]
+    seen: dict[str, set] = defaultdict(set)
+    for key in keys:
+        for name, value in key:
+            seen[name].add(value)
+    names += [name for name, values in seen.items() if len(values) > 1]
+    return "/".join(names) or "orientation/size"
 
 
 def _common_parent(paths: list[Path]) -> str:

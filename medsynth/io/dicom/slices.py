@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, NamedTuple, TypeGuard
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import _image_type, _is_phase, is_derived
+from medsynth.io.dicom.attributes import _image_type, manufacturer, stack_key
+from medsynth.io.dicom.ge import ge_diffusion
 from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop
 from medsynth.io.dicom.philips import philips_diffusion, philips_float_scaling, philips_scale_slope
 from medsynth.io.dicom.pixels import _check_rescale, _FrameCache, decode_pixels
@@ -45,7 +46,8 @@ def _plane(path: Path, orientation, position, spacing) -> _Plane:
 def _slice(path: Path, ds: Dataset | FastHeader, frame: int | None, plane: _Plane, slope: float, intercept: float, split_key: tuple,
            time_key: tuple, loader: Callable[[], np.ndarray], diffusion: tuple[float, tuple[float, ...]] | None = None) -> Slice:
     """The Slice of one image (``frame`` None) or one frame of a multi-frame object ``ds``: its plane, the
-    object's Rows x Columns, the rescale to apply and the keys that split and order a series."""
+    object's Rows x Columns, the rescale to apply and the keys that split ((name, value) pairs) and order a
+    series."""
     return Slice(path=path, frame=frame, iop=plane.iop, ipp=plane.ipp, pixel_spacing=(float(plane.spacing[0]), float(plane.spacing[1])),
                  rows=int(ds.Rows), cols=int(ds.Columns), slope=slope, intercept=intercept, split_key=split_key, time_key=time_key,
                  loader=loader, diffusion=diffusion)
@@ -58,7 +60,6 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
         raise SeriesError("UIH grid image (ImageType VFRAME) without its grid tags (0065,1050) and (0065,1051): removed by "
                           "de-identification? keep them with deid.retain_safe_private: true")
     plane = _plane(path, ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
-    echo = ds.get("EchoNumbers", None)
     time_key = (
         int(ds.get("TemporalPositionIdentifier", 0) or 0),
         int(ds.get("AcquisitionNumber", 0) or 0),
@@ -79,9 +80,10 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
     if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
         slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
         diffusion = philips_diffusion(ds)
+    elif manufacturer(ds) == "GE":
+        diffusion = ge_diffusion(ds)
     _check_rescale(slope, intercept)
-    split_key = (str(echo) if echo is not None else "", "ph" if _is_phase(ds) else "", "derived" if is_derived(ds) else "")
-    return _slice(path, ds, None, plane, slope, intercept, split_key, time_key, load, diffusion)
+    return _slice(path, ds, None, plane, slope, intercept, stack_key(ds), time_key, load, diffusion)
 
 
 def is_enhanced(ds: Dataset | FastHeader) -> TypeGuard[Dataset]:
@@ -132,5 +134,6 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
         stack = str(content.get("StackID", "")) if content is not None else ""
         temporal = int(content.get("TemporalPositionIndex", 0) or 0) if content is not None else 0
         t_time = str(content.get("FrameAcquisitionDateTime", "")) if content is not None else ""
-        slices.append(_slice(path, ds, i, plane, slope, inter, (echo, ftype, stack), (temporal, t_time, i), partial(cache.frame, i)))
+        split_key = (("echo", echo), ("frame type", ftype), ("stack", stack))
+        slices.append(_slice(path, ds, i, plane, slope, inter, split_key, (temporal, t_time, i), partial(cache.frame, i)))
     return slices

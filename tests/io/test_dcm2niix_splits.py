@@ -1,0 +1,191 @@
+"""What splits one series into several outputs, and which volumes of a diffusion series are set apart, as
+dcm2niix decides by default: each case rewrites a few attributes of a real shared GE series (4 volumes of
+15 slices, or all 10 for diffusion) and compares our volumes with dcm2niix run on the same files.
+
+* dcm2niix's ``isSameSet`` (nii_dicom_batch.cpp): derived, vendor, modality, study date/time split; then,
+  unless the image is X-ray (an Exposure (0018,1152) and no echo time), real/imaginary/phase, TR, flip
+  angle, echo time and number, a Philips trigger time and the protocol name split; receive coil and
+  acquisition number do not;
+* GE non-DTI diffusion (``numberOfDiffusionDirectionGE == 0``, nii_saveDTI): b > 0 volumes without a
+  gradient direction are traces, set apart as a Philips DWI's isotropic volumes; in a DTI series they
+  stay (dcm2niix reads them as b = 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medsynth.io.dicom import ge_diffusion, read_header, stack_key
+from medsynth.io.dicom_fast import read_image_header
+from tests.conftest import shared
+from tests.io.test_vendor_formats import _assert_converts_as_dcm2niix, _volumes
+
+GE_SERIES = ("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004")  # GE EPI, 10 volumes x 15 slices, 64 x 64
+
+
+def _rewritten(dest: Path, change: Callable[[pydicom.Dataset, int], None], volumes: int = 4) -> Path:
+    """The first ``volumes`` volumes of the shared GE series, ``change(ds, t)`` applied to each file of
+    volume t (in acquisition order), written to ``dest``."""
+    src = shared(*GE_SERIES)
+    files = [pydicom.dcmread(p) for p in sorted(src.glob("*.dcm"))]
+    normal = np.cross(np.array(files[0].ImageOrientationPatient[:3], float), np.array(files[0].ImageOrientationPatient[3:], float))
+    by_pos: dict[float, list[pydicom.Dataset]] = {}
+    for ds in sorted(files, key=lambda d: int(d.InstanceNumber)):
+        by_pos.setdefault(round(float(np.dot(np.array(ds.ImagePositionPatient, float), normal)), 3), []).append(ds)
+    dest.mkdir(parents=True)
+    for k, key in enumerate(sorted(by_pos)):
+        for t, ds in enumerate(by_pos[key][:volumes]):
+            change(ds, t)
+            ds.save_as(dest / f"s{k:02d}_t{t:02d}.dcm", enforce_file_format=True)
+    return dest
+
+
+def _late(**attrs) -> Callable[[pydicom.Dataset, int], None]:
+    """Set ``attrs`` on the files of volumes 2 and 3 only."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        if t >= 2:
+            for name, value in attrs.items():
+                setattr(ds, name, value)
+    return change
+
+
+def _xray(ds: pydicom.Dataset, t: int) -> None:
+    del ds.EchoTime
+    ds.add_new(0x00181152, "IS", 5)  # Exposure
+    if t >= 2:
+        ds.RepetitionTime, ds.ProtocolName, ds.FlipAngle = 3000, "other protocol", 30
+
+
+def _ge_phase(ds: pydicom.Dataset, t: int) -> None:
+    if t >= 2:
+        ds[0x0043102F].value = 1  # GE private image type: phase
+
+
+def _no_protocol(description_varies: bool) -> Callable[[pydicom.Dataset, int], None]:
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        ds.ProtocolName = ""
+        if description_varies and t >= 2:
+            ds.SeriesDescription = "another description"
+    return change
+
+
+def _philips(extra: Callable[[pydicom.Dataset, int], None] | None = None) -> Callable[[pydicom.Dataset, int], None]:
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        ds.Manufacturer = "Philips Medical Systems"
+        ds.TriggerTime = 100 * (t // 2)
+        if extra is not None:
+            extra(ds, t)
+    return change
+
+
+def _cardiac_phase(ds: pydicom.Dataset, t: int) -> None:
+    ds.add_new((0x2001, 0x0010), "LO", "Philips Imaging DD 001")
+    ds.add_new((0x2001, 0x1008), "IS", t + 1)
+
+
+def _asl_label(ds: pydicom.Dataset, t: int) -> None:
+    ds.add_new((0x2005, 0x0014), "LO", "Philips MR Imaging DD 005")
+    ds.add_new((0x2005, 0x1429), "CS", "LABEL" if t % 2 else "CONTROL")
+
+
+SPLITS = {  # name -> (change, outputs dcm2niix writes)
+    "TR": (_late(RepetitionTime=3000), 2),
+    "flip angle": (_late(FlipAngle=30), 2),
+    "echo time": (_late(EchoTime=40), 2),
+    "echo number": (_late(EchoNumbers=2), 2),
+    "protocol name": (_late(ProtocolName="other protocol"), 2),
+    "protocol name emptied": (_late(ProtocolName=""), 2),  # then the series description stands for it
+    "series description without protocol name": (_no_protocol(True), 2),
+    "study time": (_late(StudyTime="120000"), 2),
+    "modality": (_late(Modality="CT"), 2),
+    "real image type": (_late(ImageType=["ORIGINAL", "PRIMARY", "R", "NONE"]), 2),
+    "phase anywhere in the image type": (_late(ImageType=["ORIGINAL", "PRIMARY", "PHASE CONTRAST M"]), 2),
+    "GE private phase": (_ge_phase, 2),
+    "Philips trigger time": (_philips(), 2),
+    "receive coil": (_late(ReceiveCoilName="8HRBRAIN"), 1),
+    "acquisition number": (_late(AcquisitionNumber=9), 1),
+    "vendor names of one vendor": (_late(Manufacturer="GE HEALTHCARE"), 1),
+    "P as the last image type value": (_late(ImageType=["ORIGINAL", "PRIMARY", "P"]), 1),
+    "same series description without protocol name": (_no_protocol(False), 1),
+    "X-ray: TR, flip angle and protocol": (_xray, 1),
+    "GE trigger time": (_late(TriggerTime=77), 1),
+    "Philips trigger time with cardiac phases": (_philips(_cardiac_phase), 1),
+    "Philips trigger time of ASL label / control": (_philips(_asl_label), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(SPLITS))
+def test_a_series_splits_where_dcm2niix_splits_it(tmp_path, name):
+    change, n_outputs = SPLITS[name]
+    folder = _rewritten(tmp_path / "in", change)
+    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    vols, quarantine = _volumes(folder)
+    assert not quarantine
+    assert sorted(v.shape[3] for v in vols) == ([2, 2] if n_outputs == 2 else [4])
+    if n_outputs == 2:
+        assert all(any(n.startswith("split ") for n in v.notes) for v in vols)
+
+
+def test_the_split_note_names_the_attribute(tmp_path):
+    vols, _ = _volumes(_rewritten(tmp_path / "in", _late(RepetitionTime=3000)))
+    assert {n for v in vols for n in v.notes if n.startswith("split")} == {"split 1/2 of the series by TR", "split 2/2 of the series by TR"}
+
+
+# ----------------------------------------------------------------------------- GE diffusion
+
+DIRECTIONS = [v / np.linalg.norm(v) for v in np.random.default_rng(3).normal(size=(10, 3))]
+
+
+def _ge_dwi(directions: int, traces: tuple[int, ...] = (9,), vas_collapse: int | None = None) -> Callable[[pydicom.Dataset, int], None]:
+    """A GE DWI: volume 0 b = 0, the others b = 1000 (stored with GE's bias, (0043,1039)) with a gradient
+    direction (0019,10BB-BD), those in ``traces`` without one; NumberOfDiffusionDirection (0019,10E0)
+    ``directions``; the image-level diffusion type (0043,1030) ``vas_collapse`` when given."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        ds[0x00431039].value = ["0" if t == 0 else "1000001000", "8", "0", "0"]
+        vector = [0.0, 0.0, 0.0] if t == 0 or t in traces else [round(float(x), 4) for x in DIRECTIONS[t]]
+        for tag, x in zip((0x001910BB, 0x001910BC, 0x001910BD), vector, strict=True):
+            ds[tag].value = str(x)
+        ds[0x001910E0].value = str(directions)
+        if vas_collapse is not None:
+            ds[0x00431030].value = vas_collapse
+    return change
+
+
+GE_DWI = {  # name -> (change, volumes of each output)
+    "non-DTI with one trace": (_ge_dwi(0), [9, 10]),
+    "non-DTI with two traces": (_ge_dwi(0, traces=(8, 9)), [8, 10]),
+    "DTI (the trace is read as b = 0)": (_ge_dwi(9), [10]),
+    "DTI marked non-DTI by its diffusion type (0043,1030)": (_ge_dwi(9, vas_collapse=3), [9, 10]),
+    "DTI diffusion type 16 (0043,1030)": (_ge_dwi(9, vas_collapse=16), [10]),
+    "non-DTI without a trace": (_ge_dwi(0, traces=()), [10]),
+}
+
+
+@pytest.mark.parametrize("name", list(GE_DWI))
+def test_ge_diffusion_traces_are_set_apart_as_dcm2niix_sets_them_apart(tmp_path, name):
+    change, lengths = GE_DWI[name]
+    folder = _rewritten(tmp_path / "in", change, volumes=10)
+    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=len(lengths))
+    vols, _ = _volumes(folder)
+    assert sorted(v.shape[3] for v in vols) == lengths
+    if len(lengths) == 2:
+        n_trace = 10 - lengths[0]
+        assert any(f"{n_trace} isotropic (trace / ADC) volume(s) of 10 set apart" in n for v in vols for n in v.notes)
+
+
+def test_ge_diffusion_reads_the_same_through_both_readers(tmp_path):
+    folder = _rewritten(tmp_path / "in", _ge_dwi(0), volumes=10)
+    seen = set()
+    for path in sorted(folder.glob("*.dcm")):
+        fast = read_image_header(path)
+        assert fast is not None
+        slow = read_header(path)
+        assert ge_diffusion(fast) == ge_diffusion(slow)
+        assert stack_key(fast) == stack_key(slow)
+        seen.add(ge_diffusion(fast))
+    assert (0.0, (0.0, 0.0, 0.0)) in seen and (1000.0, (0.0, 0.0, 0.0)) in seen and len(seen) == 10
