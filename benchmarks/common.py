@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,3 +71,18 @@ def write_results(path: str | Path | None, name: str, rows: list[dict], extra: d
         Path(path).write_text(text)
     print(text)
     return out
+
+
+def results_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser with ``--markdown RESULTS``: print a results file's docs table and exit."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--markdown", type=Path, metavar="RESULTS", help="print the table of a results file and exit")
+    return ap
+
+
+def print_markdown(args: argparse.Namespace, markdown: Callable[[dict], str]) -> bool:
+    """With ``--markdown``: print that results file's table and return True (the script then exits)."""
+    if args.markdown is None:
+        return False
+    print(markdown(json.loads(args.markdown.read_text())))
+    return True

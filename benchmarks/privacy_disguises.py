@@ -16,7 +16,6 @@ the issue's list (rotation, zoom, smoothing) show where the copy test stops. Pri
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, print_markdown, results_parser  # noqa: E402
 from tests.eval.test_privacy_audit import CFG, RARE, audit, disguise, load_cohort, odd_generator  # noqa: E402
 
 MATRIX = [("noise", s) for s in (0.02, 0.05, 0.1)] + [("flip", a) for a in (0, 1, 2)] + [("shift", s) for s in (1, 2, 4)] + \
@@ -100,12 +99,10 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = results_parser(__doc__)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/privacy-disguises-cpu.json")
-    ap.add_argument("--markdown", type=Path, metavar="RESULTS", help="print the table of a results file and exit")
     args = ap.parse_args(argv)
-    if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+    if print_markdown(args, markdown):
         return 0
     t0 = time.perf_counter()
     cohort = load_cohort()

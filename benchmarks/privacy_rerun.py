@@ -12,7 +12,6 @@ cached real features in data/features are reused when they match.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, print_markdown, results_parser  # noqa: E402
 from medsynth.config import load_params  # noqa: E402
 from medsynth.eval.evaluate import EvalJob, load_real_reference, load_synthetic_set, measure_privacy  # noqa: E402
 from medsynth.eval.gates import privacy_gates  # noqa: E402
@@ -76,13 +75,11 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = results_parser(__doc__)
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--markdown", type=Path, metavar="RESULTS", help="print the table of a results file and exit")
     args = ap.parse_args(argv)
-    if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+    if print_markdown(args, markdown):
         return 0
     t0 = time.perf_counter()
     result = {"benchmark": "privacy audit of finished runs, with each attack's control", "machine": machine(),

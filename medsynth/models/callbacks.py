@@ -12,13 +12,21 @@ Both run before Lightning's checkpoint callback at the same step, so a checkpoin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from medsynth.models.contract import DiversityMonitored, DrawsSampleImages, ImageLog, ModelContractError, missing_members
+
+
+def _due_step(pl_module: L.LightningModule, capability: type, every: int, callback: str) -> int | None:
+    """The model's step when ``every`` divides it, else None; a model without ``capability`` is refused."""
+    if not isinstance(pl_module, capability):
+        raise ModelContractError(f"{callback}: the model lacks {', '.join(missing_members(pl_module, capability))}")
+    step = int(cast(Any, pl_module).step_index)  # every capability that asks for a due step declares it
+    return step if step % every == 0 else None
 
 
 class SampleImages(Callback):
@@ -28,10 +36,8 @@ class SampleImages(Callback):
         self.every = int(every)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not isinstance(pl_module, DrawsSampleImages):
-            raise ModelContractError(f"SampleImages: the model lacks {', '.join(missing_members(pl_module, DrawsSampleImages))}")
-        step = pl_module.step_index
-        if step % self.every != 0:
+        step = _due_step(pl_module, DrawsSampleImages, self.every, "SampleImages")
+        if step is None or not isinstance(pl_module, DrawsSampleImages):
             return
         live = getattr(trainer.logger, "experiment", None)  # Lightning's Logger declares no experiment; each logger has its own
         if not isinstance(live, ImageLog):
@@ -52,10 +58,8 @@ class ModeCollapseAlarm(Callback):
         self.every = int(every)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not isinstance(pl_module, DiversityMonitored):
-            raise ModelContractError(f"ModeCollapseAlarm: the model lacks {', '.join(missing_members(pl_module, DiversityMonitored))}")
-        step = pl_module.step_index
-        if step % self.every != 0:
+        step = _due_step(pl_module, DiversityMonitored, self.every, "ModeCollapseAlarm")
+        if step is None or not isinstance(pl_module, DiversityMonitored):
             return
         d = pl_module.diversity()
         pl_module.log("diversity", d, on_step=True)
