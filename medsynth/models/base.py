@@ -72,10 +72,14 @@ class GenerativeModule(L.LightningModule):
     iteration: torch.Tensor  # a buffer: optimizer steps taken (registered in __init__)
     _members: dict[int, list[int]]  # bank indices of each condition (on_fit_start)
 
-    if TYPE_CHECKING:  # what every subclass defines (declared here for the type checker only)
-        @property
-        def sampler(self) -> Sampler: ...
+    sampler_network = ""  # the attribute holding the network synthesis draws from (a subclass names it, or overrides sampler)
 
+    @property
+    def sampler(self) -> Sampler:
+        """The network synthesis draws from (exported): the attribute ``sampler_network`` names."""
+        return getattr(self, self.sampler_network)
+
+    if TYPE_CHECKING:  # what every subclass defines (declared here for the type checker only)
         @classmethod
         def build_sampler(cls, config: dict, data_info: dict) -> Sampler: ...
 

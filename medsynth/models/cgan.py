@@ -78,6 +78,7 @@ def diff_augment(x: torch.Tensor, g: torch.Generator, p: torch.Tensor | float = 
 
 class CGANModule(PrivateTraining, GenerativeModule):
     name = "cgan"
+    sampler_network = "g_ema"
     dp_networks = ("discriminator",)
     dp_covers = ("the discriminator's weights and the generator's (which sees training cases only through the discriminator), "
                  "so the exported generator; not the logged losses, the diversity monitor or other values computed on training "
@@ -108,10 +109,6 @@ class CGANModule(PrivateTraining, GenerativeModule):
         self.register_buffer("ada_rt", torch.tensor(0.0))  # the last overfitting measure r_t
         if cfg.dp is not None:
             self.init_dp()
-
-    @property
-    def sampler(self) -> Sampler:
-        return self.g_ema
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> Sampler:

@@ -325,6 +325,7 @@ class CounterfactualSampler(Sampler):
 
 class CounterfactualModule(GenerativeModule):
     name = "counterfactual"
+    sampler_network = "g_ema"
     config_class = CounterfactualConfig
     compile_targets = ("generator",)
 
@@ -341,10 +342,6 @@ class CounterfactualModule(GenerativeModule):
         self.g_ema = frozen_copy(self.generator)
         self.automatic_optimization = False
         self.prior_report: dict = {}
-
-    @property
-    def sampler(self) -> CounterfactualSampler:
-        return self.g_ema
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> CounterfactualSampler:
@@ -471,7 +468,7 @@ class CounterfactualModule(GenerativeModule):
         for i in others:
             case = self.bank_x[i].float().cpu().numpy()
             try:
-                cf = self.sampler.counterfactual(case[0], case[1].round().astype(np.int64), self.rare_index, rng, self.device)
+                cf = self.g_ema.counterfactual(case[0], case[1].round().astype(np.int64), self.rare_index, rng, self.device)
             except ValueError:
                 continue
             out.append({"source": case[0], **cf})

@@ -48,6 +48,7 @@ class Encoder(nn.Module):
 
 class CVAEModule(PrivateTraining, GenerativeModule):
     name = "cvae"
+    sampler_network = "decoder"
     dp_networks: tuple[str, ...] = ("encoder", "decoder")
     dp_covers = ("the exported weights; not the logged losses, the diversity monitor or other values computed on training "
                  "cases without noise (train.json, DVCLive): keep those inside")
@@ -67,10 +68,6 @@ class CVAEModule(PrivateTraining, GenerativeModule):
                                    latent_prior=cfg.latent_prior == "fitted")
         if cfg.dp is not None:  # DP-SGD steps (models/dp.py): per-case gradients, clipped and noised, one manual step each
             self.init_dp()
-
-    @property
-    def sampler(self) -> Sampler:
-        return self.decoder
 
     @classmethod
     def build_sampler(cls, config: dict, data_info: dict) -> Sampler:
