@@ -149,10 +149,10 @@ def attack_report(s_mem: np.ndarray, s_non: np.ndarray, seed: int, n_boot: int) 
 
 
 def _auc_with_ci(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int) -> dict:
-    rng = np.random.default_rng(seed)
+    """AUC of ``a`` over ``b`` with its bootstrap interval (both sets resampled)."""
     point = _auc(a, np.sort(b))
-    boot = np.array([_auc(a[rng.integers(0, len(a), len(a))], np.sort(b[rng.integers(0, len(b), len(b))])) for _ in range(n_boot)])
-    return {"auc": point, "auc_ci": percentile_interval(boot, point)}
+    ci = bootstrap_ci(lambda r: _auc(a[r.integers(0, len(a), len(a))], np.sort(b[r.integers(0, len(b), len(b))])), n_boot, seed, point=point)
+    return {"auc": point, "auc_ci": list(ci)}
 
 
 def control_report(s_mem: np.ndarray, s_non: np.ndarray, s_ctrl: np.ndarray | None, seed: int, n_boot: int, reason: str | None = None) -> dict:
