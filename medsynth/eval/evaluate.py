@@ -115,7 +115,7 @@ class RealReference:
     info: PreprocessInfo
     n_labels: int
     rare_index: int
-    banks: dict[str, TensorBank]  # REAL_SPLITS
+    banks: dict[str, TensorBank]  # REAL_SPLITS, and val when the cohort has val cases
     features: dict[str, np.ndarray]  # split -> weight-free features
     train_images: np.ndarray  # (N, D, H, W) float32
     train_masks: np.ndarray
@@ -202,17 +202,20 @@ def load_real_reference(job: EvalJob) -> RealReference:
     info = read_preprocess_info(job.preprocess_dir)
     n_labels = max(1, int(info["n_mask_labels"]))
     banks = {s: load_bank(job.preprocess_dir, (s,), info) for s in REAL_SPLITS}
+    val = _optional_bank(job.preprocess_dir, "val", info)
+    if val is not None:  # the utility arms' model selection, the condition classifier and the membership attacks' control
+        banks["val"] = val
     split_keys = {s: [info["transform_hash"], *(r["case_id"] for r in b.rows)] for s, b in banks.items()}
     features = {s: cached_features(job.cache_dir, f"weightfree-{s}", ["weightfree-v1", str(n_labels), *split_keys[s]],
                                    partial(_weightfree_features, b, n_labels))
                 for s, b in banks.items()}
     train_images = banks["train"].x[:, 0].float().numpy()
     train_masks = banks["train"].x[:, 1].float().numpy()
-    learned = load_learned_features(job, banks, split_keys)
+    learned = load_learned_features(job, {s: banks[s] for s in REAL_SPLITS}, split_keys)
     conditions = info["conditions"]
     rare_index = conditions.index(job.rare_condition) if job.rare_condition in conditions else len(conditions) - 1
     train, holdout = banks["train"], banks["holdout"]
-    control = _control_cases(job, info, n_labels, banks["test"], features["test"])
+    control = _control_cases(banks, features)
     priv = privacy_reference(train.x.float().numpy(), train.y.numpy(), holdout.x.float().numpy(), holdout.y.numpy(), features["train"],
                              features["holdout"], rare_index,
                              reference_features=features["test"],  # the density-ratio attack's population: neither members nor non-members
@@ -234,13 +237,18 @@ class ControlCases:
     in_density_reference: np.ndarray
 
 
-def _control_cases(job: EvalJob, info: PreprocessInfo, n_labels: int, test: TensorBank, test_features: np.ndarray) -> ControlCases:
-    val = load_bank(job.preprocess_dir, ("val",), info)
-    key = ["weightfree-v1", str(n_labels), info["transform_hash"], *(r["case_id"] for r in val.rows)]
-    val_features = (cached_features(job.cache_dir, "weightfree-val", key, partial(_weightfree_features, val, n_labels)) if len(val.y)
-                    else np.zeros((0, test_features.shape[1])))
-    return ControlCases(torch.cat([val.x, test.x]), torch.cat([val.y, test.y]), np.concatenate([val_features, test_features]),
-                        np.r_[np.zeros(len(val.y), bool), np.ones(len(test.y), bool)])
+def _control_cases(banks: dict[str, TensorBank], features: dict[str, np.ndarray]) -> ControlCases:
+    splits = [s for s in ("val", "test") if s in banks]
+    return ControlCases(torch.cat([banks[s].x for s in splits]), torch.cat([banks[s].y for s in splits]),
+                        np.concatenate([features[s] for s in splits]), np.concatenate([np.full(len(banks[s].y), s == "test") for s in splits]))
+
+
+def _optional_bank(preprocess_dir: Path, split: str, info: PreprocessInfo) -> TensorBank | None:
+    """A split's cases, or None for a split without cases."""
+    try:
+        return load_bank(preprocess_dir, (split,), info)
+    except ValueError:
+        return None
 
 
 def _weightfree_features(bank: TensorBank, n_labels: int) -> np.ndarray:
@@ -287,14 +295,7 @@ def conditional_reference(job: EvalJob, ref: RealReference) -> ConditionalRefere
     if ref.conditional is not None:
         return ref.conditional
     parts = [("train", ref.banks["train"])]
-    for s in ("val", "test", "holdout"):
-        if s in ref.banks:
-            parts.append((s, ref.banks[s]))
-            continue
-        try:
-            parts.append((s, load_bank(job.preprocess_dir, (s,), ref.info)))
-        except ValueError:  # a split without cases
-            pass
+    parts += [(s, ref.banks[s]) for s in ("val", "test", "holdout") if s in ref.banks]
     x = np.concatenate([b.x.numpy() for _, b in parts])  # float16 as cached: labels and [-1, 1] images are exact enough
     y = np.concatenate([b.y.numpy() for _, b in parts])
     is_train = np.concatenate([np.full(len(b.y), s == "train") for s, b in parts])
@@ -401,21 +402,17 @@ def measure_utility(job: EvalJob, ref: RealReference, syn: SyntheticSet, shared_
     """The utility arms of the synthetic set (or why they were not measured)."""
     if not job.cfg.utility.enabled:
         return {"measured": False, "reason": "evaluate.utility.enabled is false"}
-    return _utility(syn.model, job.preprocess_dir, ref.info, ref.banks, (syn.images, syn.masks, syn.y), ref.n_labels, ref.rare_index, job.cfg,
+    return _utility(syn.model, ref.info, ref.banks, (syn.images, syn.masks, syn.y), ref.n_labels, ref.rare_index, job.cfg,
                     job.seed, shared_arms, "counterfactual" if syn.counterfactual else "synthetic")
 
 
-def _utility(model: str, preprocess_dir: Path, info: PreprocessInfo, banks: dict[str, TensorBank], synthetic: tuple, n_labels: int,
+def _utility(model: str, info: PreprocessInfo, banks: dict[str, TensorBank], synthetic: tuple, n_labels: int,
              rare_index: int, cfg: EvalConfig, seed: int, shared_arms: dict | None = None, kind: str = "synthetic") -> dict:
     """Utility arms of one model's synthetic set, model selection on the real val split (without one,
     the utility functions hold back part of the train split and say so), and its one-sentence answer."""
     train = (banks["train"].x.float().numpy(), banks["train"].y.numpy())
     test = (banks["test"].x.float().numpy(), banks["test"].y.numpy())
-    try:
-        vb = load_bank(preprocess_dir, ("val",), info)
-        val = (vb.x.float().numpy(), vb.y.numpy())
-    except ValueError:  # no case in the val split
-        val = None
+    val = (banks["val"].x.float().numpy(), banks["val"].y.numpy()) if "val" in banks else None  # no case in the val split: None
     if info["modality"] != "SEG" and int(info["n_mask_labels"]) > 0:
         util = segmentation_utility(train, test, synthetic, n_labels, rare_index, cfg.utility, seed, shared_arms, val)
     else:

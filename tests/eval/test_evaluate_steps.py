@@ -101,3 +101,28 @@ def test_a_label_drawn_where_the_condition_is_defined_by_its_absence_fails():
     assert check["text"] == "9 of 10 contain lesion, real rare cases 1 of 8; drawn where real rare cases lack it, and the condition is defined by its absence"
     near = _presence_check("2", _label(0.58, 0.1, 1.0), None, "rare", 10, 8, cfg)  # a gap of 0.48: within 0.5 but inside the warn margin
     assert near["state"] == "warn" and near["text"].endswith("drawn more often than in real rare cases")
+
+
+def test_a_cohort_without_val_cases_takes_its_control_from_the_test_split(job, tmp_path):
+    """The val split is optional (the utility arms then hold back train cases): the real reference still
+    builds, and the membership attacks' control is the test split alone, all of it in the density ratio's
+    reference population."""
+    import csv
+    import shutil
+
+    pre = tmp_path / "preprocess"
+    shutil.copytree(job.preprocess_dir, pre)
+    rows = list(csv.DictReader((pre / "manifest.csv").open()))
+    n_val = sum(r["split"] == "val" for r in rows)
+    assert n_val > 0
+    for r in rows:
+        r["split"] = "train" if r["split"] == "val" else r["split"]
+    with (pre / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    ref = load_real_reference(EvalJob(**{**job.__dict__, "preprocess_dir": pre, "cache_dir": tmp_path / "features"}))
+    n_test = sum(r["split"] == "test" for r in rows)
+    assert "val" not in ref.banks and ref.control is not None
+    assert len(ref.control.y) == n_test and ref.control.in_density_reference.all()
+    assert ref.privacy.control_features is not None and len(ref.privacy.control_features) == n_test
