@@ -344,9 +344,9 @@ def adrenal_32(tmp_path_factory):
 
 
 def test_cvae_uses_its_latent_at_the_default_kl_weight(adrenal_32, tmp_path):
-    """Posterior collapse regression (found on AdrenalMNIST3D at 32^3): with the KL weighted per case, the
-    encoder gave the prior and every sample looked alike. Per voxel (the default), prior samples are as
-    diverse as real cases; the old effective weight (1e-3 x 32^3 voxels) collapses within 60 steps."""
+    """Posterior collapse (AdrenalMNIST3D at 32^3): with the KL weighted per case the encoder gives the
+    prior and every sample looks alike. Per voxel (the default), prior samples are as
+    diverse as real cases; the per-case weighting (an effective 1e-3 x 32^3 per voxel) collapses within 60 steps."""
     from medsynth.models.training import train_model
 
     p = Params()
@@ -354,7 +354,7 @@ def test_cvae_uses_its_latent_at_the_default_kl_weight(adrenal_32, tmp_path):
     def diversity(kl_weight):
         # the standard prior: this is about the KL weighting (a 60-step encoder barely separates the cases yet,
         # so the fitted prior would draw near-copies of its few codes either way)
-        # and lr 1e-3 (the default when this was found), at which the old weight collapses within 60 steps
+        # and lr 1e-3, at which the per-case weight collapses within 60 steps
         cfg = {**p.train.cvae.model_dump(), "steps": 60, "batch_size": 8, "base_channels": 4, "kl_weight": kl_weight,
                "latent_prior": "standard", "lr": 1e-3}
         return train_model("cvae", cfg, p.train.model_copy(update={"checkpoint_every": 1000}), adrenal_32,
@@ -430,7 +430,7 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(preprocessed, tmp_path):
     assert "lr_g" in s["fresh_start"] and s["steps"] == 6
     _train("cgan", preprocessed, tmp_path / "fresh", 6, extra={"lr_g": 1e-4})
     a, b = _weights(cut / "model.pt"), _weights(tmp_path / "fresh" / "model.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a), "the fresh start equals a run that never saw the old checkpoint"
+    assert all(torch.equal(a[k], b[k]) for k in a), "the fresh start equals a run that never saw the other settings' checkpoint"
     blob = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)  # another version of the network
     blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if "head" not in k}
     torch.save(blob, cut / "checkpoints" / "last.ckpt")
@@ -461,8 +461,8 @@ def test_vaegan_prior_adversarial_shows_prior_samples_to_the_discriminator(prepr
 
 def test_cvae_encoder_log_variance_is_bounded_but_never_stuck():
     """A log-variance that overshoots (e.g. before the KL weight has annealed in) must still feel the KL
-    gradient: the old hard clamp at +-10 left such latent dimensions at sigma = e^5 for good, which on
-    AdrenalMNIST3D held the KL at 22,000 nats while the decoder ignored the latent."""
+    gradient: a hard clamp at +-10 leaves such latent dimensions at sigma = e^5 for good, which on
+    AdrenalMNIST3D holds the KL at 22,000 nats while the decoder ignores the latent."""
     from medsynth.models.cvae import Encoder
 
     enc = Encoder(3, 2, latent=4, base=4, size=16)
