@@ -44,10 +44,8 @@ def _private_bytes(ds: Dataset | FastHeader, group: int, creator: str, offset: i
     """A private element found through its private creator (any block): the fast reader's raw bytes, or
     pydicom's value (bytes when read without a VR, else numbers); None when absent."""
     if isinstance(ds, FastHeader):
-        for (g, c), wanted in _FAST_PRIVATE.items():
-            if g == group and c == creator.encode() and offset in wanted:
-                return ds.private.get(wanted[offset])
-        return None
+        name = _FAST_PRIVATE.get((group, creator.encode()), {}).get(offset)
+        return None if name is None else ds.private.get(name)
     for block in range(0x10, 0x100):
         elem = ds.get((group, block))
         if elem is None or str(elem.value).strip().upper() != creator:
