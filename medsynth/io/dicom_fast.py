@@ -9,11 +9,12 @@ raw values of the attributes conversion reads (:data:`TAGS`, and the vendor priv
 trigger) and where the pixel data lie.
 An enhanced multi-frame object (explicit VR) keeps its shared and per-frame functional groups whole,
 as :class:`FastItem` trees that answer the way pydicom's items do.
-It returns None for every other file (compressed, big endian or deflated transfer syntax, no preamble,
-UIH grid, colour, SEG, a character set other than the default, Latin-1 or UTF-8, truncated, a layout it
-cannot walk); those are read by pydicom, which also names what is wrong with a broken file. The header
-alone of a compressed or explicit big-endian file (:func:`read_fast_header`, ``header_only``)
-classifies it without pydicom; its pixel data are pydicom's.
+A compressed or explicit big-endian file (:func:`read_fast_header`) has its header read here too; its
+pixel data are decoded without pydicom when it is a single-frame grey-level image
+(:mod:`medsynth.io.dicom.compressed`), else by pydicom (``header_only``).
+Every other file gives None (deflated transfer syntax, no preamble, UIH grid, colour, SEG, a character
+set other than the default, Latin-1 or UTF-8, truncated, a layout it cannot walk); those are read by
+pydicom, which also names what is wrong with a broken file.
 Values are decoded as pydicom decodes them (tests/io/test_dicom_fast.py).
 """
 
@@ -221,13 +222,15 @@ class FastItem:
 
 @dataclass
 class FastHeader:
-    """The attributes of one uncompressed little-endian image file, decoded on use.
+    """The attributes of one image file, decoded on use.
 
     ``get(keyword, default)`` answers as a pydicom Dataset does for the keywords in :data:`TAGS`
     (numbers for IS/DS/US/FD, a list for several values, stripped text otherwise) and for the two
     functional-group sequences of an enhanced object (lists of :class:`FastItem`), and raises KeyError
-    for any other keyword. ``header_only``: the pixel data are pydicom's to decode (compressed, or big
-    endian: binary values are kept little endian all the same)."""
+    for any other keyword. ``pixel_array()`` reads uncompressed little-endian pixel data here and a
+    compressed or big-endian single-frame grey-level image through :mod:`medsynth.io.dicom.compressed`
+    (binary values of a big-endian file are kept little endian all the same). ``header_only``: the pixel
+    data are pydicom's to decode."""
 
     path: Path
     raw: dict[int, bytes]
@@ -236,6 +239,7 @@ class FastHeader:
     private: dict[str, bytes] = field(default_factory=dict)  # the PRIVATE elements found, raw
     frame_groups: dict[int, list[dict]] = field(default_factory=dict)  # FRAME_GROUPS tag -> items' elements
     header_only: bool = False
+    transfer_syntax: str = ""
     _decoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, keyword: str, default=None):
@@ -284,8 +288,12 @@ class FastHeader:
     def pixel_array(self) -> np.ndarray:
         """The stored values (Rows x Columns, or frames x Rows x Columns), bits above BitsStored masked or
         sign-extended."""
-        if self.pixel_offset < 0:
-            raise ValueError(f"{self.path}: compressed pixel data: the fast reader read the header only")
+        if self.header_only:
+            raise ValueError(f"{self.path}: pixel data only pydicom decodes: the fast reader read the header only")
+        if self.transfer_syntax not in (IMPLICIT_LE, EXPLICIT_LE):
+            from medsynth.io.dicom.compressed import decode
+
+            return decode(self)
         with open(self.path, "rb") as fh:
             fh.seek(self.pixel_offset)
             raw = fh.read(self.pixel_length)
@@ -484,8 +492,9 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader, head
                     return
         tag = (group << 16) | elem
         if length == UNDEFINED:
-            if tag == PIXEL_DATA and header_only and not big:  # encapsulated (compressed) pixel data
+            if tag == PIXEL_DATA and header_only and not big:  # encapsulated (compressed) pixel data: its items start here
                 header.header_only = True
+                header.pixel_offset, header.pixel_length = pos, -1
                 return
             if tag in FRAME_GROUPS and explicit and vr == b"SQ" and not header_only:
                 header.frame_groups[tag], pos = _parse_sequence(data, pos, length)
@@ -507,10 +516,8 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader, head
             if tag == PIXEL_DATA:
                 if (header_only and not big) or pos + length > end:
                     raise _NotFast  # compressed data of a defined length, or truncated pixel data
-                if big:
-                    header.header_only = True
-                else:
-                    header.pixel_offset, header.pixel_length = pos, length
+                header.header_only = big
+                header.pixel_offset, header.pixel_length = pos, length
                 return
             if tag in FRAME_GROUPS and not header_only:
                 if not explicit or vr != b"SQ":
@@ -600,9 +607,10 @@ def is_not_dicom(path: Path) -> bool:
 
 def read_fast_header(path: Path) -> FastHeader | None:
     """The header of an image file with the preamble: an uncompressed little-endian grey-level file with
-    its pixel data complete (:func:`read_image_header`), or the header alone of a compressed or explicit
-    big-endian one (``header_only``: enough to classify it; its pixel data are pydicom's). None for
-    anything else."""
+    its pixel data complete (:func:`read_image_header`), or the header of a compressed or explicit
+    big-endian one: its pixel data decoded without pydicom where
+    :func:`medsynth.io.dicom.compressed.natively_decodable` says so, else ``header_only`` (enough to
+    classify it; its pixel data are pydicom's). None for anything else."""
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -616,6 +624,7 @@ def read_fast_header(path: Path) -> FastHeader | None:
     header = FastHeader(path, {}, -1, 0)
     try:
         ts, pos = _meta(data)
+        header.transfer_syntax = ts
         big = ts == EXPLICIT_BE
         header_only = big or is_encapsulated_syntax(ts)
         if ts not in (IMPLICIT_LE, EXPLICIT_LE) and not header_only:
@@ -626,7 +635,12 @@ def read_fast_header(path: Path) -> FastHeader | None:
     if big:
         _to_little_endian(header.raw)
     if header.header_only:
-        return header if _classifiable(header) else None
+        if not _classifiable(header):
+            return None
+        from medsynth.io.dicom.compressed import natively_decodable
+
+        header.header_only = not natively_decodable(header)
+        return header
     return header if _fast_image(header) else None
 
 
@@ -635,7 +649,7 @@ def read_image_header(path: Path) -> FastHeader | None:
     enhanced multi-frame object with its functional groups) with its pixel data complete; None when
     the file is anything else (pydicom reads those)."""
     header = read_fast_header(path)
-    return None if header is None or header.header_only else header
+    return header if header is not None and header.transfer_syntax in (IMPLICIT_LE, EXPLICIT_LE) else None
 
 
 def _to_little_endian(raw: dict[int, bytes]) -> None:

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from medsynth.io.dicom import discover_files, ge_diffusion, philips_diffusion, raw_little_endian_pixels, stack_key
-from medsynth.io.dicom_fast import ITEM_TAGS, TAGS, is_not_dicom, read_fast_header, read_image_header
+from medsynth.io.dicom_fast import EXPLICIT_LE, IMPLICIT_LE, ITEM_TAGS, TAGS, is_not_dicom, read_fast_header, read_image_header
 from tests.conftest import SHARED
 
 
@@ -223,21 +223,27 @@ def test_the_shared_enhanced_objects_are_read_fast():
 
 @pytest.mark.parametrize("root", _corpora(), ids=lambda p: p.name)
 def test_a_compressed_or_big_endian_file_is_classified_from_its_header_alone(root):
-    """Its header's attributes are pydicom's, the scan gives it the kind and series key pydicom's scan
-    gives, and its pixels are left to pydicom (no header for the series)."""
+    """Its header's attributes are pydicom's and the scan gives it the kind and series key pydicom's scan
+    gives; a single-frame grey-level one keeps its header for the series (its pixels are decoded without
+    pydicom: tests/io/test_compressed_pixels.py), any other is left to pydicom (no header)."""
+    from medsynth.io.dicom.compressed import natively_decodable
     from medsynth.io.dicom.series import _classify_with_pydicom, _classify_without_pydicom
 
-    header_only = [(p, h) for p in _dicom_files(root) if (h := read_fast_header(p)) is not None and h.header_only]
-    if not header_only:
+    encoded = [(p, h) for p in _dicom_files(root) if (h := read_fast_header(p)) is not None and h.transfer_syntax not in (IMPLICIT_LE, EXPLICIT_LE)]
+    if not encoded:
         pytest.skip(f"{root.name}: no compressed or big-endian file")
-    big_endian = 0
-    for path, header in header_only:
+    big_endian = native = 0
+    for path, header in encoded:
         full = pydicom.dcmread(path, stop_before_pixels=True)
         big_endian += str(full.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.2"
         for keyword in TAGS:
             assert _as_plain(header.get(keyword)) == _as_plain(full.get(keyword)), (path.name, keyword)
         assert read_image_header(path) is None
         kind, key, series_header = _classify_without_pydicom(path)
-        assert (kind, key) == _classify_with_pydicom(path)[:2] and series_header is None, path.name
+        assert (kind, key) == _classify_with_pydicom(path)[:2], path.name
+        assert header.header_only is not natively_decodable(header)
+        assert (series_header is not None) is (not header.header_only), path.name
+        native += not header.header_only
     if root == SHARED / "dicom":
-        assert len(header_only) >= 7 and big_endian >= 1  # dcm_qa_ts: RLE, JPEG, JPEG-LS, JPEG 2000, explicit big endian
+        assert len(encoded) >= 7 and big_endian >= 1  # dcm_qa_ts: RLE, JPEG, JPEG-LS, JPEG 2000, explicit big endian
+        assert native == len(encoded)  # all single-frame MONOCHROME2

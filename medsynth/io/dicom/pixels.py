@@ -1,4 +1,5 @@
-"""Pixel data: decoding (uncompressed little endian straight from the bytes, anything else through
+"""Pixel data: decoding (uncompressed little endian straight from the bytes, a compressed or big-endian
+grey-level image through its codec plugin (:mod:`medsynth.io.dicom.compressed`), anything else through
 pydicom), frames of a multi-frame object decoded once, and the checks on rescaling (finite slope and
 intercept, no NaN / Inf in a volume)."""
 
@@ -65,10 +66,15 @@ def decode_pixels(path: Path, ds: Dataset | FastHeader | None = None) -> np.ndar
     """Decode a file's pixel data (from ``ds`` when it was read with its pixels already, or through the
     fast reader's header); any failure becomes a SeriesError with the reason."""
     if isinstance(ds, FastHeader):
+        if ds.transfer_syntax in _RAW_LITTLE_ENDIAN:
+            try:
+                return ds.pixel_array()
+            except (OSError, ValueError) as exc:
+                raise SeriesError(f"pixel data cannot be read: {error_text(exc)}") from None
         try:
-            return ds.pixel_array()
-        except (OSError, ValueError) as exc:
-            raise SeriesError(f"pixel data cannot be read: {error_text(exc)}") from None
+            return ds.pixel_array()  # compressed or big endian, decoded without pydicom
+        except Exception:  # noqa: BLE001 -- pydicom reads the file again and names what is wrong
+            ds = None
     import pydicom
 
     try:
