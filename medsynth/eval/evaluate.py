@@ -55,9 +55,10 @@ class GateFailure(RuntimeError):
     pass
 
 
-LEARNED_PRIVACY_KEYS = ("membership_auc_blackbox", "membership_auc_blackbox_ci", "dcr_share", "dcr_share_ci",
+LEARNED_PRIVACY_KEYS = ("membership_auc_blackbox", "membership_auc_blackbox_ci", "dcr_share", "dcr_share_ci", "dcr_share_control",
                         "authenticity", "nndr_mean", "dcr_synthetic_to_train", "dcr_holdout_to_train")
 REAL_SPLITS = ("train", "test", "holdout")  # train: the generators' members; test: fidelity's baseline; holdout: privacy's non-members
+CONTROL_SPLITS = ("val", "test")  # the privacy audit's control: real patients no generator trained on, other than the non-members
 NO_ENCODER = {"measured": False, "reason": "no encoder (run the encoder stage or set evaluate.encoder.weights)"}
 
 
@@ -91,7 +92,7 @@ class LearnedFeatures:
     encoder: nn.Module
     image_only: bool
     scale: Callable[[np.ndarray], np.ndarray]
-    real: dict[str, np.ndarray]  # split -> (N, F)
+    real: dict[str, np.ndarray]  # split -> (N, F): REAL_SPLITS, and val when the cohort has val cases
     source: str  # what fidelity.json names as the encoder
 
     def of(self, cases: np.ndarray) -> np.ndarray:
@@ -123,7 +124,7 @@ class RealReference:
     privacy: PrivacyReference
     ms_ssim_real: float | None
     conditional: ConditionalReference | None = None  # built on first use (conditional_reference)
-    control: ControlCases | None = None  # the membership attacks' control cases (val, test)
+    control: ControlCases | None = None  # the privacy audit's control cases (val, test)
 
     @property
     def conditions(self) -> list[str]:
@@ -203,7 +204,7 @@ def load_real_reference(job: EvalJob) -> RealReference:
     n_labels = max(1, int(info["n_mask_labels"]))
     banks = {s: load_bank(job.preprocess_dir, (s,), info) for s in REAL_SPLITS}
     val = _optional_bank(job.preprocess_dir, "val", info)
-    if val is not None:  # the utility arms' model selection, the condition classifier and the membership attacks' control
+    if val is not None:  # the utility arms' model selection, the condition classifier and the privacy audit's control
         banks["val"] = val
     split_keys = {s: [info["transform_hash"], *(r["case_id"] for r in b.rows)] for s, b in banks.items()}
     features = {s: cached_features(job.cache_dir, f"weightfree-{s}", ["weightfree-v1", str(n_labels), *split_keys[s]],
@@ -211,7 +212,7 @@ def load_real_reference(job: EvalJob) -> RealReference:
                 for s, b in banks.items()}
     train_images = banks["train"].x[:, 0].float().numpy()
     train_masks = banks["train"].x[:, 1].float().numpy()
-    learned = load_learned_features(job, {s: banks[s] for s in REAL_SPLITS}, split_keys)
+    learned = load_learned_features(job, banks, split_keys)  # val too: part of the DCR share's control
     conditions = info["conditions"]
     rare_index = conditions.index(job.rare_condition) if job.rare_condition in conditions else len(conditions) - 1
     train, holdout = banks["train"], banks["holdout"]
@@ -227,8 +228,8 @@ def load_real_reference(job: EvalJob) -> RealReference:
 
 @dataclass(frozen=True)
 class ControlCases:
-    """The membership attacks' control (privacy.control_report): real patients no generator trained on and
-    the audit does not use as non-members, the val split then the test split. ``in_density_reference``:
+    """The privacy audit's control (privacy.control_report, privacy.dcr_share_control): real patients no
+    generator trained on and the audit does not use as non-members, the val split then the test split. ``in_density_reference``:
     the case is in the density-ratio attack's reference population (the test split)."""
 
     x: torch.Tensor
@@ -238,7 +239,7 @@ class ControlCases:
 
 
 def _control_cases(banks: dict[str, TensorBank], features: dict[str, np.ndarray]) -> ControlCases:
-    splits = [s for s in ("val", "test") if s in banks]
+    splits = [s for s in CONTROL_SPLITS if s in banks]
     return ControlCases(torch.cat([banks[s].x for s in splits]), torch.cat([banks[s].y for s in splits]),
                         np.concatenate([features[s] for s in splits]), np.concatenate([np.full(len(banks[s].y), s == "test") for s in splits]))
 
@@ -433,7 +434,9 @@ def measure_privacy(job: EvalJob, ref: RealReference, syn: SyntheticSet, seed: i
     priv = audit_privacy(ref.privacy, np.stack([syn.images, syn.masks.astype(np.float32)], 1), syn.features, syn.y, cfg.audience,
                          cfg.copy_distance_factor, seed, cfg.bootstrap, whitebox)
     if ref.learned is not None and syn.learned is not None:  # second opinion: the same distance tests in the encoder's feature space
-        lp = privacy_metrics(syn.learned, ref.learned.real["train"], ref.learned.real["holdout"], seed, max(20, cfg.bootstrap // 4))
+        real = ref.learned.real
+        ctrl = [real[s] for s in CONTROL_SPLITS if s in real]  # the control cases of the weight-free audit, in the encoder's space
+        lp = privacy_metrics(syn.learned, real["train"], real["holdout"], seed, max(20, cfg.bootstrap // 4), np.concatenate(ctrl) if ctrl else None)
         priv["learned"] = {key: lp[key] for key in LEARNED_PRIVACY_KEYS}
     else:
         priv["learned"] = dict(NO_ENCODER)

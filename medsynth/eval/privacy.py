@@ -34,25 +34,59 @@ ALIGNED_MAX_VOXELS = 16384  # per channel, after pooling: a 24x32x24 window stay
 MIN_SUBSET_CASES = 5  # members and non-members each: fewer give AUCs of 0 or 1 by chance and degenerate intervals
 
 
+def closer_share(syn: np.ndarray, a: np.ndarray, b: np.ndarray, rng: np.random.Generator, repeats: int = 50) -> float:
+    """Share of synthetic cases closer to a case of ``a`` than to a case of ``b`` (ties count half).
+
+    Each repeat draws ``a`` and, when it is the larger, ``b`` down to the smaller set's size, so that
+    0.5 is what two sets the synthetic cases are equally near give, whatever their sizes."""
+    n = min(len(a), len(b))
+    d_b = nearest(syn, b)[:, 0] if len(b) == n else None
+    shares = []
+    for _ in range(repeats):
+        d_a = nearest(syn, a[rng.choice(len(a), size=n, replace=False)])[:, 0]
+        d = d_b if d_b is not None else nearest(syn, b[rng.choice(len(b), size=n, replace=False)])[:, 0]
+        shares.append(np.mean((d_a < d) + 0.5 * (d_a == d)))
+    return float(np.mean(shares))
+
+
 def dcr_share(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, rng: np.random.Generator, repeats: int = 50) -> float:
     """Share of synthetic cases closer to a train case than to a holdout case.
 
     Train is subsampled to the holdout's size each repeat, so 0.5 is what "no leakage" gives
-    whatever the split sizes; values near 1 mean synthetic cases hug their training patients.
-    """
-    d_hold = nearest(syn, holdout)[:, 0]
-    shares = []
-    for _ in range(repeats):
-        sub = train[rng.choice(len(train), size=min(len(holdout), len(train)), replace=False)]
-        d_train = nearest(syn, sub)[:, 0]
-        shares.append(np.mean((d_train < d_hold) + 0.5 * (d_train == d_hold)))
-    return float(np.mean(shares))
+    whatever the split sizes; values near 1 mean synthetic cases hug their training patients."""
+    return closer_share(syn, train, holdout, rng, repeats)
 
 
-def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, seed: int, n_boot: int = 200) -> dict:
-    """Distance tests in one feature space (rows are cases): DCR and its share, NNDR, authenticity and
-    the nearest-distance membership attack's AUC."""
-    rng = np.random.default_rng(seed)
+def closer_share_with_ci(syn: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int, n_boot: int) -> dict:
+    """``closer_share`` with its percentile bootstrap interval: the synthetic cases resampled
+    ``max(20, n_boot // 10)`` times, 5 subsampling repeats each."""
+    share = closer_share(syn, a, b, np.random.default_rng(seed))
+    ci = bootstrap_ci(lambda r: closer_share(syn[r.choice(len(syn), len(syn))], a, b, r, repeats=5), max(20, n_boot // 10), seed + 2, point=share)
+    return {"share": share, "share_ci": list(ci)}
+
+
+def dcr_share_control(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, control: np.ndarray | None, seed: int, n_boot: int) -> dict:
+    """The DCR share's baseline, as ``control_report`` is the attacks'. The control cases are real
+    patients the generator never saw and the audit does not use as non-members.
+    ``control_vs_nonmembers``: the share with the control cases in train's place (about 0.5 when the
+    share measures closeness to members; as high as the share itself when the synthetic cases merely
+    lie where the holdout differs from the other patients). ``members_vs_control``: closer to train
+    than to the control cases (about 0.5 unless the synthetic cases sit near members)."""
+    if control is None or len(control) == 0:
+        return {"measured": False, "reason": "no control cases (real cases the generator never saw, other than the non-members)"}
+    control = np.asarray(control)
+    if len(control) < MIN_SUBSET_CASES:
+        return {"measured": False, "n_control": int(len(control)), "reason": f"{len(control)} control cases: at least {MIN_SUBSET_CASES} are needed"}
+    return {"measured": True, "n_control": int(len(control)),
+            "control_vs_nonmembers": closer_share_with_ci(syn, control, holdout, seed + 20, n_boot),
+            "members_vs_control": closer_share_with_ci(syn, train, control, seed + 30, n_boot)}
+
+
+def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, seed: int, n_boot: int = 200,
+                    control: np.ndarray | None = None) -> dict:
+    """Distance tests in one feature space (rows are cases): DCR and its share (with its control,
+    ``dcr_share_control``, from the ``control`` cases), NNDR, authenticity and the nearest-distance
+    membership attack's AUC."""
     d_syn_train = nearest(syn, train, k=2)
     d_hold_train = nearest(holdout, train)[:, 0]
     d_train_train = nearest(train, train, k=1, exclude_self=True)[:, 0]
@@ -65,13 +99,12 @@ def privacy_metrics(syn: np.ndarray, train: np.ndarray, holdout: np.ndarray, see
     s_non = -nearest(holdout, syn)[:, 0]
     auc = roc_auc(s_mem, s_non)
     auc_ci = bootstrap_ci(lambda r: roc_auc(r.choice(s_mem, len(s_mem)), r.choice(s_non, len(s_non))), n_boot, seed + 1, point=auc)
-    share = dcr_share(syn, train, holdout, rng)
-    share_ci = bootstrap_ci(lambda r: dcr_share(syn[r.choice(len(syn), len(syn))], train, holdout, r, repeats=5), max(20, n_boot // 10), seed + 2,
-                            point=share)
+    share = closer_share_with_ci(syn, train, holdout, seed, n_boot)
     fpr, tpr = roc_curve(s_mem, s_non)
     return {
-        "dcr_share": share,
-        "dcr_share_ci": list(share_ci),
+        "dcr_share": share["share"],
+        "dcr_share_ci": share["share_ci"],
+        "dcr_share_control": dcr_share_control(syn, train, holdout, control, seed, n_boot),
         "dcr_synthetic_to_train": {"median": float(np.median(d_syn_train[:, 0])), "p05": float(np.percentile(d_syn_train[:, 0], 5))},
         "dcr_holdout_to_train": {"median": float(np.median(d_hold_train)), "p05": float(np.percentile(d_hold_train, 5))},
         "dcr_values": {"synthetic_to_train": d_syn_train[:, 0].tolist(), "holdout_to_train": d_hold_train.tolist()},
@@ -431,7 +464,7 @@ def audit_privacy(ref: PrivacyReference, syn_x: np.ndarray, syn_features: np.nda
     the model's own score of the train, holdout and control cases in their order in ``ref`` (higher =
     better explained)."""
     syn_y = np.asarray(syn_y)
-    out = privacy_metrics(syn_features, ref.train_features, ref.holdout_features, seed, n_boot)
+    out = privacy_metrics(syn_features, ref.train_features, ref.holdout_features, seed, n_boot, ref.control_features)
     refs = (ref.train_aligned, ref.holdout_aligned) + ((ref.control_aligned,) if ref.control_aligned is not None else ())
     sims, informative = aligned_similarity(syn_x, refs)
     sim_train, sim_hold = sims[0], sims[1]
