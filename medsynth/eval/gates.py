@@ -25,6 +25,14 @@ def upper_gate(name: str, value: float | None, threshold: float, margin: float, 
     return {"gate": name, "area": area, "state": state, "value": value, "threshold": threshold, "rule": "<=", "sentence": sentence}
 
 
+def explained_by_control(value: float, control_vs_nonmembers_ci: list[float], members_vs_control_ci: list[float]) -> bool:
+    """The control rule shared by the membership attacks and the DCR share: ``value`` (members against
+    non-members) is no higher than the control patients against the non-members can be (it lies within,
+    or below, that 95% interval) and members against the control patients can be chance (that interval
+    reaches 0.5)."""
+    return value <= control_vs_nonmembers_ci[1] and members_vs_control_ci[0] <= 0.5
+
+
 def confounded(report: dict) -> bool:
     """Whether an attack's control explains its AUC: the attack does not tell members from non-members
     better than it tells the control patients (never seen by the generator) from the non-members (its
@@ -34,7 +42,19 @@ def confounded(report: dict) -> bool:
     control = report.get("control") or {}
     if not control.get("measured"):
         return False
-    return report["auc"] <= control["control_vs_nonmembers"]["auc_ci"][1] and control["members_vs_control"]["auc_ci"][0] <= 0.5
+    return explained_by_control(report["auc"], control["control_vs_nonmembers"]["auc_ci"], control["members_vs_control"]["auc_ci"])
+
+
+def dcr_share_confounded(privacy: dict) -> bool:
+    """Whether the DCR share's control (privacy.json ``dcr_share_control``) explains it, by the attacks'
+    rule (``explained_by_control``): the synthetic cases are no nearer the members than they are to
+    other patients the generator never saw, relative to the non-members, and no nearer the members than
+    those patients. Then the share measures how the holdout differs from everyone else as seen from
+    the synthetic cases, not closeness to members. Without a measured control or a share: False."""
+    control = privacy.get("dcr_share_control") or {}
+    if not control.get("measured") or privacy.get("dcr_share") is None:
+        return False
+    return explained_by_control(privacy["dcr_share"], control["control_vs_nonmembers"]["share_ci"], control["members_vs_control"]["share_ci"])
 
 
 def _control_sentence(name: str, report: dict) -> str:
@@ -93,10 +113,38 @@ def privacy_gates(model: str, privacy: dict, cfg: GatesConfig) -> list[dict]:
     return [
         membership_gate(model, privacy, "all", cfg),
         membership_gate(model, privacy, "rare_condition", cfg),
-        upper_gate(f"{model}: share closer to training than to unseen patients", privacy["dcr_share"], cfg.dcr_share_max, cfg.warn_margin,
-                   "0.5 means synthetic cases are no closer to training patients than to patients the model never saw.", "privacy"),
+        dcr_share_gate(model, privacy, cfg),
         copies_gate(model, privacy["copy_detection"], cfg),
     ]
+
+
+def _share(s: dict) -> str:
+    return f"{s['share']:.2f} (95% CI {s['share_ci'][0]:.2f}-{s['share_ci'][1]:.2f})"
+
+
+def dcr_share_gate(model: str, privacy: dict, cfg: GatesConfig) -> dict:
+    """The share of synthetic cases closer to a training patient than to an unseen one: fails above
+    ``dcr_share_max``; inconclusive instead when its control explains it (``dcr_share_confounded``)."""
+    share = privacy.get("dcr_share")
+    gate = upper_gate(f"{model}: share closer to training than to unseen patients", share, cfg.dcr_share_max, cfg.warn_margin,
+                      "0.5 means synthetic cases are no closer to training patients than to patients the model never saw.", "privacy")
+    if privacy.get("dcr_share_ci") is not None:
+        gate["ci"] = privacy["dcr_share_ci"]
+    control = privacy.get("dcr_share_control") or {}
+    if control.get("measured"):
+        gate["control"] = {"n_control": control["n_control"], "control_vs_nonmembers": control["control_vs_nonmembers"]["share"],
+                           "members_vs_control": control["members_vs_control"]["share"]}
+    if gate["state"] == "fail" and dcr_share_confounded(privacy):
+        ci = privacy["dcr_share_ci"]
+        gate["state"] = "inconclusive"
+        gate["sentence"] = (
+            f"{share:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}) of the synthetic cases are closer to a training patient than to an unseen "
+            f"one, but about as many are closer to one of {control['n_control']} other patients the generator never saw than to an "
+            f"unseen one ({_share(control['control_vs_nonmembers'])}), and the share closer to a training patient than to one of those "
+            f"is {_share(control['members_vs_control'])}, reaching chance: the synthetic cases lie where the holdout differs from the "
+            "other patients, not near the members. Inconclusive, not a pass: a second holdout (another split seed) or more patients "
+            "can settle it.")
+    return gate
 
 
 def copies_gate(model: str, det: dict, cfg: GatesConfig) -> dict:

@@ -14,14 +14,15 @@ import pytest
 
 from medsynth.config import Params
 from medsynth.eval.features import volume_features
-from medsynth.eval.gates import copies_gate, privacy_gates
-from medsynth.eval.privacy import attack_report, audit_privacy, privacy_reference
+from medsynth.eval.gates import copies_gate, dcr_share_confounded, dcr_share_gate, privacy_gates
+from medsynth.eval.privacy import attack_report, audit_privacy, closer_share, privacy_metrics, privacy_reference
 from tests.fixtures.hippocampus import load_hippocampus
 
 CONDITIONS = ("typical", "small")
 RARE = 1
 N_LABELS = 2
 CFG = Params().evaluate
+DCR_GATE = "share closer to training than to unseen patients"
 
 
 def load_cohort(seed: int = 0) -> dict:
@@ -131,6 +132,8 @@ def test_unseen_real_patients_pass_every_privacy_gate(cohort):
     assert all(state == "pass" for state in gates.values()), gates
     for attack in priv["attacks"].values():  # each attack's control: the control patients look like non-members
         assert attack["all"]["control"]["measured"] and attack["all"]["control"]["control_vs_nonmembers"]["auc"] < CFG.gates.mia_auc_max
+    dcr = priv["dcr_share_control"]  # the DCR share's control: both shares' intervals hold 0.5
+    assert dcr["measured"] and all(dcr[k]["share_ci"][0] < 0.5 < dcr[k]["share_ci"][1] for k in ("control_vs_nonmembers", "members_vs_control"))
     # the copy threshold keeps its margin: no unseen patient comes near it
     closest = priv["copy_detection"]["closest_pairs"][0]["ratio_to_real_min"]
     assert closest > 1.5 * CFG.copy_distance_factor
@@ -208,15 +211,28 @@ def test_the_density_ratio_attack_finds_memorised_members_and_not_unseen_patient
     assert "density_ratio" in audit(cohort, ux[control], uy[control])[0]["attacks_not_run"]  # no reference: not run, and said
 
 
+def away_from_holdout(cohort: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The train and control patients (the 175 that are not the holdout) and their mean image less the holdout's."""
+    rest = np.concatenate([cohort["train"][0], cohort["control"][0]])
+    return rest, rest[:, 0].mean(0) - cohort["holdout"][0][:, 0].mean(0)
+
+
 def odd_generator(cohort: dict, push: float, n: int = 32) -> np.ndarray:
     """Structureless "synthetic" cases (the mean image of 175 patients, one label map) pushed away from
     the holdout's mean image: samples that single out no member, placed where, as seen from them, the
     holdout differs from every other patient (as the samples of a generator trained with strong DP noise
     can happen to lie)."""
-    rest = np.concatenate([cohort["train"][0], cohort["control"][0]])
-    away = rest[:, 0].mean(0) - cohort["holdout"][0][:, 0].mean(0)
+    rest, away = away_from_holdout(cohort)
     img = np.clip(rest[:, 0].mean(0) + push * away + np.random.default_rng(0).normal(0, 0.02, (n, *away.shape)), -1, 1)
     return np.stack([img, np.repeat(np.median(rest[:, 1], 0)[None], n, 0).round()], 1).astype(np.float32)
+
+
+def pushed_unseen(cohort: dict, push: float) -> np.ndarray:
+    """The 33 unseen patients, each image pushed away from the holdout's mean image as ``odd_generator``'s
+    are: distinct cases that single out no member, each placed where the holdout differs from the others."""
+    out = cohort["unseen"][0].copy()
+    out[:, 0] = np.clip(out[:, 0] + push * away_from_holdout(cohort)[1], -1, 1)
+    return out
 
 
 def test_an_attack_its_control_explains_is_inconclusive_and_a_leak_beside_it_is_not(cohort):
@@ -253,3 +269,93 @@ def test_confounded_needs_both_halves_of_the_control():
     assert not confounded(report(0.61, [0.48, 0.69], [0.52, 0.70]))  # members stand out from the control patients too
     assert not confounded(report(0.68, [0.40, 0.60], [0.46, 0.62]))  # the attack beats its control: the control looks like non-members
     assert not confounded({"auc": 0.65, "control": {"measured": False, "reason": "none"}})
+
+
+def test_copied_members_fail_the_dcr_share_gate_and_its_control_says_why(cohort):
+    """60 training patients with faint noise: the synthetic cases are closer to training patients than to
+    the unseen ones and than to the control patients, while the control patients are no closer to them
+    than the unseen ones are: not a group difference, so the DCR share gate fails."""
+    x, y = cohort["train"]
+    priv, gates = audit(cohort, disguise("noise", 0.05, x[:60], x[:60], np.random.default_rng(1)), y[:60])
+    c = priv["dcr_share_control"]
+    assert priv["dcr_share"] > CFG.gates.dcr_share_max
+    assert c["members_vs_control"]["share_ci"][0] > 0.5  # nearer the members than other patients never seen
+    assert c["control_vs_nonmembers"]["share_ci"][1] < priv["dcr_share"]  # the control patients do not explain the share
+    assert not dcr_share_confounded(priv) and gates[DCR_GATE] == "fail"
+
+
+def test_a_dcr_share_its_control_explains_is_inconclusive_and_a_leak_beside_it_is_not(cohort):
+    """The 33 unseen patients pushed away from the holdout: their DCR share is above the threshold, but as
+    many are closer to a control patient (never seen by anyone) than to a holdout one, and they are no
+    closer to training patients than to control patients: the holdout's difference from the others, so
+    the gate is inconclusive (never a pass), as is the membership gate. With 40 copied members beside
+    them the cases are nearer the members than the control patients, and the gate fails."""
+    thr = CFG.gates.dcr_share_max
+    priv, gates = audit(cohort, pushed_unseen(cohort, 6.0), cohort["unseen"][1])
+    share, c = priv["dcr_share"], priv["dcr_share_control"]
+    assert share > thr and c["measured"] and c["n_control"] == len(cohort["control"][1])
+    cvn, mvc = c["control_vs_nonmembers"], c["members_vs_control"]
+    assert cvn["share"] > thr and cvn["share_ci"][0] <= share <= cvn["share_ci"][1]
+    assert abs(mvc["share"] - 0.5) < 0.1 and mvc["share_ci"][0] < 0.5 < mvc["share_ci"][1]
+    assert gates[DCR_GATE] == "inconclusive" and gates["membership inference AUC, all cases"] == "inconclusive"
+    gate = next(g for g in privacy_gates("m", priv, CFG.gates) if g["gate"] == f"m: {DCR_GATE}")
+    assert gate["value"] == share and gate["ci"] == priv["dcr_share_ci"] and gate["control"]["members_vs_control"] == mvc["share"]
+    assert f"{cvn['share']:.2f} (95% CI {cvn['share_ci'][0]:.2f}-{cvn['share_ci'][1]:.2f})" in gate["sentence"] and "never saw" in gate["sentence"]
+
+    x, y = cohort["train"]
+    copies = disguise("noise", 0.05, x[:40], x[:40], np.random.default_rng(1))
+    priv, gates = audit(cohort, np.concatenate([pushed_unseen(cohort, 6.0), copies]), np.r_[cohort["unseen"][1], y[:40]])
+    assert priv["dcr_share"] > thr and priv["dcr_share_control"]["members_vs_control"]["share_ci"][0] > 0.5
+    assert gates[DCR_GATE] == "fail"
+
+
+def test_the_dcr_share_control_on_hand_built_features():
+    """2-D features: train (100), control (40) and holdout (40) drawn alike, the holdout then moved by
+    2 SD. Novel cases drawn like train are closer to train than to the holdout, and as much closer to
+    the control: inconclusive. Copies of 50 train cases are closer to train than to the control too:
+    fail. Novel cases with the holdout unmoved: pass. With under 5 control cases there is no control
+    and the novel cases fail, as without one."""
+    rng = np.random.default_rng(0)
+    train, control, holdout = rng.normal(0, 1, (100, 2)), rng.normal(0, 1, (40, 2)), rng.normal(0, 1, (40, 2))
+    novel, copies = rng.normal(0, 1, (50, 2)), train[:50] + rng.normal(0, 0.01, (50, 2))
+    moved = holdout + [2.0, 0.0]
+
+    def gate(syn, hold, ctrl=control):
+        p = privacy_metrics(syn, train, hold, 0, 200, ctrl)
+        return p, dcr_share_gate("m", p, CFG.gates)
+
+    p, g = gate(novel, moved)
+    c = p["dcr_share_control"]
+    assert p["dcr_share"] > 0.7 and c["control_vs_nonmembers"]["share"] > 0.7 and c["members_vs_control"]["share_ci"][0] < 0.5
+    assert g["state"] == "inconclusive"
+    p, g = gate(copies, moved)
+    assert p["dcr_share_control"]["members_vs_control"]["share_ci"][0] > 0.6 and g["state"] == "fail"
+    assert gate(novel, holdout)[1]["state"] == "pass"
+    p, g = gate(novel, moved, control[:4])
+    assert p["dcr_share_control"] == {"measured": False, "n_control": 4, "reason": "4 control cases: at least 5 are needed"}
+    assert g["state"] == "fail" and "control" not in g
+    assert privacy_metrics(novel, train, moved, 0, 200)["dcr_share_control"]["measured"] is False
+
+
+def test_closer_share_brings_both_sets_to_a_common_size():
+    """Two sets drawn alike, of 30 and 300 cases: 0.5 either way round (the larger subsampled to 30 each
+    repeat); nearest of all 300 against nearest of 30 would give about 30 / 330."""
+    r = np.random.default_rng(0)
+    syn, a, b = r.normal(0, 1, (200, 2)), r.normal(0, 1, (30, 2)), r.normal(0, 1, (300, 2))
+    assert abs(closer_share(syn, a, b, r) - 0.5) < 0.05 and abs(closer_share(syn, b, a, r) - 0.5) < 0.05
+
+
+def test_dcr_share_confounded_needs_both_halves_of_the_control():
+    def priv(share, cvn_ci, mvc_ci):
+        return {"dcr_share": share, "dcr_share_ci": [share - 0.1, share + 0.1],
+                "dcr_share_control": {"measured": True, "n_control": 33, "control_vs_nonmembers": {"share": sum(cvn_ci) / 2, "share_ci": cvn_ci},
+                                      "members_vs_control": {"share": sum(mvc_ci) / 2, "share_ci": mvc_ci}}}
+    assert dcr_share_confounded(priv(0.75, [0.64, 0.87], [0.31, 0.63]))
+    assert dcr_share_confounded(priv(0.87, [0.64, 0.87], [0.50, 0.63]))  # at the edge of both intervals
+    assert not dcr_share_confounded(priv(0.88, [0.64, 0.87], [0.31, 0.63]))  # nearer members than the control explains
+    assert not dcr_share_confounded(priv(0.75, [0.64, 0.87], [0.51, 0.63]))  # nearer the members than the control patients
+    assert not dcr_share_confounded({"dcr_share": 0.75, "dcr_share_control": {"measured": False, "reason": "none"}})
+    assert not dcr_share_confounded({"dcr_share": None, "dcr_share_control": priv(0.75, [0.64, 0.87], [0.31, 0.63])["dcr_share_control"]})
+    gate = dcr_share_gate("m", priv(0.75, [0.64, 0.87], [0.31, 0.63]), CFG.gates)
+    assert gate["state"] == "inconclusive" and "0.75 (95% CI 0.65-0.85)" in gate["sentence"] and "0.47 (95% CI 0.31-0.63)" in gate["sentence"]
+    assert dcr_share_gate("m", priv(0.5, [0.64, 0.87], [0.31, 0.63]), CFG.gates)["state"] == "pass"  # below the threshold: as without a control
