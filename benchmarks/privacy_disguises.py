@@ -7,8 +7,10 @@ matrix); ``hidden`` -- 10 disguised training patients among 23 real patients the
 only the copy test can see them. Two controls: the unseen patients themselves (must pass), and
 structureless cases placed where the holdout differs from every other patient (a group difference,
 not a leak: the membership gate must say inconclusive, never fail on membership nor pass). Per row: copies found of those planted (and by the image alone, as
-if the label map had been disguised too), unseen patients wrongly flagged, the privacy gates that fail,
-the strongest membership attack's AUC (all cases, rare condition) and the DCR share. Disguises past
+if the label map had been disguised too), unseen patients wrongly flagged, the privacy gates that fail and
+those that are inconclusive (a membership attack or the DCR share that its control explains), the strongest
+membership attack's AUC (all cases, rare condition) and the DCR share with its control (closer to a control
+patient than to an unseen one; closer to training than to a control patient). Disguises past
 the issue's list (rotation, zoom, smoothing) show where the copy test stops. Prints a markdown table and writes ``--out``::
 
     OMP_NUM_THREADS=1 python benchmarks/privacy_disguises.py --out benchmarks/results/privacy-disguises-cpu.json
@@ -75,8 +77,27 @@ def row(cohort: dict, setting: str, kind: str, strength, syn: np.ndarray, syn_y:
         "membership_auc_strongest_all": round(st["all"]["auc"], 3),
         "membership_auc_strongest_rare_condition": round(st["rare_condition"]["auc"], 3) if st["rare_condition"].get("measured") else None,
         "dcr_share": round(priv["dcr_share"], 3),
+        "dcr_share_ci": [round(v, 3) for v in priv["dcr_share_ci"]],
+        "dcr_share_control": _rounded(priv["dcr_share_control"]),
         "seconds": round(time.perf_counter() - t, 2),
     }
+
+
+def _rounded(node):
+    """privacy.json's ``dcr_share_control`` with its shares to 3 decimals."""
+    if isinstance(node, dict):
+        return {k: _rounded(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rounded(v) for v in node]
+    return round(node, 3) if isinstance(node, float) else node
+
+
+def _dcr(r: dict) -> str:
+    """The DCR share, and its control's two shares where the row has them."""
+    c = r.get("dcr_share_control") or {}
+    if not c.get("measured"):
+        return f"{r['dcr_share']:.2f}"
+    return f"{r['dcr_share']:.2f} ({c['control_vs_nonmembers']['share']:.2f}; {c['members_vs_control']['share']:.2f})"
 
 
 def markdown(result: dict) -> str:
@@ -85,7 +106,7 @@ def markdown(result: dict) -> str:
     short = {"membership inference AUC, all cases": "MIA all", "membership inference AUC, rare condition": "MIA rare",
              "share closer to training than to unseen patients": "DCR share", "near-copies of training patients": "copies"}
     out.append("| setting | disguise | strength | copies found / planted | by the image alone | unseen flagged | gates failed | "
-               "gates inconclusive | MIA AUC all / rare | DCR share |")
+               "gates inconclusive | MIA AUC all / rare | DCR share (control: control vs unseen; members vs control) |")
     out.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         failed = ", ".join(short[g] for g in r["privacy_gates_failed"]) or "none"
@@ -94,7 +115,7 @@ def markdown(result: dict) -> str:
         strength = "" if r["strength"] is None else r["strength"]
         out.append(f"| {r['setting']} | {r['disguise']} | {strength} | {r['copies_found']} / {r['planted_copies']} | "
                    f"{r['copies_found_by_image_alone']} | {r['unseen_flagged_as_copies']} | {failed} | {inconclusive} | "
-                   f"{r['membership_auc_strongest_all']:.2f} / {rare_auc} | {r['dcr_share']:.2f} |")
+                   f"{r['membership_auc_strongest_all']:.2f} / {rare_auc} | {_dcr(r)} |")
     return "\n".join(out)
 
 
