@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from medsynth.io.dicom import discover_files, ge_diffusion, philips_diffusion, raw_little_endian_pixels, stack_key
-from medsynth.io.dicom_fast import EXPLICIT_LE, IMPLICIT_LE, ITEM_TAGS, TAGS, is_not_dicom, read_fast_header, read_image_header
+from medsynth.io.dicom_fast import EXPLICIT_LE, IMPLICIT_LE, ITEM_TAGS, TAGS, FastHeader, is_not_dicom, read_fast_header, read_image_header
+from medsynth.io.quarantine import SeriesError
 from tests.conftest import SHARED
 
 
@@ -247,3 +248,49 @@ def test_a_compressed_or_big_endian_file_is_classified_from_its_header_alone(roo
     if root == SHARED / "dicom":
         assert len(encoded) >= 7 and big_endian >= 1  # dcm_qa_ts: RLE, JPEG, JPEG-LS, JPEG 2000, explicit big endian
         assert native == len(encoded)  # all single-frame MONOCHROME2
+
+
+@pytest.mark.parametrize("root", _corpora(), ids=lambda p: p.name)
+def test_the_values_kept_per_series_never_read_the_attributes_their_key_leaves_out(root, monkeypatch):
+    """classic_slice computes split key, rescale and diffusion once per group of headers that differ only in
+    PER_IMAGE_TAGS: that is sound only while those computations never read them. Every keyword read (get,
+    `in`) while computing them is recorded, on every single-frame file of each corpus."""
+    from medsynth.io.dicom import slices
+
+    per_image = {kw for kw, (tag, _vr) in TAGS.items() if tag in slices.PER_IMAGE_TAGS}
+    assert per_image == {"SOPInstanceUID", "InstanceNumber", "ImagePositionPatient"}
+    read: set[str] = set()
+    get, contains = FastHeader.get, FastHeader.__contains__
+    monkeypatch.setattr(FastHeader, "get", lambda self, kw, default=None: (read.add(kw), get(self, kw, default))[1])
+    monkeypatch.setattr(FastHeader, "__contains__", lambda self, kw: (read.add(kw), contains(self, kw))[1])
+    computed = 0
+    for path in _dicom_files(root):
+        header = read_fast_header(path)
+        if header is None or header.frames() != 1:
+            continue
+        slices._shared_values.clear()
+        try:
+            slices._image_values(header)
+        except SeriesError:
+            pass
+        computed += 1
+    assert read and not read & per_image, sorted(read & per_image)
+    if root == SHARED / "dicom":
+        assert computed > 600 and {"Manufacturer", "RepetitionTime", "RescaleSlope"} <= read
+
+
+def test_images_of_one_series_share_the_values_computed_once(tmp_path):
+    """Two GE slices differing only in position and instance number: the second reuses the first's values
+    (the same objects); changing the echo time (a split attribute) gives new values."""
+    from medsynth.io.dicom import slices
+
+    src = sorted((SHARED / "dicom" / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004").glob("*.dcm"))[:2]
+    slices._shared_values.clear()
+    a, b = (slices.classic_slice(p, read_fast_header(p)) for p in src)
+    assert a.split_key is b.split_key and not np.array_equal(a.ipp, b.ipp)
+    ds = pydicom.dcmread(src[1])
+    ds.EchoTime = float(ds.EchoTime) + 5
+    ds.save_as(tmp_path / "echo.dcm")
+    c = slices.classic_slice(tmp_path / "echo.dcm", read_fast_header(tmp_path / "echo.dcm"))
+    assert c.split_key is not a.split_key and c.split_key != a.split_key
+    assert dict(c.split_key)["echo"] != dict(a.split_key)["echo"]

@@ -16,7 +16,7 @@ from medsynth.io.dicom.ge import ge_diffusion
 from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop
 from medsynth.io.dicom.philips import philips_diffusion, philips_float_scaling, philips_scale_slope
 from medsynth.io.dicom.pixels import _check_rescale, _FrameCache, decode_pixels
-from medsynth.io.dicom_fast import FastHeader
+from medsynth.io.dicom_fast import TAGS, FastHeader
 from medsynth.io.quarantine import SeriesError
 
 if TYPE_CHECKING:
@@ -53,12 +53,48 @@ def _slice(path: Path, ds: Dataset | FastHeader, frame: int | None, plane: _Plan
                  loader=loader, diffusion=diffusion)
 
 
-def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
-    """One single-frame image file -> Slice (geometry from its top-level attributes); ``ds`` is the
-    file read by pydicom or by the fast reader (which answer alike)."""
+# the attributes in which the images of one series differ: left out of the key that the values computed
+# from all the other attributes of a fast-read header are kept under (tests/io/test_dicom_fast.py checks
+# that those values never read them)
+PER_IMAGE_TAGS = frozenset(TAGS[k][0] for k in ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient"))
+_SHARED_MAX = 256
+_shared_values: dict[tuple, tuple] = {}
+
+
+def _image_values(ds: Dataset | FastHeader) -> tuple[tuple, float, float, tuple[float, tuple[float, ...]] | None]:
+    """(split key, slope, intercept, diffusion) of a single-frame image: the same for the images of a
+    series whose headers differ only in PER_IMAGE_TAGS, so a fast-read header's are computed once per
+    such group. A SeriesError is raised for every image it concerns (errors are not kept)."""
+    key = None
+    if isinstance(ds, FastHeader):
+        key = (tuple(item for item in ds.raw.items() if item[0] not in PER_IMAGE_TAGS), tuple(ds.private.items()))
+        found = _shared_values.get(key)
+        if found is not None:
+            return found  # type: ignore[return-value]
     if "VFRAME" in _image_type(ds):
         raise SeriesError("UIH grid image (ImageType VFRAME) without its grid tags (0065,1050) and (0065,1051): removed by "
                           "de-identification? keep them with deid.retain_safe_private: true")
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    diffusion = None
+    if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
+        slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
+        diffusion = philips_diffusion(ds)
+    elif manufacturer(ds) == "GE":
+        diffusion = ge_diffusion(ds)
+    _check_rescale(slope, intercept)
+    values = (stack_key(ds), slope, intercept, diffusion)
+    if key is not None:
+        if len(_shared_values) >= _SHARED_MAX:
+            _shared_values.clear()
+        _shared_values[key] = values
+    return values
+
+
+def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
+    """One single-frame image file -> Slice (geometry from its top-level attributes); ``ds`` is the
+    file read by pydicom or by the fast reader (which answer alike)."""
+    split_key, slope, intercept, diffusion = _image_values(ds)
     plane = _plane(path, ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
     time_key = (
         int(ds.get("TemporalPositionIdentifier", 0) or 0),
@@ -74,16 +110,7 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
             raise SeriesError(f"expected a 2D image, pixel array has shape {arr.shape}")
         return arr
 
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    diffusion = None
-    if "PHILIPS" in str(ds.get("Manufacturer", "")).upper():
-        slope, intercept = philips_float_scaling(slope, intercept, philips_scale_slope(ds))
-        diffusion = philips_diffusion(ds)
-    elif manufacturer(ds) == "GE":
-        diffusion = ge_diffusion(ds)
-    _check_rescale(slope, intercept)
-    return _slice(path, ds, None, plane, slope, intercept, stack_key(ds), time_key, load, diffusion)
+    return _slice(path, ds, None, plane, slope, intercept, split_key, time_key, load, diffusion)
 
 
 def is_enhanced(ds: Dataset | FastHeader) -> TypeGuard[Dataset]:
