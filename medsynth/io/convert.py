@@ -10,11 +10,9 @@ import csv
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +20,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medsynth.io.dicom import (
-    PARALLEL_SCAN_FILES,
     DicomScan,
     DicomVolume,
     discover_files,
@@ -32,7 +29,7 @@ from medsynth.io.dicom import (
 )
 from medsynth.io.dicom_fast import FastHeader
 from medsynth.io.nifti_write import compact_dtype, reorient_to_ras, write_nifti
-from medsynth.io.pool import process_pool
+from medsynth.io.pool import fork_inherits, process_pool
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
 from medsynth.io.writers import atomic_path, remove_stale_temps, write_csv_atomic
 
@@ -102,10 +99,16 @@ def _series_source(paths: list[Path], root: Path) -> str:
     return _rel(Path(os.path.commonpath([str(p) for p in paths])), root)
 
 
-def _convert_series_worker(args: tuple[str, list[str], int, list[FastHeader | None]]) -> tuple[list[dict], list[QuarantineEntry]]:
-    """Process-pool worker: paths of one series (with the fast headers the scan read) -> serialisable
-    volumes + quarantine entries."""
-    root, paths, max_voxels, headers = Path(args[0]), [Path(p) for p in args[1]], args[2], args[3]
+# the scan's fast-read headers, set before a pool is forked: its workers inherit them instead of
+# receiving them pickled with each job (None in a job's header list: look the path up here)
+_inherited_headers: dict[Path, FastHeader] = {}
+
+
+def _convert_series_worker(args: tuple[str, list[str], int, list[FastHeader | None] | None]) -> tuple[list[dict], list[QuarantineEntry]]:
+    """Process-pool worker: paths of one series (with the fast headers the scan read, or None: those this
+    process inherited) -> serialisable volumes + quarantine entries."""
+    root, paths, max_voxels = Path(args[0]), [Path(p) for p in args[1]], args[2]
+    headers = args[3] if args[3] is not None else [_inherited_headers.get(p) for p in paths]
     files: list[tuple[Path, Dataset | FastHeader]] = []
     quarantine = []
     for p, header in zip(paths, headers, strict=True):
@@ -160,21 +163,14 @@ def iter_volumes(
     root = Path(root)
     paths = discover_files(root)
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
-    with ExitStack() as stack:
-        # one pool for the scan and the series, when the scan is worth a pool
-        pool = stack.enter_context(process_pool(n_workers)) if n_workers > 1 and len(paths) > PARALLEL_SCAN_FILES else None
-        had_pydicom = "pydicom" in sys.modules
-        scan = scan_folder(root, files=paths, workers=n_workers, max_voxels=max_voxels, pool=pool)
-        if pool is not None and not had_pydicom and "pydicom" in sys.modules:
-            # this process has imported pydicom to classify files the fast reader could not: workers forked
-            # from now on inherit it instead of importing it each (half a second a worker)
-            pool.shutdown(wait=True)
-            pool = stack.enter_context(process_pool(n_workers))
-        yield from _scanned_volumes(root, scan, n_workers, pool, progress, max_voxels)
+    # the scan runs here (a header read costs less than sending it between processes); workers forked after
+    # it inherit its headers and every module it imported (pydicom too, when some file needed it)
+    scan = scan_folder(root, files=paths, max_voxels=max_voxels)
+    yield from _scanned_volumes(root, scan, n_workers, progress, max_voxels)
 
 
-def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, pool: Executor | None,
-                     progress: Callable[[str], None] | None, max_voxels: int) -> Iterator[ConvertedVolume | SegMask | QuarantineEntry]:
+def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, progress: Callable[[str], None] | None,
+                     max_voxels: int) -> Iterator[ConvertedVolume | SegMask | QuarantineEntry]:
     yield from scan.quarantine
     if scan.segs:
         from medsynth.io.seg import read_seg_mask
@@ -184,14 +180,19 @@ def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, pool: Executor
             yield read_seg_mask(seg_path, _rel(seg_path, root), max_voxels)
         except SeriesError as exc:
             yield QuarantineEntry(_rel(seg_path, root), str(exc))
-    jobs = [(str(root), [str(p) for p in files], max_voxels, [scan.headers.get(p) for p in files])
-            for _, files in sorted(scan.series.items(), key=lambda kv: str(kv[1][0]))]
-    if pool is not None and len(jobs) > 1:
-        yield from _emit(_in_pool(pool, jobs), jobs, progress)
-    elif n_workers > 1 and len(jobs) > 1:
-        with process_pool(min(n_workers, len(jobs))) as own_pool:
-            yield from _emit(_in_pool(own_pool, jobs), jobs, progress)
+    series = sorted(scan.series.values(), key=lambda files: str(files[0]))
+    if n_workers > 1 and len(series) > 1:
+        forked = fork_inherits()
+        jobs = [(str(root), [str(p) for p in files], max_voxels, None if forked else [scan.headers.get(p) for p in files]) for files in series]
+        fast = [all(p in scan.headers for p in files) for files in series]
+        _inherited_headers.update(scan.headers if forked else {})
+        try:
+            with process_pool(min(n_workers, len(jobs))) as pool:
+                yield from _emit(_in_pool(pool, jobs, fast), jobs, progress)
+        finally:
+            _inherited_headers.clear()
     else:
+        jobs = [(str(root), [str(p) for p in files], max_voxels, [scan.headers.get(p) for p in files]) for files in series]
         yield from _emit(map(_convert_series_worker, jobs), jobs, progress)
     if scan.nifti:
         from medsynth.io.nifti import load_nifti_checked, split_4d
@@ -218,10 +219,10 @@ def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, pool: Executor
             )
 
 
-def _in_pool(pool: Executor, jobs: list) -> Iterator[tuple[list[dict], list[QuarantineEntry]]]:
-    """Each job's result in job order. Series the fast reader could not read go first: the worker that
-    takes them imports pydicom (half a second) while the others convert the plain series."""
-    order = sorted(range(len(jobs)), key=lambda i: all(h is not None for h in jobs[i][3]))
+def _in_pool(pool: Executor, jobs: list, fast: list[bool]) -> Iterator[tuple[list[dict], list[QuarantineEntry]]]:
+    """Each job's result in job order. Series the fast reader could not read (``fast`` False) go first:
+    their files are parsed by pydicom, the slowest part, while the others convert the plain series."""
+    order = sorted(range(len(jobs)), key=lambda i: fast[i])
     futures: dict[int, Future] = {i: pool.submit(_convert_series_worker, jobs[i]) for i in order}
     for i in range(len(jobs)):
         yield futures.pop(i).result()

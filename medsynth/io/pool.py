@@ -57,11 +57,22 @@ def _init_worker(creator: int, initializer: Callable | None, initargs: tuple) ->
         initializer(*initargs)
 
 
+def fork_inherits() -> bool:
+    """Whether the workers of :func:`process_pool` are forked from this process (and so start with its
+    memory and modules): Linux, where the pool asks for the fork start method."""
+    return sys.platform.startswith("linux")
+
+
 def process_pool(max_workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
     """A :class:`ProcessPoolExecutor` of ``max_workers`` whose workers end with this process;
     ``initializer(*initargs)`` runs in each worker as usual."""
     from concurrent.futures import ProcessPoolExecutor
 
-    if sys.platform.startswith("linux"):
+    context = None
+    if fork_inherits():
         import ctypes  # noqa: F401 -- here, so that forked workers inherit it instead of each importing it
-    return ProcessPoolExecutor(max_workers=max_workers, initializer=_init_worker, initargs=(os.getpid(), initializer, initargs))
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")  # explicit: Python 3.14 makes forkserver the default
+    return ProcessPoolExecutor(max_workers=max_workers, mp_context=context, initializer=_init_worker,
+                               initargs=(os.getpid(), initializer, initargs))
