@@ -190,6 +190,56 @@ def _philips_trigger(ds: Dataset | FastHeader) -> float | None:
     return trigger
 
 
+def _text(value) -> str:
+    """An attribute's text as dcm2niix reads it: several values joined by a backslash, '' when absent."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _protocol(ds: Dataset | FastHeader) -> str:
+    """The protocol name as dcm2niix compares it: ProtocolName, else a SeriesDescription of two or more characters."""
+    protocol = str(ds.get("ProtocolName", "") or "").strip()
+    if not protocol:
+        description = str(ds.get("SeriesDescription", "") or "").strip()
+        protocol = description if len(description) > 1 else ""
+    return protocol
+
+
+# dcm2niix's isXA10A (SoftwareVersions of an early Siemens XA release) and isSiemensXA (any XA release)
+XA10A_RELEASES = ("XA10", "XA11", "XA20", "XA30", "XA31")
+XA_RELEASES = (*XA10A_RELEASES, "XA5", "XA6", "XA7")
+
+
+def siemens_xa(ds: Dataset | FastHeader) -> tuple[bool, bool]:
+    """(an early XA release: dcm2niix's ``isXA10A``, any XA release: ``isSiemensXA``) from SoftwareVersions
+    (0018,1020), whatever the Manufacturer, as dcm2niix reads them."""
+    text = _text(ds.get("SoftwareVersions"))
+    if len(text) <= 4:
+        return False, False
+    early = any(r in text for r in XA10A_RELEASES)
+    return early, early or any(r in text for r in XA_RELEASES)
+
+
+def merged_series(ds: Dataset | FastHeader) -> str | None:
+    """What dcm2niix (default options: ``-m 2``, ``isForceStackDCE``) stacks a file with instead of its
+    SeriesInstanceUID and SeriesNumber, or None for a file it keeps to its series (nii_dicom.cpp, the end
+    of ``readDICOMx``; nii_dicom_batch.cpp ``isSameSet``): a Siemens XA classic ("interoperability")
+    image, one frame per file with a SeriesTime (0008,0031), goes with the files of its series time
+    (issue 394: these exports give each volume of a series its own SeriesInstanceUID, and may give it
+    its own SeriesNumber and StudyInstanceUID). The attributes of :func:`stack_key` still split the
+    merged files (study date/time, TR, echo ...)."""
+    if manufacturer(ds) != "SIEMENS":
+        return None
+    _early, xa = siemens_xa(ds)
+    series_time = _text(ds.get("SeriesTime"))
+    if xa and len(series_time) > 1 and int(ds.get("NumberOfFrames", 1) or 1) <= 1:
+        return f"Siemens XA series time {series_time}"
+    return None
+
+
 def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
     """The attributes beyond geometry whose differences make dcm2niix (``isSameSet``, default options)
     write one series as several outputs, as (name, value) pairs: derived image, vendor, modality, study
@@ -205,10 +255,7 @@ def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
     if is_xray(ds):  # medsynth splits them by echo number and phase still: never stacks phase with magnitude
         echo = ds.get("EchoNumbers")
         return (*key, ("x-ray", True), ("echo", "" if echo is None else str(echo)), ("phase", _is_phase(ds)))
-    protocol = str(ds.get("ProtocolName", "") or "").strip()
-    if not protocol:
-        description = str(ds.get("SeriesDescription", "") or "").strip()
-        protocol = description if len(description) > 1 else ""
+    protocol = _protocol(ds)
     key += [
         ("real/imaginary/phase", complex_parts(ds)),
         ("TR", _float32(atof(ds.get("RepetitionTime")))),

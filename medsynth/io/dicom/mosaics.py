@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import _image_type, _private_bytes, _private_numbers
+from medsynth.io.dicom.attributes import _image_type, _private_bytes, _private_numbers, atoi
 from medsynth.io.dicom.geometry import LPS_TO_RAS, _floats, _norm_iop, lps_affine
 from medsynth.io.dicom.pixels import _check_finite, _check_rescale, decode_pixels
 from medsynth.io.dicom_fast import FastHeader
@@ -52,7 +52,7 @@ def _mosaic_volume(files: list[tuple[Path, Dataset | FastHeader]]) -> tuple[np.n
             notes.append(note)
         vols.append(arr)
         affs.append(aff)
-        keys.append((int(ds.get("AcquisitionNumber", 0) or 0), str(ds.get("AcquisitionTime", "")), int(ds.get("InstanceNumber", 0) or 0)))
+        keys.append(mosaic_order(ds))
     for a in affs[1:]:
         if not np.allclose(a, affs[0], atol=1e-3):
             raise SeriesError("mosaic volumes in one series have different geometry")
@@ -61,6 +61,13 @@ def _mosaic_volume(files: list[tuple[Path, Dataset | FastHeader]]) -> tuple[np.n
     _check_finite(data)
     kind = "UIH grid" if any(n.startswith("UIH grid") for n in notes) else "Siemens mosaic"
     return data, LPS_TO_RAS @ affs[0], [f"{kind} ({len(vols)} volume(s))", *[n for n in notes if not n.startswith("UIH grid")]]
+
+
+def mosaic_order(ds: Dataset | FastHeader) -> tuple:
+    """Where a tiled image comes in its series' 4D volume: by series number (a series dcm2niix merges
+    across series numbers: it sorts by series, then image number), acquisition number, time, instance."""
+    return (atoi(ds.get("SeriesNumber")), int(ds.get("AcquisitionNumber", 0) or 0), str(ds.get("AcquisitionTime", "")),
+            int(ds.get("InstanceNumber", 0) or 0))
 
 
 def _untile(ds: Dataset | FastHeader, pixels: np.ndarray, n: int, n_col: int, n_row: int) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""Series: every file under a folder classified (NIfTI, SEG, image series by key, or quarantined with
-the reason; the fast reader first, pydicom's partial read for the rest) and one series' files converted
-into volumes (mosaics, split by geometry and by the attributes dcm2niix splits a series by, stacked,
-isotropic DWI volumes set apart)."""
+"""Series: every file under a folder classified (NIfTI, SEG, image series by key: one UID and number of
+one patient's study, or what dcm2niix stacks across them; or quarantined with the reason; the fast
+reader first, pydicom's partial read for the rest) and one series' files converted into volumes
+(mosaics, split by geometry and by the attributes dcm2niix splits a series by, stacked, isotropic DWI
+volumes set apart)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import stack_key
+from medsynth.io.dicom.attributes import atoi, merged_series, stack_key
 from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import _mosaic_volume, is_mosaic
@@ -101,11 +102,14 @@ def classify_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str
 
 
 def _series_key(ds: Dataset | FastHeader, path: Path) -> str:
-    uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
     # PACS exports reuse one UID for several series numbers, and anonymisers or broken exports one UID
     # for several patients' series: a series is one UID and number of one patient's study
     # an empty element is None to pydicom and absent to the fast reader: both are ''
     number, patient, study = (ds.get(k) for k in ("SeriesNumber", "PatientID", "StudyInstanceUID"))
+    merged = merged_series(ds)
+    if merged is not None:  # dcm2niix stacks these across UIDs and numbers (and study UIDs: its study date/time split them)
+        return f"{merged}#{patient or ''}"
+    uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
     return f"{uid}#{'' if number is None else number}#{patient or ''}#{study or ''}"
 
 
@@ -206,6 +210,7 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
     volumes: list[DicomVolume] = []
     quarantine: list[QuarantineEntry] = []
     header = files[0][1]
+    merged = _merge_note(files)
     mosaics = [(p, ds) for p, ds in files if is_mosaic(ds)]
     if mosaics:
         by_key: dict[tuple, list[tuple[Path, Dataset | FastHeader]]] = defaultdict(list)
@@ -224,7 +229,7 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
                 quarantine.append(QuarantineEntry(_common_parent(paths), f"{exc} ({split_note})" if split_note else str(exc)))
         files = [(p, ds) for p, ds in files if not is_mosaic(ds)]
         if not files:
-            return volumes, quarantine
+            return _with_note(volumes, merged), quarantine
     slices: list[Slice] = []
     for path, ds in files:
         try:
@@ -234,6 +239,10 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
                 slices.append(classic_slice(path, ds))
         except SeriesError as exc:
             quarantine.append(QuarantineEntry(str(path), str(exc)))
+    numbers = {p: atoi(ds.get("SeriesNumber")) for p, ds in files}
+    if len(set(numbers.values())) > 1:  # merged across series numbers (merged_series): dcm2niix orders by series number first
+        for s in slices:
+            s.time_key = (numbers[s.path], *s.time_key)
     groups = split_slices(slices)
     ordered_keys = sorted(groups, key=lambda k: (_sortable(k[3]), str(k[0]), k[1], k[2]))
     why = _differing([k[3] for k in ordered_keys], orientation={k[0] for k in ordered_keys}, size={k[1:3] for k in ordered_keys})
@@ -261,7 +270,24 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         acquired, with_isotropic, note = split
         volumes.append(DicomVolume(acquired, aff, hdr, paths, suffix, [*notes, note]))
         volumes.append(DicomVolume(with_isotropic, aff, hdr, paths, suffix + "_ADC", [*notes, note + "; this volume: all of them, those last"]))
-    return volumes, quarantine
+    return _with_note(volumes, merged), quarantine
+
+
+def _with_note(volumes: list[DicomVolume], note: str) -> list[DicomVolume]:
+    if note:
+        for v in volumes:
+            v.notes.append(note)
+    return volumes
+
+
+def _merge_note(files: list[tuple[Path, Dataset | FastHeader]]) -> str:
+    """What a series that dcm2niix stacks across series UIDs or numbers (:func:`merged_series`) was stacked
+    by, or '' for a series of one UID and number."""
+    uids = {str(ds.get("SeriesInstanceUID", "")) for _p, ds in files}
+    numbers = {atoi(ds.get("SeriesNumber")) for _p, ds in files}
+    if len(uids) == 1 and len(numbers) == 1:
+        return ""
+    return f"stacked across {len(uids)} SeriesInstanceUID(s) and {len(numbers)} SeriesNumber(s) by {merged_series(files[0][1])}, as dcm2niix stacks them"
 
 
 def _sortable(value) -> tuple:

@@ -1,0 +1,77 @@
+"""Series that dcm2niix (default options: ``-m 2``, ``isForceStackDCE``) stacks across SeriesInstanceUID and
+SeriesNumber, each built by rewriting real shared DICOM as the vendor stores it, and compared with dcm2niix
+run on the same files (number of outputs, voxels, affine):
+
+* Siemens XA classic ("interoperability") exports: one frame per file, a SeriesInstanceUID (and here a
+  StudyInstanceUID and a SeriesNumber) per volume, one SeriesTime: dcm2niix stacks by the series time
+  (nii_dicom.cpp, issue 394) and orders the volumes by series number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.io.test_dcm2niix_splits import _rewritten
+from tests.io.test_vendor_formats import _assert_converts_as_dcm2niix, _volumes
+
+VOLUME_UIDS = [generate_uid(entropy_srcs=["test_dcm2niix_merges", "series", str(t)]) for t in range(4)]
+STUDY_UIDS = [generate_uid(entropy_srcs=["test_dcm2niix_merges", "study", str(t)]) for t in range(4)]
+
+
+def _siemens(software: str, extra: Callable[[pydicom.Dataset, int], None]) -> Callable[[pydicom.Dataset, int], None]:
+    """The GE series as a Siemens one (private elements removed), volume t its own SeriesInstanceUID."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        for elem in list(ds):
+            if elem.tag.is_private:
+                del ds[elem.tag]
+        ds.Manufacturer = "Siemens Healthineers"
+        ds.SoftwareVersions = software
+        ds.SeriesInstanceUID = VOLUME_UIDS[t]
+        extra(ds, t)
+    return change
+
+
+def _xa_classic(series_time: Callable[[int], str | None] = lambda t: "120000.000000", software: str = "syngo MR XA30"):
+    """A Siemens XA classic export: per volume t a SeriesInstanceUID, StudyInstanceUID and SeriesNumber (20 - t:
+    dcm2niix orders by series number, so the volumes come last first), SeriesTime ``series_time(t)``."""
+    def extra(ds: pydicom.Dataset, t: int) -> None:
+        ds.StudyInstanceUID = STUDY_UIDS[t]
+        ds.SeriesNumber = 20 - t
+        value = series_time(t)
+        if value is None:
+            del ds.SeriesTime
+        else:
+            ds.SeriesTime = value
+    return _siemens(software, extra)
+
+
+MERGES = {  # name -> (change, outputs dcm2niix writes)
+    "XA30 classic: a series and study UID and a series number per volume": (_xa_classic(), 1),
+    "XA60 classic": (_xa_classic(software="syngo MR XA60"), 1),
+    "XA classic, two series times": (_xa_classic(series_time=lambda t: "120000" if t < 2 else "120500"), 2),
+    "XA classic without a series time": (_xa_classic(series_time=lambda t: None), 4),
+    "not XA (VE11) with a UID per volume": (_xa_classic(software="syngo MR E11"), 4),
+}
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_series_merge_where_dcm2niix_merges_them(tmp_path, name):
+    change, n_outputs = MERGES[name]
+    folder = _rewritten(tmp_path / "in", change)
+    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    vols, quarantine = _volumes(folder)
+    assert not quarantine
+    assert sorted(v.shape[3] if len(v.shape) == 4 else 1 for v in vols) == {1: [4], 2: [2, 2], 4: [1, 1, 1, 1]}[n_outputs]
+    stacked = [n for v in vols for n in v.notes if n.startswith("stacked across")]
+    assert len(stacked) == (n_outputs if n_outputs < 4 else 0)
+
+
+def test_the_merge_note_names_what_merged_the_series(tmp_path):
+    vols, _ = _volumes(_rewritten(tmp_path / "in", _xa_classic()))
+    (vol,) = vols
+    assert "stacked across 4 SeriesInstanceUID(s) and 4 SeriesNumber(s) by Siemens XA series time 120000.000000, as dcm2niix stacks them" in vol.notes
+
