@@ -53,6 +53,7 @@ TAGS: dict[str, tuple[int, str]] = {
     "Manufacturer": (0x00080070, "LO"),
     "SeriesDescription": (0x0008103E, "LO"),
     "PatientID": (0x00100020, "LO"),
+    "SequenceName": (0x00180024, "SH"),
     "RepetitionTime": (0x00180080, "DS"),
     "EchoTime": (0x00180081, "DS"),
     "EchoNumbers": (0x00180086, "IS"),

@@ -4,7 +4,9 @@ run on the same files (number of outputs, voxels, affine):
 
 * Siemens XA classic ("interoperability") exports: one frame per file, a SeriesInstanceUID (and here a
   StudyInstanceUID and a SeriesNumber) per volume, one SeriesTime: dcm2niix stacks by the series time
-  (nii_dicom.cpp, issue 394) and orders the volumes by series number.
+  (nii_dicom.cpp, issue 394) and orders the volumes by series number;
+* Siemens dynamic (DCE) series, SequenceName '*fldyn3d1', one series per dynamic: stacked by protocol name
+  unless the software is an early XA release (issue 252).
 """
 
 from __future__ import annotations
@@ -49,12 +51,27 @@ def _xa_classic(series_time: Callable[[int], str | None] = lambda t: "120000.000
     return _siemens(software, extra)
 
 
+def _dce(sequence: str = "*fldyn3d1", software: str = "syngo MR E11", protocol: Callable[[int], str] = lambda t: "t1_fl3d_dyn"):
+    """A Siemens dynamic series saved one series per dynamic: per volume t a SeriesInstanceUID, SeriesNumber
+    10 + t and SeriesTime; SequenceName ``sequence``, ProtocolName ``protocol(t)``."""
+    def extra(ds: pydicom.Dataset, t: int) -> None:
+        ds.SequenceName = sequence
+        ds.SeriesNumber = 10 + t
+        ds.SeriesTime = f"12{t:02d}00.000000"
+        ds.ProtocolName = protocol(t)
+    return _siemens(software, extra)
+
+
 MERGES = {  # name -> (change, outputs dcm2niix writes)
     "XA30 classic: a series and study UID and a series number per volume": (_xa_classic(), 1),
     "XA60 classic": (_xa_classic(software="syngo MR XA60"), 1),
     "XA classic, two series times": (_xa_classic(series_time=lambda t: "120000" if t < 2 else "120500"), 2),
     "XA classic without a series time": (_xa_classic(series_time=lambda t: None), 4),
     "not XA (VE11) with a UID per volume": (_xa_classic(software="syngo MR E11"), 4),
+    "DCE, a series per dynamic": (_dce(), 1),
+    "DCE, two protocol names": (_dce(protocol=lambda t: "t1_fl3d_dyn" if t < 2 else "t1_fl3d_sub"), 2),
+    "DCE of an early XA release (XA30)": (_dce(software="syngo MR XA30"), 4),
+    "not DCE (*fl3d1)": (_dce(sequence="*fl3d1"), 4),
 }
 
 

@@ -226,17 +226,23 @@ def siemens_xa(ds: Dataset | FastHeader) -> tuple[bool, bool]:
 def merged_series(ds: Dataset | FastHeader) -> str | None:
     """What dcm2niix (default options: ``-m 2``, ``isForceStackDCE``) stacks a file with instead of its
     SeriesInstanceUID and SeriesNumber, or None for a file it keeps to its series (nii_dicom.cpp, the end
-    of ``readDICOMx``; nii_dicom_batch.cpp ``isSameSet``): a Siemens XA classic ("interoperability")
-    image, one frame per file with a SeriesTime (0008,0031), goes with the files of its series time
-    (issue 394: these exports give each volume of a series its own SeriesInstanceUID, and may give it
-    its own SeriesNumber and StudyInstanceUID). The attributes of :func:`stack_key` still split the
-    merged files (study date/time, TR, echo ...)."""
+    of ``readDICOMx``; nii_dicom_batch.cpp ``isSameSet``):
+
+    * a Siemens XA classic ("interoperability") image, one frame per file with a SeriesTime (0008,0031):
+      the series time (issue 394: these exports give each volume of a series its own SeriesInstanceUID,
+      and may give it its own SeriesNumber and StudyInstanceUID);
+    * else a Siemens dynamic 3D series (SequenceName with 'fldyn3d1', DCE), not of an early XA release:
+      the protocol name (issue 252: one series per dynamic).
+
+    The attributes of :func:`stack_key` still split the merged files (study date/time, TR, echo ...)."""
     if manufacturer(ds) != "SIEMENS":
         return None
-    _early, xa = siemens_xa(ds)
+    early, xa = siemens_xa(ds)
     series_time = _text(ds.get("SeriesTime"))
     if xa and len(series_time) > 1 and int(ds.get("NumberOfFrames", 1) or 1) <= 1:
         return f"Siemens XA series time {series_time}"
+    if not early and "fldyn3d1" in _text(ds.get("SequenceName")):
+        return f"Siemens dynamic series of protocol {_protocol(ds)}"
     return None
 
 
