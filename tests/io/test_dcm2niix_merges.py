@@ -6,17 +6,21 @@ run on the same files (number of outputs, voxels, affine):
   StudyInstanceUID and a SeriesNumber) per volume, one SeriesTime: dcm2niix stacks by the series time
   (nii_dicom.cpp, issue 394) and orders the volumes by series number;
 * Siemens dynamic (DCE) series, SequenceName '*fldyn3d1', one series per dynamic: stacked by protocol name
-  unless the software is an early XA release (issue 252).
+  unless the software is an early XA release (issue 252);
+* early Siemens XA (XA10-XA31) series numbers 6001, 6002 ... of one SeriesInstanceUID: one series per
+  thousand (nii_dicom_batch.cpp ``isSameSet``, issue 236), on the shared XA10 enhanced volumes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from tests.conftest import shared
 from tests.io.test_dcm2niix_splits import _rewritten
 from tests.io.test_vendor_formats import _assert_converts_as_dcm2niix, _volumes
 
@@ -92,3 +96,28 @@ def test_the_merge_note_names_what_merged_the_series(tmp_path):
     (vol,) = vols
     assert "stacked across 4 SeriesInstanceUID(s) and 4 SeriesNumber(s) by Siemens XA series time 120000.000000, as dcm2niix stacks them" in vol.notes
 
+
+XA10 = ("dicom", "dcm_qa_enh", "In", "Siemens", "XA10")  # 4 enhanced files, one 64 x 64 x 6 volume each, one SeriesInstanceUID
+
+
+def _xa10_numbered(dest: Path, number: Callable[[int], int]) -> Path:
+    dest.mkdir(parents=True)
+    for i, path in enumerate(sorted(shared(*XA10).glob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber = number(i)
+        ds.save_as(dest / path.name, enforce_file_format=True)
+    return dest
+
+
+XA10_NUMBERS = {  # name -> (SeriesNumber of file i, outputs dcm2niix writes)
+    "6004 down to 6001 (one series, ordered by number)": (lambda i: 6004 - i, 1),
+    "6001, 6001, 7001, 7001": (lambda i: 6001 + 1000 * (i // 2), 2),
+    "6 to 9 (not above 1000)": (lambda i: 6 + i, 4),
+}
+
+
+@pytest.mark.parametrize("name", list(XA10_NUMBERS))
+def test_early_xa_series_numbers_of_one_uid_merge_by_thousands(tmp_path, name):
+    number, n_outputs = XA10_NUMBERS[name]
+    folder = _xa10_numbered(tmp_path / "in", number)
+    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)

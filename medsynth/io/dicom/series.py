@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import atoi, merged_series, stack_key
+from medsynth.io.dicom.attributes import atoi, merged_series, siemens_xa, stack_key
 from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import _mosaic_volume, is_mosaic
@@ -110,6 +110,8 @@ def _series_key(ds: Dataset | FastHeader, path: Path) -> str:
     if merged is not None:  # dcm2niix stacks these across UIDs and numbers (and study UIDs: its study date/time split them)
         return f"{merged}#{patient or ''}"
     uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
+    if number is not None and siemens_xa(ds)[0] and atoi(number) > 1000:
+        number = f"{atoi(number) // 1000}xxx"  # early Siemens XA numbers a series' files 16001, 16002 ... (dcm2niix issue 236)
     return f"{uid}#{'' if number is None else number}#{patient or ''}#{study or ''}"
 
 
@@ -287,7 +289,8 @@ def _merge_note(files: list[tuple[Path, Dataset | FastHeader]]) -> str:
     numbers = {atoi(ds.get("SeriesNumber")) for _p, ds in files}
     if len(uids) == 1 and len(numbers) == 1:
         return ""
-    return f"stacked across {len(uids)} SeriesInstanceUID(s) and {len(numbers)} SeriesNumber(s) by {merged_series(files[0][1])}, as dcm2niix stacks them"
+    how = merged_series(files[0][1]) or "Siemens early XA series number (thousands)"
+    return f"stacked across {len(uids)} SeriesInstanceUID(s) and {len(numbers)} SeriesNumber(s) by {how}, as dcm2niix stacks them"
 
 
 def _sortable(value) -> tuple:
