@@ -5,7 +5,8 @@ public description says it is stored, and checked against dcm2niix's reference o
   NumberOfImagesInMosaic / slice times, else every tile the AcquisitionMatrix fits);
 * UIH grids ("virtual frames"): a volume's slices tiled in one image, slice positions in the private
   VFrame sequence (0065,1051), no top-level ImagePositionPatient;
-* derived diffusion images (TRACEW / ADC) stored in the series of the acquisitions.
+* derived diffusion images (TRACEW / ADC) stored in the series of the acquisitions;
+* Siemens mosaics of one series that are not parallel (prospective motion correction): one 3D volume each.
 """
 
 from __future__ import annotations
@@ -380,3 +381,50 @@ def test_a_mosaic_claiming_more_slices_than_its_image_holds_is_quarantined(tmp_p
     vols, quarantine = _volumes(tmp_path / "in")
     assert not vols
     assert any("the slice count is wrong" in q.reason for q in quarantine), quarantine
+
+
+# ----------------------------------------------------------------------------- mosaics that are not parallel
+
+
+def _rotate(v: np.ndarray, axis: np.ndarray, degrees: float) -> np.ndarray:
+    """``v`` rotated ``degrees`` about the unit ``axis`` (Rodrigues)."""
+    a = np.radians(degrees)
+    return v * np.cos(a) + np.cross(axis, v) * np.sin(a) + axis * np.dot(axis, v) * (1 - np.cos(a))
+
+
+def _rotated_mosaics(dest: Path, degrees: float, shift_mm: float = 0.0) -> Path:
+    """The two mosaics of a shared Siemens series (CSA header kept), the second rotated ``degrees`` about the
+    slice normal (ImageOrientationPatient, as prospective motion correction rewrites it) and moved ``shift_mm``
+    along the rows."""
+    dest.mkdir(parents=True)
+    for i, path in enumerate(sorted(shared("dicom", "dcm_qa_nih", "In", "20180918Si", "mr_0003").glob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        if i == 1:
+            iop = np.array(ds.ImageOrientationPatient, float)
+            normal = np.cross(iop[:3], iop[3:])
+            rotated = np.concatenate([_rotate(iop[:3], normal, degrees), _rotate(iop[3:], normal, degrees)])
+            ds.ImageOrientationPatient = [round(float(x), 8) for x in rotated]
+            ds.ImagePositionPatient = [float(x) for x in np.array(ds.ImagePositionPatient, float) + iop[:3] * shift_mm]
+        ds.save_as(dest / path.name, enforce_file_format=True)
+    return dest
+
+
+@pytest.mark.parametrize(("degrees", "n_outputs"), [(2.0, 2), (0.01, 2), (0.0, 1)])
+def test_mosaics_that_are_not_parallel_become_3d_volumes_as_dcm2niix_writes_them(tmp_path, degrees, n_outputs):
+    """dcm2niix writes each mosaic of a series whose mosaics differ in orientation (an ImageOrientationPatient
+    value more than 1e-4 apart) as its own 3D volume (issue 481); parallel ones stack in 4D."""
+    folder = _rotated_mosaics(tmp_path / "in", degrees)
+    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    vols, quarantine = _volumes(folder)
+    assert not quarantine
+    assert [v.shape for v in vols] == ([(72, 72, 5)] * 2 if n_outputs == 2 else [(72, 72, 5, 2)])
+    if n_outputs == 2:
+        assert all(any("the mosaics of the series are not parallel" in n for n in v.notes) for v in vols)
+
+
+def test_parallel_mosaics_at_different_positions_are_quarantined(tmp_path):
+    """Mosaics of one orientation at different positions: dcm2niix stacks them on the first one's grid,
+    medsynth does not write the others' voxels at the wrong place."""
+    vols, quarantine = _volumes(_rotated_mosaics(tmp_path / "in", 0.0, shift_mm=1.0))
+    assert not vols
+    assert any("mosaic volumes in one series have different geometry" in q.reason for q in quarantine)

@@ -70,6 +70,26 @@ def mosaic_order(ds: Dataset | FastHeader) -> tuple:
             int(ds.get("InstanceNumber", 0) or 0))
 
 
+SAME_ORIENTATION = 1e-4  # dcm2niix's isSameFloatGE, per ImageOrientationPatient value
+
+
+def mosaics_not_parallel(files: list[tuple[Path, Dataset | FastHeader]]) -> bool:
+    """Whether the mosaics of one series do not share an orientation (an ImageOrientationPatient value more
+    than 1e-4 from the first mosaic's, e.g. prospective motion correction): dcm2niix then writes each
+    mosaic as its own 3D volume (nii_dicom_batch.cpp, ``isSameSet`` and issue 481)."""
+    first = None
+    for _path, ds in files:
+        try:
+            iop = _floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", Path("."))
+        except SeriesError:
+            return False  # the volume's own conversion names the problem
+        if first is None:
+            first = iop
+        elif np.any(np.abs(iop - first) > SAME_ORIENTATION):
+            return True
+    return False
+
+
 def _untile(ds: Dataset | FastHeader, pixels: np.ndarray, n: int, n_col: int, n_row: int) -> np.ndarray:
     """The first ``n`` tiles of an ``n_row`` x ``n_col`` grid, read row by row, rescaled, as
     (cols, rows, n) data."""

@@ -1,8 +1,8 @@
 """Series: every file under a folder classified (NIfTI, SEG, image series by key: one UID and number of
 one patient's study, or what dcm2niix stacks across them; or quarantined with the reason; the fast
 reader first, pydicom's partial read for the rest) and one series' files converted into volumes
-(mosaics, split by geometry and by the attributes dcm2niix splits a series by, stacked, isotropic DWI
-volumes set apart)."""
+(mosaics, each its own volume when they are not parallel; split by geometry and by the attributes
+dcm2niix splits a series by; stacked; isotropic DWI volumes set apart)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from medsynth.io.dicom.attributes import atoi, merged_series, siemens_xa, stack_key
 from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
-from medsynth.io.dicom.mosaics import _mosaic_volume, is_mosaic
+from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosaic, mosaic_order, mosaics_not_parallel
 from medsynth.io.dicom.philips import isotropic_split
 from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
 from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_fast_header
@@ -221,14 +221,23 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         mosaic_keys = sorted(by_key, key=_sortable)
         for i, key in enumerate(mosaic_keys):
             tiled = by_key[key]
-            paths = [p for p, _ds in tiled]
             split_note = "" if len(by_key) == 1 else f"split {i + 1}/{len(by_key)} of the series by {_differing(mosaic_keys)}"
-            try:
-                data, aff, notes = _mosaic_volume(tiled)
-                suffix = "" if len(by_key) == 1 else f"_{i + 1}"
-                volumes.append(DicomVolume(data, aff, header, paths, suffix, [*notes, split_note] if split_note else notes))
-            except SeriesError as exc:
-                quarantine.append(QuarantineEntry(_common_parent(paths), f"{exc} ({split_note})" if split_note else str(exc)))
+            suffix = "" if len(by_key) == 1 else f"_{i + 1}"
+            parts = [tiled]
+            if len(tiled) > 1 and mosaics_not_parallel(tiled):
+                parts = [[f] for f in sorted(tiled, key=lambda f: mosaic_order(f[1]))]
+            for j, part in enumerate(parts):
+                paths = [p for p, _ds in part]
+                notes = [split_note] if split_note else []
+                if len(parts) > 1:
+                    notes.append(f"mosaic {j + 1}/{len(parts)}: the mosaics of the series are not parallel (ImageOrientationPatient differs by "
+                                 f"more than {SAME_ORIENTATION:g}), so each is its own 3D volume, as dcm2niix writes them")
+                try:
+                    data, aff, mosaic_notes = _mosaic_volume(part)
+                    volumes.append(DicomVolume(data, aff, part[0][1] if len(parts) > 1 else header, paths,
+                                               suffix + (f"_{j + 1}" if len(parts) > 1 else ""), [*mosaic_notes, *notes]))
+                except SeriesError as exc:
+                    quarantine.append(QuarantineEntry(_common_parent(paths), f"{exc} ({'; '.join(notes)})" if notes else str(exc)))
         files = [(p, ds) for p, ds in files if not is_mosaic(ds)]
         if not files:
             return _with_note(volumes, merged), quarantine
