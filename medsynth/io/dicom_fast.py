@@ -74,6 +74,7 @@ TAGS: dict[str, tuple[int, str]] = {
     "SeriesNumber": (0x00200011, "IS"),
     "AcquisitionNumber": (0x00200012, "IS"),
     "InstanceNumber": (0x00200013, "IS"),
+    "ImagesInAcquisition": (0x00201002, "IS"),
     "ImagePositionPatient": (0x00200032, "DS"),
     "ImageOrientationPatient": (0x00200037, "DS"),
     "TemporalPositionIdentifier": (0x00200100, "IS"),
@@ -125,8 +126,9 @@ PHILIPS_GROUP, GE_GROUP = 0x2005, 0x0043
 # private elements conversion reads: (group, private creator) -> {element low byte: name in FastHeader.private}
 PRIVATE = {
     (0x0019, b"SIEMENS MR HEADER"): {0x0A: "mosaic_images", 0x29: "mosaic_slice_times"},
-    (0x0019, b"GEMS_ACQU_01"): {0xBB: "ge_gradient_x", 0xBC: "ge_gradient_y", 0xBD: "ge_gradient_z", 0xE0: "ge_diffusion_directions"},
-    (0x0021, b"GEMS_RELA_01"): {0x5A: "ge_series_diffusion_type"},
+    (0x0019, b"GEMS_ACQU_01"): {0xBB: "ge_gradient_x", 0xBC: "ge_gradient_y", 0xBD: "ge_gradient_z", 0xE0: "ge_diffusion_directions",
+                                 0x9C: "ge_pulse_sequence", 0x9E: "ge_internal_pulse_sequence"},
+    (0x0021, b"GEMS_RELA_01"): {0x4F: "ge_locations_in_acquisition", 0x5A: "ge_series_diffusion_type"},
     (0x0029, b"SIEMENS CSA HEADER"): {0x10: "csa_image"},
     (GE_GROUP, b"GEMS_PARM_01"): {0x2F: "ge_image_type", 0x30: "ge_diffusion_type", 0x39: "ge_b_value"},
     (0x2001, b"PHILIPS IMAGING DD 001"): {0x03: "philips_b_value", 0x08: "philips_phase_number"},

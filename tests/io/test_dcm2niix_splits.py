@@ -8,7 +8,9 @@ dcm2niix decides by default: each case rewrites a few attributes of a real share
   acquisition number do not;
 * GE non-DTI diffusion (``numberOfDiffusionDirectionGE == 0``, nii_saveDTI): b > 0 volumes without a
   gradient direction are traces, set apart as a Philips DWI's isotropic volumes; in a DTI series they
-  stay (dcm2niix reads them as b = 0).
+  stay (dcm2niix reads them as b = 0);
+* a GE B0 field map (2 volumes of the same series): the field map volume is marked real (issue 501) and
+  written apart from the magnitude.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pydicom
 import pytest
 
 from medsynth.io.dicom import ge_diffusion, read_header, stack_key
+from medsynth.io.dicom.attributes import ge_field_map_volume
 from medsynth.io.dicom_fast import read_image_header
 from tests.conftest import shared
 from tests.io.test_vendor_formats import _assert_converts_as_dcm2niix, _volumes
@@ -189,3 +192,56 @@ def test_ge_diffusion_reads_the_same_through_both_readers(tmp_path):
         assert stack_key(fast) == stack_key(slow)
         seen.add(ge_diffusion(fast))
     assert (0.0, (0.0, 0.0, 0.0)) in seen and (1000.0, (0.0, 0.0, 0.0)) in seen and len(seen) == 10
+
+
+# ----------------------------------------------------------------------------- GE B0 field maps
+
+
+def _ge_b0map(name: str = "b0map", internal: str | None = None, images: int = 30, thickness: float | None = None
+              ) -> Callable[[pydicom.Dataset, int], None]:
+    """A GE B0 field map (two volumes: the field map in Hz first, then the magnitude): Pulse Sequence Name
+    (0019,109C) ``name``, Internal Pulse Sequence Name (0019,109E) ``internal``, ImagesInAcquisition
+    (0020,1002) ``images`` against 15 Locations in Acquisition (0021,104F); SliceThickness ``thickness``
+    (5 mm apart: a ZIP factor above 1 multiplies the locations)."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        ds[0x0019109C].value = name
+        if internal is not None:
+            ds[0x0019109E].value = internal
+        ds.ImagesInAcquisition = images
+        assert ds[0x0021104F].value == 15
+        if thickness is not None:
+            ds.SliceThickness = thickness
+    return change
+
+
+GE_B0MAP = {  # name -> (change, outputs dcm2niix writes)
+    "b0map pulse sequence": (_ge_b0map(), 2),
+    "B0map internal pulse sequence": (_ge_b0map(name="epiRT", internal="B0map"), 2),
+    "b0map with as many images as locations": (_ge_b0map(images=15), 1),
+    "b0map with a ZIP factor of 2 (10 mm slices 5 mm apart)": (_ge_b0map(thickness=10.0), 1),
+    "not a b0map": (_ge_b0map(name="epiRT"), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(GE_B0MAP))
+def test_ge_b0_field_map_and_magnitude_are_written_apart_as_dcm2niix_writes_them(tmp_path, name):
+    """dcm2niix marks the first volume of a GE B0map (InstanceNumber up to the locations) real (the field
+    map in Hz) and the magnitude not, so they are two outputs (nii_dicom.cpp, issue 501)."""
+    change, n_outputs = GE_B0MAP[name]
+    folder = _rewritten(tmp_path / "in", change, volumes=2)
+    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    vols, quarantine = _volumes(folder)
+    assert not quarantine
+    assert [v.shape for v in vols] == ([(64, 64, 15)] * 2 if n_outputs == 2 else [(64, 64, 15, 2)])
+
+
+def test_the_ge_field_map_rule_reads_the_same_through_both_readers(tmp_path):
+    folder = _rewritten(tmp_path / "in", _ge_b0map(), volumes=2)
+    seen = []
+    for path in sorted(folder.glob("*.dcm")):
+        fast, slow = read_image_header(path), read_header(path)
+        assert fast is not None
+        assert ge_field_map_volume(fast) == ge_field_map_volume(slow)
+        seen.append(ge_field_map_volume(fast))
+    assert seen.count(True) == seen.count(False) == 15
+

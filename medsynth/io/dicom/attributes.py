@@ -157,7 +157,8 @@ def _image_type_text(ds: Dataset | FastHeader) -> str:
 def complex_parts(ds: Dataset | FastHeader) -> tuple[bool, bool, bool]:
     """(real, imaginary, phase) as dcm2niix reads them: ImageType with an inner R / REAL, I / IMAGINARY or
     P value, or PHASE anywhere in it ("PHASE MAP", "PHASE CONTRAST M"); a GE image also by its private
-    image type (0043,xx2F: 1 phase, 2 real, 3 imaginary)."""
+    image type (0043,xx2F: 1 phase, 2 real, 3 imaginary). In a GE B0 field map dcm2niix sets the real flag
+    by the image's InstanceNumber instead (:func:`with_instance_rules`)."""
     text = _image_type_text(ds)
     real = "_R_" in text or "_REAL_" in text
     imaginary = "_I_" in text or "_IMAGINARY_" in text
@@ -166,6 +167,29 @@ def complex_parts(ds: Dataset | FastHeader) -> tuple[bool, bool, bool]:
         ge = _private_int(ds, 0x0043, "GEMS_PARM_01", 0x2F)
         real, imaginary, phase = real or ge == 2, imaginary or ge == 3, phase or ge == 1
     return real, imaginary, phase
+
+
+def ge_field_map_volume(ds: Dataset | FastHeader) -> bool | None:
+    """For an image of a GE B0 field map series (Pulse Sequence Name (0019,xx9C) with 'b0map', or Internal
+    Pulse Sequence Name (0019,xx9E) 'B0map') whose ImagesInAcquisition (0020,1002) differs from its
+    Locations in Acquisition (0021,xx4F, times the ZIP factor round(SliceThickness / SpacingBetweenSlices)
+    when above 1): whether it belongs to the first volume (InstanceNumber up to those locations), the
+    field map in Hz, which dcm2niix marks real and so writes apart from the magnitude volume (nii_dicom.cpp,
+    issue 501). None for any other image."""
+    name = _private_text(ds, 0x0019, "GEMS_ACQU_01", 0x9C) or ""
+    internal = _private_text(ds, 0x0019, "GEMS_ACQU_01", 0x9E) or ""
+    if "b0map" not in name and internal != "B0map":
+        return None
+    images = atoi(ds.get("ImagesInAcquisition"))
+    locations = _private_int(ds, 0x0021, "GEMS_RELA_01", 0x4F) or 0
+    if images <= 0 or locations <= 0 or images == locations:
+        return None
+    thickness = atof(ds.get("SliceThickness")) if "SliceThickness" in ds else 1.0  # dcm2niix's default xyzMM[3]
+    spacing = atof(ds.get("SpacingBetweenSlices"))
+    zip_factor = math.floor(thickness / spacing + 0.5) if spacing > 0 and math.isfinite(thickness / spacing) else 0  # C's roundf
+    if zip_factor > 1:
+        locations *= zip_factor
+    return atoi(ds.get("InstanceNumber")) <= locations
 
 
 def is_xray(ds: Dataset | FastHeader) -> bool:
@@ -271,3 +295,15 @@ def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
         ("protocol", protocol),
     ]
     return tuple(key)
+
+
+def with_instance_rules(ds: Dataset | FastHeader, key: tuple[tuple[str, object], ...]) -> tuple[tuple[str, object], ...]:
+    """``key`` (:func:`stack_key` of ``ds``) with the rule that depends on the image's InstanceNumber, which
+    stack_key never reads (its value holds for every image of a series that differs only in SOPInstanceUID,
+    InstanceNumber and position): in a GE B0 field map the real flag is whether the image belongs to the
+    field map volume (:func:`ge_field_map_volume`), whatever ImageType and (0043,xx2F) say."""
+    field_map = ge_field_map_volume(ds) if manufacturer(ds) == "GE" else None
+    if field_map is None:
+        return key
+    return tuple((name, (field_map, *value[1:])) if name == "real/imaginary/phase" and isinstance(value, tuple) else (name, value)
+                 for name, value in key)

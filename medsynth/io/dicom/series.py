@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import atoi, merged_series, siemens_xa, stack_key
+from medsynth.io.dicom.attributes import atoi, merged_series, siemens_xa, stack_key, with_instance_rules
 from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosaic, mosaic_order, mosaics_not_parallel
@@ -247,7 +247,9 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
             if is_enhanced(ds):
                 slices.extend(enhanced_slices(path, ds))
             else:
-                slices.append(classic_slice(path, ds))
+                s = classic_slice(path, ds)
+                s.split_key = with_instance_rules(ds, s.split_key)
+                slices.append(s)
         except SeriesError as exc:
             quarantine.append(QuarantineEntry(str(path), str(exc)))
     numbers = {p: atoi(ds.get("SeriesNumber")) for p, ds in files}
