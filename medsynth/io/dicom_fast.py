@@ -121,6 +121,9 @@ ITEM_TAGS: dict[str, int] = {
     "EffectiveEchoTime": 0x00189082,
     "FrameType": 0x00089007,
     "ComplexImageComponent": 0x00089208,
+    "CardiacSynchronizationSequence": 0x00189118,
+    "NominalCardiacTriggerDelayTime": 0x00209153,
+    "TriggerTime": 0x00181060,
 }
 PHILIPS_GROUP, GE_GROUP = 0x2005, 0x0043
 # private elements conversion reads: (group, private creator) -> {element low byte: name in FastHeader.private}

@@ -10,11 +10,14 @@ dcm2niix decides by default: each case rewrites a few attributes of a real share
   gradient direction are traces, set apart as a Philips DWI's isotropic volumes; in a DTI series they
   stay (dcm2niix reads them as b = 0);
 * a GE B0 field map (2 volumes of the same series): the field map volume is marked real (issue 501) and
-  written apart from the magnitude.
+  written apart from the magnitude;
+* a Philips enhanced object built from the real one's magnitude frames as dynamics or cardiac phases:
+  volumes of different trigger delay times are written apart (saveDcm2Nii, ``gradDynVol``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import pytest
 
 from medsynth.io.dicom import ge_diffusion, read_header, stack_key
 from medsynth.io.dicom.attributes import ge_field_map_volume
+from medsynth.io.dicom.philips import philips_trigger_times
 from medsynth.io.dicom_fast import read_image_header
 from tests.conftest import shared
 from tests.io.test_vendor_formats import _assert_converts_as_dcm2niix, _volumes
@@ -245,3 +249,90 @@ def test_the_ge_field_map_rule_reads_the_same_through_both_readers(tmp_path):
         seen.append(ge_field_map_volume(fast))
     assert seen.count(True) == seen.count(False) == 15
 
+
+# ----------------------------------------------------------------------------- Philips enhanced trigger delay times
+
+PHILIPS_ENHANCED = ("dicom", "dcm_qa_enh", "In", "Philips", "IM_0027_fMAP.dcm")  # 64 frames: 32 magnitude, 32 field map
+
+
+def _philips_dynamics(dest: Path, triggers: list[float | None], label: str | None = None, private: bool = False,
+                      scan_begin: bool = False) -> Path:
+    """The real Philips enhanced object's 32 magnitude frames as len(triggers) volumes (TemporalPositionIndex
+    in the FrameContentSequence and the DimensionIndexSequence, as a Philips dynamic or cine object holds
+    them), each frame of volume t with a Cardiac Synchronization Sequence (0018,9118) giving
+    NominalCardiacTriggerDelayTime (0020,9153) ``triggers[t]`` (None: no such item), or with ``private``
+    the TriggerTime (0018,1060) of its Philips private per-frame item (2005,140F); ``scan_begin``: that
+    item's MR Image Dynamic Scan Begin Time (2005,10A0) is the trigger time (in s); ``label``: every
+    frame's private ASL label type (2005,1429)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shared(*PHILIPS_ENHANCED))
+    frames = ds.pixel_array[:32]
+    magnitude = list(ds.PerFrameFunctionalGroupsSequence)[:32]
+    items = []
+    for t, trigger in enumerate(triggers):
+        for k, source in enumerate(magnitude):
+            item = copy.deepcopy(source)
+            content = item.FrameContentSequence[0]
+            content.TemporalPositionIndex = t + 1
+            content.DimensionIndexValues = [1, k + 1, t + 1]
+            private_item = item[0x2005140F].value[0]
+            if trigger is not None and private:
+                private_item.TriggerTime = float(trigger)
+            elif trigger is not None:
+                cardiac = Dataset()
+                cardiac.NominalCardiacTriggerDelayTime = float(trigger)
+                item.CardiacSynchronizationSequence = Sequence([cardiac])
+            if scan_begin and trigger is not None:
+                private_item[0x200510A0].value = float(trigger) / 1000.0
+            if label is not None:
+                private_item[0x20051429].value = label
+            items.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(items)
+    index = Dataset()
+    index.DimensionOrganizationUID = ds.DimensionIndexSequence[0].DimensionOrganizationUID
+    index.DimensionIndexPointer, index.FunctionalGroupPointer = 0x00209128, 0x00209111
+    index.DimensionDescriptionLabel = "Temporal Position Index"
+    ds.DimensionIndexSequence = Sequence([*list(ds.DimensionIndexSequence)[:2], index])
+    ds.NumberOfFrames = len(items)
+    ds.PixelData = np.concatenate([frames] * len(triggers)).tobytes()
+    dest.mkdir(parents=True)
+    ds.save_as(dest / "philips.dcm", enforce_file_format=True)
+    return dest
+
+
+PHILIPS_TRIGGERS = {  # name -> (triggers per volume, _philips_dynamics options, shapes of what dcm2niix writes)
+    "one trigger time": ([100.0, 100.0], {}, [(64, 64, 32, 2)]),
+    "two trigger times": ([0.0, 100.0], {}, [(64, 64, 32)] * 2),
+    "three cardiac phases": ([0.0, 100.0, 200.0], {}, [(64, 64, 32)] * 3),
+    "a trigger time repeated": ([0.0, 100.0, 0.0], {}, [(64, 64, 32), (64, 64, 32, 2)]),
+    "first volume without a cardiac item": ([None, 100.0], {}, [(64, 64, 32)] * 2),
+    "later volume without a cardiac item (keeps the last value)": ([100.0, None], {}, [(64, 64, 32, 2)]),
+    "trigger times in the private per-frame item": ([0.0, 100.0], {"private": True}, [(64, 64, 32)] * 2),
+    "trigger times that are the dynamic scan begin times": ([0.0, 100.0], {"private": True, "scan_begin": True}, [(64, 64, 32, 2)]),
+    "ASL label images": ([0.0, 100.0], {"label": "LABEL"}, [(64, 64, 32, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(PHILIPS_TRIGGERS))
+def test_philips_enhanced_volumes_are_written_apart_by_trigger_time_as_dcm2niix_writes_them(tmp_path, name):
+    """dcm2niix writes the volumes of a Philips enhanced object apart when their trigger delay times
+    differ (nii_dicom_batch.cpp, saveDcm2Nii: gradDynVol), except ASL label / control images."""
+    triggers, options, shapes = PHILIPS_TRIGGERS[name]
+    folder = _philips_dynamics(tmp_path / "in", triggers, **options)
+    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=len(shapes))
+    vols, quarantine = _volumes(folder)
+    assert not quarantine
+    assert sorted(v.shape for v in vols) == sorted(shapes)
+    if len(shapes) > 1:
+        assert all(any(n.startswith("trigger delay time") for n in v.notes) for v in vols)
+
+
+def test_philips_trigger_times_read_the_same_through_both_readers(tmp_path):
+    path = _philips_dynamics(tmp_path / "in", [None, 100.0, 250.0]) / "philips.dcm"
+    fast = read_image_header(path)
+    assert fast is not None and fast.get("PerFrameFunctionalGroupsSequence") is not None
+    times = philips_trigger_times(fast)
+    assert times == philips_trigger_times(pydicom.dcmread(path, stop_before_pixels=True))
+    assert times == [0.0] * 32 + [100.0] * 32 + [250.0] * 32

@@ -1,15 +1,18 @@
 """Philips: the private MR scale slope and the "floating point" values dcm2niix writes with it, the
-diffusion b value and direction, and the isotropic (trace / ADC) volumes of a DWI (Philips, and GE
-non-DTI diffusion) set apart as dcm2niix sets them apart."""
+diffusion b value and direction, the isotropic (trace / ADC) volumes of a DWI (Philips, and GE
+non-DTI diffusion) set apart as dcm2niix sets them apart, and the volumes of an enhanced object that
+dcm2niix writes apart by their trigger delay time."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import _private_numbers
+from medsynth.io.dicom.attributes import _float32, _private_numbers, _private_text, atof, manufacturer
 from medsynth.io.dicom.geometry import Slice
 from medsynth.io.dicom_fast import FastHeader
 
@@ -75,3 +78,84 @@ def isotropic_split(data: np.ndarray, firsts: list[Slice]) -> tuple[np.ndarray, 
         return None
     note = f"{len(iso)} isotropic (trace / ADC) volume(s) of {len(firsts)} set apart, as dcm2niix does (b > 0 without a gradient direction)"
     return data[..., rest], data[..., rest + iso], note
+
+
+FLT_EPSILON = 1.1920929e-07
+SAME_TRIGGER = 1e-4  # dcm2niix's isSameFloatGE
+
+
+def philips_trigger_times(ds: Dataset | FastHeader) -> list[float] | None:
+    """The trigger delay time (ms) dcm2niix keeps for each frame of a Philips enhanced object, in frame
+    order; None for another object, or when a frame is an ASL label or control image (2005,xx29 'L' / 'C'
+    in the 'DD 005' block: dcm2niix never splits those by trigger).
+
+    dcm2niix (nii_dicom.cpp, ``readDICOMx``) reads the elements in file order into one running value,
+    which a frame keeps when it ends: the top-level TriggerTime (0018,1060), then in the shared and then
+    each frame's functional groups NominalCardiacTriggerDelayTime (0020,9153) of the Cardiac
+    Synchronization Sequence (0018,9118) and the TriggerTime of the Philips private per-frame item
+    (2005,140F); a frame whose value equals its MR Image Dynamic Scan Begin Time (2005,xxA0, s) is
+    given 0 (issue 395)."""
+    if manufacturer(ds) != "PHILIPS":
+        return None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return None
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    state = {"trigger": atof(ds.get("TriggerTime")), "begin": 0.0, "asl": False}
+    _read_trigger(ds, state)
+
+    def read_group(group) -> None:
+        for cardiac in group.get("CardiacSynchronizationSequence") or []:
+            value = cardiac.get("NominalCardiacTriggerDelayTime")
+            if value is not None:
+                state["trigger"] = float(value)
+        private = getattr(group.get((0x2005, 0x140F)), "value", None)
+        items = list(private) if isinstance(private, Sequence) and not isinstance(private, (str, bytes)) else []  # an SQ, not raw bytes
+        for item in items:
+            if "TriggerTime" in item:
+                state["trigger"] = atof(item.get("TriggerTime"))
+            _read_trigger(item, state)
+
+    for group in shared or []:
+        read_group(group)
+    times = []
+    for group in per_frame:
+        read_group(group)
+        trigger = _float32(state["trigger"])
+        times.append(0.0 if abs(_float32(state["begin"] * 1000.0) - trigger) <= FLT_EPSILON else trigger)
+    return None if state["asl"] else times
+
+
+def _read_trigger(item, state: dict) -> None:
+    """The Philips private elements of ``item`` (a data set or a private per-frame item) that the running
+    trigger value of :func:`philips_trigger_times` depends on: the dynamic scan begin time and the ASL label."""
+    begin = _private_numbers(item, 0x2005, "PHILIPS MR IMAGING DD 001", 0xA0, "f")
+    if begin:
+        state["begin"] = float(begin[0])
+    label = _private_text(item, 0x2005, "PHILIPS MR IMAGING DD 005", 0x29)
+    if label and len(label) >= 2 and label[0].upper() in ("L", "C"):
+        state["asl"] = True
+
+
+def trigger_volumes(firsts: list[Slice], times: dict[tuple[Path, int | None], float]) -> list[list[int]] | None:
+    """The volumes of a 4D stack (``firsts``: each volume's first slice) that dcm2niix writes apart when
+    their trigger delay times (``times`` by (path, frame), :func:`philips_trigger_times`) differ: groups
+    of volume indices with the same trigger time (within 1e-4 ms), rescale slope and intercept, in the
+    order of their first volume (nii_dicom_batch.cpp, ``saveDcm2Nii``: ``gradDynVol``); None when the
+    volumes share one trigger time or a volume has none."""
+    values = [times.get((s.path, s.frame)) for s in firsts]
+    if len(firsts) < 2 or any(v is None for v in values):
+        return None
+    known = [float(v) for v in values if v is not None]
+    if all(abs(v - known[0]) <= SAME_TRIGGER for v in known):
+        return None
+    groups: list[list[int]] = []
+    for t, (value, s) in enumerate(zip(known, firsts, strict=True)):
+        for group in groups:
+            first = firsts[group[0]]
+            if abs(known[group[0]] - value) <= SAME_TRIGGER and (first.slope, first.intercept) == (s.slope, s.intercept):
+                group.append(t)
+                break
+        else:
+            groups.append([t])
+    return groups if len(groups) > 1 else None

@@ -2,7 +2,8 @@
 one patient's study, or what dcm2niix stacks across them; or quarantined with the reason; the fast
 reader first, pydicom's partial read for the rest) and one series' files converted into volumes
 (mosaics, each its own volume when they are not parallel; split by geometry and by the attributes
-dcm2niix splits a series by; stacked; isotropic DWI volumes set apart)."""
+dcm2niix splits a series by; stacked; isotropic DWI volumes set apart; the volumes of a Philips enhanced
+object apart by trigger delay time)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from medsynth.io.dicom.attributes import atoi, merged_series, siemens_xa, stack_
 from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosaic, mosaic_order, mosaics_not_parallel
-from medsynth.io.dicom.philips import isotropic_split
+from medsynth.io.dicom.philips import isotropic_split, philips_trigger_times, trigger_volumes
 from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
 from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_fast_header
 from medsynth.io.pool import process_pool
@@ -242,10 +243,12 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         if not files:
             return _with_note(volumes, merged), quarantine
     slices: list[Slice] = []
+    triggers: dict[tuple[Path, int | None], float] = {}  # Philips enhanced frames' trigger delay times
     for path, ds in files:
         try:
             if is_enhanced(ds):
                 slices.extend(enhanced_slices(path, ds))
+                triggers.update(((path, i), t) for i, t in enumerate(philips_trigger_times(ds) or []))
             else:
                 s = classic_slice(path, ds)
                 s.split_key = with_instance_rules(ds, s.split_key)
@@ -276,6 +279,16 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         if len(groups) > 1:
             kind = " (derived image)" if dict(key[3]).get("derived") else ""
             notes.append(f"split {i + 1}/{len(groups)} of the series by {why}{kind}")
+        by_trigger = trigger_volumes(firsts, triggers) if triggers else None
+        if by_trigger is not None:
+            for j, idx in enumerate(by_trigger):
+                trigger = triggers[(firsts[idx[0]].path, firsts[idx[0]].frame)]
+                note = (f"trigger delay time {trigger:g} ms: {len(idx)} of {len(firsts)} volumes, written apart from the volumes of the "
+                        f"other {len(by_trigger) - 1} trigger time(s) as dcm2niix writes a Philips enhanced object")
+                kept = [n for n in notes if not n.startswith("4D series")] + ([f"4D series: {len(idx)} volumes"] if len(idx) > 1 else [])
+                volumes.append(DicomVolume(data[..., idx] if len(idx) > 1 else data[..., idx[0]], aff, hdr, paths, f"{suffix}_trigger{j + 1}",
+                                           [*kept, note]))
+            continue
         split = isotropic_split(data, firsts)
         if split is None:
             volumes.append(DicomVolume(data, aff, hdr, paths, suffix, notes))
