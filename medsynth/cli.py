@@ -34,7 +34,7 @@ def version() -> None:
 def convert(
     input: Path = typer.Argument(..., help="folder (searched recursively) or file of DICOM / NIfTI"),
     output: Path = typer.Argument(..., help="output folder: one RAS NIfTI per series, series.csv, quarantine.csv"),
-    workers: int | None = typer.Option(None, help="processes (default: all cores)"),
+    workers: int | None = typer.Option(None, help="processes (default: all cores from 1,000 image files, else one)"),
 ) -> None:
     """Convert every DICOM series (and NIfTI) under INPUT to RAS NIfTI in OUTPUT. Does not de-identify."""
     from medsynth.io.convert import convert_folder
@@ -60,7 +60,7 @@ def deid(
     clean_descriptors: bool = typer.Option(True, "--clean-descriptors/--remove-descriptors",
                                            help="clean free-text descriptions to imaging vocabulary, or remove them"),
     retain_safe_private: bool = typer.Option(False, help="keep the documented safe private tags"),
-    workers: int | None = typer.Option(None, help="processes (default: all cores)"),
+    workers: int | None = typer.Option(None, help="processes (default: all cores from 1,000 image files, else one)"),
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E Basic Profile + options) into OUTPUT with deid_log.csv and quarantine.csv."""
     from medsynth.config import DeidConfig

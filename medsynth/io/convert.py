@@ -99,6 +99,17 @@ def _series_source(paths: list[Path], root: Path) -> str:
     return _rel(Path(os.path.commonpath([str(p) for p in paths])), root)
 
 
+POOL_MIN_FILES = 1000  # by default, fewer image files are converted in one process (docs/benchmarks.md)
+
+
+def default_workers(image_files: int) -> int:
+    """Processes for a conversion whose ``workers`` is not given: one per core from POOL_MIN_FILES image
+    files, else one. Below that a pool costs more than it saves: one process already compresses each
+    volume in a writer thread while it reads the next (on 2 cores, the GE folder of 605 files and the
+    shared corpus of 635 took 5% longer with two processes; 1,200 phantom CT files 9% less)."""
+    return (os.cpu_count() or 1) if image_files >= POOL_MIN_FILES else 1
+
+
 # the scan's fast-read headers, set before a pool is forked: its workers inherit them instead of
 # receiving them pickled with each job (None in a job's header list: look the path up here)
 _inherited_headers: dict[Path, FastHeader] = {}
@@ -162,10 +173,10 @@ def iter_volumes(
     order: SEG masks come before the volumes, so a caller can match each volume as it arrives."""
     root = Path(root)
     paths = discover_files(root)
-    n_workers = workers if workers is not None else (os.cpu_count() or 1)
     # the scan runs here (a header read costs less than sending it between processes); workers forked after
     # it inherit its headers and every module it imported (pydicom too, when some file needed it)
     scan = scan_folder(root, files=paths, max_voxels=max_voxels)
+    n_workers = workers if workers is not None else default_workers(sum(len(files) for files in scan.series.values()))
     yield from _scanned_volumes(root, scan, n_workers, progress, max_voxels)
 
 

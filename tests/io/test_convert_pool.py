@@ -41,3 +41,10 @@ def test_a_pooled_conversion_equals_a_one_process_conversion(tmp_path, monkeypat
         assert a.source == b.source and a.source_files == b.source_files
         np.testing.assert_array_equal(a.data, b.data)
         np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_the_default_is_one_process_below_a_thousand_image_files(monkeypatch):
+    monkeypatch.setattr(convert.os, "cpu_count", lambda: 16)
+    assert convert.default_workers(999) == 1 and convert.default_workers(1000) == 16
+    monkeypatch.setattr(convert.os, "cpu_count", lambda: None)
+    assert convert.default_workers(5000) == 1

@@ -34,8 +34,9 @@ NOT_IMPORTED = ("typer", "rich", "pydicom", "nibabel", "pydantic", "medsynth.con
                 "multiprocessing", "concurrent.futures.process", "subprocess")
 
 
-def _convert_and_list_imports(src: Path, dest: Path, workers: int) -> subprocess.CompletedProcess:
-    code = (f"import sys; sys.argv = ['medsynth', 'convert', sys.argv[1], sys.argv[2], '--workers', '{workers}']\n"
+def _convert_and_list_imports(src: Path, dest: Path, workers: int | None) -> subprocess.CompletedProcess:
+    option = "" if workers is None else f", '--workers', '{workers}'"
+    code = (f"import sys; sys.argv = ['medsynth', 'convert', sys.argv[1], sys.argv[2]{option}]\n"
             "from medsynth.launcher import main\nmain()\n"
             f"print(sorted(m for m in {NOT_IMPORTED!r} if m in sys.modules))")
     return subprocess.run([sys.executable, "-c", code, str(src), str(dest)], capture_output=True, text=True, check=True)
@@ -48,6 +49,14 @@ def test_plain_convert_imports_only_what_it_needs(tmp_path):
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
     assert "convert: wrote 1 volume(s)" in res.stderr
     assert (tmp_path / "out" / "series_0001.nii.gz").exists()
+
+
+def test_a_small_folder_converts_in_one_process_by_default(tmp_path):
+    """605 image files (4 series), --workers not given: below POOL_MIN_FILES no pool is made."""
+    shutil.copytree(shared("dicom", "dcm_qa_nih", "In", "20180918GE"), tmp_path / "in")
+    res = _convert_and_list_imports(tmp_path / "in", tmp_path / "out", workers=None)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr  # multiprocessing among them
+    assert "convert: wrote 4 volume(s)" in res.stderr
 
 
 def test_compressed_and_big_endian_series_convert_without_pydicom(tmp_path):
