@@ -12,7 +12,10 @@ Geometry rules (see docs/architecture.md, "DICOM geometry"):
 * one SeriesInstanceUID is split when it holds several orientations or image sizes, and where
   dcm2niix's ``isSameSet`` splits it by default: derived images, vendor, modality, study date/time,
   and (not X-ray) real/imaginary/phase, TR, flip angle, echo time/number, Philips trigger time and
-  protocol name;
+  protocol name; and, as dcm2niix does, files are stacked across series where it stacks them (Siemens
+  XA classic by series time, Siemens dynamic series by protocol name, early XA series numbers by
+  thousands), non-parallel mosaics are one 3D volume each, a GE B0 field map and the trigger delay
+  times of a Philips enhanced object are written apart;
 * repeated positions with the same count per position make a 4D (time) series;
 * missing slices, uneven spacing, gantry tilt, single 2D images, objects without pixel data, empty
   images, NaN / Inf after rescaling and sizes over ``max_voxels`` (declared sizes, checked before
@@ -24,7 +27,9 @@ The sub-modules, each importing only those above it:
   bombs), the pydicom readers and the pixel-data completeness check;
 * ``attributes``: ImageType words (derived, phase), private elements found by their creator and the
   attributes that split a series (``stack_key``);
-* ``pixels``: decoding (raw little endian, else pydicom), multi-frame caching, rescale checks;
+* ``compressed``: compressed and big-endian single-frame grey-level pixel data through the codec
+  plugins, without pydicom;
+* ``pixels``: decoding (raw little endian, ``compressed``, else pydicom), multi-frame caching, rescale checks;
 * ``geometry``: ``Slice``, orientation, ``lps_affine`` / ``LPS_TO_RAS``, splitting and stacking slices;
 * ``philips``: the Philips scale slope, diffusion b values and the isotropic DWI volumes;
 * ``ge``: GE diffusion b values of non-DTI series (whose trace volumes are set apart as Philips ones);
@@ -33,7 +38,8 @@ The sub-modules, each importing only those above it:
 * ``series``: the folder scan and classification, and a series' files -> ``DicomVolume``s.
 
 pydicom is imported inside the functions that need it, never at module level: a folder the fast
-reader (:mod:`medsynth.io.dicom_fast`) reads whole converts without it. Names with a leading
+reader (:mod:`medsynth.io.dicom_fast`) reads whole, compressed single-frame files included, converts
+without it. Names with a leading
 underscore are private to this package (shared between its sub-modules, not for other callers).
 """
 
@@ -66,7 +72,6 @@ from medsynth.io.dicom.philips import isotropic_split, philips_diffusion, philip
 from medsynth.io.dicom.pixels import decode_pixels, raw_little_endian_pixels
 from medsynth.io.dicom.series import (
     NOT_DICOM,
-    PARALLEL_SCAN_FILES,
     SEG_SOP_CLASS,
     DicomScan,
     DicomVolume,
@@ -79,7 +84,7 @@ from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError, error_text, max_decoded_bytes
 
 __all__ = [
-    "DEFAULT_MAX_VOXELS", "DERIVED_DIFFUSION", "LPS_TO_RAS", "NIFTI_SUFFIXES", "NOT_DICOM", "PARALLEL_SCAN_FILES", "SEG_SOP_CLASS",
+    "DEFAULT_MAX_VOXELS", "DERIVED_DIFFUSION", "LPS_TO_RAS", "NIFTI_SUFFIXES", "NOT_DICOM", "SEG_SOP_CLASS",
     "UIH_SLICES_IN_GRID", "UIH_VFRAME_SEQUENCE", "DicomScan", "DicomVolume", "QuarantineEntry", "SeriesError", "Slice",
     "classic_slice", "classify_file", "complex_parts", "dataset_pixel_problem", "decode_pixels", "discover_files", "enhanced_slices",
     "error_text", "ge_diffusion", "ge_non_dti", "is_derived", "is_enhanced", "is_mosaic", "is_nifti", "is_uih_grid", "is_xray",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +23,6 @@ from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosai
 from medsynth.io.dicom.philips import isotropic_split, philips_trigger_times, trigger_volumes
 from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
 from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_fast_header
-from medsynth.io.pool import process_pool
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
 
 if TYPE_CHECKING:
@@ -32,7 +30,6 @@ if TYPE_CHECKING:
 
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-PARALLEL_SCAN_FILES = 64  # fewer files are classified in this process: a pool costs more than it saves
 NOT_DICOM = "not a DICOM file (no DICM preamble and no DICOM image attributes)"
 
 
@@ -157,26 +154,14 @@ def scan_folder(
     root: Path,
     files: Iterable[Path] | None = None,
     progress: Callable[[Path], None] | None = None,
-    workers: int = 1,
     max_voxels: int = DEFAULT_MAX_VOXELS,
-    pool: Executor | None = None,
 ) -> DicomScan:
-    """Classify every file under ``root`` (``workers`` processes, or ``pool``'s); group image files into
-    series. A deflated file that inflates past the limit for ``max_voxels`` is quarantined without being
-    inflated."""
+    """Classify every file under ``root`` in this process (a header costs less to read than to send
+    between processes); group image files into series. A deflated file that inflates past the limit for
+    ``max_voxels`` is quarantined without being inflated."""
     root = Path(root)
     paths = list(files) if files is not None else discover_files(root)
-    chunk = max(8, len(paths) // (workers * 8))
-    if pool is not None and len(paths) > PARALLEL_SCAN_FILES:
-        # the workers read what needs no pydicom; this process reads the rest, so that pydicom is imported
-        # once, here, and workers forked later for the series inherit it
-        fast = list(pool.map(_classify_without_pydicom, paths, [max_voxels] * len(paths), chunksize=chunk))
-        kinds = [k if k is not None else _classify_with_pydicom(p, max_voxels) for p, k in zip(paths, fast, strict=True)]
-    elif workers > 1 and len(paths) > PARALLEL_SCAN_FILES:
-        with process_pool(workers) as own_pool:
-            kinds = list(own_pool.map(_classify, paths, [max_voxels] * len(paths), chunksize=chunk))
-    else:
-        kinds = [_classify(p, max_voxels) for p in paths]
+    kinds = [_classify(p, max_voxels) for p in paths]
     series: dict[str, list[Path]] = defaultdict(list)
     segs: list[Path] = []
     quarantine: list[QuarantineEntry] = []
