@@ -1,4 +1,4 @@
-"""Crafted inputs that used to stop or corrupt a batch (issue 18): file names that are not UTF-8, one
+"""Crafted inputs that must neither stop nor corrupt a batch (issue 18): file names that are not UTF-8, one
 SeriesInstanceUID for two patients, decompression bombs, empty / NaN / Inf volumes, hostile labels CSVs,
 an output inside the input, an unreadable key file. Each is quarantined or refused with a reason, and
 the rest of the batch is converted."""
