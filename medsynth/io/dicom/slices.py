@@ -7,11 +7,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard, cast
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import _image_type, manufacturer, stack_key
+from medsynth.io.dicom.attributes import (
+    _float32,
+    _image_type,
+    _image_type_text,
+    _is_phase,
+    _modality,
+    atof,
+    atoi,
+    complex_parts,
+    is_derived,
+    is_xray,
+    manufacturer,
+    siemens_xa,
+    stack_key,
+)
 from medsynth.io.dicom.ge import ge_diffusion
 from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop
 from medsynth.io.dicom.philips import philips_diffusion, philips_float_scaling, philips_scale_slope
@@ -125,8 +139,144 @@ def _fg_item(per_frame: Dataset, shared: Dataset | None, seq: str) -> Dataset | 
     return None
 
 
+# An enhanced object's attributes as dcm2niix's readDICOMx (nii_dicom.cpp) reads them: every tag wherever it is
+# nested, in file order, the last one read winning (ImageType and ComplexImageComponent only ever set the
+# derived, real, imaginary and phase flags). Those found below the top level sit in these items of the shared
+# and each per-frame functional group (tag order): MR timing (TR, flip angle), MR echo (effective echo time),
+# MR image frame type (complex image component), the unassigned converted attributes of a legacy converted
+# object, the Siemens per-frame item (ICE dims (0021,1106)) and the Philips per-frame item (2005,140F).
+_GROUP_ITEMS = (0x00189112, 0x00189114, 0x00189226, 0x00209170, 0x00209171, 0x002111FE, 0x2005140F)
+_PHILIPS_ITEM = 0x2005140F
+# name -> tag of what is read in those items (their tag order is the order they are read in)
+_ITEM_ATTRIBUTES = {"ImageType": 0x00080008, "ComplexImageComponent": 0x00089208, "RepetitionTime": 0x00180080, "EchoTime": 0x00180081,
+                    "EchoNumbers": 0x00180086, "ProtocolName": 0x00181030, "FlipAngle": 0x00181314, "EffectiveEchoTime": 0x00189082,
+                    "ICE dims": 0x00211106}
+# vendors whose enhanced objects dcm2niix orders by DimensionIndexValues (0020,9157) (readDICOMx): such an
+# object of more than one frame is written on its own, never stacked with another file (nii_dicom_batch.cpp,
+# "4D dataset ... write this immediately")
+_ALONE_VENDORS = frozenset({"PHILIPS", "CANON", "BRUKER", "MEDISO", ""})
+
+
+class _ImageTypeOnly:
+    """An ImageType value as :func:`is_derived` and :func:`complex_parts` read it from a header."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def get(self, keyword: str, default=None):
+        return self.value if keyword == "ImageType" else default
+
+
+def _or(a: tuple[bool, bool, bool], b: tuple[bool, bool, bool]) -> tuple[bool, bool, bool]:
+    return a[0] or b[0], a[1] or b[1], a[2] or b[2]
+
+
+class _FileValues:
+    """The values dcm2niix's ``isSameSet`` compares, as readDICOMx leaves them after reading one enhanced object.
+    Not read: a top-level ComplexImageComponent and the file meta's ImplementationVersionName (an early XA
+    object by 'XA10A' there), which the fast reader does not keep."""
+
+    def __init__(self, ds: Dataset | FastHeader):
+        self.siemens = manufacturer(ds) == "SIEMENS"
+        self.derived = is_derived(ds)
+        self.complex = complex_parts(ds)
+        self.moco = "_MOCO_" in _image_type_text(ds)
+        self.tr = atof(ds.get("RepetitionTime"))
+        self.te = atof(ds.get("EchoTime"))
+        self.echo = int(atoi(ds.get("EchoNumbers")))
+        self.protocol = str(ds.get("ProtocolName", "") or "").strip()
+        self.flip = atof(ds.get("FlipAngle"))
+
+    def read(self, group) -> None:
+        """Read the attributes of a functional group's items (shared, or one frame's)."""
+        for tag in _GROUP_ITEMS:
+            elem = group.get(tag)
+            if elem is None or elem.VR != "SQ":
+                continue
+            for item in elem.value or ():
+                self._read_item(item, philips=tag == _PHILIPS_ITEM)
+
+    def _read_item(self, item, philips: bool) -> None:
+        for name, tag in _ITEM_ATTRIBUTES.items():
+            elem = item.get(tag)
+            if elem is None:
+                continue
+            value = elem.value
+            if name == "ImageType":
+                text = cast(Any, _ImageTypeOnly(value))
+                self.derived = self.derived or is_derived(text)
+                self.complex = _or(self.complex, complex_parts(text))
+                self.moco = self.moco or "_MOCO_" in _image_type_text(text)
+            elif name == "ComplexImageComponent" and not philips:  # dcm2niix skips it in the Philips item
+                self._complex_component(str(value or ""))
+            elif name == "RepetitionTime":
+                self.tr = atof(value)
+            elif name in ("EchoTime", "EffectiveEchoTime"):
+                self.te = atof(value)
+            elif name == "EchoNumbers":
+                self.echo = int(atoi(value))
+            elif name == "ProtocolName":
+                self.protocol = str(value or "").strip()
+            elif name == "FlipAngle":
+                self.flip = atof(value)
+            elif name == "ICE dims" and self.siemens and self.echo <= 1:
+                self._ice_echo(value)
+
+    def _complex_component(self, text: str) -> None:
+        """ComplexImageComponent by its first two letters (the first as written): real, imaginary, phase."""
+        code = text[:1] + text[1:2].upper()
+        self.complex = _or(self.complex, (code == "RE", code == "IM", code == "PH"))
+
+    def _ice_echo(self, value) -> None:
+        """A Siemens ICE dims text ('X_1_1_1_1_1_1_4_1_1_1_1_104'): its second number is the echo number,
+        read while the echo number is at most 1 (nii_dicom.cpp, kICE_dims)."""
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value or "")
+        digits = "".join(c if c.isdigit() else " " for c in text)
+        space = digits.find(" ")
+        if space >= 0:
+            self.echo = atoi(digits[space:])
+
+
+def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, shared) -> tuple[tuple[str, object], ...]:
+    """The (name, value) pairs by which dcm2niix (``isSameSet``, default options) writes the enhanced objects
+    of one series apart, each object's values read as dcm2niix reads them (:class:`_FileValues`): derived,
+    vendor, modality, study date/time (not for an early Siemens XA object: dcm2niix takes one study UID for the
+    same time, issue 236); and, except for X-ray images, real / imaginary / phase, TR, flip angle, echo time and
+    number and the protocol name (else the series description; '_MoCo' added for a MOCO ImageType).
+    An object that dcm2niix writes on its own (:data:`_ALONE_VENDORS`) has its path as a pair."""
+    key: list[tuple[str, object]] = []
+    vendor = manufacturer(ds)
+    n = len(per_frame_seq)
+    if vendor in _ALONE_VENDORS and n > 1 and all((c := _fg_item(pf, None, "FrameContentSequence")) is not None
+                                                  and c.get("DimensionIndexValues") is not None for pf in per_frame_seq):
+        key.append(("enhanced file", str(path)))
+    values = _FileValues(ds)
+    for group in (shared, *per_frame_seq):
+        if group is not None:
+            values.read(group)
+    early_xa = siemens_xa(ds)[0] and len(str(ds.get("StudyInstanceUID", "") or "")) > 1
+    key += [
+        ("derived", values.derived),
+        ("vendor", vendor),
+        ("modality", _modality(ds)),
+        ("study date/time", None if early_xa else atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))),
+    ]
+    if is_xray(ds):  # as a classic X-ray image: never phase with magnitude
+        echo = ds.get("EchoNumbers")
+        return (*key, ("x-ray", True), ("echo number", "" if echo is None else str(echo)), ("phase", _is_phase(ds)))
+    protocol = values.protocol
+    if not protocol:
+        description = str(ds.get("SeriesDescription", "") or "").strip()
+        protocol = description if len(description) > 1 else ""
+    if len(protocol) > 1 and values.moco:
+        protocol += "_MoCo"
+    return (*key, ("real/imaginary/phase", values.complex), ("TR", _float32(values.tr)), ("flip angle", _float32(values.flip)),
+            ("echo time", _float32(values.te)), ("echo number", values.echo), ("protocol", protocol))
+
+
 def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
-    """Enhanced (multi-frame) object -> one Slice per frame, geometry from the functional groups."""
+    """Enhanced (multi-frame) object -> one Slice per frame, geometry from the functional groups; a frame's split
+    key is the object's (:func:`_enhanced_stack_key`) with the frame's echo, frame type and stack."""
     n = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame_seq is None or len(per_frame_seq) != n:
@@ -134,6 +284,7 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     cache = _FrameCache(path, ds)
     is_philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
+    file_key = _enhanced_stack_key(path, ds, per_frame_seq, shared)
     slices = []
     for i, pf in enumerate(per_frame_seq):
         pos = _fg_item(pf, shared, "PlanePositionSequence")
@@ -161,6 +312,6 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
         stack = str(content.get("StackID", "")) if content is not None else ""
         temporal = int(content.get("TemporalPositionIndex", 0) or 0) if content is not None else 0
         t_time = str(content.get("FrameAcquisitionDateTime", "")) if content is not None else ""
-        split_key = (("echo", echo), ("frame type", ftype), ("stack", stack))
+        split_key = (*file_key, ("echo", echo), ("frame type", ftype), ("stack", stack))
         slices.append(_slice(path, ds, i, plane, slope, inter, split_key, (temporal, t_time, i), partial(cache.frame, i)))
     return slices
