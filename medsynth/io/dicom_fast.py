@@ -43,6 +43,7 @@ def is_encapsulated_syntax(ts: str) -> bool:
 TAGS: dict[str, tuple[int, str]] = {
     "SpecificCharacterSet": (0x00080005, "CS"),
     "ImageType": (0x00080008, "CS"),
+    "ComplexImageComponent": (0x00089208, "CS"),
     "SOPClassUID": (0x00080016, "UI"),
     "SOPInstanceUID": (0x00080018, "UI"),
     "StudyDate": (0x00080020, "DA"),

@@ -3,7 +3,8 @@ dcm2niix decides by default: each case rewrites a few attributes of a real share
 15 slices, or all 10 for diffusion) and compares our volumes with dcm2niix run on the same files.
 
 * dcm2niix's ``isSameSet`` (nii_dicom_batch.cpp): derived, vendor, modality, study date/time split; then,
-  unless the image is X-ray (an Exposure (0018,1152) and no echo time), real/imaginary/phase, TR, flip
+  unless the image is X-ray (an Exposure (0018,1152) and no echo time), real/imaginary/phase (ImageType,
+  ComplexImageComponent, GE's private image type), TR, flip
   angle, echo time and number, a Philips trigger time and the protocol name split; receive coil and
   acquisition number do not;
 * GE non-DTI diffusion (``numberOfDiffusionDirectionGE == 0``, nii_saveDTI): b > 0 volumes without a
@@ -73,6 +74,14 @@ def _ge_phase(ds: pydicom.Dataset, t: int) -> None:
         ds[0x0043102F].value = 1  # GE private image type: phase
 
 
+def _component(value: str) -> Callable[[pydicom.Dataset, int], None]:
+    """ComplexImageComponent (0008,9208) at the top level of the files of volumes 2 and 3."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        if t >= 2:
+            ds.add_new(0x00089208, "CS", value)
+    return change
+
+
 def _no_protocol(description_varies: bool) -> Callable[[pydicom.Dataset, int], None]:
     def change(ds: pydicom.Dataset, t: int) -> None:
         ds.ProtocolName = ""
@@ -113,6 +122,10 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes)
     "real image type": (_late(ImageType=["ORIGINAL", "PRIMARY", "R", "NONE"]), 2),
     "phase anywhere in the image type": (_late(ImageType=["ORIGINAL", "PRIMARY", "PHASE CONTRAST M"]), 2),
     "GE private phase": (_ge_phase, 2),
+    "complex image component phase": (_component("PHASE"), 2),
+    "complex image component real": (_component("REAL"), 2),
+    "complex image component imaginary": (_component("IMAGINARY"), 2),
+    "complex image component magnitude": (_component("MAGNITUDE"), 1),
     "Philips trigger time": (_philips(), 2),
     "receive coil": (_late(ReceiveCoilName="8HRBRAIN"), 1),
     "acquisition number": (_late(AcquisitionNumber=9), 1),

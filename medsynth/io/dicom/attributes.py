@@ -166,7 +166,15 @@ def complex_parts(ds: Dataset | FastHeader) -> tuple[bool, bool, bool]:
     if manufacturer(ds) == "GE":
         ge = _private_int(ds, 0x0043, "GEMS_PARM_01", 0x2F)
         real, imaginary, phase = real or ge == 2, imaginary or ge == 3, phase or ge == 1
-    return real, imaginary, phase
+    component = component_parts(str(ds.get("ComplexImageComponent", "") or ""))
+    return real or component[0], imaginary or component[1], phase or component[2]
+
+
+def component_parts(text: str) -> tuple[bool, bool, bool]:
+    """(real, imaginary, phase) of a ComplexImageComponent (0008,9208) value as dcm2niix reads it: by its
+    first two letters, the first as written (REAL, IMAGINARY, PHASE; MAGNITUDE and MIXED set none)."""
+    code = text[:1] + text[1:2].upper()
+    return code == "RE", code == "IM", code == "PH"
 
 
 def ge_field_map_volume(ds: Dataset | FastHeader) -> bool | None:

@@ -20,6 +20,7 @@ from medsynth.io.dicom.attributes import (
     atof,
     atoi,
     complex_parts,
+    component_parts,
     is_derived,
     is_xray,
     manufacturer,
@@ -173,8 +174,8 @@ def _or(a: tuple[bool, bool, bool], b: tuple[bool, bool, bool]) -> tuple[bool, b
 
 class _FileValues:
     """The values dcm2niix's ``isSameSet`` compares, as readDICOMx leaves them after reading one enhanced object.
-    Not read: a top-level ComplexImageComponent and the file meta's ImplementationVersionName (an early XA
-    object by 'XA10A' there), which the fast reader does not keep."""
+    Not read: the file meta's ImplementationVersionName (an early XA object by 'XA10A' there), which the fast
+    reader does not keep."""
 
     def __init__(self, ds: Dataset | FastHeader):
         self.siemens = manufacturer(ds) == "SIEMENS"
@@ -223,9 +224,7 @@ class _FileValues:
                 self._ice_echo(value)
 
     def _complex_component(self, text: str) -> None:
-        """ComplexImageComponent by its first two letters (the first as written): real, imaginary, phase."""
-        code = text[:1] + text[1:2].upper()
-        self.complex = _or(self.complex, (code == "RE", code == "IM", code == "PH"))
+        self.complex = _or(self.complex, component_parts(text))
 
     def _ice_echo(self, value) -> None:
         """A Siemens ICE dims text ('X_1_1_1_1_1_1_4_1_1_1_1_104'): its second number is the echo number,
