@@ -192,18 +192,18 @@ def _scanned_volumes(root: Path, scan: DicomScan, n_workers: int, progress: Call
         except SeriesError as exc:
             yield QuarantineEntry(_rel(seg_path, root), str(exc))
     series = sorted(scan.series.values(), key=lambda files: str(files[0]))
-    if n_workers > 1 and len(series) > 1:
-        forked = fork_inherits()
-        jobs = [(str(root), [str(p) for p in files], max_voxels, None if forked else [scan.headers.get(p) for p in files]) for files in series]
+    pooled = n_workers > 1 and len(series) > 1
+    inherited = pooled and fork_inherits()  # forked workers find the headers in _inherited_headers
+    jobs = [(str(root), [str(p) for p in files], max_voxels, None if inherited else [scan.headers.get(p) for p in files]) for files in series]
+    if pooled:
         fast = [all(p in scan.headers for p in files) for files in series]
-        _inherited_headers.update(scan.headers if forked else {})
+        _inherited_headers.update(scan.headers if inherited else {})
         try:
             with process_pool(min(n_workers, len(jobs))) as pool:
                 yield from _emit(_in_pool(pool, jobs, fast), jobs, progress)
         finally:
             _inherited_headers.clear()
     else:
-        jobs = [(str(root), [str(p) for p in files], max_voxels, [scan.headers.get(p) for p in files]) for files in series]
         yield from _emit(map(_convert_series_worker, jobs), jobs, progress)
     if scan.nifti:
         from medsynth.io.nifti import load_nifti_checked, split_4d
