@@ -122,6 +122,9 @@ def atoi(value) -> int:
     return int(m.group()) if m else 0
 
 
+FLT_EPSILON = 1.1920929e-07  # C's float epsilon: dcm2niix's tolerance for TR, TE, flip angle and trigger times
+
+
 def _float32(value) -> float:
     """A number at single precision: dcm2niix stores TR, TE and flip angle as ``float`` and compares them
     within FLT_EPSILON."""
@@ -217,7 +220,7 @@ def _philips_trigger(ds: Dataset | FastHeader) -> float | None:
     if atoi(_private_text(ds, 0x2001, "PHILIPS IMAGING DD 001", 0x08)) > 0:
         return 0.0
     begin = _private_numbers(ds, 0x2005, "PHILIPS MR IMAGING DD 001", 0xA0, "f")
-    if begin and abs(_float32(float(begin[0]) * 1000.0) - trigger) <= 1.1920929e-07:
+    if begin and abs(_float32(float(begin[0]) * 1000.0) - trigger) <= FLT_EPSILON:
         return 0.0
     return trigger
 
@@ -231,9 +234,11 @@ def _text(value) -> str:
     return str(value).strip()
 
 
-def _protocol(ds: Dataset | FastHeader) -> str:
-    """The protocol name as dcm2niix compares it: ProtocolName, else a SeriesDescription of two or more characters."""
-    protocol = str(ds.get("ProtocolName", "") or "").strip()
+def _protocol(ds: Dataset | FastHeader, protocol: str | None = None) -> str:
+    """The protocol name as dcm2niix compares it: ProtocolName (or ``protocol``, where the caller read it
+    elsewhere), else a SeriesDescription of two or more characters."""
+    if protocol is None:
+        protocol = str(ds.get("ProtocolName", "") or "").strip()
     if not protocol:
         description = str(ds.get("SeriesDescription", "") or "").strip()
         protocol = description if len(description) > 1 else ""

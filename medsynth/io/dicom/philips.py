@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import _float32, _private_numbers, _private_text, atof, manufacturer
+from medsynth.io.dicom.attributes import FLT_EPSILON, _float32, _private_numbers, _private_text, atof, manufacturer
 from medsynth.io.dicom.geometry import Slice
 from medsynth.io.dicom_fast import FastHeader
 
@@ -80,7 +80,6 @@ def isotropic_split(data: np.ndarray, firsts: list[Slice]) -> tuple[np.ndarray, 
     return data[..., rest], data[..., rest + iso], note
 
 
-FLT_EPSILON = 1.1920929e-07
 SAME_TRIGGER = 1e-4  # dcm2niix's isSameFloatGE
 
 

@@ -17,6 +17,7 @@ from medsynth.io.dicom.attributes import (
     _image_type_text,
     _is_phase,
     _modality,
+    _protocol,
     atof,
     atoi,
     complex_parts,
@@ -263,10 +264,7 @@ def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, sha
     if is_xray(ds):  # as a classic X-ray image: never phase with magnitude
         echo = ds.get("EchoNumbers")
         return (*key, ("x-ray", True), ("echo number", "" if echo is None else str(echo)), ("phase", _is_phase(ds)))
-    protocol = values.protocol
-    if not protocol:
-        description = str(ds.get("SeriesDescription", "") or "").strip()
-        protocol = description if len(description) > 1 else ""
+    protocol = _protocol(ds, values.protocol)
     if len(protocol) > 1 and values.moco:
         protocol += "_MoCo"
     return (*key, ("real/imaginary/phase", values.complex), ("TR", _float32(values.tr)), ("flip angle", _float32(values.flip)),
