@@ -83,8 +83,7 @@ MERGES = {  # name -> (change, outputs dcm2niix writes)
 def test_series_merge_where_dcm2niix_merges_them(tmp_path, name):
     change, n_outputs = MERGES[name]
     folder = _rewritten(tmp_path / "in", change)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    vols, quarantine = _volumes(folder)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert sorted(v.shape[3] if len(v.shape) == 4 else 1 for v in vols) == {1: [4], 2: [2, 2], 4: [1, 1, 1, 1]}[n_outputs]
     stacked = [n for v in vols for n in v.notes if n.startswith("stacked across")]

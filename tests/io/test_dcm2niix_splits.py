@@ -143,8 +143,7 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes)
 def test_a_series_splits_where_dcm2niix_splits_it(tmp_path, name):
     change, n_outputs = SPLITS[name]
     folder = _rewritten(tmp_path / "in", change)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    vols, quarantine = _volumes(folder)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert sorted(v.shape[3] for v in vols) == ([2, 2] if n_outputs == 2 else [4])
     if n_outputs == 2:
@@ -190,8 +189,7 @@ GE_DWI = {  # name -> (change, volumes of each output)
 def test_ge_diffusion_traces_are_set_apart_as_dcm2niix_sets_them_apart(tmp_path, name):
     change, lengths = GE_DWI[name]
     folder = _rewritten(tmp_path / "in", change, volumes=10)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=len(lengths))
-    vols, _ = _volumes(folder)
+    vols, _ = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=len(lengths))
     assert sorted(v.shape[3] for v in vols) == lengths
     if len(lengths) == 2:
         n_trace = 10 - lengths[0]
@@ -246,8 +244,7 @@ def test_ge_b0_field_map_and_magnitude_are_written_apart_as_dcm2niix_writes_them
     map in Hz) and the magnitude not, so they are two outputs (nii_dicom.cpp, issue 501)."""
     change, n_outputs = GE_B0MAP[name]
     folder = _rewritten(tmp_path / "in", change, volumes=2)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    vols, quarantine = _volumes(folder)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert [v.shape for v in vols] == ([(64, 64, 15)] * 2 if n_outputs == 2 else [(64, 64, 15, 2)])
 
@@ -334,8 +331,7 @@ def test_philips_enhanced_volumes_are_written_apart_by_trigger_time_as_dcm2niix_
     differ (nii_dicom_batch.cpp, saveDcm2Nii: gradDynVol), except ASL label / control images."""
     triggers, options, shapes = PHILIPS_TRIGGERS[name]
     folder = _philips_dynamics(tmp_path / "in", triggers, **options)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=len(shapes))
-    vols, quarantine = _volumes(folder)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=len(shapes))
     assert not quarantine
     assert sorted(v.shape for v in vols) == sorted(shapes)
     if len(shapes) > 1:

@@ -163,8 +163,7 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes: 2 of files 0-1 and 2-3, 
 def test_enhanced_objects_of_a_series_are_written_apart_as_dcm2niix_writes_them(tmp_path, name):
     change, n_outputs = SPLITS[name]
     folder = _xa10(tmp_path / "in", change)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    vols, quarantine = _volumes(folder)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])
     if n_outputs == 2:
@@ -199,8 +198,7 @@ def test_an_enhanced_object_numbered_by_dimension_index_values_is_written_alone_
                 del frame.FrameContentSequence[0].DimensionIndexValues
 
     folder = _xa10(tmp_path / "in", change)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    vols, quarantine = _volumes(folder)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert sorted(v.shape for v in vols) == ([(64, 64, 6)] * 4 if n_outputs == 4 else [(64, 64, 6, 4)])
 

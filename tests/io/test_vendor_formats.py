@@ -118,14 +118,17 @@ def _dcm2niix(folder: Path, out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [_ras(p) for p in sorted(out.glob("*.nii"))]
 
 
-def _assert_converts_as_dcm2niix(folder: Path, out: Path, n_outputs: int = 1) -> None:
+def _assert_converts_as_dcm2niix(folder: Path, out: Path, n_outputs: int = 1) -> tuple[list[ConvertedVolume], list[QuarantineEntry]]:
+    """dcm2niix's ``n_outputs`` outputs of ``folder`` each matched by one of ours (shape, affine, voxels);
+    our volumes and quarantine entries, for the caller's further checks."""
     refs = _dcm2niix(folder, out)
     assert len(refs) == n_outputs
-    vols, _ = _volumes(folder)
+    vols, quarantine = _volumes(folder)
     assert len(vols) == n_outputs
     for want, want_aff in refs:
         assert any(v.shape == want.shape and np.allclose(v.affine, want_aff, atol=1e-3) and np.allclose(v.data, want, atol=1e-3)
                    for v in vols), (want.shape, [v.shape for v in vols])
+    return vols, quarantine
 
 
 @pytest.mark.parametrize("drop", ["csa", "private"])
@@ -414,8 +417,7 @@ def test_mosaics_that_are_not_parallel_become_3d_volumes_as_dcm2niix_writes_them
     """dcm2niix writes each mosaic of a series whose mosaics differ in orientation (an ImageOrientationPatient
     value more than 1e-4 apart) as its own 3D volume (issue 481); parallel ones stack in 4D."""
     folder = _rotated_mosaics(tmp_path / "in", degrees)
-    _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    vols, quarantine = _volumes(folder)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert [v.shape for v in vols] == ([(72, 72, 5)] * 2 if n_outputs == 2 else [(72, 72, 5, 2)])
     if n_outputs == 2:
