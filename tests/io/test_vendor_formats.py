@@ -395,10 +395,10 @@ def _rotate(v: np.ndarray, axis: np.ndarray, degrees: float) -> np.ndarray:
     return v * np.cos(a) + np.cross(axis, v) * np.sin(a) + axis * np.dot(axis, v) * (1 - np.cos(a))
 
 
-def _rotated_mosaics(dest: Path, degrees: float, shift_mm: float = 0.0) -> Path:
+def _rotated_mosaics(dest: Path, degrees: float) -> Path:
     """The two mosaics of a shared Siemens series (CSA header kept), the second rotated ``degrees`` about the
-    slice normal (ImageOrientationPatient, as prospective motion correction rewrites it) and moved ``shift_mm``
-    along the rows."""
+    slice normal (ImageOrientationPatient, as prospective motion correction rewrites it). Parallel mosaics
+    at different positions: tests/io/test_mosaic_positions.py."""
     dest.mkdir(parents=True)
     for i, path in enumerate(sorted(shared("dicom", "dcm_qa_nih", "In", "20180918Si", "mr_0003").glob("*.dcm"))):
         ds = pydicom.dcmread(path)
@@ -407,7 +407,6 @@ def _rotated_mosaics(dest: Path, degrees: float, shift_mm: float = 0.0) -> Path:
             normal = np.cross(iop[:3], iop[3:])
             rotated = np.concatenate([_rotate(iop[:3], normal, degrees), _rotate(iop[3:], normal, degrees)])
             ds.ImageOrientationPatient = [round(float(x), 8) for x in rotated]
-            ds.ImagePositionPatient = [float(x) for x in np.array(ds.ImagePositionPatient, float) + iop[:3] * shift_mm]
         ds.save_as(dest / path.name, enforce_file_format=True)
     return dest
 
@@ -422,11 +421,3 @@ def test_mosaics_that_are_not_parallel_become_3d_volumes_as_dcm2niix_writes_them
     assert [v.shape for v in vols] == ([(72, 72, 5)] * 2 if n_outputs == 2 else [(72, 72, 5, 2)])
     if n_outputs == 2:
         assert all(any("the mosaics of the series are not parallel" in n for n in v.notes) for v in vols)
-
-
-def test_parallel_mosaics_at_different_positions_are_quarantined(tmp_path):
-    """Mosaics of one orientation at different positions: dcm2niix stacks them on the first one's grid,
-    medsynth does not write the others' voxels at the wrong place."""
-    vols, quarantine = _volumes(_rotated_mosaics(tmp_path / "in", 0.0, shift_mm=1.0))
-    assert not vols
-    assert any("mosaic volumes in one series have different geometry" in q.reason for q in quarantine)

@@ -53,14 +53,42 @@ def _mosaic_volume(files: list[tuple[Path, Dataset | FastHeader]]) -> tuple[np.n
         vols.append(arr)
         affs.append(aff)
         keys.append(mosaic_order(ds))
-    for a in affs[1:]:
-        if not np.allclose(a, affs[0], atol=1e-3):
-            raise SeriesError("mosaic volumes in one series have different geometry")
     order = sorted(range(len(vols)), key=lambda i: keys[i])
+    first = order[0]
+    if any(v.shape != vols[first].shape for v in vols):
+        raise SeriesError(f"mosaic volumes in one series differ in size: {sorted({v.shape for v in vols})}")
+    moved = _moved_from_first(affs, order)
     data = np.stack([vols[i] for i in order], axis=-1) if len(vols) > 1 else vols[0]
     _check_finite(data)
     kind = "UIH grid" if any(n.startswith("UIH grid") for n in notes) else "Siemens mosaic"
-    return data, LPS_TO_RAS @ affs[0], [f"{kind} ({len(vols)} volume(s))", *[n for n in notes if not n.startswith("UIH grid")]]
+    return data, LPS_TO_RAS @ affs[first], [f"{kind} ({len(vols)} volume(s))", *[n for n in notes if not n.startswith("UIH grid")],
+                                            *([moved] if moved else [])]
+
+
+def _moved_from_first(affs: list[np.ndarray], order: list[int], atol_mm: float = 1e-3) -> str:
+    """A note on the volumes whose grid lies elsewhere than the first's (a slab moved between volumes), or
+    "" when none does. dcm2niix stacks a series' parallel mosaics (isSameSet compares orientation, not
+    position) and writes them all on the first one's grid (saveDcm2Nii: the header of dcmSort[0]), without
+    a warning; so does this. A SeriesError where the voxel sizes or axes differ (e.g. the slice normal
+    reversed), which no single grid holds."""
+    ref = affs[order[0]]
+    ref_sizes = np.linalg.norm(ref[:3, :3], axis=0)
+    normal = ref[:3, 2] / ref_sizes[2]
+    shifts = []
+    for rank, i in enumerate(order[1:], start=2):
+        sizes = np.linalg.norm(affs[i][:3, :3], axis=0)
+        if not np.allclose(sizes, ref_sizes, rtol=1e-3, atol=1e-4) or not np.allclose(affs[i][:3, :3] / sizes, ref[:3, :3] / ref_sizes, atol=1e-3):
+            raise SeriesError(f"mosaic volumes in one series have different voxel sizes or axes (volume {rank}: voxel "
+                              f"{np.round(sizes, 4).tolist()} mm, first {np.round(ref_sizes, 4).tolist()} mm): no one grid holds them")
+        offset = affs[i][:3, 3] - ref[:3, 3]
+        if np.linalg.norm(offset) > atol_mm:
+            shifts.append((rank, float(np.linalg.norm(offset)), float(offset @ normal)))
+    if not shifts:
+        return ""
+    far = max(shifts, key=lambda s: s[1])
+    return (f"mosaic positions differ: {len(shifts)} of {len(order)} volumes lie off the first volume's grid, up to {far[1]:.2f} mm "
+            f"(volume {far[0]}: {far[2]:+.2f} mm along the slice normal); all are written on the first volume's grid, as dcm2niix "
+            "writes them (it does not warn)")
 
 
 def mosaic_order(ds: Dataset | FastHeader) -> tuple:
