@@ -8,7 +8,9 @@ run on the same files (number of outputs, voxels, affine):
 * Siemens dynamic (DCE) series, SequenceName '*fldyn3d1', one series per dynamic: stacked by protocol name
   unless the software is an early XA release (issue 252);
 * early Siemens XA (XA10-XA31) series numbers 6001, 6002 ... of one SeriesInstanceUID: one series per
-  thousand (nii_dicom_batch.cpp ``isSameSet``, issue 236), on the shared XA10 enhanced volumes.
+  thousand (nii_dicom_batch.cpp ``isSameSet``, issue 236), on the shared XA10 enhanced volumes;
+* files of one series and several StudyInstanceUIDs: stacked when their study date/time is the same, or
+  (early XA files) when their study UID is (``isSameSet``), on the same volumes.
 """
 
 from __future__ import annotations
@@ -99,13 +101,18 @@ def test_the_merge_note_names_what_merged_the_series(tmp_path):
 XA10 = ("dicom", "dcm_qa_enh", "In", "Siemens", "XA10")  # 4 enhanced files, one 64 x 64 x 6 volume each, one SeriesInstanceUID
 
 
-def _xa10_numbered(dest: Path, number: Callable[[int], int]) -> Path:
+def _xa10_rewritten(dest: Path, change: Callable[[pydicom.Dataset, int], None]) -> Path:
+    """The four XA10 files, ``change(ds, i)`` applied to file i."""
     dest.mkdir(parents=True)
     for i, path in enumerate(sorted(shared(*XA10).glob("*.dcm"))):
         ds = pydicom.dcmread(path)
-        ds.SeriesNumber = number(i)
+        change(ds, i)
         ds.save_as(dest / path.name, enforce_file_format=True)
     return dest
+
+
+def _xa10_numbered(dest: Path, number: Callable[[int], int]) -> Path:
+    return _xa10_rewritten(dest, lambda ds, i: setattr(ds, "SeriesNumber", number(i)))
 
 
 XA10_NUMBERS = {  # name -> (SeriesNumber of file i, outputs dcm2niix writes)
@@ -120,3 +127,27 @@ def test_early_xa_series_numbers_of_one_uid_merge_by_thousands(tmp_path, name):
     number, n_outputs = XA10_NUMBERS[name]
     folder = _xa10_numbered(tmp_path / "in", number)
     _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+
+
+def _xa10_studies(study: Callable[[int], int], time: Callable[[int], str]) -> Callable[[pydicom.Dataset, int], None]:
+    def change(ds: pydicom.Dataset, i: int) -> None:
+        ds.StudyInstanceUID, ds.StudyTime = STUDY_UIDS[study(i)], time(i)
+    return change
+
+
+XA10_STUDIES = {  # name -> (StudyInstanceUID and StudyTime of file i, outputs dcm2niix writes)
+    "two study UIDs, one study time": (_xa10_studies(lambda i: i // 2, lambda i: "120000"), 1),
+    "two study UIDs, two study times": (_xa10_studies(lambda i: i // 2, lambda i: "120000" if i < 2 else "130000"), 2),
+    "one study UID, a study time per file (early XA: not compared)": (_xa10_studies(lambda i: 0, lambda i: f"12{i:02d}00"), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(XA10_STUDIES))
+def test_files_of_several_study_uids_stack_by_study_time_as_dcm2niix_stacks_them(tmp_path, name):
+    """dcm2niix never splits by StudyInstanceUID: files of one series and study date/time stack whatever their
+    study UID, and two early XA files of one study UID stack whatever their study time (isSameSet, issue 236)."""
+    change, n_outputs = XA10_STUDIES[name]
+    folder = _xa10_rewritten(tmp_path / "in", change)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])

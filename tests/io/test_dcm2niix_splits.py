@@ -2,7 +2,8 @@
 dcm2niix decides by default: each case rewrites a few attributes of a real shared GE series (4 volumes of
 15 slices, or all 10 for diffusion) and compares our volumes with dcm2niix run on the same files.
 
-* dcm2niix's ``isSameSet`` (nii_dicom_batch.cpp): derived, vendor, modality, study date/time split; then,
+* dcm2niix's ``isSameSet`` (nii_dicom_batch.cpp): derived, vendor, modality, study date/time split (not
+  the StudyInstanceUID: files of several study UIDs and one study date/time are stacked); then,
   unless the image is X-ray (an Exposure (0018,1152) and no echo time), real/imaginary/phase (ImageType,
   ComplexImageComponent, GE's private image type), TR, flip
   angle, echo time and number, a Philips trigger time and the protocol name split; receive coil and
@@ -33,6 +34,7 @@ from medsynth.io.dicom_fast import read_image_header
 from tests.conftest import shared
 from tests.io.test_vendor_formats import _assert_converts_as_dcm2niix, _volumes
 
+OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1"  # a StudyInstanceUID other than the shared series'
 GE_SERIES = ("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004")  # GE EPI, 10 volumes x 15 slices, 64 x 64
 
 
@@ -118,6 +120,7 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes)
     "protocol name emptied": (_late(ProtocolName=""), 2),  # then the series description stands for it
     "series description without protocol name": (_no_protocol(True), 2),
     "study time": (_late(StudyTime="120000"), 2),
+    "study UID and study time": (_late(StudyInstanceUID=OTHER_STUDY, StudyTime="120000"), 2),
     "modality": (_late(Modality="CT"), 2),
     "real image type": (_late(ImageType=["ORIGINAL", "PRIMARY", "R", "NONE"]), 2),
     "phase anywhere in the image type": (_late(ImageType=["ORIGINAL", "PRIMARY", "PHASE CONTRAST M"]), 2),
@@ -128,6 +131,7 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes)
     "complex image component magnitude": (_component("MAGNITUDE"), 1),
     "Philips trigger time": (_philips(), 2),
     "receive coil": (_late(ReceiveCoilName="8HRBRAIN"), 1),
+    "study UID of the same study date/time": (_late(StudyInstanceUID=OTHER_STUDY), 1),
     "acquisition number": (_late(AcquisitionNumber=9), 1),
     "vendor names of one vendor": (_late(Manufacturer="GE HEALTHCARE"), 1),
     "P as the last image type value": (_late(ImageType=["ORIGINAL", "PRIMARY", "P"]), 1),

@@ -1,5 +1,5 @@
 """Series: every file under a folder classified (NIfTI, SEG, image series by key: one UID and number of
-one patient's study, or what dcm2niix stacks across them; or quarantined with the reason; the fast
+one patient, or what dcm2niix stacks across them; or quarantined with the reason; the fast
 reader first, pydicom's partial read for the rest) and one series' files converted into volumes
 (mosaics, each its own volume when they are not parallel; split by geometry and by the attributes
 dcm2niix splits a series by; stacked; isotropic DWI volumes set apart; the volumes of a Philips enhanced
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import atoi, merged_series, siemens_xa, stack_key, with_instance_rules
+from medsynth.io.dicom.attributes import atof, atoi, merged_series, siemens_xa, stack_key, with_instance_rules
 from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosaic, mosaic_order, mosaics_not_parallel
@@ -59,8 +59,8 @@ class DicomVolume:
 
 @dataclass
 class DicomScan:
-    """Every file under a folder, sorted into image series (by SeriesInstanceUID, SeriesNumber, PatientID
-    and StudyInstanceUID), SEG masks, NIfTI files and quarantine."""
+    """Every file under a folder, sorted into image series (by SeriesInstanceUID, SeriesNumber and
+    PatientID), SEG masks, NIfTI files and quarantine."""
 
     series: dict[str, list[Path]]
     segs: list[Path]
@@ -101,16 +101,18 @@ def classify_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str
 
 def _series_key(ds: Dataset | FastHeader, path: Path) -> str:
     # PACS exports reuse one UID for several series numbers, and anonymisers or broken exports one UID
-    # for several patients' series: a series is one UID and number of one patient's study
+    # for several patients' series: a series is one UID and number of one patient. Not the study UID:
+    # dcm2niix (isSameSet) stacks files of several study UIDs whose study date/time is the same, and
+    # stack_key splits them by that date/time.
     # an empty element is None to pydicom and absent to the fast reader: both are ''
-    number, patient, study = (ds.get(k) for k in ("SeriesNumber", "PatientID", "StudyInstanceUID"))
+    number, patient = ds.get("SeriesNumber"), ds.get("PatientID")
     merged = merged_series(ds)
-    if merged is not None:  # dcm2niix stacks these across UIDs and numbers (and study UIDs: its study date/time split them)
+    if merged is not None:  # dcm2niix stacks these across UIDs and numbers
         return f"{merged}#{patient or ''}"
     uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
     if number is not None and siemens_xa(ds)[0] and atoi(number) > 1000:
         number = f"{atoi(number) // 1000}xxx"  # early Siemens XA numbers a series' files 16001, 16002 ... (dcm2niix issue 236)
-    return f"{uid}#{'' if number is None else number}#{patient or ''}#{study or ''}"
+    return f"{uid}#{'' if number is None else number}#{patient or ''}"
 
 
 def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
@@ -202,8 +204,10 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
     mosaics = [(p, ds) for p, ds in files if is_mosaic(ds)]
     if mosaics:
         by_key: dict[tuple, list[tuple[Path, Dataset | FastHeader]]] = defaultdict(list)
+        mosaic_keys_of = {p: stack_key(ds) for p, ds in mosaics}
+        studies = _study_groups(mosaics, mosaic_keys_of)
         for p, ds in mosaics:
-            by_key[stack_key(ds)].append((p, ds))
+            by_key[_with_study(mosaic_keys_of[p], studies, p)].append((p, ds))
         mosaic_keys = sorted(by_key, key=_sortable)
         for i, key in enumerate(mosaic_keys):
             tiled = by_key[key]
@@ -240,6 +244,10 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
                 slices.append(s)
         except SeriesError as exc:
             quarantine.append(QuarantineEntry(str(path), str(exc)))
+    studies = _study_groups(files, {s.path: s.split_key for s in slices})
+    if studies is not None:
+        for s in slices:
+            s.split_key = _with_study(s.split_key, studies, s.path)
     numbers = {p: atoi(ds.get("SeriesNumber")) for p, ds in files}
     if len(set(numbers.values())) > 1:  # merged across series numbers (merged_series): dcm2niix orders by series number first
         for s in slices:
@@ -282,6 +290,52 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         volumes.append(DicomVolume(acquired, aff, hdr, paths, suffix, [*notes, note]))
         volumes.append(DicomVolume(with_isotropic, aff, hdr, paths, suffix + "_ADC", [*notes, note + "; this volume: all of them, those last"]))
     return _with_note(volumes, merged), quarantine
+
+
+STUDY = "study date/time"
+
+
+def _study_groups(files: list[tuple[Path, Dataset | FastHeader]], keys: dict[Path, tuple]) -> dict[Path, float] | None:
+    """The study date/time each file of a series is stacked by, where a file's split key (``keys``) leaves
+    its study date/time out (None: an early Siemens XA file with a study UID, whose study time dcm2niix
+    ignores against a file of the same StudyInstanceUID, issue 236); None where no key leaves it out (then
+    the keys' date/times split as dcm2niix splits). dcm2niix (``isSameSet``) stacks two files when their
+    study date/time is the same or when both are such files of one StudyInstanceUID: the files linked so,
+    directly or through others, get the earliest date/time among them."""
+    exempt = {p for p, key in keys.items() for name, value in key if name == STUDY and value is None}
+    if not exempt:
+        return None
+    parent: dict[Path, Path] = {}
+
+    def root(p: Path) -> Path:
+        while parent.get(p, p) != p:
+            p = parent[p]
+        return p
+
+    times: dict[Path, float] = {}
+    first: dict[tuple, Path] = {}
+    for path, ds in files:
+        if path not in keys:
+            continue
+        times[path] = atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))
+        links = [("time", times[path])] + ([("study", str(ds.get("StudyInstanceUID", "")))] if path in exempt else [])
+        for link in links:
+            other = first.setdefault(link, path)
+            a, b = root(path), root(other)
+            if a != b:
+                parent[a] = b
+    earliest: dict[Path, float] = {}
+    for path, t in times.items():
+        r = root(path)
+        earliest[r] = min(earliest.get(r, t), t)
+    return {path: earliest[root(path)] for path in times}
+
+
+def _with_study(key: tuple, studies: dict[Path, float] | None, path: Path) -> tuple:
+    """``key`` with the study date/time ``studies`` gives ``path`` (unchanged where it gives none)."""
+    if studies is None or path not in studies:
+        return key
+    return tuple((name, studies[path]) if name == STUDY else (name, value) for name, value in key)
 
 
 def _with_note(volumes: list[DicomVolume], note: str) -> list[DicomVolume]:
