@@ -68,6 +68,9 @@ SAFE_PRIVATE = {
     (0x0019, "SIEMENS MR HEADER", 0x29): "mosaic slice times (FD, ms from the volume's start)",
     (0x0019, "SIEMENS MR HEADER", 0x0C): "b value (IS)",
     (0x0043, "GEMS_PARM_01", 0x39): "slice acquisition order (IS)",
+    (0x0021, "GEMS_RELA_01", 0x4F): "locations in acquisition (SS: the GE B0 field map's volumes)",
+    (0x0019, "GEMS_ACQU_01", 0x9C): "pulse sequence name (LO: only 'b0map', see SAFE_PRIVATE_TEXT)",
+    (0x0019, "GEMS_ACQU_01", 0x9E): "internal pulse sequence name (LO: only 'B0map')",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "MR scale slope (FL: floating point values)",
     (0x2001, "PHILIPS IMAGING DD 001", 0x03): "diffusion b value (FL)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB0): "diffusion gradient direction x (FL)",
@@ -78,6 +81,12 @@ SAFE_PRIVATE = {
 }
 # safe private sequences: kept only when read as a sequence (then de-identified inside), never as raw bytes
 SAFE_PRIVATE_SEQUENCES = {(0x0065, "IMAGE PRIVATE HEADER", 0x51)}
+# private text kept under "Retain Safe Private" only when its whole value is what conversion looks for, else
+# removed: GE's B0 field map sequence (dcm2niix writes the field map apart from its magnitude)
+SAFE_PRIVATE_TEXT = {
+    (0x0019, "GEMS_ACQU_01", 0x9C): re.compile(r"[a-z0-9]{0,6}b0map[a-z0-9]{0,6}"),  # pulse sequence name
+    (0x0019, "GEMS_ACQU_01", 0x9E): re.compile(r"B0map"),  # internal pulse sequence name
+}
 # text VRs are never kept from private blocks, even on the safe list: free text can hold anything
 _SAFE_PRIVATE_VRS = {"OB", "UN", "US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "CS"}
 
@@ -136,8 +145,19 @@ SAFE_UNLISTED = frozenset(
     """ Manufacturer ScanningSequence SequenceVariant ScanOptions MRAcquisitionType RepetitionTime EchoTime InversionTime
     FlipAngle EchoTrainLength MagneticFieldStrength ImagingFrequency NumberOfAverages PixelBandwidth AcquisitionMatrix
     InPlanePhaseEncodingDirection PercentSampling PercentPhaseFieldOfView DiffusionBValue DiffusionGradientOrientation
-    DiffusionDirectionality KVP XRayTubeCurrent ExposureTime Exposure ReconstructionDiameter""".split()
+    DiffusionDirectionality KVP XRayTubeCurrent ExposureTime Exposure ReconstructionDiameter"""
+    # the software release and the sequence, in the form TECHNICAL_TEXT allows
+    """ SoftwareVersions SequenceName""".split()
 )
+# unlisted short text kept, in either mode, only where its whole value has the technical form conversion reads
+# (dcm2niix's Siemens XA and dynamic-series rules), else removed -- never cleaned: a cleaned name says nothing.
+# SequenceName: lowercase letters, digits in runs of at most four, '_' and '#', an optional leading '*', at
+# least one digit (Siemens '*fl3d1', '*ep_b1000#1', 'fldyn3d1'); upper-case text, a name or a number of five
+# digits or more does not match.
+TECHNICAL_TEXT = {
+    "SoftwareVersions": re.compile(r"syngo (?:MR|CT|MI|PET|MR/PET) [A-Z]{0,2}[0-9]{1,2}[A-Z]?"),  # a Siemens release
+    "SequenceName": re.compile(r"\*?(?=[a-z0-9_#]*[0-9])(?![a-z0-9_#]*[0-9]{5})[a-z][a-z0-9_#]{0,14}"),
+}
 # short text kept as it is: coded vocabulary and identifiers of stacks / units that conversion groups by
 VERBATIM_TEXT = frozenset("CodeValue CodingSchemeDesignator CodingSchemeVersion LongCodeValue StackID RescaleType".split())
 # removed wherever the table does not list them, in either mode: free text, names, dates, unknown bytes
@@ -420,6 +440,7 @@ class Deidentifier:
         # private blocks to keep (creator element tags), computed per dataset level
         keep_private: set[int] = set()
         keep_sequences: set[int] = set()
+        keep_text: dict[int, re.Pattern[str]] = {}
         if "retain_safe_private" in self.options:
             for elem in ds:
                 t = elem.tag
@@ -430,6 +451,8 @@ class Deidentifier:
                             keep_private.add((t.group << 16) | (t.element << 8) | low)
                             if (group, c, low) in SAFE_PRIVATE_SEQUENCES:
                                 keep_sequences.add((t.group << 16) | (t.element << 8) | low)
+                            if (group, c, low) in SAFE_PRIVATE_TEXT:
+                                keep_text[(t.group << 16) | (t.element << 8) | low] = SAFE_PRIVATE_TEXT[(group, c, low)]
         for tag in list(ds.keys()):
             elem = ds[tag]
             t = Tag(tag)
@@ -444,7 +467,12 @@ class Deidentifier:
                         self._walk(item, shift, actions)
                     actions["K"] += 1
                     continue
-                if int(t) in keep_private and elem.VR in _SAFE_PRIVATE_VRS and not (
+                if int(t) in keep_text:
+                    value = elem.value.decode("latin-1") if isinstance(elem.value, bytes) else str(elem.value)
+                    if keep_text[int(t)].fullmatch(value.strip("\x00 ")):
+                        actions["K"] += 1
+                        continue
+                elif int(t) in keep_private and elem.VR in _SAFE_PRIVATE_VRS and not (
                     elem.VR == "CS" and not re.fullmatch(r"[A-Z0-9_ ]{0,16}", str(elem.value))
                 ):
                     actions["K"] += 1
@@ -479,6 +507,14 @@ class Deidentifier:
                 # an instance UID: replaced the same keyed way
                 elem.value = self._uid_value(elem.value)
                 actions["U"] += 1
+        elif elem.keyword in TECHNICAL_TEXT:
+            kept = [v for v in element_values(elem) if TECHNICAL_TEXT[elem.keyword].fullmatch(str(v).strip())]
+            if kept:
+                elem.value = kept if len(kept) > 1 else kept[0]
+                actions["K"] += 1
+            else:
+                del ds[tag]
+                actions["unlisted"] += 1
         elif elem.VR in _REMOVED_UNLISTED_VRS or (self.cfg.unlisted_attributes == "remove" and elem.keyword not in SAFE_UNLISTED):
             del ds[tag]
             actions["unlisted"] += 1
