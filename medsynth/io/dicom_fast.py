@@ -24,8 +24,10 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -313,6 +315,8 @@ class FastHeader:
 def stored_values(raw: bytes, rows: int, cols: int, frames: int, bits: int, stored: int, signed: bool) -> np.ndarray:
     """Uncompressed little-endian grey levels as an array ((frames,) rows, cols); bits above
     ``stored`` masked (unsigned) or sign-extended (signed), as pydicom does."""
+    import numpy as np  # here: the header scan runs before numpy is imported (medsynth.io.dicom.scan)
+
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     arr = np.frombuffer(raw, dtype=dtype, count=rows * cols * frames).reshape((frames, rows, cols) if frames > 1 else (rows, cols))
     if stored < bits:

@@ -45,43 +45,103 @@ underscore are private to this package (shared between its sub-modules, not for 
 
 from __future__ import annotations
 
-from medsynth.io.dicom.attributes import DERIVED_DIFFUSION, complex_parts, is_derived, is_xray, manufacturer, stack_key
-from medsynth.io.dicom.files import (
-    NIFTI_SUFFIXES,
-    dataset_pixel_problem,
-    discover_files,
-    is_nifti,
-    read_dataset,
-    read_full_dataset,
-    read_header,
-    read_image_dataset,
-)
-from medsynth.io.dicom.ge import ge_diffusion, ge_non_dti
-from medsynth.io.dicom.geometry import LPS_TO_RAS, Slice, lps_affine, split_slices, stack_slices
-from medsynth.io.dicom.mosaics import (
-    UIH_SLICES_IN_GRID,
-    UIH_VFRAME_SEQUENCE,
-    is_mosaic,
-    is_uih_grid,
-    mosaic_slice_count,
-    siemens_csa_image,
-    siemens_mosaic,
-    uih_grid,
-)
-from medsynth.io.dicom.philips import isotropic_split, philips_diffusion, philips_float_scaling, philips_scale_slope
-from medsynth.io.dicom.pixels import decode_pixels, raw_little_endian_pixels
-from medsynth.io.dicom.series import (
-    NOT_DICOM,
-    SEG_SOP_CLASS,
-    DicomScan,
-    DicomVolume,
-    classify_file,
-    load_series,
-    read_scan_header,
-    scan_folder,
-)
-from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
-from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError, error_text, max_decoded_bytes
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medsynth.io.dicom.attributes import DERIVED_DIFFUSION, complex_parts, is_derived, is_xray, manufacturer, stack_key
+    from medsynth.io.dicom.files import (
+        NIFTI_SUFFIXES,
+        dataset_pixel_problem,
+        discover_files,
+        is_nifti,
+        read_dataset,
+        read_full_dataset,
+        read_header,
+        read_image_dataset,
+    )
+    from medsynth.io.dicom.ge import ge_diffusion, ge_non_dti
+    from medsynth.io.dicom.geometry import LPS_TO_RAS, Slice, lps_affine, split_slices, stack_slices
+    from medsynth.io.dicom.mosaics import (
+        UIH_SLICES_IN_GRID,
+        UIH_VFRAME_SEQUENCE,
+        is_mosaic,
+        is_uih_grid,
+        mosaic_slice_count,
+        siemens_csa_image,
+        siemens_mosaic,
+        uih_grid,
+    )
+    from medsynth.io.dicom.philips import isotropic_split, philips_diffusion, philips_float_scaling, philips_scale_slope
+    from medsynth.io.dicom.pixels import decode_pixels, raw_little_endian_pixels
+    from medsynth.io.dicom.series import (
+        NOT_DICOM,
+        SEG_SOP_CLASS,
+        DicomScan,
+        DicomVolume,
+        classify_file,
+        load_series,
+        read_scan_header,
+        scan_folder,
+    )
+    from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
+    from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError, error_text, max_decoded_bytes
+
+# public name -> the sub-module that defines it, imported on first use (PEP 562): the folder scan
+# (:mod:`medsynth.io.dicom.scan`) imports neither numpy nor the sub-modules that need it
+_SUBMODULE = {
+    "DERIVED_DIFFUSION": "medsynth.io.dicom.attributes",
+    "complex_parts": "medsynth.io.dicom.attributes",
+    "is_derived": "medsynth.io.dicom.attributes",
+    "is_xray": "medsynth.io.dicom.attributes",
+    "manufacturer": "medsynth.io.dicom.attributes",
+    "stack_key": "medsynth.io.dicom.attributes",
+    "NIFTI_SUFFIXES": "medsynth.io.dicom.files",
+    "dataset_pixel_problem": "medsynth.io.dicom.files",
+    "discover_files": "medsynth.io.dicom.files",
+    "is_nifti": "medsynth.io.dicom.files",
+    "read_dataset": "medsynth.io.dicom.files",
+    "read_full_dataset": "medsynth.io.dicom.files",
+    "read_header": "medsynth.io.dicom.files",
+    "read_image_dataset": "medsynth.io.dicom.files",
+    "ge_diffusion": "medsynth.io.dicom.ge",
+    "ge_non_dti": "medsynth.io.dicom.ge",
+    "LPS_TO_RAS": "medsynth.io.dicom.geometry",
+    "Slice": "medsynth.io.dicom.geometry",
+    "lps_affine": "medsynth.io.dicom.geometry",
+    "split_slices": "medsynth.io.dicom.geometry",
+    "stack_slices": "medsynth.io.dicom.geometry",
+    "UIH_SLICES_IN_GRID": "medsynth.io.dicom.mosaics",
+    "UIH_VFRAME_SEQUENCE": "medsynth.io.dicom.mosaics",
+    "is_mosaic": "medsynth.io.dicom.mosaics",
+    "is_uih_grid": "medsynth.io.dicom.mosaics",
+    "mosaic_slice_count": "medsynth.io.dicom.mosaics",
+    "siemens_csa_image": "medsynth.io.dicom.mosaics",
+    "siemens_mosaic": "medsynth.io.dicom.mosaics",
+    "uih_grid": "medsynth.io.dicom.mosaics",
+    "isotropic_split": "medsynth.io.dicom.philips",
+    "philips_diffusion": "medsynth.io.dicom.philips",
+    "philips_float_scaling": "medsynth.io.dicom.philips",
+    "philips_scale_slope": "medsynth.io.dicom.philips",
+    "decode_pixels": "medsynth.io.dicom.pixels",
+    "raw_little_endian_pixels": "medsynth.io.dicom.pixels",
+    "DicomScan": "medsynth.io.dicom.series",
+    "DicomVolume": "medsynth.io.dicom.series",
+    "NOT_DICOM": "medsynth.io.dicom.series",
+    "SEG_SOP_CLASS": "medsynth.io.dicom.series",
+    "classify_file": "medsynth.io.dicom.series",
+    "load_series": "medsynth.io.dicom.series",
+    "read_scan_header": "medsynth.io.dicom.series",
+    "scan_folder": "medsynth.io.dicom.series",
+    "classic_slice": "medsynth.io.dicom.slices",
+    "enhanced_slices": "medsynth.io.dicom.slices",
+    "is_enhanced": "medsynth.io.dicom.slices",
+    "DEFAULT_MAX_VOXELS": "medsynth.io.quarantine",
+    "QuarantineEntry": "medsynth.io.quarantine",
+    "SeriesError": "medsynth.io.quarantine",
+    "error_text": "medsynth.io.quarantine",
+    "max_decoded_bytes": "medsynth.io.quarantine",
+}
 
 __all__ = [
     "DEFAULT_MAX_VOXELS", "DERIVED_DIFFUSION", "LPS_TO_RAS", "NIFTI_SUFFIXES", "NOT_DICOM", "SEG_SOP_CLASS",
@@ -93,3 +153,12 @@ __all__ = [
     "read_image_dataset", "read_scan_header", "scan_folder", "siemens_csa_image", "siemens_mosaic", "split_slices", "stack_key",
     "stack_slices", "uih_grid",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _SUBMODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
