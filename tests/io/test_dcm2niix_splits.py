@@ -6,7 +6,8 @@ dcm2niix decides by default: each case rewrites a few attributes of a real share
   the StudyInstanceUID: files of several study UIDs and one study date/time are stacked); then,
   unless the image is X-ray (an Exposure (0018,1152) and no echo time), real/imaginary/phase (ImageType,
   ComplexImageComponent, GE's private image type), TR, flip
-  angle, echo time and number, a Philips trigger time and the protocol name split; receive coil and
+  angle, echo time and number, a Philips trigger time and the protocol name ('_MoCo' added for an inner
+  MOCO ImageType value, any vendor, when the name has two or more characters) split; receive coil and
   acquisition number do not;
 * GE non-DTI diffusion (``numberOfDiffusionDirectionGE == 0``, nii_saveDTI): b > 0 volumes without a
   gradient direction are traces, set apart as a Philips DWI's isotropic volumes; in a DTI series they
@@ -61,6 +62,22 @@ def _late(**attrs) -> Callable[[pydicom.Dataset, int], None]:
         if t >= 2:
             for name, value in attrs.items():
                 setattr(ds, name, value)
+    return change
+
+
+def _every(**attrs) -> Callable[[pydicom.Dataset, int], None]:
+    """Set ``attrs`` on every file."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        for name, value in attrs.items():
+            setattr(ds, name, value)
+    return change
+
+
+def _both(*changes: Callable[[pydicom.Dataset, int], None]) -> Callable[[pydicom.Dataset, int], None]:
+    """``changes`` applied in turn."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        for one in changes:
+            one(ds, t)
     return change
 
 
@@ -119,6 +136,8 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes)
     "protocol name": (_late(ProtocolName="other protocol"), 2),
     "protocol name emptied": (_late(ProtocolName=""), 2),  # then the series description stands for it
     "series description without protocol name": (_no_protocol(True), 2),
+    "MOCO image type ('_MoCo' protocol name)": (_late(ImageType=["ORIGINAL", "PRIMARY", "MOCO", "NONE"]), 2),
+    "MOCO image type, series description without protocol name": (_both(_no_protocol(False), _late(ImageType=["ORIGINAL", "PRIMARY", "MOCO", "NONE"])), 2),
     "study time": (_late(StudyTime="120000"), 2),
     "study UID and study time": (_late(StudyInstanceUID=OTHER_STUDY, StudyTime="120000"), 2),
     "modality": (_late(Modality="CT"), 2),
@@ -136,6 +155,8 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes)
     "vendor names of one vendor": (_late(Manufacturer="GE HEALTHCARE"), 1),
     "P as the last image type value": (_late(ImageType=["ORIGINAL", "PRIMARY", "P"]), 1),
     "same series description without protocol name": (_no_protocol(False), 1),
+    "MOCO as the last image type value": (_late(ImageType=["ORIGINAL", "PRIMARY", "M", "MOCO"]), 1),
+    "MOCO image type, protocol name of one character": (_both(_every(ProtocolName="A"), _late(ImageType=["ORIGINAL", "PRIMARY", "MOCO", "NONE"])), 1),
     "X-ray: TR, flip angle and protocol": (_xray, 1),
     "GE trigger time": (_late(TriggerTime=77), 1),
     "Philips trigger time with cardiac phases": (_philips(_cardiac_phase), 1),

@@ -245,6 +245,16 @@ def _protocol(ds: Dataset | FastHeader, protocol: str | None = None) -> str:
     return protocol
 
 
+def protocol_name(ds: Dataset | FastHeader) -> str:
+    """The protocol name of a classic file as dcm2niix's readDICOMx leaves it (:func:`_protocol`), '_MoCo'
+    added when it has two or more characters and ImageType holds an inner MOCO value (a motion-corrected
+    series, any vendor: MRIcroGL issue 31), so that a MoCo series is never stacked with its source."""
+    protocol = _protocol(ds)
+    if len(protocol) > 1 and "_MOCO_" in _image_type_text(ds):
+        protocol += "_MoCo"
+    return protocol
+
+
 # dcm2niix's isXA10A (SoftwareVersions of an early Siemens XA release) and isSiemensXA (any XA release)
 XA10A_RELEASES = ("XA10", "XA11", "XA20", "XA30", "XA31")
 XA_RELEASES = (*XA10A_RELEASES, "XA5", "XA6", "XA7")
@@ -279,7 +289,7 @@ def merged_series(ds: Dataset | FastHeader) -> str | None:
     if xa and len(series_time) > 1 and int(ds.get("NumberOfFrames", 1) or 1) <= 1:
         return f"Siemens XA series time {series_time}"
     if not early and "fldyn3d1" in _text(ds.get("SequenceName")):
-        return f"Siemens dynamic series of protocol {_protocol(ds)}"
+        return f"Siemens dynamic series of protocol {protocol_name(ds)}"
     return None
 
 
@@ -288,7 +298,8 @@ def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
     write one series as several outputs, as (name, value) pairs: derived image, vendor, modality, study
     date and time; and, except for X-ray images (:func:`is_xray`), real / imaginary / phase, TR, flip
     angle, echo time and number, a Philips trigger time and the protocol name (else the series
-    description). Receive coil and acquisition number do not split (dcm2niix stacks them by default)."""
+    description; '_MoCo' added for a MOCO ImageType: :func:`protocol_name`). Receive coil and
+    acquisition number do not split (dcm2niix stacks them by default)."""
     key: list[tuple[str, object]] = [
         ("derived", is_derived(ds)),
         ("vendor", manufacturer(ds)),
@@ -298,7 +309,7 @@ def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
     if is_xray(ds):  # medsynth splits them by echo number and phase still: never stacks phase with magnitude
         echo = ds.get("EchoNumbers")
         return (*key, ("x-ray", True), ("echo", "" if echo is None else str(echo)), ("phase", _is_phase(ds)))
-    protocol = _protocol(ds)
+    protocol = protocol_name(ds)
     key += [
         ("real/imaginary/phase", complex_parts(ds)),
         ("TR", _float32(atof(ds.get("RepetitionTime")))),
