@@ -41,13 +41,16 @@ def main() -> None:
 
         app()
         return
-    from medsynth.io.convert import convert_folder
-
     input_dir, output, workers = plain
     if not input_dir.exists():
         print(f"error: {input_dir}: input does not exist", file=sys.stderr)
         sys.exit(2)
-    res = convert_folder(input_dir, output, workers=workers)
+    from medsynth.io.dicom.scan import start_scan
+
+    pending = start_scan(input_dir, workers=workers)  # its child processes read the headers while numpy and the converter are imported
+    from medsynth.io.convert import convert_folder
+
+    res = convert_folder(input_dir, output, workers=workers, pending=pending)
     print(res.summary(output), file=sys.stderr)
     if not res.series_rows:
         print("error: nothing could be converted", file=sys.stderr)

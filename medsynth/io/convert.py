@@ -19,14 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom import (
-    DicomScan,
-    DicomVolume,
-    discover_files,
-    load_series,
-    read_image_dataset,
-    scan_folder,
-)
+from medsynth.io.dicom import DicomVolume, load_series, read_image_dataset
+from medsynth.io.dicom.scan import DicomScan, PendingScan, start_scan
 from medsynth.io.dicom_fast import FastHeader
 from medsynth.io.nifti_write import compact_dtype, reorient_to_ras, write_nifti
 from medsynth.io.pool import fork_inherits, process_pool
@@ -168,14 +162,14 @@ def iter_volumes(
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    pending: PendingScan | None = None,
 ) -> Iterator[ConvertedVolume | SegMask | QuarantineEntry]:
     """Yield every volume under ``root``, every DICOM SEG mask and every quarantine entry, in a stable
-    order: SEG masks come before the volumes, so a caller can match each volume as it arrives."""
+    order: SEG masks come before the volumes, so a caller can match each volume as it arrives. ``pending``:
+    the scan of ``root`` already started (:func:`~medsynth.io.dicom.scan.start_scan`), else it starts here."""
     root = Path(root)
-    paths = discover_files(root)
-    # the scan runs here (a header read costs less than sending it between processes); workers forked after
-    # it inherit its headers and every module it imported (pydicom too, when some file needed it)
-    scan = scan_folder(root, files=paths, max_voxels=max_voxels)
+    # pool workers forked after the scan inherit its headers and every module this process imported
+    scan = (pending if pending is not None else start_scan(root, max_voxels=max_voxels, workers=workers)).result()
     n_workers = workers if workers is not None else default_workers(sum(len(files) for files in scan.series.values()))
     yield from _scanned_volumes(root, scan, n_workers, progress, max_voxels)
 
@@ -264,8 +258,10 @@ def convert_folder(
     output_dir: Path,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    pending: PendingScan | None = None,
 ) -> ConvertResult:
-    """``medsynth convert``: one RAS NIfTI per series + series.csv + quarantine.csv.
+    """``medsynth convert``: one RAS NIfTI per series + series.csv + quarantine.csv. ``pending``: the scan
+    of ``input_dir`` already started (the command line starts it before it imports this module).
 
     The volumes are written into a hidden folder inside ``output_dir`` and moved into place when all are
     written, so a failed run leaves the previous outputs as they were. In a reused folder, the volumes the
@@ -280,7 +276,7 @@ def convert_folder(
     previous = _listed_volumes(output_dir / "series.csv")
     stage = Path(tempfile.mkdtemp(prefix=".convert-", dir=output_dir))
     try:
-        rows, quarantine = _convert_into(input_dir, stage, workers, progress)
+        rows, quarantine = _convert_into(input_dir, stage, workers, progress, pending)
         for r in rows:
             os.replace(stage / r["file"], output_dir / r["file"])
         for name in previous - {r["file"] for r in rows}:
@@ -301,8 +297,8 @@ def _listed_volumes(series_csv: Path) -> set[str]:
         return set()
 
 
-def _convert_into(input_dir: Path, output_dir: Path, workers: int | None,
-                  progress: Callable[[str], None] | None) -> tuple[list[dict], list[QuarantineEntry]]:
+def _convert_into(input_dir: Path, output_dir: Path, workers: int | None, progress: Callable[[str], None] | None,
+                  pending: PendingScan | None) -> tuple[list[dict], list[QuarantineEntry]]:
     """Write one NIfTI per volume and SEG mask into ``output_dir``; return the series.csv rows and the quarantine."""
     rows: list[dict] = []
     quarantine: list[QuarantineEntry] = []
@@ -310,8 +306,8 @@ def _convert_into(input_dir: Path, output_dir: Path, workers: int | None,
     written: dict[str, list[tuple[str, tuple[int, ...], np.ndarray]]] = {}  # series UID -> (name, shape, affine)
     # gzip releases the GIL: volumes are compressed in threads while the next series are read
     with ThreadPoolExecutor(max_workers=WRITER_THREADS) as writer:
-        pending: list[Future] = []
-        for item in iter_volumes(input_dir, workers=workers, progress=progress):
+        writes: list[Future] = []
+        for item in iter_volumes(input_dir, workers=workers, progress=progress, pending=pending):
             if isinstance(item, QuarantineEntry):
                 quarantine.append(item)
                 continue
@@ -319,9 +315,9 @@ def _convert_into(input_dir: Path, output_dir: Path, workers: int | None,
                 segs.append(item)  # a DICOM SEG mask
                 continue
             name = f"series_{len(rows) + 1:04d}.nii.gz"
-            while len([f for f in pending if not f.done()]) >= 2 * WRITER_THREADS:  # bounded: at most this many volumes in memory
-                wait(pending, return_when=FIRST_COMPLETED)
-            pending.append(writer.submit(_write_volume, output_dir / name, item.data, item.affine))
+            while len([f for f in writes if not f.done()]) >= 2 * WRITER_THREADS:  # bounded: at most this many volumes in memory
+                wait(writes, return_when=FIRST_COMPLETED)
+            writes.append(writer.submit(_write_volume, output_dir / name, item.data, item.affine))
             if item.series_uid and item.ndim == 3:
                 written.setdefault(item.series_uid, []).append((name, item.shape, item.affine))
             rows.append({
@@ -330,7 +326,7 @@ def _convert_into(input_dir: Path, output_dir: Path, workers: int | None,
                 "spacing": "x".join(f"{s:g}" for s in item.spacing), "n_source_files": item.n_source_files,
                 "notes": "; ".join(item.notes), "source": item.source,
             })
-        for f in pending:
+        for f in writes:
             f.result()  # a failed write raises here
     if segs:
         _write_seg_masks(output_dir, segs, written, rows, quarantine)

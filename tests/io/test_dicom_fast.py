@@ -228,7 +228,7 @@ def test_a_compressed_or_big_endian_file_is_classified_from_its_header_alone(roo
     gives; a single-frame grey-level one keeps its header for the series (its pixels are decoded without
     pydicom: tests/io/test_compressed_pixels.py), any other is left to pydicom (no header)."""
     from medsynth.io.dicom.compressed import natively_decodable
-    from medsynth.io.dicom.series import _classify_with_pydicom, _classify_without_pydicom
+    from medsynth.io.dicom.scan import _classify_with_pydicom, _classify_without_pydicom
 
     encoded = [(p, h) for p in _dicom_files(root) if (h := read_fast_header(p)) is not None and h.transfer_syntax not in (IMPLICIT_LE, EXPLICIT_LE)]
     if not encoded:

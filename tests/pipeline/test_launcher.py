@@ -77,3 +77,15 @@ def test_plain_convert_fails_as_the_typer_command_does(tmp_path):
     res = subprocess.run([sys.executable, "-m", "medsynth.launcher", "convert", str(tmp_path / "empty"), str(tmp_path / "out")],
                          capture_output=True, text=True)
     assert res.returncode == 3 and "nothing could be converted" in res.stderr
+
+
+def test_the_scan_started_before_the_imports_converts_as_one_process_does(tmp_path):
+    """The plain command starts the scan (forked children, numpy-free) before it imports the converter;
+    its outputs are byte for byte those of ``--workers 1`` (no child)."""
+    shutil.copytree(shared("dicom", "dcm_qa_nih", "In", "20180918GE"), tmp_path / "in")
+    for name, option in (("default", []), ("one", ["--workers", "1"])):
+        subprocess.run([sys.executable, "-m", "medsynth.launcher", "convert", str(tmp_path / "in"), str(tmp_path / name), *option],
+                       capture_output=True, text=True, check=True)
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "default").iterdir()) and len(files) == 6  # 4 volumes, 2 tables
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "default" / f).read_bytes() for f in files)

@@ -35,11 +35,14 @@ The sub-modules, each importing only those above it:
 * ``ge``: GE diffusion b values of non-DTI series (whose trace volumes are set apart as Philips ones);
 * ``slices``: files -> Slices (classic single-frame files, enhanced multi-frame objects);
 * ``mosaics``: Siemens mosaics (CSA header) and UIH grids;
-* ``series``: the folder scan and classification, and a series' files -> ``DicomVolume``s.
+* ``scan``: the folder scan and classification into series (in forked child processes from 200 files);
+  it imports ``attributes``, ``files`` and the fast reader only, and no numpy, so the command line starts
+  it before it imports the rest;
+* ``series``: a series' files -> ``DicomVolume``s.
 
 pydicom is imported inside the functions that need it, never at module level: a folder the fast
 reader (:mod:`medsynth.io.dicom_fast`) reads whole, compressed single-frame files included, converts
-without it. Names with a leading
+without it. The package's public names are imported on first use (PEP 562). Names with a leading
 underscore are private to this package (shared between its sub-modules, not for other callers).
 """
 
@@ -74,16 +77,8 @@ if TYPE_CHECKING:
     )
     from medsynth.io.dicom.philips import isotropic_split, philips_diffusion, philips_float_scaling, philips_scale_slope
     from medsynth.io.dicom.pixels import decode_pixels, raw_little_endian_pixels
-    from medsynth.io.dicom.series import (
-        NOT_DICOM,
-        SEG_SOP_CLASS,
-        DicomScan,
-        DicomVolume,
-        classify_file,
-        load_series,
-        read_scan_header,
-        scan_folder,
-    )
+    from medsynth.io.dicom.scan import NOT_DICOM, SEG_SOP_CLASS, DicomScan, classify_file, read_scan_header, scan_folder
+    from medsynth.io.dicom.series import DicomVolume, load_series
     from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
     from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError, error_text, max_decoded_bytes
 
@@ -125,14 +120,14 @@ _SUBMODULE = {
     "philips_scale_slope": "medsynth.io.dicom.philips",
     "decode_pixels": "medsynth.io.dicom.pixels",
     "raw_little_endian_pixels": "medsynth.io.dicom.pixels",
-    "DicomScan": "medsynth.io.dicom.series",
+    "DicomScan": "medsynth.io.dicom.scan",
     "DicomVolume": "medsynth.io.dicom.series",
-    "NOT_DICOM": "medsynth.io.dicom.series",
-    "SEG_SOP_CLASS": "medsynth.io.dicom.series",
-    "classify_file": "medsynth.io.dicom.series",
+    "NOT_DICOM": "medsynth.io.dicom.scan",
+    "SEG_SOP_CLASS": "medsynth.io.dicom.scan",
+    "classify_file": "medsynth.io.dicom.scan",
     "load_series": "medsynth.io.dicom.series",
-    "read_scan_header": "medsynth.io.dicom.series",
-    "scan_folder": "medsynth.io.dicom.series",
+    "read_scan_header": "medsynth.io.dicom.scan",
+    "scan_folder": "medsynth.io.dicom.scan",
     "classic_slice": "medsynth.io.dicom.slices",
     "enhanced_slices": "medsynth.io.dicom.slices",
     "is_enhanced": "medsynth.io.dicom.slices",

@@ -1,36 +1,27 @@
-"""Series: every file under a folder classified (NIfTI, SEG, image series by key: one UID and number of
-one patient, or what dcm2niix stacks across them; or quarantined with the reason; the fast
-reader first, pydicom's partial read for the rest) and one series' files converted into volumes
-(mosaics, each its own volume when they are not parallel; split by geometry and by the attributes
-dcm2niix splits a series by; stacked; isotropic DWI volumes set apart; the volumes of a Philips enhanced
-object apart by trigger delay time)."""
+"""Series: one series' files (grouped by :mod:`medsynth.io.dicom.scan`) converted into volumes (mosaics,
+each its own volume when they are not parallel; split by geometry and by the attributes dcm2niix splits a
+series by; stacked; isotropic DWI volumes set apart; the volumes of a Philips enhanced object apart by
+trigger delay time)."""
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import atof, atoi, merged_series, siemens_xa, stack_key, with_instance_rules
-from medsynth.io.dicom.files import _check_file, discover_files, is_nifti, read_header
+from medsynth.io.dicom.attributes import atof, atoi, merged_series, stack_key, with_instance_rules
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosaic, mosaic_order, mosaics_not_parallel
 from medsynth.io.dicom.philips import isotropic_split, philips_trigger_times, trigger_volumes
 from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
-from medsynth.io.dicom_fast import FastHeader, is_not_dicom, read_fast_header
+from medsynth.io.dicom_fast import FastHeader
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-NOT_DICOM = "not a DICOM file (no DICM preamble and no DICOM image attributes)"
 
 
 @dataclass
@@ -55,141 +46,6 @@ class DicomVolume:
     @property
     def spacing(self) -> tuple[float, ...]:
         return tuple(float(x) for x in np.linalg.norm(self.affine[:3, :3], axis=0))
-
-
-@dataclass
-class DicomScan:
-    """Every file under a folder, sorted into image series (by SeriesInstanceUID, SeriesNumber and
-    PatientID), SEG masks, NIfTI files and quarantine."""
-
-    series: dict[str, list[Path]]
-    segs: list[Path]
-    quarantine: list[QuarantineEntry]
-    nifti: list[Path]
-    headers: dict[Path, FastHeader] = field(default_factory=dict)  # files the fast reader read whole
-
-    @property
-    def needs_pydicom(self) -> bool:
-        """Whether a series holds a file the fast reader leaves to pydicom."""
-        return bool(self.segs) or any(p not in self.headers for files in self.series.values() for p in files)
-
-
-def _past_group_0028(tag, vr, length) -> bool:
-    return tag.group > 0x0028
-
-
-def read_scan_header(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Dataset:
-    """The attributes up to group 0028 (SOP class, series, image size) -- not the large private groups
-    (Siemens CSA, GE) nor the pixel data that follow. SeriesError with the reason if unusable."""
-    from pydicom.filereader import read_partial
-
-    _check_file(path, max_voxels)
-    try:
-        with warnings.catch_warnings(), open(path, "rb") as fh:
-            warnings.simplefilter("ignore")
-            ds = read_partial(fh, stop_when=_past_group_0028, force=True)  # force: files without the preamble
-    except Exception:
-        return read_header(path)  # no preamble, or a broken header: the full reader gives the reason
-    return ds
-
-
-def classify_file(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str]:
-    """One file -> (kind, detail): ("nifti", ""), ("seg", ""), ("image", series key) or ("bad", reason)."""
-    kind, detail, _header = _classify(path, max_voxels)
-    return kind, detail
-
-
-def _series_key(ds: Dataset | FastHeader, path: Path) -> str:
-    # PACS exports reuse one UID for several series numbers, and anonymisers or broken exports one UID
-    # for several patients' series: a series is one UID and number of one patient. Not the study UID:
-    # dcm2niix (isSameSet) stacks files of several study UIDs whose study date/time is the same, and
-    # stack_key splits them by that date/time.
-    # an empty element is None to pydicom and absent to the fast reader: both are ''
-    number, patient = ds.get("SeriesNumber"), ds.get("PatientID")
-    merged = merged_series(ds)
-    if merged is not None:  # dcm2niix stacks these across UIDs and numbers
-        return f"{merged}#{patient or ''}"
-    uid = str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
-    if number is not None and siemens_xa(ds)[0] and atoi(number) > 1000:
-        number = f"{atoi(number) // 1000}xxx"  # early Siemens XA numbers a series' files 16001, 16002 ... (dcm2niix issue 236)
-    return f"{uid}#{'' if number is None else number}#{patient or ''}"
-
-
-def _classify(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
-    """:func:`classify_file`, and the file's fast header when the fast reader could read it (then the
-    series needs no second read of its header). Other files: only the attributes up to group 0028 are
-    read here; whether their pixel data are complete is checked when the series is assembled."""
-    return _classify_without_pydicom(path, max_voxels) or _classify_with_pydicom(path, max_voxels)
-
-
-def _classify_without_pydicom(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None] | None:
-    """:func:`_classify` for NIfTI, non-DICOM and the files the fast reader reads (a compressed or
-    big-endian file's header alone: its pixels are read by pydicom with its series); None for the rest."""
-    if is_nifti(path):
-        return "nifti", "", None
-    header = read_fast_header(path)
-    if header is not None:
-        # over the size limit: classified here, and pydicom's read of the series quarantines it with the reason
-        fits = int(header.Rows) * int(header.Columns) * header.frames() <= max_voxels
-        return "image", _series_key(header, path), header if fits and not header.header_only else None
-    if is_not_dicom(path):
-        return "bad", NOT_DICOM, None
-    return None
-
-
-def _classify_with_pydicom(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[str, str, FastHeader | None]:
-    try:
-        ds = read_scan_header(path, max_voxels)
-    except SeriesError as exc:
-        return "bad", str(exc), None
-    if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
-        return "bad", NOT_DICOM, None
-    sop = ds.get("SOPClassUID")
-    if str(sop or "") == SEG_SOP_CLASS:
-        return "seg", "", None
-    if "Rows" not in ds or "Columns" not in ds:
-        return "bad", f"DICOM object without pixel data ({getattr(sop, 'name', '') or 'unknown SOP class'})", None
-    return "image", _series_key(ds, path), None
-
-
-def scan_folder(
-    root: Path,
-    files: Iterable[Path] | None = None,
-    progress: Callable[[Path], None] | None = None,
-    max_voxels: int = DEFAULT_MAX_VOXELS,
-) -> DicomScan:
-    """Classify every file under ``root`` in this process (a header costs less to read than to send
-    between processes); group image files into series. A deflated file that inflates past the limit for
-    ``max_voxels`` is quarantined without being inflated."""
-    root = Path(root)
-    paths = list(files) if files is not None else discover_files(root)
-    kinds = [_classify(p, max_voxels) for p in paths]
-    series: dict[str, list[Path]] = defaultdict(list)
-    segs: list[Path] = []
-    quarantine: list[QuarantineEntry] = []
-    nifti: list[Path] = []
-    headers: dict[Path, FastHeader] = {}
-    for path, (kind, detail, header) in zip(paths, kinds, strict=False):
-        if header is not None:
-            headers[path] = header
-        if progress:
-            progress(path)
-        if kind == "nifti":
-            nifti.append(path)
-        elif kind == "seg":
-            segs.append(path)
-        elif kind == "bad":
-            quarantine.append(QuarantineEntry(_rel(path, root), detail))
-        else:
-            series[detail].append(path)
-    return DicomScan(dict(series), segs, quarantine, nifti, headers)
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[list[DicomVolume], list[QuarantineEntry]]:
