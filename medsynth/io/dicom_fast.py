@@ -4,7 +4,7 @@ Most files a scanner exports are uncompressed, little endian, with the 128-byte 
 parses every element of such a file in Python (several hundred per MR file, most of them in private
 groups conversion never reads), and importing pydicom costs half a second: together most of
 ``medsynth convert``'s time. :func:`read_image_header` walks the elements with ``struct`` and keeps the
-raw values of the attributes conversion reads (:data:`TAGS`, and the vendor private elements of
+raw values of the attributes conversion reads (:data:`TAGS`, the file meta's :data:`META`, and the vendor private elements of
 :data:`PRIVATE`: Siemens mosaic and CSA, GE diffusion and image type, Philips scaling, diffusion and
 trigger) and where the pixel data lie.
 An enhanced multi-frame object (explicit VR) keeps its shared and per-frame functional groups whole,
@@ -93,7 +93,13 @@ TAGS: dict[str, tuple[int, str]] = {
     "RescaleIntercept": (0x00281052, "DS"),
     "RescaleSlope": (0x00281053, "DS"),
 }
-_TAG_VR = {tag: vr for tag, vr in TAGS.values()}
+# keyword -> (tag, VR) of the file meta attributes the converter reads (FastHeader.meta; pydicom keeps
+# them apart from the data set, in file_meta)
+META: dict[str, tuple[int, str]] = {
+    "ImplementationVersionName": (0x00020013, "SH"),
+}
+_META_TAGS = frozenset(tag for tag, _vr in META.values())
+_TAG_VR = {tag: vr for tag, vr in (*TAGS.values(), *META.values())}
 _KEYWORD = {tag: kw for kw, (tag, _vr) in TAGS.items()}
 # the functional groups of an enhanced multi-frame object, kept whole (as FastItem trees)
 FRAME_SEQUENCES = {"SharedFunctionalGroupsSequence": 0x52009229, "PerFrameFunctionalGroupsSequence": 0x52009230}
@@ -268,6 +274,11 @@ class FastHeader:
                 raise KeyError(f"the fast reader does not keep {keyword}: add it to dicom_fast.TAGS")
             decoded[keyword] = value
         return default if value is None else value
+
+    def meta(self, keyword: str) -> str:
+        """A file meta attribute of :data:`META` as text, '' when absent."""
+        value = self.raw.get(META[keyword][0])
+        return "" if value is None else value.decode("latin-1").strip("\x00 ")
 
     def character_set(self) -> str:
         """SpecificCharacterSet as written (several values joined by a backslash)."""
@@ -585,15 +596,18 @@ def _pixel_data_at_end(data: bytes, explicit: bool, header: FastHeader) -> bool:
     return ok
 
 
-def _meta(data: bytes) -> tuple[str, int]:
-    """The transfer syntax and the position after the file meta group."""
+def _meta(data: bytes, keep: dict[int, bytes]) -> tuple[str, int]:
+    """The transfer syntax and the position after the file meta group; the :data:`META` attributes put in ``keep``."""
     pos, ts = 132, ""
     while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
         group, elem, _vr, length, start = _element(data, pos, explicit=True)  # the file meta group is explicit VR
         if length == UNDEFINED or start + length > len(data):
             raise _NotFast
-        if (group << 16) | elem == TRANSFER_SYNTAX:
+        tag = (group << 16) | elem
+        if tag == TRANSFER_SYNTAX:
             ts = data[start:start + length].decode("latin-1").strip("\x00 ")
+        elif tag in _META_TAGS:
+            keep[tag] = data[start:start + length]
         pos = start + length
     return ts, pos
 
@@ -636,7 +650,7 @@ def read_fast_header(path: Path) -> FastHeader | None:
         return None
     header = FastHeader(path, {}, -1, 0)
     try:
-        ts, pos = _meta(data)
+        ts, pos = _meta(data, header.raw)
         header.transfer_syntax = ts
         big = ts == EXPLICIT_BE
         header_only = big or is_encapsulated_syntax(ts)

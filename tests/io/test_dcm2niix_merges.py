@@ -10,7 +10,9 @@ run on the same files (number of outputs, voxels, affine):
 * early Siemens XA (XA10-XA31) series numbers 6001, 6002 ... of one SeriesInstanceUID: one series per
   thousand (nii_dicom_batch.cpp ``isSameSet``, issue 236), on the shared XA10 enhanced volumes;
 * files of one series and several StudyInstanceUIDs: stacked when their study date/time is the same, or
-  (early XA files) when their study UID is (``isSameSet``), on the same volumes.
+  (early XA files) when their study UID is (``isSameSet``), on the same volumes;
+* early XA files (dcm2niix's isXA10A: SoftwareVersions XA10-XA31, or an ImplementationVersionName (0002,0013)
+  with XA10A) of one study UID stack whatever their study time, and are Siemens whatever their Manufacturer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from medsynth.io.dicom import read_header, stack_key
+from medsynth.io.dicom.attributes import siemens_xa
+from medsynth.io.dicom_fast import read_image_header
 from tests.conftest import shared
 from tests.io.test_dcm2niix_splits import _rewritten
 from tests.io.test_vendor_formats import _assert_converts_as_dcm2niix, _volumes
@@ -30,22 +35,32 @@ VOLUME_UIDS = [generate_uid(entropy_srcs=["test_dcm2niix_merges", "series", str(
 STUDY_UIDS = [generate_uid(entropy_srcs=["test_dcm2niix_merges", "study", str(t)]) for t in range(4)]
 
 
-def _siemens(software: str, extra: Callable[[pydicom.Dataset, int], None]) -> Callable[[pydicom.Dataset, int], None]:
-    """The GE series as a Siemens one (private elements removed), volume t its own SeriesInstanceUID."""
+def _siemens(software: str | None, extra: Callable[[pydicom.Dataset, int], None], implementation: str | None = None,
+             manufacturer: str | None = "Siemens Healthineers") -> Callable[[pydicom.Dataset, int], None]:
+    """The GE series as a Siemens one (private elements removed), volume t its own SeriesInstanceUID;
+    SoftwareVersions ``software``, Manufacturer ``manufacturer`` (None: removed), the file meta's
+    ImplementationVersionName ``implementation`` where given."""
     def change(ds: pydicom.Dataset, t: int) -> None:
         for elem in list(ds):
             if elem.tag.is_private:
                 del ds[elem.tag]
-        ds.Manufacturer = "Siemens Healthineers"
-        ds.SoftwareVersions = software
+        for name, value in (("Manufacturer", manufacturer), ("SoftwareVersions", software)):
+            if value is None:
+                if name in ds:
+                    delattr(ds, name)
+            else:
+                setattr(ds, name, value)
+        if implementation is not None:
+            ds.file_meta.ImplementationVersionName = implementation
         ds.SeriesInstanceUID = VOLUME_UIDS[t]
         extra(ds, t)
     return change
 
 
-def _xa_classic(series_time: Callable[[int], str | None] = lambda t: "120000.000000", software: str = "syngo MR XA30"):
+def _xa_classic(series_time: Callable[[int], str | None] = lambda t: "120000.000000", software: str | None = "syngo MR XA30", **siemens):
     """A Siemens XA classic export: per volume t a SeriesInstanceUID, StudyInstanceUID and SeriesNumber (20 - t:
-    dcm2niix orders by series number, so the volumes come last first), SeriesTime ``series_time(t)``."""
+    dcm2niix orders by series number, so the volumes come last first), SeriesTime ``series_time(t)``;
+    ``siemens``: the other options of :func:`_siemens`."""
     def extra(ds: pydicom.Dataset, t: int) -> None:
         ds.StudyInstanceUID = STUDY_UIDS[t]
         ds.SeriesNumber = 20 - t
@@ -54,7 +69,7 @@ def _xa_classic(series_time: Callable[[int], str | None] = lambda t: "120000.000
             del ds.SeriesTime
         else:
             ds.SeriesTime = value
-    return _siemens(software, extra)
+    return _siemens(software, extra, **siemens)
 
 
 def _dce(sequence: str = "*fldyn3d1", software: str = "syngo MR E11", protocol: Callable[[int], str] = lambda t: "t1_fl3d_dyn"):
@@ -74,6 +89,10 @@ MERGES = {  # name -> (change, outputs dcm2niix writes)
     "XA classic, two series times": (_xa_classic(series_time=lambda t: "120000" if t < 2 else "120500"), 2),
     "XA classic without a series time": (_xa_classic(series_time=lambda t: None), 4),
     "not XA (VE11) with a UID per volume": (_xa_classic(software="syngo MR E11"), 4),
+    "VE11 with ImplementationVersionName XA10A (an early XA file)": (_xa_classic(software="syngo MR E11", implementation="SYNGO_MR_XA10A"), 1),
+    "ImplementationVersionName XA10A, SoftwareVersions empty (read: an XA file)": (_xa_classic(software="", implementation="SYNGO_MR_XA10A"), 1),
+    "ImplementationVersionName XA10A without SoftwareVersions (not an XA file)": (_xa_classic(software=None, implementation="SYNGO_MR_XA10A"), 4),
+    "XA30 without Manufacturer (an early XA file is Siemens)": (_xa_classic(manufacturer=None), 1),
     "DCE, a series per dynamic": (_dce(), 1),
     "DCE, two protocol names": (_dce(protocol=lambda t: "t1_fl3d_dyn" if t < 2 else "t1_fl3d_sub"), 2),
     "DCE of an early XA release (XA30)": (_dce(software="syngo MR XA30"), 4),
@@ -151,3 +170,63 @@ def test_files_of_several_study_uids_stack_by_study_time_as_dcm2niix_stacks_them
     vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])
+
+
+def _study_time_late(software: str | None, implementation: str | None = None) -> Callable[[pydicom.Dataset, int], None]:
+    """A Siemens series of one SeriesInstanceUID and StudyInstanceUID, without SeriesTime; StudyTime 12:00 for
+    volumes 2 and 3."""
+    def extra(ds: pydicom.Dataset, t: int) -> None:
+        ds.SeriesInstanceUID = VOLUME_UIDS[0]
+        del ds.SeriesTime
+        if t >= 2:
+            ds.StudyTime = "120000"
+    return _siemens(software, extra, implementation)
+
+
+def _xa_classic_study_time_late() -> Callable[[pydicom.Dataset, int], None]:
+    """:func:`_xa_classic` (an XA30 export, a study UID per volume), StudyTime 12:00 for volumes 2 and 3."""
+    classic = _xa_classic()
+
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        classic(ds, t)
+        if t >= 2:
+            ds.StudyTime = "120000"
+    return change
+
+
+def _ge_implementation_late(ds: pydicom.Dataset, t: int) -> None:
+    if t >= 2:
+        ds.file_meta.ImplementationVersionName = "SYNGO_MR_XA10A"
+
+
+EARLY_XA = {  # name -> (change, outputs dcm2niix writes)
+    "XA10, study time of volumes 2-3": (_study_time_late("syngo MR XA10"), 1),
+    "VE11 with ImplementationVersionName XA10A, study time of volumes 2-3": (_study_time_late("syngo MR E11", "SYNGO_MR_XA10A"), 1),
+    "ImplementationVersionName XA10 (not XA10A), study time of volumes 2-3": (_study_time_late("syngo MR E11", "SYNGO_MR_XA10"), 2),
+    "XA60 (not early), study time of volumes 2-3": (_study_time_late("syngo MR XA60"), 2),
+    "XA30 classic, a study UID per volume, study time of volumes 2-3": (_xa_classic_study_time_late(), 2),
+    "GE, ImplementationVersionName XA10A in volumes 2-3 (their vendor Siemens)": (_ge_implementation_late, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(EARLY_XA))
+def test_early_xa_files_split_as_dcm2niix_splits_them(tmp_path, name):
+    """dcm2niix's isXA10A (SoftwareVersions XA10-XA31, or ImplementationVersionName with XA10A): two such files
+    of one StudyInstanceUID stack whatever their study time (isSameSet, issue 236), and the file is Siemens
+    whatever its Manufacturer (readDICOMx)."""
+    change, n_outputs = EARLY_XA[name]
+    folder = _rewritten(tmp_path / "in", change)
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape[3] for v in vols) == ([2, 2] if n_outputs == 2 else [4])
+
+
+@pytest.mark.parametrize(("software", "implementation", "flags"), [("syngo MR E11", "SYNGO_MR_XA10A", (True, True)), ("", "SYNGO_MR_XA10A", (True, True)),
+                                                                   (None, "SYNGO_MR_XA10A", (True, False)), ("syngo MR E11", "SYNGO_MR_E11", (False, False))])
+def test_the_early_xa_flags_read_the_same_through_both_readers(tmp_path, software, implementation, flags):
+    folder = _rewritten(tmp_path / "in", _xa_classic(software=software, implementation=implementation))
+    for path in sorted(folder.glob("*.dcm"))[:4]:
+        fast, slow = read_image_header(path), read_header(path)
+        assert fast is not None
+        assert siemens_xa(fast) == siemens_xa(slow) == flags
+        assert stack_key(fast) == stack_key(slow)

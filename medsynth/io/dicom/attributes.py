@@ -260,14 +260,31 @@ XA10A_RELEASES = ("XA10", "XA11", "XA20", "XA30", "XA31")
 XA_RELEASES = (*XA10A_RELEASES, "XA5", "XA6", "XA7")
 
 
+def _implementation_version(ds: Dataset | FastHeader) -> str:
+    """The file meta's ImplementationVersionName (0002,0013), '' when absent."""
+    if isinstance(ds, FastHeader):
+        return ds.meta("ImplementationVersionName")
+    meta = getattr(ds, "file_meta", None)
+    return "" if meta is None else _text(meta.get("ImplementationVersionName"))
+
+
 def siemens_xa(ds: Dataset | FastHeader) -> tuple[bool, bool]:
-    """(an early XA release: dcm2niix's ``isXA10A``, any XA release: ``isSiemensXA``) from SoftwareVersions
-    (0018,1020), whatever the Manufacturer, as dcm2niix reads them."""
+    """(an early XA release: dcm2niix's ``isXA10A``, any XA release: ``isSiemensXA``), whatever the
+    Manufacturer, as dcm2niix's readDICOMx sets them: early from an ImplementationVersionName (0002,0013)
+    with 'XA10A' or a SoftwareVersions (0018,1020) of an early release; any XA release from an early one
+    with a SoftwareVersions element (even empty: its reading sets the flag) or a SoftwareVersions of a
+    later release."""
     text = _text(ds.get("SoftwareVersions"))
-    if len(text) <= 4:
-        return False, False
-    early = any(r in text for r in XA10A_RELEASES)
-    return early, early or any(r in text for r in XA_RELEASES)
+    implementation = _implementation_version(ds)
+    early = (len(implementation) >= 5 and "XA10A" in implementation) or (len(text) > 4 and any(r in text for r in XA10A_RELEASES))
+    return early, (early and "SoftwareVersions" in ds) or (len(text) > 4 and any(r in text for r in XA_RELEASES))
+
+
+def vendor(ds: Dataset | FastHeader) -> str:
+    """The vendor as dcm2niix compares it once a file is read (isSameSet, and the merge rules of
+    :func:`merged_series`): Siemens for an early XA file whatever its Manufacturer (readDICOMx: 'XA10A
+    mosaics omit Manufacturer'), else :func:`manufacturer`."""
+    return "SIEMENS" if siemens_xa(ds)[0] else manufacturer(ds)
 
 
 def merged_series(ds: Dataset | FastHeader) -> str | None:
@@ -282,7 +299,7 @@ def merged_series(ds: Dataset | FastHeader) -> str | None:
       the protocol name (issue 252: one series per dynamic).
 
     The attributes of :func:`stack_key` still split the merged files (study date/time, TR, echo ...)."""
-    if manufacturer(ds) != "SIEMENS":
+    if vendor(ds) != "SIEMENS":
         return None
     early, xa = siemens_xa(ds)
     series_time = _text(ds.get("SeriesTime"))
@@ -295,16 +312,19 @@ def merged_series(ds: Dataset | FastHeader) -> str | None:
 
 def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
     """The attributes beyond geometry whose differences make dcm2niix (``isSameSet``, default options)
-    write one series as several outputs, as (name, value) pairs: derived image, vendor, modality, study
-    date and time; and, except for X-ray images (:func:`is_xray`), real / imaginary / phase, TR, flip
+    write one series as several outputs, as (name, value) pairs: derived image, vendor (:func:`vendor`),
+    modality, study date and time (None for an early Siemens XA file with a StudyInstanceUID: dcm2niix
+    ignores the study time of two such files of one study UID, issue 236; the series resolves it across
+    study UIDs); and, except for X-ray images (:func:`is_xray`), real / imaginary / phase, TR, flip
     angle, echo time and number, a Philips trigger time and the protocol name (else the series
     description; '_MoCo' added for a MOCO ImageType: :func:`protocol_name`). Receive coil and
     acquisition number do not split (dcm2niix stacks them by default)."""
+    early_xa = siemens_xa(ds)[0] and len(str(ds.get("StudyInstanceUID", "") or "")) > 1
     key: list[tuple[str, object]] = [
         ("derived", is_derived(ds)),
-        ("vendor", manufacturer(ds)),
+        ("vendor", vendor(ds)),
         ("modality", _modality(ds)),
-        ("study date/time", atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))),
+        ("study date/time", None if early_xa else atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))),
     ]
     if is_xray(ds):  # medsynth splits them by echo number and phase still: never stacks phase with magnitude
         echo = ds.get("EchoNumbers")
@@ -315,7 +335,7 @@ def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
         ("TR", _float32(atof(ds.get("RepetitionTime")))),
         ("flip angle", _float32(atof(ds.get("FlipAngle")))),
         ("echo", (_float32(atof(ds.get("EchoTime"))), atoi(ds.get("EchoNumbers")))),
-        ("trigger time", _philips_trigger(ds) if manufacturer(ds) == "PHILIPS" else None),
+        ("trigger time", _philips_trigger(ds) if vendor(ds) == "PHILIPS" else None),
         ("protocol", protocol),
     ]
     return tuple(key)
