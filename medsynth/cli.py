@@ -34,7 +34,8 @@ def version() -> None:
 def convert(
     input: Path = typer.Argument(..., help="folder (searched recursively) or file of DICOM / NIfTI"),
     output: Path = typer.Argument(..., help="output folder: one RAS NIfTI per series, series.csv, quarantine.csv"),
-    workers: int | None = typer.Option(None, help="processes (default: all cores from 1,000 image files, else one)"),
+    workers: int | None = typer.Option(None, help="processes (default: the header scan one per 200 files, the conversion all cores "
+                                       "from 1,000 image files, else one, each at most one per core; 1: one process)"),
 ) -> None:
     """Convert every DICOM series (and NIfTI) under INPUT to RAS NIfTI in OUTPUT. Does not de-identify."""
     from medsynth.io.convert import convert_folder
@@ -191,7 +192,7 @@ def locate(
             return
         if p.series_id(rel) == file_id:
             # the id names a series by its first file: list every file of that series (the same
-            # SeriesInstanceUID, SeriesNumber, PatientID and StudyInstanceUID)
+            # series key: SeriesInstanceUID, SeriesNumber and PatientID, or what dcm2niix stacks across them)
             kind, series = classify_file(path)
             members = [q for q in paths if q == path or kind == "image" and classify_file(q) == (kind, series)]
             for q in sorted(members, key=str):

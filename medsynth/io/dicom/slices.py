@@ -175,8 +175,9 @@ def _or(a: tuple[bool, bool, bool], b: tuple[bool, bool, bool]) -> tuple[bool, b
 
 class _FileValues:
     """The values dcm2niix's ``isSameSet`` compares, as readDICOMx leaves them after reading one enhanced object.
-    Not read: the file meta's ImplementationVersionName (an early XA object by 'XA10A' there), which the fast
-    reader does not keep."""
+    The vendor is the Manufacturer's: dcm2niix takes an early XA object without one for Siemens, but reads
+    its echo number differently then (the XA10 objects with Manufacturer removed from two: 3 outputs), which
+    is not ported."""
 
     def __init__(self, ds: Dataset | FastHeader):
         self.siemens = manufacturer(ds) == "SIEMENS"
