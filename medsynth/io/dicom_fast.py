@@ -488,7 +488,7 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader, head
     keep, private = header.raw, header.private
     tag_vr, private_groups, rare_groups, head_bytes = _TAG_VR, PRIVATE_GROUPS, _RARE_GROUPS, _HEAD_BYTES
     head16, _head, u32 = _BIG_ENDIAN if big else (_head16, _head32, _u32)
-    blocks: dict[int, dict[int, str]] = {}  # (group << 8 | block) -> the wanted elements of that private block
+    private_tags: dict[int, str] = {}  # tag -> name of the wanted elements of the private blocks found so far
     last_group = 0x0028 if not header_only else 0xFFFD  # past it: the pixel data are looked for at the end (once)
     resolved = header_only
     while True:
@@ -528,14 +528,16 @@ def _walk_header(data: bytes, pos: int, explicit: bool, header: FastHeader, head
         if tag in tag_vr:
             keep[tag] = data[pos:pos + length]
         elif group in private_groups:
-            if 0x10 <= elem <= 0xFF:  # a private creator
-                wanted = PRIVATE.get((group, data[pos:pos + length].rstrip(b"\x00 ").upper()))
-                if wanted:
-                    blocks[(group << 8) | elem] = wanted
-            elif blocks:
-                wanted = blocks.get((group << 8) | (elem >> 8))
-                if wanted is not None and (elem & 0xFF) in wanted:
-                    private[wanted[elem & 0xFF]] = data[pos:pos + length]
+            if elem <= 0xFF:
+                if elem >= 0x10:  # a private creator: its block's wanted elements are (group, elem << 8 | low)
+                    wanted = PRIVATE.get((group, data[pos:pos + length].rstrip(b"\x00 ").upper()))
+                    if wanted:
+                        block = (group << 16) | (elem << 8)
+                        private_tags.update({block | low: name for low, name in wanted.items()})
+            else:
+                name = private_tags.get(tag)
+                if name is not None:
+                    private[name] = data[pos:pos + length]
         elif group in rare_groups:
             if tag == PIXEL_DATA:
                 if (header_only and not big) or pos + length > end:
