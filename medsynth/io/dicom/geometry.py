@@ -1,23 +1,59 @@
 """Slice geometry and stacking: the ``Slice`` (one 2D image and where it lies), orientation checks, the
 LPS affine and LPS -> RAS, the split of a series into same-geometry groups and the stacking of a group
-into a 3D / 4D volume (ordered by position along the slice normal; missing slices, uneven spacing and
-tilt are SeriesErrors)."""
+into a 3D / 4D volume (ordered by position along the slice normal, the volumes at a position in
+dcm2niix's file order, :func:`dcm2niix_order`; missing slices, uneven spacing and tilt are SeriesErrors)."""
 
 from __future__ import annotations
 
 import functools
 import math
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medsynth.io.dicom.attributes import atoi, siemens_xa, vendor
 from medsynth.io.dicom.pixels import _check_finite
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, SeriesError
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from medsynth.io.dicom_fast import FastHeader
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+INT_MAX = 2147483647
+
+
+def _uid_crc(ds: Dataset | FastHeader) -> int:
+    """CRC-32 of the SOPInstanceUID text: dcm2niix's ``instanceUidCrc`` (mz_crc32X, the zlib CRC-32) of
+    the file meta's MediaStorageSOPInstanceUID, which a valid file gives the same value."""
+    return zlib.crc32(str(ds.get("SOPInstanceUID", "") or "").strip(" \x00").encode("ascii", "replace"))
+
+
+def dcm2niix_order(ds: Dataset | FastHeader) -> tuple[int, int]:
+    """Where a file comes among the files of one output in dcm2niix's order (nii_dicom_batch.cpp
+    ``fillTDCMsort`` / ``compareTDCMsort``): by ``(SeriesNumber << 32) + image number`` as one unsigned
+    64-bit number, then, for files that tie, by the CRC-32 of the SOPInstanceUID. The image number is
+    the InstanceNumber (0020,0013); without one, that CRC as a positive int (readDICOMx); in an early
+    Siemens XA dynamic series (SequenceName with 'fldyn3d1', isXA10A) plus 1000 x AcquisitionNumber
+    (issue 689). Of the ``dimensionIndexValues`` dcm2niix gives a classic file, the GE raw data run
+    number (0019,10A2) before the CRC is not read here; the echo number and series UID CRC after it do
+    not differ within an output. Neither AcquisitionNumber nor AcquisitionTime orders files otherwise:
+    where they disagree with the instance numbers, dcm2niix follows the instance numbers and warns
+    ("Images sorted by instance number ... AcquisitionTime suggests a different order")."""
+    crc = _uid_crc(ds)
+    if "InstanceNumber" in ds:
+        image = atoi(ds.get("InstanceNumber"))
+    else:
+        image = abs(crc - (1 << 32) if crc >= 1 << 31 else crc) % INT_MAX or 1
+    if vendor(ds) == "SIEMENS" and siemens_xa(ds)[0] and "fldyn3d1" in str(ds.get("SequenceName", "") or ""):
+        image += atoi(ds.get("AcquisitionNumber")) * 1000
+    return (((atoi(ds.get("SeriesNumber")) << 32) + image) % (1 << 64), crc)
 
 
 @dataclass
@@ -34,7 +70,8 @@ class Slice:
     slope: float
     intercept: float
     split_key: tuple = ()
-    time_key: tuple = ()
+    time_key: tuple = ()  # the file order of a series (:func:`dcm2niix_order` for a classic file)
+    volume_number: int = -1  # TemporalPositionIdentifier (0020,0100) of a classic file, -1 without one
     loader: Callable[[], np.ndarray] | None = None
     diffusion: tuple[float, tuple[float, ...]] | None = None  # (b value, gradient direction), Philips
 
@@ -123,6 +160,31 @@ def _median(values: np.ndarray) -> float:
     return float(ordered[mid]) if len(ordered) % 2 else float((ordered[mid - 1] + ordered[mid]) / 2)
 
 
+SLICE_TOLERANCE_MM = 0.2  # dcm2niix's kSliceTolerance
+
+
+def _volume_key(slices: list[Slice], d: np.ndarray, n_pos: int) -> Callable[[int], tuple]:
+    """The key ordering the images at one position into the volumes of a 4D series as dcm2niix does: the
+    order of the files (``time_key``; dcm2niix takes consecutive runs of ``n_pos`` files as the volumes).
+    Where that order does not run through each volume's slices at one step (``ensureSequentialSlicePositions``:
+    the step between the first two slices of each run repeated within ``SLICE_TOLERANCE_MM``; only for runs
+    of 3 slices or more, the first two files at different positions), dcm2niix re-sorts by volume number,
+    then position, then file order; here the volume number is the TemporalPositionIdentifier, and the
+    re-sort applies where it varies (dcm2niix keeps the file order where its volume number does not)."""
+    order = sorted(range(len(slices)), key=lambda i: slices[i].time_key)
+    rank = {i: r for r, i in enumerate(order)}
+    along = d[order]
+    n_t = len(slices) // n_pos
+    resort = n_pos >= 3 and n_t > 1 and abs(along[1] - along[0]) > 1e-6 and len({s.volume_number for s in slices}) > 1
+    if resort:
+        runs = along.reshape(n_t, n_pos)
+        steps = np.diff(runs, axis=1)
+        resort = bool(np.any(np.abs(steps - steps[:, :1]) > SLICE_TOLERANCE_MM))
+    if resort:
+        return lambda i: (slices[i].volume_number, rank[i])
+    return lambda i: (rank[i],)
+
+
 def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels: int = DEFAULT_MAX_VOXELS
                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[Slice]]:
     """Stack same-geometry slices into (cols, rows, z[, t]) data and an RAS affine, with the notes and
@@ -168,11 +230,8 @@ def stack_slices(slices: list[Slice], *, spacing_rtol: float = 0.02, max_voxels:
             f"slices are sheared by {angle:.2f} degrees (gantry tilt or inconsistent positions): "
             "tilt correction is not supported; reconstruct without tilt or resample with dcm2niix"
         )
-    # order within each position by acquisition time keys (4D)
-    ordered: list[list[Slice]] = []
-    for c in clusters:
-        group = sorted((slices[i] for i in c), key=lambda s: s.time_key)
-        ordered.append(group)
+    volume_key = _volume_key(slices, d, n_pos)
+    ordered = [[slices[i] for i in sorted(c, key=volume_key)] for c in clusters]
     rows, cols = ref.rows, ref.cols
     if cols * rows * n_pos * n_t > max_voxels:
         raise SeriesError(f"{cols} x {rows} x {n_pos} x {n_t} = {cols * rows * n_pos * n_t:,} voxels: over the limit of "

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import _image_type, _private_bytes, _private_numbers, atoi
-from medsynth.io.dicom.geometry import LPS_TO_RAS, _floats, _norm_iop, lps_affine
+from medsynth.io.dicom.attributes import _image_type, _private_bytes, _private_numbers
+from medsynth.io.dicom.geometry import LPS_TO_RAS, _floats, _norm_iop, dcm2niix_order, lps_affine
 from medsynth.io.dicom.pixels import _check_finite, _check_rescale, decode_pixels
 from medsynth.io.dicom_fast import FastHeader
 from medsynth.io.quarantine import SeriesError
@@ -37,7 +37,7 @@ def is_uih_grid(ds: Dataset | FastHeader) -> TypeGuard[Dataset]:
 
 def _mosaic_volume(files: list[tuple[Path, Dataset | FastHeader]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The files of one series that each hold a volume's slices tiled in one image (Siemens mosaics,
-    UIH grids) -> 3D, or 4D ordered by acquisition, data and RAS affine."""
+    UIH grids) -> 3D, or 4D in dcm2niix's file order (:func:`mosaic_order`), data and RAS affine."""
     vols, affs, keys = [], [], []
     notes: list[str] = []
     for path, ds in files:
@@ -92,10 +92,10 @@ def _moved_from_first(affs: list[np.ndarray], order: list[int], atol_mm: float =
 
 
 def mosaic_order(ds: Dataset | FastHeader) -> tuple:
-    """Where a tiled image comes in its series' 4D volume: by series number (a series dcm2niix merges
-    across series numbers: it sorts by series, then image number), acquisition number, time, instance."""
-    return (atoi(ds.get("SeriesNumber")), int(ds.get("AcquisitionNumber", 0) or 0), str(ds.get("AcquisitionTime", "")),
-            int(ds.get("InstanceNumber", 0) or 0))
+    """Where a tiled image comes in its series' 4D volume: dcm2niix's file order (:func:`dcm2niix_order`:
+    series number, then instance number, then the SOPInstanceUID's CRC), not the acquisition number or
+    time; the first in this order gives the 4D volume's grid."""
+    return dcm2niix_order(ds)
 
 
 SAME_ORIENTATION = 1e-4  # dcm2niix's isSameFloatGE, per ImageOrientationPatient value

@@ -29,7 +29,7 @@ from medsynth.io.dicom.attributes import (
     stack_key,
 )
 from medsynth.io.dicom.ge import ge_diffusion
-from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop
+from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop, dcm2niix_order
 from medsynth.io.dicom.philips import philips_diffusion, philips_float_scaling, philips_scale_slope
 from medsynth.io.dicom.pixels import _check_rescale, _FrameCache, decode_pixels
 from medsynth.io.dicom_fast import TAGS, FastHeader
@@ -112,13 +112,6 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
     file read by pydicom or by the fast reader (which answer alike)."""
     split_key, slope, intercept, diffusion = _image_values(ds)
     plane = _plane(path, ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
-    time_key = (
-        int(ds.get("TemporalPositionIdentifier", 0) or 0),
-        int(ds.get("AcquisitionNumber", 0) or 0),
-        str(ds.get("AcquisitionTime", "")),
-        str(ds.get("TriggerTime", "")),
-        int(ds.get("InstanceNumber", 0) or 0),
-    )
 
     def load() -> np.ndarray:
         arr = ds.pixel_array() if isinstance(ds, FastHeader) else decode_pixels(path, ds)
@@ -126,7 +119,9 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
             raise SeriesError(f"expected a 2D image, pixel array has shape {arr.shape}")
         return arr
 
-    return _slice(path, ds, None, plane, slope, intercept, split_key, time_key, load, diffusion)
+    s = _slice(path, ds, None, plane, slope, intercept, split_key, dcm2niix_order(ds), load, diffusion)
+    s.volume_number = atoi(ds.get("TemporalPositionIdentifier")) if "TemporalPositionIdentifier" in ds else -1
+    return s
 
 
 def is_enhanced(ds: Dataset | FastHeader) -> TypeGuard[Dataset]:
