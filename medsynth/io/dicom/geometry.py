@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import atoi, siemens_xa, vendor
+from medsynth.io.dicom.attributes import atoi, siemens_xa
 from medsynth.io.dicom.pixels import _check_finite
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, SeriesError
 
@@ -51,7 +51,7 @@ def dcm2niix_order(ds: Dataset | FastHeader) -> tuple[int, int]:
         image = atoi(ds.get("InstanceNumber"))
     else:
         image = abs(crc - (1 << 32) if crc >= 1 << 31 else crc) % INT_MAX or 1
-    if vendor(ds) == "SIEMENS" and siemens_xa(ds)[0] and "fldyn3d1" in str(ds.get("SequenceName", "") or ""):
+    if "fldyn3d1" in str(ds.get("SequenceName", "") or "") and siemens_xa(ds)[0]:  # an early XA file is Siemens (vendor)
         image += atoi(ds.get("AcquisitionNumber")) * 1000
     return (((atoi(ds.get("SeriesNumber")) << 32) + image) % (1 << 64), crc)
 
