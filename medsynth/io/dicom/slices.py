@@ -233,12 +233,37 @@ class _FileValues:
             self.echo = atoi(digits[space:])
 
 
+# vendors whose InStackPositionNumber (0020,9057) dcm2niix reads (readDICOMx: Canon, Hitachi, Philips, Bruker and
+# a Manufacturer it does not know)
+_IN_STACK_VENDORS = frozenset({"CANON", "HITACHI", "PHILIPS", "BRUKER", ""})
+
+
+def _volume_slices(vendor: str, per_frame_seq) -> int:
+    """The slices of one volume of an enhanced object as dcm2niix's readDICOMx leaves its third dimension: the
+    frames, divided by the number of temporal positions (TemporalPositionIndex max - min + 1) where more than
+    one divides them, else, for :data:`_IN_STACK_VENDORS`, set to the largest InStackPositionNumber where one
+    above 1 divides them. Not ported: the Philips locations in acquisition (2001,1018), segment numbers and
+    the issue 839 rewrite (such objects are written on their own, :data:`_ALONE_VENDORS`), nor dcm2niix's
+    writing a Siemens object of several temporal positions on its own (the wheel: a 12-frame object of two
+    beside two 6-frame XA10 objects gives 2 outputs of 64x64x6x2; medsynth stacks them as 64x64x6x4)."""
+    n = len(per_frame_seq)
+    contents = [c for pf in per_frame_seq if (c := _fg_item(pf, None, "FrameContentSequence")) is not None]
+    temporal = [int(t) for c in contents if (t := c.get("TemporalPositionIndex")) is not None]
+    if temporal and max(temporal) > min(temporal) and n > 1 and n % (max(temporal) - min(temporal) + 1) == 0:
+        return n // (max(temporal) - min(temporal) + 1)
+    stack = [int(k) for c in contents if (k := c.get("InStackPositionNumber")) is not None] if vendor in _IN_STACK_VENDORS else []
+    if stack and max(stack) > 1 and n > 1 and n % max(stack) == 0:
+        return max(stack)
+    return n
+
+
 def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, shared) -> tuple[tuple[str, object], ...]:
     """The (name, value) pairs by which dcm2niix (``isSameSet``, default options) writes the enhanced objects
     of one series apart, each object's values read as dcm2niix reads them (:class:`_FileValues`): derived,
     vendor, modality, study date/time (not for an early Siemens XA object: dcm2niix takes one study UID for the
-    same time, issue 236); and, except for X-ray images, real / imaginary / phase, TR, flip angle, echo time and
-    number and the protocol name (else the series description; '_MoCo' added for a MOCO ImageType).
+    same time, issue 236), the slices of a volume (:func:`_volume_slices`: isSameSet compares the image
+    dimensions, so a truncated last volume is written apart); and, except for X-ray images, real / imaginary /
+    phase, TR, flip angle, echo time and number and the protocol name (else the series description; '_MoCo' added for a MOCO ImageType).
     An object that dcm2niix writes on its own (:data:`_ALONE_VENDORS`) has its path as a pair."""
     key: list[tuple[str, object]] = []
     vendor = manufacturer(ds)
@@ -256,6 +281,7 @@ def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, sha
         ("vendor", vendor),
         ("modality", _modality(ds)),
         ("study date/time", None if early_xa else atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))),
+        ("slices per volume", _volume_slices(vendor, per_frame_seq)),
     ]
     if is_xray(ds):  # as a classic X-ray image: never phase with magnitude
         echo = ds.get("EchoNumbers")
