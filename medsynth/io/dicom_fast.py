@@ -141,6 +141,7 @@ PRIVATE = {
     (0x0019, b"GEMS_ACQU_01"): {0xBB: "ge_gradient_x", 0xBC: "ge_gradient_y", 0xBD: "ge_gradient_z", 0xE0: "ge_diffusion_directions",
                                  0x9C: "ge_pulse_sequence", 0x9E: "ge_internal_pulse_sequence"},
     (0x0021, b"GEMS_RELA_01"): {0x4F: "ge_locations_in_acquisition", 0x5A: "ge_series_diffusion_type"},
+    (0x0021, b"SIEMENS MR SDI 02"): {0x8E: "siemens_ice_dims_long"},
     (0x0029, b"SIEMENS CSA HEADER"): {0x10: "csa_image"},
     (GE_GROUP, b"GEMS_PARM_01"): {0x2F: "ge_image_type", 0x30: "ge_diffusion_type", 0x39: "ge_b_value"},
     (0x2001, b"PHILIPS IMAGING DD 001"): {0x03: "philips_b_value", 0x08: "philips_phase_number"},

@@ -16,7 +16,7 @@ from medsynth.io.dicom.attributes import atof, atoi, merged_series, stack_key, w
 from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosaic, mosaic_order, mosaics_not_parallel
 from medsynth.io.dicom.philips import isotropic_split, philips_trigger_times, trigger_volumes
-from medsynth.io.dicom.slices import classic_slice, enhanced_slices, is_enhanced
+from medsynth.io.dicom.slices import PARTIAL, classic_slice, enhanced_slices, is_enhanced
 from medsynth.io.dicom_fast import FastHeader
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
 
@@ -128,6 +128,11 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         if len(groups) > 1:
             kind = " (derived image)" if dict(key[3]).get("derived") else ""
             notes.append(f"split {i + 1}/{len(groups)} of the series by {why}{kind}")
+        partial = dict(key[3]).get(PARTIAL)
+        if partial:
+            number = atoi(hdr.get("SeriesNumber"))
+            notes.append(f"Series {number} includes partial volume (issue 742): {partial[0]} slices acquired but ICE dims (0021,118E) specifies "
+                         f"{partial[1]}; written apart as a derived image (series {number + 1000}), as dcm2niix writes it")
         by_trigger = trigger_volumes(firsts, triggers) if triggers else None
         if by_trigger is not None:
             for j, idx in enumerate(by_trigger):

@@ -17,6 +17,7 @@ from medsynth.io.dicom.attributes import (
     _image_type_text,
     _is_phase,
     _modality,
+    _private_text,
     _protocol,
     atof,
     atoi,
@@ -141,13 +142,13 @@ def _fg_item(per_frame: Dataset, shared: Dataset | None, seq: str) -> Dataset | 
 # derived, real, imaginary and phase flags). Those found below the top level sit in these items of the shared
 # and each per-frame functional group (tag order): MR timing (TR, flip angle), MR echo (effective echo time),
 # MR image frame type (complex image component), the unassigned converted attributes of a legacy converted
-# object, the Siemens per-frame item (ICE dims (0021,1106)) and the Philips per-frame item (2005,140F).
+# object, the Siemens per-frame item (ICE dims (0021,1106) and (0021,118E)) and the Philips per-frame item (2005,140F).
 _GROUP_ITEMS = (0x00189112, 0x00189114, 0x00189226, 0x00209170, 0x00209171, 0x002111FE, 0x2005140F)
 _PHILIPS_ITEM = 0x2005140F
 # name -> tag of what is read in those items (their tag order is the order they are read in)
 _ITEM_ATTRIBUTES = {"ImageType": 0x00080008, "ComplexImageComponent": 0x00089208, "RepetitionTime": 0x00180080, "EchoTime": 0x00180081,
                     "EchoNumbers": 0x00180086, "ProtocolName": 0x00181030, "FlipAngle": 0x00181314, "EffectiveEchoTime": 0x00189082,
-                    "ICE dims": 0x00211106}
+                    "ICE dims": 0x00211106, "ICE dims long": 0x0021118E}
 # vendors whose enhanced objects dcm2niix orders by DimensionIndexValues (0020,9157) (readDICOMx): such an
 # object of more than one frame is written on its own, never stacked with another file (nii_dicom_batch.cpp,
 # "4D dataset ... write this immediately")
@@ -184,6 +185,9 @@ class _FileValues:
         self.echo = int(atoi(ds.get("EchoNumbers")))
         self.protocol = str(ds.get("ProtocolName", "") or "").strip()
         self.flip = atof(ds.get("FlipAngle"))
+        self.ice_frames = 0
+        if self.siemens:
+            self._ice_frames(_private_text(ds, 0x0021, "SIEMENS MR SDI 02", 0x8E))
 
     def read(self, group) -> None:
         """Read the attributes of a functional group's items (shared, or one frame's)."""
@@ -219,9 +223,33 @@ class _FileValues:
                 self.flip = atof(value)
             elif name == "ICE dims" and self.siemens and self.echo <= 1:
                 self._ice_echo(value)
+            elif name == "ICE dims long" and self.siemens:
+                self._ice_frames(value)
 
     def _complex_component(self, text: str) -> None:
         self.complex = _or(self.complex, component_parts(text))
+
+    def _ice_frames(self, value) -> None:
+        """The frames a Siemens ICE dims long text (0021,118E) expects: its 21st '_'-separated field (empty
+        fields skipped, as strtok skips them), read until one gives a positive number (nii_dicom.cpp,
+        kICE_dimsLong); a number below 2 means none (issue 751)."""
+        if value is None or self.ice_frames > 0:
+            return
+        if isinstance(value, bytes):
+            text = value.decode("latin-1")
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = "\\".join(str(v) for v in value) if hasattr(value, "__iter__") else str(value)
+        fields = [f for f in text.split("_") if f]
+        if len(fields) > 20:
+            self.ice_frames = atoi(fields[20])
+
+    def partial_volume(self, slices: int) -> tuple[int, int] | None:
+        """(slices, expected) for a partial volume as dcm2niix detects it (issue 742): more than one slice,
+        other than the two or more frames the ICE dims long (0021,118E) expects; None otherwise."""
+        expected = self.ice_frames if self.ice_frames >= 2 else 0
+        return (slices, expected) if expected and slices > 1 and slices != expected else None
 
     def _ice_echo(self, value) -> None:
         """A Siemens ICE dims text ('X_1_1_1_1_1_1_4_1_1_1_1_104'): its second number is the echo number,
@@ -257,13 +285,20 @@ def _volume_slices(vendor: str, per_frame_seq) -> int:
     return n
 
 
+# the key's (slices, expected frames) of a Siemens object that dcm2niix takes for a partial volume (issue 742: its
+# slices differ from what the ICE dims long (0021,118E) expects), None for any other: dcm2niix marks it derived and
+# adds 1000 to its series number, so it is written apart from the series' complete volumes
+PARTIAL = "partial volume"
+
+
 def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, shared) -> tuple[tuple[str, object], ...]:
     """The (name, value) pairs by which dcm2niix (``isSameSet``, default options) writes the enhanced objects
     of one series apart, each object's values read as dcm2niix reads them (:class:`_FileValues`): derived,
     vendor, modality, study date/time (not for an early Siemens XA object: dcm2niix takes one study UID for the
     same time, issue 236), the slices of a volume (:func:`_volume_slices`: isSameSet compares the image
-    dimensions, so a truncated last volume is written apart); and, except for X-ray images, real / imaginary /
-    phase, TR, flip angle, echo time and number and the protocol name (else the series description; '_MoCo' added for a MOCO ImageType).
+    dimensions, so a truncated last volume is written apart), a Siemens partial volume (:data:`PARTIAL`); and,
+    except for X-ray images, real / imaginary / phase, TR, flip angle, echo time and number and the protocol
+    name (else the series description; '_MoCo' added for a MOCO ImageType).
     An object that dcm2niix writes on its own (:data:`_ALONE_VENDORS`) has its path as a pair."""
     key: list[tuple[str, object]] = []
     vendor = manufacturer(ds)
@@ -276,12 +311,15 @@ def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, sha
         if group is not None:
             values.read(group)
     early_xa = siemens_xa(ds)[0] and len(str(ds.get("StudyInstanceUID", "") or "")) > 1
+    slices = _volume_slices(vendor, per_frame_seq)
+    partial = values.partial_volume(slices)
     key += [
-        ("derived", values.derived),
+        ("derived", values.derived or partial is not None),
         ("vendor", vendor),
         ("modality", _modality(ds)),
         ("study date/time", None if early_xa else atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))),
-        ("slices per volume", _volume_slices(vendor, per_frame_seq)),
+        ("slices per volume", slices),
+        (PARTIAL, partial),
     ]
     if is_xray(ds):  # as a classic X-ray image: never phase with magnitude
         echo = ds.get("EchoNumbers")
