@@ -12,7 +12,9 @@ run on the same files (number of outputs, voxels, affine):
 * files of one series and several StudyInstanceUIDs: stacked when their study date/time is the same, or
   (early XA files) when their study UID is (``isSameSet``), on the same volumes;
 * early XA files (dcm2niix's isXA10A: SoftwareVersions XA10-XA31, or an ImplementationVersionName (0002,0013)
-  with XA10A) of one study UID stack whatever their study time, and are Siemens whatever their Manufacturer.
+  with XA10A) of one study UID stack whatever their study time, and are Siemens whatever their Manufacturer;
+* a file without ProtocolName or a SeriesDescription of two or more characters takes its SequenceName for the
+  protocol name, unless it is Siemens (readDICOMx, after the '_MoCo' rule), classic and enhanced.
 """
 
 from __future__ import annotations
@@ -230,3 +232,65 @@ def test_the_early_xa_flags_read_the_same_through_both_readers(tmp_path, softwar
         assert fast is not None
         assert siemens_xa(fast) == siemens_xa(slow) == flags
         assert stack_key(fast) == stack_key(slow)
+
+
+def _sequence_names(protocol: str | None = None, description: str | None = None, sequence: Callable[[int], str] = lambda t: "epi1" if t < 2 else "epi2",
+                    manufacturer: str | None = None, moco: bool = False) -> Callable[[pydicom.Dataset, int], None]:
+    """The GE series with ProtocolName ``protocol`` and SeriesDescription ``description`` (None: removed),
+    SequenceName ``sequence(t)``; ``manufacturer`` set; ``moco``: an inner MOCO ImageType value in volumes 2-3."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        for name, value in (("ProtocolName", protocol), ("SeriesDescription", description)):
+            if value is None:
+                if name in ds:
+                    delattr(ds, name)
+            else:
+                setattr(ds, name, value)
+        ds.SequenceName = sequence(t)
+        if manufacturer is not None:
+            ds.Manufacturer = manufacturer
+        if moco and t >= 2:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "MOCO", "NONE"]
+    return change
+
+
+SEQUENCE_NAMES = {  # name -> (change, outputs dcm2niix writes)
+    "no protocol or description, two sequence names": (_sequence_names(), 2),
+    "a one-character description, two sequence names": (_sequence_names(description="A"), 2),
+    "a description, two sequence names": (_sequence_names(description="Axial EPI"), 1),
+    "a one-character protocol, two sequence names": (_sequence_names(protocol="P"), 1),
+    "Siemens, two sequence names": (_sequence_names(manufacturer="SIEMENS"), 1),
+    "one-character sequence names": (_sequence_names(sequence=lambda t: "a" if t < 2 else "b"), 1),
+    "a sequence name for the protocol, MOCO in volumes 2-3 (no '_MoCo')": (_sequence_names(sequence=lambda t: "epi1", moco=True), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(SEQUENCE_NAMES))
+def test_a_sequence_name_stands_for_a_missing_protocol_as_dcm2niix_takes_it(tmp_path, name):
+    change, n_outputs = SEQUENCE_NAMES[name]
+    vols, quarantine = _assert_converts_as_dcm2niix(_rewritten(tmp_path / "in", change), tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape[3] for v in vols) == ([2, 2] if n_outputs == 2 else [4])
+
+
+def _xa10_sequence_names(manufacturer: str, description: str | None = None) -> Callable[[pydicom.Dataset, int], None]:
+    """The XA10 objects as another vendor's (Manufacturer ``manufacturer``, no SoftwareVersions, a file meta
+    ImplementationVersionName without XA10A), without ProtocolName, SeriesDescription ``description``,
+    SequenceName epi1 for objects 0-1 and epi2 for 2-3."""
+    def change(ds: pydicom.Dataset, i: int) -> None:
+        ds.Manufacturer = manufacturer
+        del ds.ProtocolName, ds.SoftwareVersions
+        if description is None:
+            del ds.SeriesDescription
+        else:
+            ds.SeriesDescription = description
+        ds.file_meta.ImplementationVersionName = "MEDSYNTH_TEST"
+        ds.SequenceName = "epi1" if i < 2 else "epi2"
+    return change
+
+
+@pytest.mark.parametrize(("manufacturer", "description", "n_outputs"), [("GE MEDICAL SYSTEMS", None, 2), ("GE MEDICAL SYSTEMS", "AB", 1), ("SIEMENS", None, 1)])
+def test_an_enhanced_objects_sequence_name_stands_for_a_missing_protocol(tmp_path, manufacturer, description, n_outputs):
+    folder = _xa10_rewritten(tmp_path / "in", _xa10_sequence_names(manufacturer, description))
+    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])

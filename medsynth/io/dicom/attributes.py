@@ -245,14 +245,25 @@ def _protocol(ds: Dataset | FastHeader, protocol: str | None = None) -> str:
     return protocol
 
 
+def _else_sequence_name(ds: Dataset | FastHeader, protocol: str) -> str:
+    """``protocol`` (:func:`_protocol`, '_MoCo' added), else, when it is empty, a SequenceName (0018,0024) of two or
+    more characters unless the vendor (:func:`vendor`) is Siemens, as dcm2niix's readDICOMx takes it after the
+    '_MoCo' rule (so never with '_MoCo'): a Siemens sequence name varies per volume (*ep_b0, *ep_b1000#1 ...)."""
+    if protocol:
+        return protocol
+    sequence = _text(ds.get("SequenceName"))
+    return sequence if len(sequence) > 1 and vendor(ds) != "SIEMENS" else protocol
+
+
 def protocol_name(ds: Dataset | FastHeader) -> str:
     """The protocol name of a classic file as dcm2niix's readDICOMx leaves it (:func:`_protocol`), '_MoCo'
     added when it has two or more characters and ImageType holds an inner MOCO value (a motion-corrected
-    series, any vendor: MRIcroGL issue 31), so that a MoCo series is never stacked with its source."""
+    series, any vendor: MRIcroGL issue 31), so that a MoCo series is never stacked with its source; else a
+    non-Siemens SequenceName (:func:`_else_sequence_name`)."""
     protocol = _protocol(ds)
     if len(protocol) > 1 and "_MOCO_" in _image_type_text(ds):
         protocol += "_MoCo"
-    return protocol
+    return _else_sequence_name(ds, protocol)
 
 
 # dcm2niix's isXA10A (SoftwareVersions of an early Siemens XA release) and isSiemensXA (any XA release)
@@ -317,7 +328,7 @@ def stack_key(ds: Dataset | FastHeader) -> tuple[tuple[str, object], ...]:
     ignores the study time of two such files of one study UID, issue 236; the series resolves it across
     study UIDs); and, except for X-ray images (:func:`is_xray`), real / imaginary / phase, TR, flip
     angle, echo time and number, a Philips trigger time and the protocol name (else the series
-    description; '_MoCo' added for a MOCO ImageType: :func:`protocol_name`). Receive coil and
+    description; '_MoCo' added for a MOCO ImageType; else a non-Siemens SequenceName: :func:`protocol_name`). Receive coil and
     acquisition number do not split (dcm2niix stacks them by default)."""
     early_xa = siemens_xa(ds)[0] and len(str(ds.get("StudyInstanceUID", "") or "")) > 1
     key: list[tuple[str, object]] = [

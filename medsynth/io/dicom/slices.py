@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard, cast
 import numpy as np
 
 from medsynth.io.dicom.attributes import (
+    _else_sequence_name,
     _float32,
     _image_type,
     _image_type_text,
@@ -298,7 +299,7 @@ def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, sha
     same time, issue 236), the slices of a volume (:func:`_volume_slices`: isSameSet compares the image
     dimensions, so a truncated last volume is written apart), a Siemens partial volume (:data:`PARTIAL`); and,
     except for X-ray images, real / imaginary / phase, TR, flip angle, echo time and number and the protocol
-    name (else the series description; '_MoCo' added for a MOCO ImageType).
+    name (else the series description; '_MoCo' added for a MOCO ImageType; else a non-Siemens SequenceName).
     An object that dcm2niix writes on its own (:data:`_ALONE_VENDORS`) has its path as a pair."""
     key: list[tuple[str, object]] = []
     vendor = manufacturer(ds)
@@ -327,6 +328,7 @@ def _enhanced_stack_key(path: Path, ds: Dataset | FastHeader, per_frame_seq, sha
     protocol = _protocol(ds, values.protocol)
     if len(protocol) > 1 and values.moco:
         protocol += "_MoCo"
+    protocol = _else_sequence_name(ds, protocol)
     return (*key, ("real/imaginary/phase", values.complex), ("TR", _float32(values.tr)), ("flip angle", _float32(values.flip)),
             ("echo time", _float32(values.te)), ("echo number", values.echo), ("protocol", protocol))
 
