@@ -14,7 +14,9 @@ run on the same files (number of outputs, voxels, affine):
 * early XA files (dcm2niix's isXA10A: SoftwareVersions XA10-XA31, or an ImplementationVersionName (0002,0013)
   with XA10A) of one study UID stack whatever their study time, and are Siemens whatever their Manufacturer;
 * a file without ProtocolName or a SeriesDescription of two or more characters takes its SequenceName for the
-  protocol name, unless it is Siemens (readDICOMx, after the '_MoCo' rule), classic and enhanced.
+  protocol name, unless it is Siemens (readDICOMx, after the '_MoCo' rule), classic and enhanced;
+* study date/times within 0.0001 of each other stack (isSameSet: isSameFloatDouble on StudyDate * 1e6 +
+  StudyTime), which only joins study times of files without a StudyDate.
 """
 
 from __future__ import annotations
@@ -292,5 +294,49 @@ def _xa10_sequence_names(manufacturer: str, description: str | None = None) -> C
 def test_an_enhanced_objects_sequence_name_stands_for_a_missing_protocol(tmp_path, manufacturer, description, n_outputs):
     folder = _xa10_rewritten(tmp_path / "in", _xa10_sequence_names(manufacturer, description))
     vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])
+
+
+def _study_times(date: str | None, late: str) -> Callable[[pydicom.Dataset, int], None]:
+    """StudyDate ``date`` (None: removed), StudyTime 12:00 for volumes 0-1 and ``late`` for volumes 2-3."""
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        if date is None:
+            del ds.StudyDate
+        else:
+            ds.StudyDate = date
+        ds.StudyTime = "120000" if t < 2 else late
+    return change
+
+
+STUDY_TIMES = {  # name -> (change, outputs dcm2niix writes)
+    "no study date, 0.05 ms apart": (_study_times(None, "120000.00005"), 1),
+    "an empty study date, 0.05 ms apart": (_study_times("", "120000.00005"), 1),
+    "no study date, 0.1 ms apart (above the tolerance as doubles)": (_study_times(None, "120000.0001"), 2),
+    "no study date, 0.2 ms apart": (_study_times(None, "120000.0002"), 2),
+    "a study date, 0.05 ms apart (one double)": (_study_times("20181022", "120000.00005"), 1),
+    "a study date, 3 ms apart (the next double)": (_study_times("20181022", "120000.003"), 2),
+}
+
+
+@pytest.mark.parametrize("name", list(STUDY_TIMES))
+def test_study_date_times_stack_within_dcm2niix_tolerance(tmp_path, name):
+    change, n_outputs = STUDY_TIMES[name]
+    vols, quarantine = _assert_converts_as_dcm2niix(_rewritten(tmp_path / "in", change), tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape[3] for v in vols) == ([2, 2] if n_outputs == 2 else [4])
+
+
+def _xa10_study_times(late: str) -> Callable[[pydicom.Dataset, int], None]:
+    """The XA10 objects without a StudyDate, two StudyInstanceUIDs (objects 0-1, 2-3), StudyTime 12:00 and ``late``."""
+    def change(ds: pydicom.Dataset, i: int) -> None:
+        del ds.StudyDate
+        ds.StudyInstanceUID, ds.StudyTime = STUDY_UIDS[i // 2], "120000" if i < 2 else late
+    return change
+
+
+@pytest.mark.parametrize(("late", "n_outputs"), [("120000.00005", 1), ("120000.0002", 2)])
+def test_early_xa_objects_of_two_study_uids_stack_by_study_time_within_tolerance(tmp_path, late, n_outputs):
+    vols, quarantine = _assert_converts_as_dcm2niix(_xa10_rewritten(tmp_path / "in", _xa10_study_times(late)), tmp_path / "ref", n_outputs=n_outputs)
     assert not quarantine
     assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])

@@ -154,18 +154,38 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
 
 
 STUDY = "study date/time"
+# dcm2niix's tolerance for the study date/time (isSameSet: isSameFloatDouble, on StudyDate * 1e6 + StudyTime);
+# below the spacing of doubles where a StudyDate is given, so it only joins study times of files without one
+STUDY_TOLERANCE = 0.0001
+
+
+def _tolerant_times(times) -> dict[float, float]:
+    """Each study date/time -> the one it is stacked by: ascending, a value within STUDY_TOLERANCE of the
+    first of its run takes that first one (dcm2niix compares each file with the first of an output; where
+    values drift in steps below the tolerance its outputs overlap, which is not ported)."""
+    seeds: dict[float, float] = {}
+    seed = None
+    for t in sorted(set(times)):
+        if seed is None or abs(t - seed) > STUDY_TOLERANCE:
+            seed = t
+        seeds[t] = seed
+    return seeds
 
 
 def _study_groups(files: list[tuple[Path, Dataset | FastHeader]], keys: dict[Path, tuple]) -> dict[Path, float] | None:
     """The study date/time each file of a series is stacked by, where a file's split key (``keys``) leaves
     its study date/time out (None: an early Siemens XA file with a study UID, whose study time dcm2niix
-    ignores against a file of the same StudyInstanceUID, issue 236); None where no key leaves it out (then
-    the keys' date/times split as dcm2niix splits). dcm2niix (``isSameSet``) stacks two files when their
-    study date/time is the same or when both are such files of one StudyInstanceUID: the files linked so,
-    directly or through others, get the earliest date/time among them."""
+    ignores against a file of the same StudyInstanceUID, issue 236) or where date/times differ within
+    dcm2niix's tolerance (:func:`_tolerant_times`); None where neither holds (then the keys' date/times
+    split as dcm2niix splits). dcm2niix (``isSameSet``) stacks two files when their study date/time is the
+    same or when both are such files of one StudyInstanceUID: the files linked so, directly or through
+    others, get the earliest date/time among them."""
     exempt = {p for p, key in keys.items() for name, value in key if name == STUDY and value is None}
-    if not exempt:
+    times = {path: atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime")) for path, ds in files if path in keys}
+    seeds = _tolerant_times(times.values())
+    if not exempt and all(seed == t for t, seed in seeds.items()):
         return None
+    times = {path: seeds[t] for path, t in times.items()}
     parent: dict[Path, Path] = {}
 
     def root(p: Path) -> Path:
@@ -173,12 +193,10 @@ def _study_groups(files: list[tuple[Path, Dataset | FastHeader]], keys: dict[Pat
             p = parent[p]
         return p
 
-    times: dict[Path, float] = {}
     first: dict[tuple, Path] = {}
     for path, ds in files:
         if path not in keys:
             continue
-        times[path] = atof(ds.get("StudyDate")) * 1e6 + atof(ds.get("StudyTime"))
         links = [("time", times[path])] + ([("study", str(ds.get("StudyInstanceUID", "")))] if path in exempt else [])
         for link in links:
             other = first.setdefault(link, path)
