@@ -71,7 +71,19 @@ SAFE_PRIVATE = {
     (0x0021, "GEMS_RELA_01", 0x4F): "locations in acquisition (SS: the GE B0 field map's volumes)",
     (0x0019, "GEMS_ACQU_01", 0x9C): "pulse sequence name (LO: only 'b0map', see SAFE_PRIVATE_TEXT)",
     (0x0019, "GEMS_ACQU_01", 0x9E): "internal pulse sequence name (LO: only 'B0map')",
+    (0x0043, "GEMS_PARM_01", 0x2F): "image type (SS: 1 phase, 2 real, 3 imaginary; written apart from the magnitude)",
+    (0x0043, "GEMS_PARM_01", 0x30): "diffusion type (SS: whether the series is DTI)",
+    (0x0021, "GEMS_RELA_01", 0x5A): "series diffusion type (SL: whether the series is DTI)",
+    (0x0019, "GEMS_ACQU_01", 0xE0): "number of diffusion directions (DS)",
+    (0x0019, "GEMS_ACQU_01", 0xBB): "diffusion gradient direction x (DS)",
+    (0x0019, "GEMS_ACQU_01", 0xBC): "diffusion gradient direction y (DS)",
+    (0x0019, "GEMS_ACQU_01", 0xBD): "diffusion gradient direction z (DS)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "MR scale slope (FL: floating point values)",
+    (0x2001, "PHILIPS IMAGING DD 001", 0x08): "cardiac phase number (IS: trigger times of a phase never split)",
+    (0x2005, "PHILIPS MR IMAGING DD 001", 0xA0): "dynamic scan begin time (FL: a trigger time equal to it never splits)",
+    (0x2005, "PHILIPS MR IMAGING DD 005", 0x29): "ASL image label type (CS: only LABEL / CONTROL, see SAFE_PRIVATE_TEXT)",
+    (0x0021, "SIEMENS MR SDI 02", 0x8E): "ICE dims long (LO: only digits, X and '_', see SAFE_PRIVATE_TEXT; a partial volume)",
+    (0x0021, "SIEMENS MR SDI 02", 0xFE): "Siemens per-frame item (SQ: only the ICE dims long kept inside)",
     (0x2001, "PHILIPS IMAGING DD 001", 0x03): "diffusion b value (FL)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB0): "diffusion gradient direction x (FL)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xB1): "diffusion gradient direction y (FL)",
@@ -80,12 +92,15 @@ SAFE_PRIVATE = {
     (0x0065, "IMAGE PRIVATE HEADER", 0x51): "UIH VFrame sequence (SQ: each grid slice's position; its items are de-identified as the data set is)",
 }
 # safe private sequences: kept only when read as a sequence (then de-identified inside), never as raw bytes
-SAFE_PRIVATE_SEQUENCES = {(0x0065, "IMAGE PRIVATE HEADER", 0x51)}
+SAFE_PRIVATE_SEQUENCES = {(0x0065, "IMAGE PRIVATE HEADER", 0x51), (0x0021, "SIEMENS MR SDI 02", 0xFE)}
 # private text kept under "Retain Safe Private" only when its whole value is what conversion looks for, else
-# removed: GE's B0 field map sequence (dcm2niix writes the field map apart from its magnitude)
+# removed: GE's B0 field map sequence (dcm2niix writes the field map apart from its magnitude), Philips' ASL
+# label / control, Siemens' ICE dimension counters
 SAFE_PRIVATE_TEXT = {
     (0x0019, "GEMS_ACQU_01", 0x9C): re.compile(r"[a-z0-9]{0,6}b0map[a-z0-9]{0,6}"),  # pulse sequence name
     (0x0019, "GEMS_ACQU_01", 0x9E): re.compile(r"B0map"),  # internal pulse sequence name
+    (0x2005, "PHILIPS MR IMAGING DD 005", 0x29): re.compile(r"LABEL|CONTROL"),  # ASL label type
+    (0x0021, "SIEMENS MR SDI 02", 0x8E): re.compile(r"[0-9X_]{1,64}"),  # ICE dims long: counters only
 }
 # text VRs are never kept from private blocks, even on the safe list: free text can hold anything
 _SAFE_PRIVATE_VRS = {"OB", "UN", "US", "SS", "UL", "SL", "FL", "FD", "IS", "DS", "CS"}

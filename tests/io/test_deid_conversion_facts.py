@@ -4,6 +4,7 @@ to the outputs dcm2niix writes from the original files; values outside the techn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import pytest
 
 from medsynth.config import DeidConfig
 from medsynth.io.deid import Deidentifier, DeidKey
-from tests.io.test_dcm2niix_merges import _dce, _xa_classic
-from tests.io.test_dcm2niix_splits import _ge_b0map, _rewritten
+from tests.io.test_dcm2niix_merges import _dce, _xa10_rewritten, _xa_classic
+from tests.io.test_dcm2niix_splits import _asl_label, _cardiac_phase, _ge_b0map, _ge_dwi, _ge_phase, _philips, _rewritten
+from tests.io.test_enhanced_partial import _ice, _last
 from tests.io.test_vendor_formats import _dcm2niix, _volumes
 
 KEY = DeidKey(b"conversion-facts-test-key-0123", "file", True)
@@ -27,17 +29,51 @@ def _deidentified(src: Path, dest: Path, cfg: DeidConfig) -> Path:
     return dest
 
 
-CASES = {  # name -> (change of the shared GE series, volumes, deid options, outputs dcm2niix writes from the originals)
-    "Siemens XA classic, a UID per volume (merged by series time)": (_xa_classic(), 4, DeidConfig(), 1),
-    "Siemens DCE, a series per dynamic (merged by protocol)": (_dce(), 4, DeidConfig(), 1),
-    "GE B0 field map (written apart from its magnitude)": (_ge_b0map(), 2, DeidConfig(retain_safe_private=True), 2),
+SAFE = DeidConfig(retain_safe_private=True)
+
+
+def _ge(change, volumes: int = 4) -> Callable[[Path], Path]:
+    return lambda dest: _rewritten(dest, change, volumes=volumes)
+
+
+def _ge_series_diffusion_type(value: int) -> Callable[[pydicom.Dataset, int], None]:
+    """The GE DTI of :func:`_ge_dwi` (9 directions) with the series-level diffusion type (0021,105A) ``value``."""
+    dwi = _ge_dwi(9)
+
+    def change(ds: pydicom.Dataset, t: int) -> None:
+        dwi(ds, t)
+        ds[0x0021105A].value = value
+    return change
+
+
+def _philips_scan_begin(ds: pydicom.Dataset, t: int) -> None:
+    """Trigger times that are the dynamic scan's begin time (2005,10A0, in s): they never split."""
+    ds.add_new((0x2005, 0x0010), "LO", "Philips MR Imaging DD 001")
+    ds.add_new((0x2005, 0x10A0), "FL", float(ds.TriggerTime) / 1000.0)
+
+
+CASES = {  # name -> (raw series, deid options, outputs dcm2niix writes from the originals)
+    "Siemens XA classic, a UID per volume (merged by series time)": (_ge(_xa_classic()), DeidConfig(), 1),
+    "Siemens DCE, a series per dynamic (merged by protocol)": (_ge(_dce()), DeidConfig(), 1),
+    "GE B0 field map (written apart from its magnitude)": (_ge(_ge_b0map(), 2), SAFE, 2),
+    "GE private phase image type (written apart from the magnitude)": (_ge(_ge_phase), SAFE, 2),
+    "GE non-DTI DWI with a trace (set apart)": (_ge(_ge_dwi(0), 10), SAFE, 2),
+    "GE DTI marked non-DTI by its diffusion type": (_ge(_ge_dwi(9, vas_collapse=3), 10), SAFE, 2),
+    "GE DTI marked non-DTI by its series diffusion type": (_ge(_ge_series_diffusion_type(3), 10), SAFE, 2),
+    "Philips trigger times of cardiac phases (not split)": (_ge(_philips(_cardiac_phase)), SAFE, 1),
+    "Philips trigger times of ASL label / control (not split)": (_ge(_philips(_asl_label)), SAFE, 1),
+    "Philips trigger times at the dynamic scan's begin (not split)": (_ge(_philips(_philips_scan_begin)), SAFE, 1),
+    "Siemens enhanced partial volume, ICE dims in each frame (written apart)": (
+        lambda dest: _xa10_rewritten(dest, _ice(_last(12))), SAFE, 2),
+    "Siemens enhanced partial volume, ICE dims at the top level (written apart)": (
+        lambda dest: _xa10_rewritten(dest, _ice(_last(12), where="top")), SAFE, 2),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_deidentified_series_convert_as_dcm2niix_converts_the_originals(tmp_path, name):
-    change, volumes, cfg, n_outputs = CASES[name]
-    raw = _rewritten(tmp_path / "raw", change, volumes=volumes)
+    build, cfg, n_outputs = CASES[name]
+    raw = build(tmp_path / "raw")
     refs = _dcm2niix(raw, tmp_path / "ref")
     assert len(refs) == n_outputs
     vols, quarantine = _volumes(_deidentified(raw, tmp_path / "deid", cfg))
@@ -86,3 +122,33 @@ def test_ge_sequence_names_are_kept_under_retain_safe_private_only_when_they_nam
     assert (tag in out and out[tag].value == value) if kept else tag not in out
     assert 0x0021104F in out and out[0x0021104F].value == 15  # locations in acquisition: a number
     assert tag not in Deidentifier(DeidConfig(), KEY).deidentify(pydicom.dcmread(one_file)).dataset  # without the option: no private element
+
+
+@pytest.mark.parametrize(("value", "kept"), [("LABEL", True), ("CONTROL", True), ("SMITH", False), ("LABEL SMITH", False)])
+def test_the_philips_asl_label_is_kept_only_as_label_or_control(one_file, value, kept):
+    ds = pydicom.dcmread(one_file)
+    ds.private_block(0x2005, "Philips MR Imaging DD 005", create=True).add_new(0x29, "CS", value)
+    out = Deidentifier(SAFE, KEY).deidentify(ds).dataset
+    found = [e.value for e in out if e.tag.group == 0x2005 and (e.tag.element & 0xFF) == 0x29 and e.tag.element > 0xFF]
+    assert found == ([value] if kept else [])
+
+
+@pytest.fixture(scope="module")
+def xa_object(tmp_path_factory) -> Path:
+    """One Siemens XA10 enhanced object, its frames' Siemens items with an ICE dims long of 12 slices."""
+    return sorted(_xa10_rewritten(tmp_path_factory.mktemp("xa") / "in", _ice(_last(12))).glob("*.dcm"))[3]
+
+
+@pytest.mark.parametrize(("value", "kept"), [("X_1_1_1_1_1_1_1_1_1_1_1_1_1_1_1_1_1_1_1_12_1_1", True), ("X_1_SMITH_12", False),
+                                             ("X_1_1 1234", False)])
+def test_the_siemens_frame_item_keeps_only_the_ice_dims_and_only_as_counters(xa_object, value, kept):
+    ds = pydicom.dcmread(xa_object)
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        frame[0x002111FE].value[0][0x0021118E].value = value
+    assert "HE1-4" in str(ds.PerFrameFunctionalGroupsSequence[0][0x002111FE].value[0])  # the receive coil, among others
+    out = Deidentifier(SAFE, KEY).deidentify(ds).dataset
+    item = out.PerFrameFunctionalGroupsSequence[0][0x002111FE].value[0]
+    assert [e.tag for e in item if e.tag.element > 0xFF] == ([0x0021118E] if kept else [])
+    assert not kept or item[0x0021118E].value == value
+    plain = Deidentifier(DeidConfig(), KEY).deidentify(pydicom.dcmread(xa_object)).dataset
+    assert 0x002111FE not in plain.PerFrameFunctionalGroupsSequence[0]  # without the option: no private element
