@@ -39,6 +39,16 @@ VOLUME_UIDS = [generate_uid(entropy_srcs=["test_dcm2niix_merges", "series", str(
 STUDY_UIDS = [generate_uid(entropy_srcs=["test_dcm2niix_merges", "study", str(t)]) for t in range(4)]
 
 
+def _set_or_remove(ds: pydicom.Dataset, **attrs: object) -> None:
+    """Set each attribute to its value; None removes it."""
+    for name, value in attrs.items():
+        if value is None:
+            if name in ds:
+                delattr(ds, name)
+        else:
+            setattr(ds, name, value)
+
+
 def _siemens(software: str | None, extra: Callable[[pydicom.Dataset, int], None], implementation: str | None = None,
              manufacturer: str | None = "Siemens Healthineers") -> Callable[[pydicom.Dataset, int], None]:
     """The GE series as a Siemens one (private elements removed), volume t its own SeriesInstanceUID;
@@ -48,12 +58,7 @@ def _siemens(software: str | None, extra: Callable[[pydicom.Dataset, int], None]
         for elem in list(ds):
             if elem.tag.is_private:
                 del ds[elem.tag]
-        for name, value in (("Manufacturer", manufacturer), ("SoftwareVersions", software)):
-            if value is None:
-                if name in ds:
-                    delattr(ds, name)
-            else:
-                setattr(ds, name, value)
+        _set_or_remove(ds, Manufacturer=manufacturer, SoftwareVersions=software)
         if implementation is not None:
             ds.file_meta.ImplementationVersionName = implementation
         ds.SeriesInstanceUID = VOLUME_UIDS[t]
@@ -241,12 +246,7 @@ def _sequence_names(protocol: str | None = None, description: str | None = None,
     """The GE series with ProtocolName ``protocol`` and SeriesDescription ``description`` (None: removed),
     SequenceName ``sequence(t)``; ``manufacturer`` set; ``moco``: an inner MOCO ImageType value in volumes 2-3."""
     def change(ds: pydicom.Dataset, t: int) -> None:
-        for name, value in (("ProtocolName", protocol), ("SeriesDescription", description)):
-            if value is None:
-                if name in ds:
-                    delattr(ds, name)
-            else:
-                setattr(ds, name, value)
+        _set_or_remove(ds, ProtocolName=protocol, SeriesDescription=description)
         ds.SequenceName = sequence(t)
         if manufacturer is not None:
             ds.Manufacturer = manufacturer
