@@ -84,7 +84,8 @@ class DeidConfig(_Section):
     retain_patient_characteristics: Literal[True, False, "all"] = Field(
         True, description="true: keep sex, age, size, weight; 'all': also ethnic group, smoking and pregnancy status...")
     clean_descriptors: bool = True
-    retain_safe_private: bool = False
+    retain_safe_private: bool = Field(False, description="keep the private acquisition parameters conversion reads (numbers, "
+                                      "and vendor text only in its technical form: docs/privacy.md); off: no private tag is kept")
     quarantine_burned_in: bool = True
     max_date_shift_days: int = Field(365, ge=1, le=3650)
     unlisted_attributes: Literal["remove", "keep"] = Field(
