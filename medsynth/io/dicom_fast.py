@@ -5,7 +5,7 @@ parses every element of such a file in Python (several hundred per MR file, most
 groups conversion never reads), and importing pydicom costs half a second: together most of
 ``medsynth convert``'s time. :func:`read_image_header` walks the elements with ``struct`` and keeps the
 raw values of the attributes conversion reads (:data:`TAGS`, the file meta's :data:`META`, and the vendor private elements of
-:data:`PRIVATE`: Siemens mosaic and CSA, GE diffusion and image type, Philips scaling, diffusion and
+:data:`PRIVATE`: Siemens mosaic and CSA, GE diffusion, image type and raw data run number, Philips scaling, diffusion and
 trigger) and where the pixel data lie.
 An enhanced multi-frame object (explicit VR) keeps its shared and per-frame functional groups whole,
 as :class:`FastItem` trees that answer the way pydicom's items do.
@@ -139,7 +139,7 @@ PHILIPS_GROUP, GE_GROUP = 0x2005, 0x0043
 PRIVATE = {
     (0x0019, b"SIEMENS MR HEADER"): {0x0A: "mosaic_images", 0x29: "mosaic_slice_times"},
     (0x0019, b"GEMS_ACQU_01"): {0xBB: "ge_gradient_x", 0xBC: "ge_gradient_y", 0xBD: "ge_gradient_z", 0xE0: "ge_diffusion_directions",
-                                 0x9C: "ge_pulse_sequence", 0x9E: "ge_internal_pulse_sequence"},
+                                 0x9C: "ge_pulse_sequence", 0x9E: "ge_internal_pulse_sequence", 0xA2: "ge_raw_data_run"},
     (0x0021, b"GEMS_RELA_01"): {0x4F: "ge_locations_in_acquisition", 0x5A: "ge_series_diffusion_type"},
     (0x0021, b"SIEMENS MR SDI 02"): {0x8E: "siemens_ice_dims_long"},
     (0x0029, b"SIEMENS CSA HEADER"): {0x10: "csa_image"},

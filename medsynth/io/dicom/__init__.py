@@ -17,6 +17,7 @@ Geometry rules (see docs/architecture.md, "DICOM geometry"):
   thousands), non-parallel mosaics are one 3D volume each, a GE B0 field map and the trigger delay
   times of a Philips enhanced object are written apart;
 * repeated positions with the same count per position make a 4D (time) series;
+* a file whose dcm2niix sort key an earlier file of its output has (the same image twice) is removed, with a series note;
 * missing slices, uneven spacing, gantry tilt, single 2D images, objects without pixel data, empty
   images, NaN / Inf after rescaling and sizes over ``max_voxels`` (declared sizes, checked before
   decoding or inflating) are reported with a reason and never stop the batch.

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.io.dicom.attributes import atoi, siemens_xa
+from medsynth.io.dicom.attributes import _private_int, atoi, manufacturer, siemens_xa
 from medsynth.io.dicom.pixels import _check_finite
+from medsynth.io.dicom_fast import FastHeader
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, SeriesError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
-    from medsynth.io.dicom_fast import FastHeader
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 INT_MAX = 2147483647
@@ -35,17 +34,29 @@ def _uid_crc(ds: Dataset | FastHeader) -> int:
     return zlib.crc32(str(ds.get("SOPInstanceUID", "") or "").strip(" \x00").encode("ascii", "replace"))
 
 
-def dcm2niix_order(ds: Dataset | FastHeader) -> tuple[int, int]:
+def _ge_raw_run(ds: Dataset | FastHeader) -> int:
+    """The GE raw data run number (0019,10A2) as dcm2niix keys a file by it (readDICOMx: read for a GE file
+    only; in the key where above 0), else 0."""
+    if isinstance(ds, FastHeader) and "ge_raw_data_run" not in ds.private:  # most files: no vendor test
+        return 0
+    if manufacturer(ds) != "GE":  # before the private creator's search, which reads every block of other vendors' files
+        return 0
+    run = _private_int(ds, 0x0019, "GEMS_ACQU_01", 0xA2)
+    return run if run is not None and run > 0 else 0
+
+
+def dcm2niix_order(ds: Dataset | FastHeader) -> tuple[int, int, int]:
     """Where a file comes among the files of one output in dcm2niix's order (nii_dicom_batch.cpp
     ``fillTDCMsort`` / ``compareTDCMsort``): by ``(SeriesNumber << 32) + image number`` as one unsigned
-    64-bit number, then, for files that tie, by the CRC-32 of the SOPInstanceUID. The image number is
-    the InstanceNumber (0020,0013); without one, that CRC as a positive int (readDICOMx); in an early
-    Siemens XA dynamic series (SequenceName with 'fldyn3d1', isXA10A) plus 1000 x AcquisitionNumber
-    (issue 689). Of the ``dimensionIndexValues`` dcm2niix gives a classic file, the GE raw data run
-    number (0019,10A2) before the CRC is not read here; the echo number and series UID CRC after it do
-    not differ within an output. Neither AcquisitionNumber nor AcquisitionTime orders files otherwise:
-    where they disagree with the instance numbers, dcm2niix follows the instance numbers and warns
-    ("Images sorted by instance number ... AcquisitionTime suggests a different order")."""
+    64-bit number, then, for files that tie, by the GE raw data run number (0019,10A2) where above 0
+    (:func:`_ge_raw_run`), then by the CRC-32 of the SOPInstanceUID. The image number is the InstanceNumber
+    (0020,0013); without one, that CRC as a positive int (readDICOMx); in an early Siemens XA dynamic
+    series (SequenceName with 'fldyn3d1', isXA10A) plus 1000 x AcquisitionNumber (issue 689). Of the
+    ``dimensionIndexValues`` dcm2niix gives a classic file, the echo number and series UID CRC after the
+    CRC do not differ within an output (:func:`dcm2niix_sort_key` holds them all). Neither
+    AcquisitionNumber nor AcquisitionTime orders files otherwise: where they disagree with the instance
+    numbers, dcm2niix follows the instance numbers and warns ("Images sorted by instance number ...
+    AcquisitionTime suggests a different order")."""
     crc = _uid_crc(ds)
     if "InstanceNumber" in ds:
         image = atoi(ds.get("InstanceNumber"))
@@ -53,7 +64,39 @@ def dcm2niix_order(ds: Dataset | FastHeader) -> tuple[int, int]:
         image = abs(crc - (1 << 32) if crc >= 1 << 31 else crc) % INT_MAX or 1
     if "fldyn3d1" in str(ds.get("SequenceName", "") or "") and siemens_xa(ds)[0]:  # an early XA file is Siemens (vendor)
         image += atoi(ds.get("AcquisitionNumber")) * 1000
-    return (((atoi(ds.get("SeriesNumber")) << 32) + image) % (1 << 64), crc)
+    return (((atoi(ds.get("SeriesNumber")) << 32) + image) % (1 << 64), _ge_raw_run(ds), crc)
+
+
+def _last_dimension_index(ds: Dataset | FastHeader) -> list[int]:
+    """The first five dimensionIndexValues readDICOMx leaves an enhanced object: each DimensionIndexValues
+    (0020,9157) read, in file order (the shared functional group's, then each frame's), overwrites as many
+    values as it holds; zeros for a classic file."""
+    values = [0] * 5
+    for seq in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(seq) or ():
+            for content in group.get("FrameContentSequence") or ():
+                div = content.get("DimensionIndexValues")
+                if div is None:
+                    continue
+                div = [div] if isinstance(div, int) else list(div)
+                values[:min(len(div), 5)] = [int(v) for v in div[:5]]
+    return values
+
+
+def dcm2niix_sort_key(ds: Dataset | FastHeader) -> tuple:
+    """dcm2niix's whole sort key of a file (``fillTDCMsort``): ``(SeriesNumber << 32) + image number``
+    (:func:`dcm2niix_order`), then the dimensionIndexValues readDICOMx leaves it (nii_dicom.cpp, the end of
+    readDICOMx): an enhanced object's last DimensionIndexValues (:func:`_last_dimension_index`; a vendor whose
+    objects dcm2niix writes on their own keeps more of them, but such an object is never stacked with another
+    file), the GE raw data run number in the fifth where above 0, the SOPInstanceUID CRC in the sixth and the
+    SeriesInstanceUID (its CRC in dcm2niix, which only breaks ties of otherwise equal keys) in the eighth. The
+    echo number in the seventh is left out: files of different echo numbers are never in one output. Two files
+    of one output with equal keys are duplicates: dcm2niix keeps one (``removeDuplicates``)."""
+    image, run, crc = dcm2niix_order(ds)
+    dims = _last_dimension_index(ds) if "PerFrameFunctionalGroupsSequence" in ds else [0] * 5
+    if run > 0:
+        dims[4] = run
+    return (image, *dims, crc, str(ds.get("SeriesInstanceUID", "") or "").strip(" \x00"))
 
 
 @dataclass
@@ -71,6 +114,7 @@ class Slice:
     intercept: float
     split_key: tuple = ()
     time_key: tuple = ()  # the file order of a series (:func:`dcm2niix_order` for a classic file)
+    file_key: tuple = ()  # dcm2niix's sort key of the file (:func:`dcm2niix_sort_key`): equal in two files of one output, duplicates
     volume_number: int = -1  # TemporalPositionIdentifier (0020,0100) of a classic file, -1 without one
     loader: Callable[[], np.ndarray] | None = None
     diffusion: tuple[float, tuple[float, ...]] | None = None  # (b value, gradient direction), Philips

@@ -5,7 +5,10 @@ trigger delay time)."""
 
 from __future__ import annotations
 
+import filecmp
+import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,9 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medsynth.io.dicom.attributes import atof, atoi, merged_series, stack_key, with_instance_rules
-from medsynth.io.dicom.geometry import Slice, split_slices, stack_slices
+from medsynth.io.dicom.geometry import Slice, dcm2niix_sort_key, split_slices, stack_slices
 from medsynth.io.dicom.mosaics import SAME_ORIENTATION, _mosaic_volume, is_mosaic, mosaic_order, mosaics_not_parallel
 from medsynth.io.dicom.philips import isotropic_split, philips_trigger_times, trigger_volumes
+from medsynth.io.dicom.pixels import decode_pixels
 from medsynth.io.dicom.slices import PARTIAL, classic_slice, enhanced_slices, is_enhanced
 from medsynth.io.dicom_fast import FastHeader
 from medsynth.io.quarantine import DEFAULT_MAX_VOXELS, QuarantineEntry, SeriesError
@@ -69,12 +73,17 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
             tiled = by_key[key]
             split_note = "" if len(by_key) == 1 else f"split {i + 1}/{len(by_key)} of the series by {_differing(mosaic_keys)}"
             suffix = "" if len(by_key) == 1 else f"_{i + 1}"
-            parts = [tiled]
-            if len(tiled) > 1 and mosaics_not_parallel(tiled):
+            duplicates = ""
+            if len(tiled) > 1 and mosaics_not_parallel(tiled):  # each written on its own, duplicates too (issue 481)
                 parts = [[f] for f in sorted(tiled, key=lambda f: mosaic_order(f[1]))]
+            else:
+                tiled, duplicates = _mosaics_without_duplicates(tiled)
+                parts = [tiled]
             for j, part in enumerate(parts):
                 paths = [p for p, _ds in part]
                 notes = [split_note] if split_note else []
+                if duplicates:
+                    notes.append(duplicates)
                 if len(parts) > 1:
                     notes.append(f"mosaic {j + 1}/{len(parts)}: the mosaics of the series are not parallel (ImageOrientationPatient differs by "
                                  f"more than {SAME_ORIENTATION:g}), so each is its own 3D volume, as dcm2niix writes them")
@@ -112,7 +121,7 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
     ordered_keys = sorted(groups, key=lambda k: (_sortable(k[3]), str(k[0]), k[1], k[2]))
     why = _differing([k[3] for k in ordered_keys], orientation={k[0] for k in ordered_keys}, size={k[1:3] for k in ordered_keys})
     for i, key in enumerate(ordered_keys):
-        group = groups[key]
+        group, duplicates = _slices_without_duplicates(groups[key])
         paths = sorted({s.path for s in group})
         try:
             data, aff, notes, firsts = stack_slices(group, max_voxels=max_voxels)
@@ -121,8 +130,12 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
             reason = str(exc)
             if len(groups) > 1:
                 reason += f" (sub-series {i + 1} of {len(groups)}, split by {why})"
+            if duplicates:
+                reason += f" ({duplicates})"
             quarantine.append(QuarantineEntry(where, reason))
             continue
+        if duplicates:
+            notes.append(duplicates)
         suffix = "" if len(groups) == 1 else f"_{i + 1}"
         hdr = next(ds for p, ds in files if p == paths[0])
         if len(groups) > 1:
@@ -151,6 +164,80 @@ def load_series(files: list[tuple[Path, Dataset | FastHeader]], max_voxels: int 
         volumes.append(DicomVolume(acquired, aff, hdr, paths, suffix, [*notes, note]))
         volumes.append(DicomVolume(with_isotropic, aff, hdr, paths, suffix + "_ADC", [*notes, note + "; this volume: all of them, those last"]))
     return _with_note(volumes, merged), quarantine
+
+
+def _duplicates(keys: dict[Path, tuple]) -> list[tuple[Path, Path]]:
+    """(duplicate, the file it duplicates) for each file of one output whose dcm2niix sort key
+    (:func:`~medsynth.io.dicom.geometry.dcm2niix_sort_key`) an earlier file's equals, ``keys`` in file
+    order (by path). dcm2niix sorts an output's files by that key and drops each whose key equals the
+    previous one's (nii_dicom_batch.cpp ``removeDuplicates``); its sort is stable, so of equal keys it
+    keeps the first its directory listing gives (the file system's order); here the first by path."""
+    first: dict[tuple, Path] = {}
+    found = []
+    for path, key in keys.items():
+        kept = first.setdefault(key, path) if key else path
+        if kept != path:
+            found.append((path, kept))
+    return found
+
+
+def _same_image(a: Path, b: Path, pixels: Callable[[Path], list[np.ndarray]]) -> bool:
+    """Whether two files hold the same image: the same bytes, else the same rescaled pixels (an image that
+    cannot be read counts as other pixel data)."""
+    try:
+        if filecmp.cmp(a, b, shallow=False):
+            return True
+        pa, pb = pixels(a), pixels(b)
+    except Exception:  # noqa: BLE001 - the kept file's own conversion names what is wrong with it
+        return False
+    return len(pa) == len(pb) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(pa, pb, strict=True))
+
+
+def _duplicate_note(found: list[tuple[Path, Path]], pixels: Callable[[Path], list[np.ndarray]], paths: list[Path]) -> str:
+    """The note on the duplicates removed from one output ('' for none): how many, how many of them hold
+    other pixel data than the file kept (dcm2niix removes by key only), and the first pair."""
+    if not found:
+        return ""
+    other = sum(not _same_image(dup, kept, pixels) for dup, kept in found)
+    root = os.path.commonpath([str(p.parent) for p in paths])
+    dup, kept = (os.path.relpath(p, root) for p in found[0])
+    example = f"{dup} duplicates {kept}" + (", ..." if len(found) > 1 else "")
+    key = "each with the dcm2niix sort key (series and instance number, SOPInstanceUID, series UID) of another file of this volume"
+    if not other:
+        return f"{len(found)} duplicate image file(s) removed: {key}, the first by path kept, as dcm2niix removes them ({example})"
+    return (f"{len(found)} identical-key image file(s) removed as duplicates: {key}, {other} of them with other pixel data than the file "
+            f"kept, the first by path (dcm2niix keeps the first its directory listing gives; {example})")
+
+
+def _slices_without_duplicates(slices: list[Slice]) -> tuple[list[Slice], str]:
+    """The slices of one output without those of duplicate files (:func:`_duplicates`; every frame of an
+    enhanced object), and the note on them."""
+    by_file: dict[Path, list[Slice]] = {}
+    for s in slices:
+        by_file.setdefault(s.path, []).append(s)
+    found = _duplicates({path: frames[0].file_key for path, frames in by_file.items()})
+    if not found:
+        return slices, ""
+    note = _duplicate_note(found, lambda p: [s.pixels() for s in by_file[p]], list(by_file))
+    removed = {dup for dup, _kept in found}
+    return [s for s in slices if s.path not in removed], note
+
+
+def _mosaics_without_duplicates(files: list[tuple[Path, Dataset | FastHeader]]) -> tuple[list[tuple[Path, Dataset | FastHeader]], str]:
+    """The parallel mosaics of one output without the duplicate files (:func:`_duplicates`), and the note."""
+    found = _duplicates({p: dcm2niix_sort_key(ds) for p, ds in files}) if len(files) > 1 else []
+    if not found:
+        return files, ""
+    headers = dict(files)
+
+    def pixels(path: Path) -> list[np.ndarray]:
+        ds = headers[path]
+        arr = ds.pixel_array() if isinstance(ds, FastHeader) else decode_pixels(path, ds)
+        return [arr * float(ds.get("RescaleSlope", 1.0) or 1.0) + float(ds.get("RescaleIntercept", 0.0) or 0.0)]
+
+    note = _duplicate_note(found, pixels, [p for p, _ds in files])
+    removed = {dup for dup, _kept in found}
+    return [(p, ds) for p, ds in files if p not in removed], note
 
 
 STUDY = "study date/time"

@@ -31,7 +31,7 @@ from medsynth.io.dicom.attributes import (
     stack_key,
 )
 from medsynth.io.dicom.ge import ge_diffusion
-from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop, dcm2niix_order
+from medsynth.io.dicom.geometry import Slice, _floats, _norm_iop, dcm2niix_sort_key
 from medsynth.io.dicom.philips import philips_diffusion, philips_float_scaling, philips_scale_slope
 from medsynth.io.dicom.pixels import _check_rescale, _FrameCache, decode_pixels
 from medsynth.io.dicom_fast import TAGS, FastHeader
@@ -75,6 +75,7 @@ def _slice(path: Path, ds: Dataset | FastHeader, frame: int | None, plane: _Plan
 # from all the other attributes of a fast-read header are kept under (tests/io/test_dicom_fast.py checks
 # that those values never read them)
 PER_IMAGE_TAGS = frozenset(TAGS[k][0] for k in ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient"))
+PER_IMAGE_PRIVATE = frozenset({"ge_raw_data_run"})  # the private elements of FastHeader.private that differ alike
 _SHARED_MAX = 256
 _shared_values: dict[tuple, tuple] = {}
 
@@ -85,7 +86,8 @@ def _image_values(ds: Dataset | FastHeader) -> tuple[tuple, float, float, tuple[
     such group. A SeriesError is raised for every image it concerns (errors are not kept)."""
     key = None
     if isinstance(ds, FastHeader):
-        key = (tuple(item for item in ds.raw.items() if item[0] not in PER_IMAGE_TAGS), tuple(ds.private.items()))
+        key = (tuple(item for item in ds.raw.items() if item[0] not in PER_IMAGE_TAGS),
+               tuple(item for item in ds.private.items() if item[0] not in PER_IMAGE_PRIVATE))
         found = _shared_values.get(key)
         if found is not None:
             return found  # type: ignore[return-value]
@@ -121,7 +123,10 @@ def classic_slice(path: Path, ds: Dataset | FastHeader) -> Slice:
             raise SeriesError(f"expected a 2D image, pixel array has shape {arr.shape}")
         return arr
 
-    s = _slice(path, ds, None, plane, slope, intercept, split_key, dcm2niix_order(ds), load, diffusion)
+    file_key = dcm2niix_sort_key(ds)
+    # the file order (dcm2niix_order): the image key, the GE raw data run number and the SOPInstanceUID CRC of the file's key
+    s = _slice(path, ds, None, plane, slope, intercept, split_key, (file_key[0], file_key[5], file_key[6]), load, diffusion)
+    s.file_key = file_key
     s.volume_number = atoi(ds.get("TemporalPositionIdentifier")) if "TemporalPositionIdentifier" in ds else -1
     return s
 
@@ -344,6 +349,7 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
     cache = _FrameCache(path, ds)
     is_philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
     file_key = _enhanced_stack_key(path, ds, per_frame_seq, shared)
+    sort_key = dcm2niix_sort_key(ds)
     slices = []
     for i, pf in enumerate(per_frame_seq):
         pos = _fg_item(pf, shared, "PlanePositionSequence")
@@ -372,5 +378,7 @@ def enhanced_slices(path: Path, ds: Dataset) -> list[Slice]:
         temporal = int(content.get("TemporalPositionIndex", 0) or 0) if content is not None else 0
         t_time = str(content.get("FrameAcquisitionDateTime", "")) if content is not None else ""
         split_key = (*file_key, ("echo", echo), ("frame type", ftype), ("stack", stack))
-        slices.append(_slice(path, ds, i, plane, slope, inter, split_key, (temporal, t_time, i), partial(cache.frame, i)))
+        s = _slice(path, ds, i, plane, slope, inter, split_key, (temporal, t_time, i), partial(cache.frame, i))
+        s.file_key = sort_key
+        slices.append(s)
     return slices
