@@ -78,6 +78,7 @@ SAFE_PRIVATE = {
     (0x0019, "GEMS_ACQU_01", 0xBB): "diffusion gradient direction x (DS)",
     (0x0019, "GEMS_ACQU_01", 0xBC): "diffusion gradient direction y (DS)",
     (0x0019, "GEMS_ACQU_01", 0xBD): "diffusion gradient direction z (DS)",
+    (0x0019, "GEMS_ACQU_01", 0xA2): "raw data run number (SL: orders and tells apart images of one instance number)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0x0E): "MR scale slope (FL: floating point values)",
     (0x2001, "PHILIPS IMAGING DD 001", 0x08): "cardiac phase number (IS: trigger times of a phase never split)",
     (0x2005, "PHILIPS MR IMAGING DD 001", 0xA0): "dynamic scan begin time (FL: a trigger time equal to it never splits)",

@@ -152,3 +152,10 @@ def test_the_siemens_frame_item_keeps_only_the_ice_dims_and_only_as_counters(xa_
     assert not kept or item[0x0021118E].value == value
     plain = Deidentifier(DeidConfig(), KEY).deidentify(pydicom.dcmread(xa_object)).dataset
     assert 0x002111FE not in plain.PerFrameFunctionalGroupsSequence[0]  # without the option: no private element
+
+
+def test_the_ge_raw_data_run_number_is_kept_under_retain_safe_private(one_file):
+    ds = pydicom.dcmread(one_file)
+    run = ds[0x001910A2].value
+    assert Deidentifier(SAFE, KEY).deidentify(ds).dataset[0x001910A2].value == run
+    assert 0x001910A2 not in Deidentifier(DeidConfig(), KEY).deidentify(pydicom.dcmread(one_file)).dataset
