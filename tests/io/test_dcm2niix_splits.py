@@ -56,6 +56,15 @@ def _rewritten(dest: Path, change: Callable[[pydicom.Dataset, int], None], volum
     return dest
 
 
+def _assert_four_volumes_as_dcm2niix(tmp_path: Path, change: Callable[[pydicom.Dataset, int], None], n_outputs: int) -> list:
+    """The 4 volumes of :func:`_rewritten` with ``change`` convert as the wheel converts them, into ``n_outputs``
+    outputs (1: one 4-volume series, 2: two of 2 volumes), nothing quarantined; the volumes."""
+    vols, quarantine = _assert_converts_as_dcm2niix(_rewritten(tmp_path / "in", change), tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape[3] for v in vols) == ([2, 2] if n_outputs == 2 else [4])
+    return vols
+
+
 def _late(**attrs) -> Callable[[pydicom.Dataset, int], None]:
     """Set ``attrs`` on the files of volumes 2 and 3 only."""
     def change(ds: pydicom.Dataset, t: int) -> None:
@@ -167,10 +176,7 @@ SPLITS = {  # name -> (change, outputs dcm2niix writes)
 @pytest.mark.parametrize("name", list(SPLITS))
 def test_a_series_splits_where_dcm2niix_splits_it(tmp_path, name):
     change, n_outputs = SPLITS[name]
-    folder = _rewritten(tmp_path / "in", change)
-    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    assert not quarantine
-    assert sorted(v.shape[3] for v in vols) == ([2, 2] if n_outputs == 2 else [4])
+    vols = _assert_four_volumes_as_dcm2niix(tmp_path, change, n_outputs)
     if n_outputs == 2:
         assert all(any(n.startswith("split ") for n in v.notes) for v in vols)
 
