@@ -139,6 +139,14 @@ def _xa10_rewritten(dest: Path, change: Callable[[pydicom.Dataset, int], None]) 
     return dest
 
 
+def _assert_xa10_converts_as_dcm2niix(tmp_path: Path, change: Callable[[pydicom.Dataset, int], None], n_outputs: int) -> None:
+    """The four XA10 objects with ``change`` convert as the wheel converts them, into ``n_outputs`` outputs
+    (1: one 64x64x6x4 series, 2: two of 64x64x6x2), nothing quarantined."""
+    vols, quarantine = _assert_converts_as_dcm2niix(_xa10_rewritten(tmp_path / "in", change), tmp_path / "ref", n_outputs=n_outputs)
+    assert not quarantine
+    assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])
+
+
 def _xa10_numbered(dest: Path, number: Callable[[int], int]) -> Path:
     return _xa10_rewritten(dest, lambda ds, i: setattr(ds, "SeriesNumber", number(i)))
 
@@ -175,10 +183,7 @@ def test_files_of_several_study_uids_stack_by_study_time_as_dcm2niix_stacks_them
     """dcm2niix never splits by StudyInstanceUID: files of one series and study date/time stack whatever their
     study UID, and two early XA files of one study UID stack whatever their study time (isSameSet, issue 236)."""
     change, n_outputs = XA10_STUDIES[name]
-    folder = _xa10_rewritten(tmp_path / "in", change)
-    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    assert not quarantine
-    assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])
+    _assert_xa10_converts_as_dcm2niix(tmp_path, change, n_outputs)
 
 
 def _study_time_late(software: str | None, implementation: str | None = None) -> Callable[[pydicom.Dataset, int], None]:
@@ -287,10 +292,7 @@ def _xa10_sequence_names(manufacturer: str, description: str | None = None) -> C
 
 @pytest.mark.parametrize(("manufacturer", "description", "n_outputs"), [("GE MEDICAL SYSTEMS", None, 2), ("GE MEDICAL SYSTEMS", "AB", 1), ("SIEMENS", None, 1)])
 def test_an_enhanced_objects_sequence_name_stands_for_a_missing_protocol(tmp_path, manufacturer, description, n_outputs):
-    folder = _xa10_rewritten(tmp_path / "in", _xa10_sequence_names(manufacturer, description))
-    vols, quarantine = _assert_converts_as_dcm2niix(folder, tmp_path / "ref", n_outputs=n_outputs)
-    assert not quarantine
-    assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])
+    _assert_xa10_converts_as_dcm2niix(tmp_path, _xa10_sequence_names(manufacturer, description), n_outputs)
 
 
 def _study_times(date: str | None, late: str) -> Callable[[pydicom.Dataset, int], None]:
@@ -330,6 +332,4 @@ def _xa10_study_times(late: str) -> Callable[[pydicom.Dataset, int], None]:
 
 @pytest.mark.parametrize(("late", "n_outputs"), [("120000.00005", 1), ("120000.0002", 2)])
 def test_early_xa_objects_of_two_study_uids_stack_by_study_time_within_tolerance(tmp_path, late, n_outputs):
-    vols, quarantine = _assert_converts_as_dcm2niix(_xa10_rewritten(tmp_path / "in", _xa10_study_times(late)), tmp_path / "ref", n_outputs=n_outputs)
-    assert not quarantine
-    assert sorted(v.shape for v in vols) == ([(64, 64, 6, 2)] * 2 if n_outputs == 2 else [(64, 64, 6, 4)])
+    _assert_xa10_converts_as_dcm2niix(tmp_path, _xa10_study_times(late), n_outputs)
